@@ -1,0 +1,556 @@
+"""Configuration: frozen dataclasses, named presets, and the environment/CLI overlay.
+
+One dataclass per concern (data, model, optimizer, training, evaluation, quantization), nested in
+`RunConfig`. Presets are plain Python functions (`cpu-tiny`, `baseline`, `pr1493`, `pr1550`);
+variants are `dataclasses.replace` of a base. Precedence: preset < environment variables (the
+challenge's own names, e.g. `SEED`, `VOCAB_SIZE`, `MAX_WALLCLOCK_SECONDS`) < `--set key=value`.
+
+Sources of the preset values: the Naive Baseline record, PR #1493 (merged legal-TTT record) and
+PR #1550 (pre-quant TTT stack); see `../shared/spec/pr1550-stack.md` sections 3-5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Mapping
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataConfig:
+    data_path: str = ""
+    """Folder holding `*_train_NNNNNN.bin` / `*_val_NNNNNN.bin` shards ('' = embedded default)."""
+    tokenizer_path: str = ""
+    """SentencePiece `.model`; '' = the single `*.model` found in or beside `data_path`."""
+    loader: str = "stream"
+    """'stream' (sequential, PR #1550) or 'shuffled' (window sampler, PR #1493)."""
+    train_shards: int = 0
+    """Use only the first N train shards (0 = all)."""
+    max_val_tokens: int = 0
+    """Truncate the validation stream to this many tokens (0 = all); for smoke runs only."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    vocab_size: int = 8192
+    num_layers: int = 11
+    """Physical layers (distinct weights)."""
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 4.0
+    activation: str = "leaky_relu2"
+    """'relu2' (baseline) or 'leaky_relu2' (LeakyReLU(slope)^2, PR #1493/#1550)."""
+    leaky_slope: float = 0.5
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_dims: int = 16
+    """Rotary dims per head (partial RoPE); 0 = the whole head."""
+    rope_base: float = 10000.0
+    """Plain base at every length. We do not copy #1550's accidental NTK rescale (≈22,082 at 2048)."""
+    qk_gain_init: float = 5.25
+    ln_scale: bool = True
+    """Scale each block's normed input by 1/sqrt(layer+1)."""
+    xsa_layers: tuple[int, ...] = tuple(range(11))
+    """Physical layers using Exclusive Self Attention (arXiv:2603.09078)."""
+    ve_dim: int = 44
+    """Value-embedding table width (0 = off)."""
+    ve_layers: tuple[int, ...] = (9, 10)
+    smear_gate: bool = True
+    unet_skips: bool = True
+    num_skip_weights: int = -1
+    """-1 = num_layers // 2 (#1550); #1493 uses 8 (from its looped encoder/decoder split)."""
+    skip_gate: str = "none"
+    """'none' (plain w*skip), 'sigmoid' (sigmoid(w)*skip, #1550 SIGMOID_SKIPS), 'lerp' (#1493)."""
+    parallel_residual: str = "lanes"
+    """'none', 'lanes' (#1550 two-lane routing) or 'gptj' (#1493 single-stream form)."""
+    parallel_start: int = 7
+    """First physical layer that runs in parallel-residual form."""
+    recur_layers: tuple[int, ...] = ()
+    """Virtual layer list once recurrence is active, as physical indices ('' = never)."""
+    attn_backend: str = "auto"
+    """'auto' (FA3 when importable on CUDA, else SDPA), 'sdpa', 'fa3', 'naive' (test oracle)."""
+    doc_mask: bool = False
+    """Mask attention across BOS document boundaries (off in every record)."""
+    bos_id: int = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OptimConfig:
+    matrix_lr: float = 0.022
+    muon_momentum: float = 0.99
+    muon_momentum_warmup_start: float = 0.92
+    muon_momentum_warmup_steps: int = 1500
+    muon_wd: float = 0.095
+    muon_nesterov: bool = True
+    ns_coeffs: str = "polar_express"
+    """'polar_express' (per-iteration coefficients, arXiv:2505.16932) or 'quintic'."""
+    ns_steps: int = 4
+    muon_row_norm: bool = True
+    """MuonEq-R: normalise rows of the (wide-oriented) update before Newton-Schulz."""
+    embed_lr: float = 0.03
+    """AdamW LR of the tied embedding and the value-embedding table (TIED_EMBED_LR)."""
+    embed_wd: float = 0.095
+    scalar_lr: float = 0.02
+    scalar_wd: float = 0.02
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.3
+    """Global norm clip on the averaged gradient (0 = off)."""
+    warmdown_frac: float = 0.72
+    """LR multiplier falls linearly over the last fraction of the wall-clock budget."""
+    lr_floor: float = 0.0
+    ema_decay: float = 0.9965
+    """0 = no EMA."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    seed: int = 1337
+    iterations: int = 20000
+    train_batch_tokens: int = 786432
+    """Global tokens per optimizer step (all ranks, all accumulation steps)."""
+    train_seq_len: int = 2048
+    grad_accum_steps: int = 0
+    """0 = 8 // world_size (so one GPU reproduces the 8-GPU batch)."""
+    max_wallclock_seconds: float = 600.0
+    reserve_seconds: float = 0.0
+    """Seconds of the wall-clock budget kept for Hessian collection (GPTQ_RESERVE_SECONDS)."""
+    warmup_steps: int = 20
+    """Compile warm-up steps on the real shapes; weights, optimizer and loader are reset after."""
+    val_loss_every: int = 4000
+    train_log_every: int = 500
+    recur_start_step: int = -1
+    """Switch recurrence on after this optimizer step (-1 = use recur_start_frac)."""
+    recur_start_frac: float = -1.0
+    """... or when this fraction of the wall-clock budget has elapsed (-1 = never)."""
+    compile: bool = True
+    device: str = "auto"
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N steps (0 = only at the end)."""
+    run_dir: str = ""
+    """'' = runs/<date>_<preset>_s<seed>."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvalConfig:
+    eval_seq_len: int = 2048
+    eval_stride: int = 64
+    val_batch_seqs: int = 32
+    sliding: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QuantConfig:
+    method: str = "gptq"
+    """'gptq' or 'rtn'."""
+    matrix_bits: int = 6
+    matrix_clip_k: float = 12.85
+    embed_bits: int = 8
+    embed_clip_k: float = 20.0
+    embed_method: str = "gptq"
+    """'gptq' (output-side Hessian, #1493) or 'rtn' (#1550)."""
+    passthrough_numel: int = 65536
+    """Tensors with at most this many elements are stored as fp16."""
+    calib: str = "train"
+    """'train' (training batches, #1493) or 'selfgen' (sequences sampled by the model, #1550)."""
+    calib_seqs: int = 32
+    calib_temperature: float = 0.8
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = True
+    codec: str = "brotli"
+    """'brotli', 'lzma' or 'zstd'."""
+    pack_bits: bool = False
+    """Bit-pack integer codes instead of one byte per code."""
+    byte_budget: int = 16_000_000
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    preset: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+
+SECTIONS = ("data", "model", "optim", "train", "eval", "quant")
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+
+def pr1550() -> RunConfig:
+    """PR #1550 stack: 11L x 512d, SP8192, VE 44 @ 9-10, lanes from 7, recurrence 3-5 at step 3000."""
+    return RunConfig(
+        preset="pr1550",
+        model=ModelConfig(recur_layers=(0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10)),
+        train=TrainConfig(recur_start_step=3000),
+    )
+
+
+def pr1493() -> RunConfig:
+    """PR #1493: no SmearGate/VE, gated skips (8), GPT-J parallel from 7, layers 3-5 x3 at 35%."""
+    base = pr1550()
+    return replace(
+        base,
+        preset="pr1493",
+        data=replace(base.data, loader="shuffled"),
+        model=replace(
+            base.model,
+            ve_dim=0,
+            ve_layers=(),
+            smear_gate=False,
+            num_skip_weights=8,
+            skip_gate="lerp",
+            parallel_residual="gptj",
+            recur_layers=(0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10),
+        ),
+        optim=replace(base.optim, embed_wd=0.085, ns_coeffs="quintic", ns_steps=5),
+        train=replace(base.train, recur_start_step=-1, recur_start_frac=0.35, reserve_seconds=12.0),
+        quant=replace(base.quant, calib="train"),
+    )
+
+
+def baseline() -> RunConfig:
+    """The Naive Baseline record: SP1024, 9L x 512d, MLP 2x ReLU^2, full RoPE, int8 + zlib era."""
+    return RunConfig(
+        preset="baseline",
+        model=ModelConfig(
+            vocab_size=1024,
+            num_layers=9,
+            mlp_mult=2.0,
+            activation="relu2",
+            rope_dims=0,
+            qk_gain_init=1.5,
+            ln_scale=False,
+            xsa_layers=(),
+            ve_dim=0,
+            ve_layers=(),
+            smear_gate=False,
+            parallel_residual="none",
+        ),
+        optim=OptimConfig(
+            matrix_lr=0.04,
+            muon_momentum=0.95,
+            muon_momentum_warmup_start=0.85,
+            muon_momentum_warmup_steps=500,
+            muon_wd=0.0,
+            ns_coeffs="quintic",
+            ns_steps=5,
+            muon_row_norm=False,
+            embed_lr=0.05,
+            embed_wd=0.0,
+            scalar_lr=0.04,
+            scalar_wd=0.0,
+            grad_clip_norm=0.0,
+            warmdown_frac=0.087,
+            ema_decay=0.0,
+        ),
+        train=TrainConfig(train_batch_tokens=524288, train_seq_len=1024),
+        eval=EvalConfig(eval_seq_len=1024, sliding=False),
+        quant=QuantConfig(method="rtn", matrix_bits=8, matrix_clip_k=0.0, embed_method="rtn"),
+    )
+
+
+def cpu_tiny() -> RunConfig:
+    """Minutes on 2 CPU cores: the full #1550 feature set at toy size, on the embedded default."""
+    base = pr1550()
+    return replace(
+        base,
+        preset="cpu-tiny",
+        model=replace(
+            base.model,
+            vocab_size=1024,
+            num_layers=6,
+            model_dim=192,
+            num_heads=4,
+            num_kv_heads=2,
+            mlp_mult=3.0,
+            rope_dims=16,
+            xsa_layers=tuple(range(6)),
+            ve_dim=32,
+            ve_layers=(4, 5),
+            parallel_start=4,
+            recur_layers=(0, 1, 2, 1, 2, 3, 4, 5),
+            attn_backend="sdpa",
+        ),
+        optim=replace(
+            base.optim,
+            matrix_lr=0.03,
+            embed_lr=0.05,
+            scalar_lr=0.03,
+            muon_momentum_warmup_steps=100,
+            ema_decay=0.98,
+        ),
+        train=replace(
+            base.train,
+            train_batch_tokens=8192,
+            train_seq_len=256,
+            grad_accum_steps=1,
+            max_wallclock_seconds=150.0,
+            warmup_steps=0,
+            val_loss_every=0,
+            train_log_every=50,
+            recur_start_step=-1,
+            recur_start_frac=0.5,
+            compile=False,
+            device="cpu",
+        ),
+        eval=replace(base.eval, eval_seq_len=256, eval_stride=64, val_batch_seqs=16),
+        quant=replace(base.quant, calib_seqs=16),
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "cpu-tiny": cpu_tiny,
+    "baseline": baseline,
+    "pr1493": pr1493,
+    "pr1550": pr1550,
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment overlay: the challenge's variable names -> (section, field)
+
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "DATA_PATH": ("data", "data_path"),
+    "TOKENIZER_PATH": ("data", "tokenizer_path"),
+    "VOCAB_SIZE": ("model", "vocab_size"),
+    "NUM_LAYERS": ("model", "num_layers"),
+    "MODEL_DIM": ("model", "model_dim"),
+    "NUM_HEADS": ("model", "num_heads"),
+    "NUM_KV_HEADS": ("model", "num_kv_heads"),
+    "MLP_MULT": ("model", "mlp_mult"),
+    "LOGIT_SOFTCAP": ("model", "logit_softcap"),
+    "ROPE_BASE": ("model", "rope_base"),
+    "ROPE_DIMS": ("model", "rope_dims"),
+    "QK_GAIN_INIT": ("model", "qk_gain_init"),
+    "VE_DIM": ("model", "ve_dim"),
+    "VE_LAYERS": ("model", "ve_layers"),
+    "PARALLEL_START_LAYER": ("model", "parallel_start"),
+    "RECUR_LAYERS": ("model", "recur_layers"),
+    "TIED_EMBED_INIT_STD": ("model", "tied_embed_init_std"),
+    "MATRIX_LR": ("optim", "matrix_lr"),
+    "SCALAR_LR": ("optim", "scalar_lr"),
+    "TIED_EMBED_LR": ("optim", "embed_lr"),
+    "EMBED_WD": ("optim", "embed_wd"),
+    "ADAM_WD": ("optim", "scalar_wd"),
+    "MUON_WD": ("optim", "muon_wd"),
+    "MUON_MOMENTUM": ("optim", "muon_momentum"),
+    "MUON_MOMENTUM_WARMUP_START": ("optim", "muon_momentum_warmup_start"),
+    "MUON_MOMENTUM_WARMUP_STEPS": ("optim", "muon_momentum_warmup_steps"),
+    "MUON_BACKEND_STEPS": ("optim", "ns_steps"),
+    "WARMDOWN_FRAC": ("optim", "warmdown_frac"),
+    "LR_FLOOR": ("optim", "lr_floor"),
+    "GRAD_CLIP_NORM": ("optim", "grad_clip_norm"),
+    "EMA_DECAY": ("optim", "ema_decay"),
+    "SEED": ("train", "seed"),
+    "ITERATIONS": ("train", "iterations"),
+    "TRAIN_BATCH_TOKENS": ("train", "train_batch_tokens"),
+    "TRAIN_SEQ_LEN": ("train", "train_seq_len"),
+    "MAX_WALLCLOCK_SECONDS": ("train", "max_wallclock_seconds"),
+    "GPTQ_RESERVE_SECONDS": ("train", "reserve_seconds"),
+    "WARMUP_STEPS": ("train", "warmup_steps"),
+    "VAL_LOSS_EVERY": ("train", "val_loss_every"),
+    "TRAIN_LOG_EVERY": ("train", "train_log_every"),
+    "RECUR_START_STEP": ("train", "recur_start_step"),
+    "RECUR_START_FRAC": ("train", "recur_start_frac"),
+    "EVAL_SEQ_LEN": ("eval", "eval_seq_len"),
+    "EVAL_STRIDE": ("eval", "eval_stride"),
+    "SDCLIP_K_INT6": ("quant", "matrix_clip_k"),
+    "SDCLIP_K_INT8": ("quant", "embed_clip_k"),
+    "GPTQ_CALIB_SEQS": ("quant", "calib_seqs"),
+    "COMPRESS_METHOD": ("quant", "codec"),
+}
+
+
+def _field_type(section_cls: type, name: str) -> Any:
+    for f in fields(section_cls):
+        if f.name == name:
+            return f.type
+    raise KeyError(name)
+
+
+def parse_value(type_str: Any, raw: str) -> Any:
+    """Parse a string into the type named by a dataclass field annotation (a string here)."""
+    t = str(type_str)
+    raw = raw.strip()
+    if t == "bool":
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if t == "int":
+        return int(float(raw)) if "e" in raw.lower() else int(raw)
+    if t == "float":
+        return float(raw)
+    if t.startswith("tuple[int"):
+        raw = raw.strip("()[] ")
+        return tuple(int(x) for x in raw.replace(" ", ",").split(",") if x.strip())
+    return raw
+
+
+def set_field(cfg: RunConfig, key: str, raw: str) -> RunConfig:
+    """Return cfg with `key` (`section.field` or a field name unique across sections) set."""
+    classes = {
+        "data": DataConfig,
+        "model": ModelConfig,
+        "optim": OptimConfig,
+        "train": TrainConfig,
+        "eval": EvalConfig,
+        "quant": QuantConfig,
+    }
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in classes:
+            raise ValueError(f"unknown config section {section!r} in {key!r}")
+    else:
+        owners = [s for s, c in classes.items() if name_in(c, key)]
+        if not owners:
+            raise ValueError(f"unknown config key {key!r}")
+        if len(owners) > 1:
+            raise ValueError(f"ambiguous key {key!r}: use one of {[o + '.' + key for o in owners]}")
+        section, name = owners[0], key
+    cls = classes[section]
+    if not name_in(cls, name):
+        raise ValueError(f"unknown config key {key!r}")
+    value = parse_value(_field_type(cls, name), raw)
+    sub = replace(getattr(cfg, section), **{name: value})
+    return replace(cfg, **{section: sub})
+
+
+def name_in(cls: type, name: str) -> bool:
+    return any(f.name == name for f in fields(cls))
+
+
+def apply_env(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> RunConfig:
+    environ = os.environ if environ is None else environ
+    for var, (section, name) in ENV_VARS.items():
+        if var in environ and environ[var] != "":
+            cfg = set_field(cfg, f"{section}.{name}", environ[var])
+    return cfg
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        cfg = set_field(cfg, key.strip(), raw)
+    return cfg
+
+
+def load(
+    name: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
+) -> RunConfig:
+    """Preset < environment < overrides, then validated."""
+    cfg = apply_overrides(apply_env(preset(name), environ), overrides)
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Derived values and checks
+
+
+def num_skip_weights(m: ModelConfig) -> int:
+    if not m.unet_skips:
+        return 0
+    return m.num_layers // 2 if m.num_skip_weights < 0 else m.num_skip_weights
+
+
+def head_dim(m: ModelConfig) -> int:
+    return m.model_dim // m.num_heads
+
+
+def grad_accum_steps(t: TrainConfig, world_size: int) -> int:
+    if t.grad_accum_steps > 0:
+        return t.grad_accum_steps
+    if 8 % world_size != 0:
+        raise ValueError(f"world_size {world_size} does not divide 8; set train.grad_accum_steps")
+    return 8 // world_size
+
+
+def validate(cfg: RunConfig) -> None:
+    m, t, e = cfg.model, cfg.train, cfg.eval
+    problems = []
+    if m.model_dim % m.num_heads:
+        problems.append(f"model_dim {m.model_dim} not divisible by num_heads {m.num_heads}")
+    if m.num_heads % m.num_kv_heads:
+        problems.append(f"num_heads {m.num_heads} not divisible by num_kv_heads {m.num_kv_heads}")
+    hd = m.model_dim // max(m.num_heads, 1)
+    if m.rope_dims % 2 or m.rope_dims > hd:
+        problems.append(f"rope_dims {m.rope_dims} must be even and <= head_dim {hd}")
+    for name, layers in (("xsa_layers", m.xsa_layers), ("ve_layers", m.ve_layers)):
+        if any(not 0 <= i < m.num_layers for i in layers):
+            problems.append(f"{name} {layers} outside 0..{m.num_layers - 1}")
+    if m.recur_layers and any(not 0 <= i < m.num_layers for i in m.recur_layers):
+        problems.append(f"recur_layers {m.recur_layers} outside 0..{m.num_layers - 1}")
+    if m.activation not in ("relu2", "leaky_relu2"):
+        problems.append(f"activation {m.activation!r} not in relu2, leaky_relu2")
+    if m.parallel_residual not in ("none", "lanes", "gptj"):
+        problems.append(f"parallel_residual {m.parallel_residual!r} not in none, lanes, gptj")
+    if m.skip_gate not in ("none", "sigmoid", "lerp"):
+        problems.append(f"skip_gate {m.skip_gate!r} not in none, sigmoid, lerp")
+    if cfg.data.loader not in ("stream", "shuffled"):
+        problems.append(f"data.loader {cfg.data.loader!r} not in stream, shuffled")
+    if t.train_batch_tokens % t.train_seq_len:
+        problems.append("train_batch_tokens must be a multiple of train_seq_len")
+    if e.eval_stride <= 0 or e.eval_stride > e.eval_seq_len:
+        problems.append(f"eval_stride {e.eval_stride} must be in 1..eval_seq_len")
+    if cfg.optim.ns_coeffs not in ("polar_express", "quintic"):
+        problems.append(f"ns_coeffs {cfg.optim.ns_coeffs!r} not in polar_express, quintic")
+    if not 2 <= cfg.quant.matrix_bits <= 8 or not 2 <= cfg.quant.embed_bits <= 8:
+        problems.append("quantization bit widths must be within 2..8")
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: RunConfig) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_dict(d: Mapping[str, Any]) -> RunConfig:
+    """Inverse of `to_dict` (tuples restored from JSON lists)."""
+    classes = {
+        "data": DataConfig,
+        "model": ModelConfig,
+        "optim": OptimConfig,
+        "train": TrainConfig,
+        "eval": EvalConfig,
+        "quant": QuantConfig,
+    }
+    kwargs: dict[str, Any] = {"preset": d.get("preset", "custom")}
+    for section, cls in classes.items():
+        sub = dict(d.get(section, {}))
+        for f in fields(cls):
+            if f.name in sub and isinstance(sub[f.name], list):
+                sub[f.name] = tuple(sub[f.name])
+        known = {f.name for f in fields(cls)}
+        kwargs[section] = cls(**{k: v for k, v in sub.items() if k in known})
+    return RunConfig(**kwargs)
