@@ -308,7 +308,7 @@ def cpu_tiny() -> RunConfig:
             device="cpu",
         ),
         eval=replace(base.eval, eval_seq_len=256, eval_stride=64, val_batch_seqs=16),
-        quant=replace(base.quant, calib_seqs=16),
+        quant=replace(base.quant, calib_seqs=16, passthrough_numel=4096),
     )
 
 

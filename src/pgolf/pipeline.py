@@ -111,7 +111,10 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
         names = [e.name for e in plan if e.method == "gptq"]
         hessians = quant.collect_hessians(model, batches, names)
         log0(f"gptq:collected {len(hessians)} Hessians in {time.perf_counter() - t0:.1f}s")
-    tensors = quant.quantize_state(state, hessians, plan)
+    q = cfg.quant
+    tensors = quant.quantize_state(
+        state, hessians, plan, block_size=q.block_size, damp=q.damp, act_order=q.act_order
+    )
     log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
     return tensors
 

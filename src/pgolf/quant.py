@@ -1,0 +1,400 @@
+"""Post-training quantization: SDClip scales, round-to-nearest, GPTQ, the quant plan, Hessians.
+
+* SDClip (PR #1394/#1493/#1550): one fp16 scale per row, s = k·std(row)/Q with Q = 2^(bits-1)-1,
+  codes q = clamp(round(w/s), -Q, Q). Unlike #1550 the scale is floored only at the smallest
+  positive fp16 (2^-24), not at 1/Q: #1550's 1/Q floor binds on every row with k·std < 1 (std <
+  0.078 at int6), clipping those rows far too coarsely. k <= 0 means max-abs scaling. The scale
+  used to quantize is exactly the stored fp16 value.
+* GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+  Transformers", arXiv:2210.17323): dead inputs, relative damping, act-order (descending diag H),
+  upper Cholesky factor of H^-1, lazy block updates; scales fixed beforehand by SDClip (#1550).
+* Plan (declarative, spec §5.4): small or non-float tensors -> fp16; attn/mlp matrices -> GPTQ
+  int6; tied embedding -> int8 GPTQ on the head-side Hessian (#1493) or RTN (#1550); value
+  embedding -> int8 RTN; anything else large -> int8 max-abs RTN.
+* Hessians are collected on the model as it really runs (depth recurrence, lanes), hooks keyed by
+  parameter name so a weight used at several depths sums every visit; the tied embedding's comes
+  from `model.final_norm`'s output (#1493). #1550 instead used a non-recurrent surrogate graph.
+
+Shapes: R rows (output features), C columns (input features), N calibration tokens,
+B batch, T time, V vocab.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pgolf.config import ModelConfig, QuantConfig
+from pgolf.dist import all_reduce_, log0
+
+SCALE_MIN = 2.0**-24  # smallest positive fp16
+SCALE_MAX = 65504.0  # largest finite fp16
+METHODS = ("gptq", "rtn", "fp16")
+GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")
+EMBED_NAMES = ("tok_emb.weight", "lm_head.weight")
+
+# ----------------------------------------------------------------------------------------------
+# Scales, round-to-nearest, GPTQ
+
+
+def qmax(bits: int) -> int:
+    """Largest code magnitude of a symmetric signed `bits`-bit grid."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"quant bits must be within 2..8, got {bits}")
+    return 2 ** (bits - 1) - 1
+
+
+def sdclip_scales(W: Tensor, bits: int, k: float) -> Tensor:
+    """Per-row fp16 scales [R]: k·std(row)/Q (sample std), or max|row|/Q when k <= 0."""
+    Q = qmax(bits)
+    W = W.float() if W.dtype not in (torch.float32, torch.float64) else W
+    if k > 0:
+        spread = k * W.std(dim=1, correction=1 if W.shape[1] > 1 else 0)
+    else:
+        spread = W.abs().amax(dim=1)
+    return (spread / Q).clamp(SCALE_MIN, SCALE_MAX).to(torch.float16)
+
+
+def _work_dtype(W: Tensor) -> torch.dtype:
+    return torch.float64 if W.dtype == torch.float64 else torch.float32
+
+
+def rtn_quantize(W: Tensor, bits: int, k: float) -> tuple[Tensor, Tensor]:
+    """Round-to-nearest on the SDClip grid -> (codes int8 [R, C], scales fp16 [R])."""
+    Q = qmax(bits)
+    scales = sdclip_scales(W, bits, k)
+    s = scales.to(_work_dtype(W))[:, None]
+    codes = torch.round(W.to(s.dtype) / s).clamp_(-Q, Q).to(torch.int8)
+    return codes, scales
+
+
+def dequantize(codes: Tensor, scales: Tensor) -> Tensor:
+    """codes [R, C] * scales [R] -> fp32 [R, C]."""
+    return codes.float() * scales.float()[:, None]
+
+
+def _upper_chol_of_inverse(H: Tensor) -> Tensor:
+    """U with UᵀU = H^-1 (upper Cholesky); extra damping only if H is not positive definite."""
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    mean_diag = H.diagonal().mean()
+    for extra in (0.0, 1e-3, 1e-2, 1e-1, 1.0):
+        L, info = torch.linalg.cholesky_ex(H + extra * mean_diag * eye)
+        if int(info) == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info) == 0:
+                return U
+    raise ValueError("gptq: Hessian is not positive definite even with damping 1.0*mean(diag H)")
+
+
+def gptq_quantize(
+    W: Tensor,
+    H: Tensor,
+    bits: int,
+    k: float,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """GPTQ with fixed SDClip scales -> (codes int8 [R, C] in original column order, scales [R]).
+
+    W [R, C], H [C, C] (≈ XᵀX of the layer inputs). Works in fp32, or fp64 when W is fp64.
+    """
+    R, C = W.shape
+    if H.shape != (C, C):
+        raise ValueError(f"gptq: Hessian shape {tuple(H.shape)} does not match {C} weight columns")
+    Q = qmax(bits)
+    dtype = _work_dtype(W)
+    scales = sdclip_scales(W, bits, k)  # from the original weight, before dead-column zeroing
+    s = scales.to(dtype)
+    W = W.to(dtype).clone()
+    H = H.to(device=W.device, dtype=dtype).clone()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H.diagonal().add_(damp * H.diagonal().mean())
+    perm = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else None
+    if perm is not None:
+        W, H = W[:, perm], H[perm][:, perm]
+    U = _upper_chol_of_inverse(H)  # [C, C]
+    codes = torch.empty(R, C, dtype=dtype, device=W.device)
+    for b0 in range(0, C, block_size):
+        b1 = min(b0 + block_size, C)
+        Wb = W[:, b0:b1].clone()  # [R, b]
+        Eb = torch.empty_like(Wb)  # scaled errors of the block
+        Ub = U[b0:b1, b0:b1]
+        for j in range(b1 - b0):
+            w = Wb[:, j]
+            q = torch.round(w / s).clamp_(-Q, Q)
+            codes[:, b0 + j] = q
+            err = (w - q * s) / Ub[j, j]  # [R]
+            Wb[:, j + 1 :] -= err[:, None] * Ub[j, j + 1 :][None, :]
+            Eb[:, j] = err
+        if b1 < C:
+            W[:, b1:] -= Eb @ U[b0:b1, b1:]  # lazy batch update of all later columns
+    if perm is not None:
+        codes[:, perm] = codes.clone()
+    return codes.to(torch.int8), scales
+
+
+def output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
+    """tr((W - Ŵ) H (W - Ŵ)ᵀ): the layer's summed squared output error on the calibration set."""
+    D = (W - W_hat).to(H.dtype)
+    return float(((D @ H) * D).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# Plan
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    name: str
+    method: str  # "gptq" | "rtn" | "fp16"
+    bits: int
+    clip_k: float
+    group: str  # one of GROUPS
+
+
+def _group_of(name: str) -> str:
+    parts = name.split(".")
+    if parts[0] == "blocks" and len(parts) > 2 and parts[2] in ("attn", "mlp"):
+        return parts[2]
+    if name in EMBED_NAMES:
+        return "embed"
+    if name == "ve.embed.weight":
+        return "value_embed"
+    return "other"
+
+
+def make_plan(
+    state_dict: Mapping[str, Tensor],
+    qcfg: QuantConfig,
+    model_cfg: ModelConfig,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[PlanEntry]:
+    """One PlanEntry per tensor; `overrides` {group: {bits, clip_k, method}} for what-ifs."""
+    for group, ov in (overrides or {}).items():
+        if group not in GROUPS:
+            raise ValueError(f"quant plan override: unknown group {group!r}; use one of {GROUPS}")
+        bad = set(ov) - {"bits", "clip_k", "method"}
+        if bad:
+            raise ValueError(f"quant plan override for {group!r}: unknown keys {sorted(bad)}")
+        if ov.get("method", "gptq") not in METHODS:
+            raise ValueError(f"quant plan override for {group!r}: method must be one of {METHODS}")
+    for m in (qcfg.method, qcfg.embed_method):
+        if m not in ("gptq", "rtn"):
+            raise ValueError(f"quant.method/embed_method {m!r} must be 'gptq' or 'rtn'")
+    plan = []
+    for name, t in state_dict.items():
+        if not t.is_floating_point() or t.numel() <= qcfg.passthrough_numel:
+            entry = PlanEntry(name, "fp16", 16, 0.0, "passthrough")
+        else:
+            group = _group_of(name)
+            if group in ("attn", "mlp"):
+                entry = PlanEntry(name, qcfg.method, qcfg.matrix_bits, qcfg.matrix_clip_k, group)
+            elif group == "embed":
+                # An untied input embedding has no input-side Hessian: plain rounding.
+                method = qcfg.embed_method
+                if name == "tok_emb.weight" and not model_cfg.tie_embeddings:
+                    method = "rtn"
+                entry = PlanEntry(name, method, qcfg.embed_bits, qcfg.embed_clip_k, group)
+            elif group == "value_embed":
+                entry = PlanEntry(name, "rtn", qcfg.embed_bits, qcfg.embed_clip_k, group)
+            else:
+                entry = PlanEntry(name, "rtn", 8, 0.0, "other")
+        ov = dict((overrides or {}).get(entry.group, {}))
+        if ov:
+            entry = replace(entry, **ov)
+            if entry.method == "fp16":
+                entry = replace(entry, bits=16)
+            else:
+                qmax(entry.bits)
+        plan.append(entry)
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------
+# Hessians and calibration data
+
+
+def _hessian_targets(model: nn.Module, names: Iterable[str] | None) -> dict[str, nn.Module]:
+    """Parameter name -> the module whose forward hook sees that weight's input."""
+    wanted = None if names is None else set(names)
+    targets: dict[str, nn.Module] = {}
+    for mod_name, mod in model.named_modules():
+        pname = f"{mod_name}.weight"
+        default = mod_name.startswith("blocks.") or mod_name == "lm_head"
+        if isinstance(mod, nn.Linear) and (default if wanted is None else pname in wanted):
+            targets[pname] = mod
+    tied = getattr(model, "lm_head", None) is None
+    if tied and (wanted is None or "tok_emb.weight" in wanted):
+        if not isinstance(getattr(model, "final_norm", None), nn.Module):
+            raise ValueError("collect_hessians: model has no `final_norm` module to hook")
+        targets["tok_emb.weight"] = model.final_norm  # its output is the tied head's input
+    return targets
+
+
+@torch.no_grad()
+def collect_hessians(
+    model: nn.Module, batches: Iterable[Tensor], names: Iterable[str] | None = None
+) -> dict[str, Tensor]:
+    """H[name] [C, C] fp32 = Σ over visits and tokens of x xᵀ / N, N = tokens fed (all ranks).
+
+    `batches`: token tensors [B, T] (or (x, y) pairs). The model runs as configured (recurrence,
+    lanes), so a weight visited v times gets the sum of its v per-visit Hessians.
+    """
+    targets = _hessian_targets(model, names)
+    device = next(model.parameters()).device
+    sums: dict[str, Tensor] = {}
+
+    def make_hook(pname: str, use_output: bool):
+        def hook(mod: nn.Module, inputs: tuple, output: Tensor) -> None:
+            x = output if use_output else inputs[0]
+            x = x.detach().reshape(-1, x.shape[-1]).float()  # [B*T, C]
+            if pname not in sums:
+                sums[pname] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+            sums[pname].addmm_(x.T, x)
+
+        return hook
+
+    handles = [
+        mod.register_forward_hook(make_hook(p, p == "tok_emb.weight" and mod is model.final_norm))
+        for p, mod in targets.items()
+    ]
+    n_tokens = torch.zeros((), dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+            model(x)
+            n_tokens += x.numel()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if all_reduce_(n_tokens, "sum").item() == 0:
+        raise ValueError("collect_hessians: no calibration tokens (empty `batches`)")
+    # sorted: the same all-reduce order on every rank
+    return {p: all_reduce_(sums[p], "sum").div_(n_tokens.float()) for p in sorted(sums)}
+
+
+@torch.no_grad()
+def selfgen_batches(
+    model: nn.Module,
+    n_seqs: int,
+    seq_len: int,
+    temperature: float = 0.8,
+    seed: int = 0,
+    batch: int = 8,
+) -> list[Tensor]:
+    """Calibration sequences sampled by the model itself (#1550): first token uniform, then
+    softmax(logits / temperature), seeded -> list of [b, seq_len] token tensors."""
+    from pgolf.model import generate
+
+    device = next(model.parameters()).device
+    vocab = model.tok_emb.weight.shape[0]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for start in range(0, n_seqs, batch):
+        b = min(batch, n_seqs - start)
+        prompt = torch.randint(vocab, (b, 1), generator=gen, device=device)
+        seqs = generate(model, prompt, seq_len - 1, temperature, gen)
+        out.append(seqs[:, -seq_len:])
+    return out
+
+
+def calibration_batches(
+    kind: str,
+    *,
+    n_seqs: int,
+    seq_len: int = 0,
+    loader: Any = None,
+    model: nn.Module | None = None,
+    temperature: float = 0.8,
+    seed: int = 0,
+    batch: int = 8,
+) -> list[Tensor]:
+    """'train': inputs of `loader.next_batch()` until n_seqs sequences; 'selfgen': see above."""
+    if kind == "selfgen":
+        if model is None or seq_len <= 0:
+            raise ValueError("calibration_batches('selfgen') needs model= and seq_len > 0")
+        return selfgen_batches(model, n_seqs, seq_len, temperature, seed, batch)
+    if kind != "train":
+        raise ValueError(f"quant.calib {kind!r} must be 'train' or 'selfgen'")
+    if loader is None:
+        raise ValueError("calibration_batches('train') needs loader= (an object with next_batch())")
+    out, have = [], 0
+    while have < n_seqs:
+        x = loader.next_batch()[0][: n_seqs - have]
+        out.append(x)
+        have += x.shape[0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# State dict <-> QTensors
+
+
+def quantize_state(
+    state_dict: Mapping[str, Tensor],
+    hessians: Mapping[str, Tensor],
+    plan: list[PlanEntry],
+    log: bool = True,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = True,
+) -> list[Any]:
+    """Apply the plan -> list[QTensor] (CPU). GPTQ needs hessians[name]; RTN is the fallback."""
+    from pgolf.artifact import QTensor
+
+    t0 = time.perf_counter()
+    out, stats = [], {}
+    for e in plan:
+        t = state_dict[e.name].detach()
+        shape = tuple(t.shape)
+        if e.method == "fp16":
+            data = t.to(torch.float16).cpu()
+            out.append(QTensor(e.name, shape, "fp16", 16, None, None, data, e.group))
+            continue
+        W = t.float().reshape(shape[0] if t.dim() > 1 else 1, -1)  # [R, C]
+        method = e.method
+        if method == "gptq" and e.name not in hessians:
+            if log:
+                log0(f"quant:no Hessian for {e.name}, using RTN")
+            method = "rtn"
+        if method == "gptq":
+            H = hessians[e.name]
+            codes, scales = gptq_quantize(W, H, e.bits, e.clip_k, block_size, damp, act_order)
+        else:
+            codes, scales = rtn_quantize(W, e.bits, e.clip_k)
+        codes, scales = codes.reshape(shape).cpu(), scales.cpu()
+        out.append(QTensor(e.name, shape, "int", e.bits, codes, scales, None, e.group))
+        n, numel = stats.get((e.group, method, e.bits), (0, 0))
+        stats[(e.group, method, e.bits)] = (n + 1, numel + t.numel())
+    if log:
+        for (group, method, bits), (n, numel) in sorted(stats.items()):
+            log0(f"quant:{group} {method} int{bits} tensors:{n} params:{numel}")
+        log0(f"quant:done tensors:{len(out)} time:{time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def dequantize_state(tensors: Iterable[Any]) -> dict[str, Tensor]:
+    """list[QTensor] -> {name: fp32 tensor of the stored shape}."""
+    state = {}
+    for qt in tensors:
+        shape = tuple(qt.shape)
+        if qt.kind == "fp16":
+            state[qt.name] = qt.data.float().reshape(shape)
+        elif qt.kind == "int":
+            rows = shape[0] if len(shape) > 1 else 1
+            W = dequantize(qt.codes.reshape(rows, -1), qt.scales)
+            state[qt.name] = W.reshape(shape)
+        else:
+            raise ValueError(f"dequantize_state: {qt.name} has unknown kind {qt.kind!r}")
+    return state
