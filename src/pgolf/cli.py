@@ -143,7 +143,8 @@ def cmd_budget(artifact: str, bits: list[str], clip_k: list[str], ve_dim: int | 
     if ve_dim is not None:
         lines += B.format_what_if(B.what_if(tensors, meta, codec, ve_dim=ve_dim, weights=w))
     if prune_to is not None:
-        lines += B.format_what_if(B.what_if(tensors, meta, codec, prune_to=prune_to))
+        # --prune-to is the whole artifact (model + code); budget.what_if targets model bytes.
+        lines += B.format_what_if(B.what_if(tensors, meta, codec, prune_to=prune_to - code))
     print(json.dumps(rep, sort_keys=True, default=str) if as_json else "\n".join(lines))
     return rep
 
@@ -215,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", action="append", default=[], metavar="GROUP=N")
     p.add_argument("--clip-k", action="append", default=[], metavar="GROUP=K")
     p.add_argument("--ve-dim", type=int, default=None)
-    p.add_argument("--prune-to", type=int, default=None)
+    p.add_argument("--prune-to", type=int, default=None,
+                   help="total artifact bytes (model + code) to reach by ±1 pruning")
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
     p.add_argument("--json", action="store_true")
     return ap

@@ -1,0 +1,340 @@
+"""Byte budget: where the 16,000,000 bytes go, what-ifs, codec comparisons and the code count.
+
+* `budget_report` splits the artifact into components (one per integer-code group: attn, mlp,
+  embed, value_embed, ...; all fp16 scales; fp16 passthrough tensors; container = headers + tensor
+  table + meta + checksums; code). Each is compressed alone with the artifact's codec and shuffle;
+  the standalone sizes are then scaled proportionally (largest-remainder rounding) so that they add
+  up exactly to the real artifact size, and the report says so.
+* `what_if` re-measures the artifact after another bit width / SDClip k per group (RTN + SDClip from
+  `pgolf.quant`), another value-embedding width (PR #1550 sweeps VE dim 0..128, spec §8), or
+  selective ±1 pruning (PR #1550 / #1485: zero ±1 codes in increasing order of their row's scale²,
+  spec §5.7; here the count is found by binary search on the real compressed size).
+* `byteshuffle_brotli_reference` is PR #1550's compression (4-byte shuffle + pad byte + Brotli-11 +
+  b"BROT" tag) as described in spec §5.6, written from that description, for comparisons.
+* `code_bytes` (from `pgolf.artifact`) counts lzma(preset 9) of the imported pgolf sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from pgolf.artifact import (
+    CODECS,
+    DEFAULT_SHUFFLE,
+    QTensor,
+    build_payload,
+    byte_shuffle,
+    code_bytes,
+    compress,
+    encode_artifact,
+    meta_bytes,
+    tensor_parts,
+    wrap,
+)
+
+__all__ = ["budget_report", "code_bytes", "compare_codecs", "format_budget", "format_what_if",
+           "what_if", "byteshuffle_brotli_reference", "reference_input", "group_of"]  # fmt: skip
+BYTE_BUDGET = 16_000_000
+MATRIX_GROUPS = ("attn", "mlp")
+_DEFAULT_K = {"attn": 12.85, "mlp": 12.85, "embed": 20.0, "value_embed": 20.0}
+
+
+def group_of(t: QTensor) -> str:
+    """Budget component of a tensor's integer codes (its `group`, else guessed from its name)."""
+    if t.kind != "int":
+        return "passthrough"
+    if t.group:
+        return t.group
+    parts = t.name.split(".")
+    if len(parts) > 2 and parts[2] in MATRIX_GROUPS:
+        return parts[2]
+    return {"tok_emb.weight": "embed", "ve.embed.weight": "value_embed"}.get(t.name, "other")
+
+
+def _apportion(sizes: list[int], total: int) -> list[int]:
+    """Scale non-negative sizes so they sum exactly to total (largest-remainder rounding)."""
+    s = sum(sizes)
+    if s == 0:
+        return [total] + [0] * (len(sizes) - 1) if sizes else []
+    exact = [x * total / s for x in sizes]
+    out = [int(e) for e in exact]
+    order = sorted(range(len(sizes)), key=lambda i: exact[i] - out[i], reverse=True)
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def budget_report(
+    tensors: Iterable[QTensor],
+    meta: dict,
+    codec: str = "brotli",
+    code_bytes: int | tuple[int, str] = 0,
+    byte_budget: int = BYTE_BUDGET,
+    *,
+    pack_bits: bool | None = None,
+    shuffle: int = DEFAULT_SHUFFLE,
+) -> dict[str, Any]:
+    """Per-component raw / compressed bytes, bits per parameter, total and margin (decimal).
+    pack_bits None = the run's `quant.pack_bits` from meta (what the artifact was written with)."""
+    tensors, pack_bits = list(tensors), _packed(meta, pack_bits)
+    code_n, code_desc = code_bytes if isinstance(code_bytes, tuple) else (code_bytes, "")
+    payload = build_payload(tensors, meta, pack_bits)
+    model = len(wrap(payload, codec, shuffle))
+    comps: dict[str, list] = {}  # name -> [params, [bytes chunks]]
+    for t in tensors:
+        codes, scales, data = tensor_parts(t, pack_bits)
+        entry = comps.setdefault(group_of(t), [0, []])
+        entry[0] += t.numel
+        entry[1].append(codes or data)
+        if scales:
+            comps.setdefault("scales", [0, []])[1].append(scales)
+    body = sum(len(b) for _, chunks in comps.values() for b in chunks)
+    container = len(payload) - body + 32  # headers, table, meta, SHA-256 + the wrapper header
+    names = sorted(comps, key=lambda k: (k in ("scales", "passthrough"), k))
+    raw = [sum(len(b) for b in comps[k][1]) for k in names] + [container]
+    alone = [len(compress(byte_shuffle(b"".join(comps[k][1]), shuffle), codec)) for k in names]
+    head = payload[: 56 + int.from_bytes(payload[16:24], "little")]  # headers + tensor table
+    box = head + meta_bytes(meta) + payload[-32:]
+    alone.append(len(compress(byte_shuffle(box, shuffle), codec)) + 32)
+    share = _apportion(alone, model)
+    rows = []
+    for i, name in enumerate([*names, "container"]):
+        params = comps[name][0] if name in comps else 0
+        bpp = 8 * share[i] / params if params else None
+        rows.append(dict(name=name, params=params, raw=raw[i], alone=alone[i],
+                         compressed=share[i], bits_per_param=bpp))  # fmt: skip
+    rows.append(dict(name="code", params=0, raw=code_n, alone=code_n, compressed=code_n,
+                     bits_per_param=None))  # fmt: skip
+    params = sum(t.numel for t in tensors)
+    total = model + code_n
+    return {
+        "components": rows,
+        "model_bytes": model,
+        "code_bytes": code_n,
+        "code_desc": code_desc,
+        "total_bytes": total,
+        "byte_budget": byte_budget,
+        "margin": byte_budget - total,
+        "params": params,
+        "bits_per_param": 8 * model / params if params else None,
+        "codec": codec,
+        "shuffle": shuffle,
+        "packed": pack_bits,
+        "standalone_sum": sum(alone),
+        "note": (
+            "each component was compressed alone; those sizes were scaled by "
+            f"{model / max(sum(alone), 1):.4f} so the components add up exactly to the artifact"
+        ),
+    }
+
+
+def format_budget(report: Mapping[str, Any]) -> list[str]:
+    """Human-readable lines (`budget:` prefix) for logs."""
+    r = report
+    lines = [f"budget: {'component':<12} {'params':>12} {'raw':>12} {'alone':>12} "
+             f"{'compressed':>12} {'bits/param':>10}"]  # fmt: skip
+    for c in r["components"]:
+        bpp = "" if c["bits_per_param"] is None else f"{c['bits_per_param']:.3f}"
+        lines.append(f"budget: {c['name']:<12} {c['params']:>12,} {c['raw']:>12,} "
+                     f"{c['alone']:>12,} {c['compressed']:>12,} {bpp:>10}")  # fmt: skip
+    pack = "bit-packed codes" if r["packed"] else "one byte per code"
+    lines.append(f"budget: model {r['model_bytes']:,} bytes ({r['codec']}, shuffle {r['shuffle']}, "
+                 f"{pack}) + code {r['code_bytes']:,} = {r['total_bytes']:,} bytes")  # fmt: skip
+    if r["code_desc"]:
+        lines.append(f"budget: code counted as {r['code_desc']}")
+    lines.append(f"budget: limit {r['byte_budget']:,} bytes, margin {r['margin']:,} bytes"
+                 + (" (OVER BUDGET)" if r["margin"] < 0 else ""))  # fmt: skip
+    lines.append(f"budget: note: {r['note']}")
+    return lines
+
+
+def _ve_columns(t: QTensor, dim: int) -> QTensor:
+    """Keep the first `dim` columns; new columns draw existing values at random (seed 0)."""
+    x = t.codes if t.kind == "int" else t.data
+    x = x.reshape(t.shape[0], -1)
+    if dim <= x.shape[1]:
+        x = x[:, :dim].clone()
+    else:
+        g = torch.Generator().manual_seed(0)
+        extra = x.reshape(-1)[torch.randint(x.numel(), (x.shape[0], dim - x.shape[1]), generator=g)]
+        x = torch.cat([x, extra], dim=1)
+    shape = (t.shape[0], dim)
+    if t.kind == "int":
+        return QTensor(t.name, shape, "int", t.bits, x, t.scales, None, t.group)
+    return QTensor(t.name, shape, "fp16", t.bits, None, None, x, t.group)
+
+
+def _meta_quant(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    return meta.get("quant") or meta.get("config", {}).get("quant") or {}
+
+
+def _packed(meta: Mapping[str, Any], pack_bits: bool | None) -> bool:
+    return bool(_meta_quant(meta).get("pack_bits", False)) if pack_bits is None else pack_bits
+
+
+def _meta_k(meta: Mapping[str, Any], group: str) -> float:
+    q = _meta_quant(meta)
+    key = "matrix_clip_k" if group in MATRIX_GROUPS else "embed_clip_k"
+    return float(q.get(key, _DEFAULT_K.get(group, 12.85)))
+
+
+def what_if(
+    tensors: Iterable[QTensor],
+    meta: dict,
+    codec: str = "brotli",
+    *,
+    bits: int | None = None,
+    clip_k: float | None = None,
+    group: str | Iterable[str] = MATRIX_GROUPS,
+    ve_dim: int | None = None,
+    prune_to: int | None = None,
+    weights: Mapping[str, torch.Tensor] | None = None,
+    pack_bits: bool | None = None,
+    shuffle: int = DEFAULT_SHUFFLE,
+    prune_tol: float = 0.001,
+) -> dict[str, Any]:
+    """Re-measure the compressed model after changes (applied in this order):
+
+    bits / clip_k: re-quantise the tensors of `group` with RTN + SDClip from `weights` (original
+    fp32 tensors by name) when given, else from the dequantised codes (an approximation);
+    ve_dim: keep / add columns of `ve.embed.weight` and `ve.proj.weight` (0 drops every `ve.*`);
+    prune_to: zero ±1 codes of `group` by increasing row scale² until the compressed *model* blob
+    is at most `prune_to` bytes (subtract the code bytes from the budget first); the count is the
+    binary-search answer within `prune_tol` x the number of ±1 candidates.
+    Returns baseline/new bytes, the new tensors, and a list of what was done; `format_what_if`
+    renders it. pack_bits None = the run's `quant.pack_bits` from meta."""
+    from pgolf.quant import dequantize, rtn_quantize
+
+    groups = (group,) if isinstance(group, str) else tuple(group)
+    tensors, pack_bits = list(tensors), _packed(meta, pack_bits)
+    size = lambda ts: len(encode_artifact(ts, meta, codec, pack_bits, shuffle))  # noqa: E731
+    out: dict[str, Any] = {"baseline_bytes": size(tensors), "changes": [], "pruned": 0}
+    new = list(tensors)
+    if bits is not None or clip_k is not None:
+        used = {"weights": 0, "dequantised codes": 0}
+        for i, t in enumerate(new):
+            if t.kind != "int" or group_of(t) not in groups:
+                continue
+            b, k = bits or t.bits, clip_k if clip_k is not None else _meta_k(meta, group_of(t))
+            if weights is not None and t.name in weights:
+                W, src = weights[t.name].float().reshape(t.rows, -1), "weights"
+            else:
+                W, src = dequantize(t.codes.reshape(t.rows, -1), t.scales), "dequantised codes"
+            used[src] += 1
+            codes, scales = rtn_quantize(W, b, k)
+            new[i] = QTensor(t.name, t.shape, "int", b, codes.reshape(t.shape), scales, None,
+                             t.group)  # fmt: skip
+            out["changes"].append(f"{t.name}: int{t.bits} -> int{b}, k={k:g} (RTN from {src})")
+        out["requant_source"] = {k: v for k, v in used.items() if v}
+    if ve_dim is not None:
+        keep = []
+        for t in new:
+            if t.name in ("ve.embed.weight", "ve.proj.weight") and ve_dim > 0:
+                keep.append(_ve_columns(t, ve_dim))
+                out["changes"].append(f"{t.name}: {t.shape[1]} -> {ve_dim} columns")
+            elif t.name.startswith("ve.") and ve_dim == 0:
+                out["changes"].append(f"{t.name}: dropped (ve_dim=0)")
+            else:
+                keep.append(t)
+        new = keep
+    if prune_to is not None:
+        new, out["pruned"], out["prune_candidates"] = _prune(new, groups, prune_to, size,
+                                                             prune_tol)  # fmt: skip
+        out["changes"].append(f"pruned {out['pruned']:,} of {out['prune_candidates']:,} ±1 codes")
+    out["bytes"] = size(new)
+    out["delta"] = out["bytes"] - out["baseline_bytes"]
+    out["reached"] = prune_to is None or out["bytes"] <= prune_to
+    out["tensors"] = new
+    return out
+
+
+def format_what_if(r: Mapping[str, Any], limit: int = 6) -> list[str]:
+    """Log lines for a `what_if` result (at most `limit` change lines, then a count)."""
+    lines = [f"what-if: {c}" for c in r["changes"][:limit]]
+    if len(r["changes"]) > limit:
+        lines.append(f"what-if: ... and {len(r['changes']) - limit} more changes")
+    if r.get("requant_source"):
+        src = ", ".join(f"{v} tensors from {k}" for k, v in r["requant_source"].items())
+        lines.append(f"what-if: re-quantised with RTN + SDClip: {src}")
+    flag = "" if r["reached"] else " (target NOT reached: pruning alone cannot get there)"
+    lines.append(f"what-if: model {r['baseline_bytes']:,} -> {r['bytes']:,} bytes "
+                 f"({r['delta']:+,}){flag}")  # fmt: skip
+    return lines
+
+
+def _prune(tensors: list[QTensor], groups: tuple[str, ...], target: int, size: Any,
+           tol: float) -> tuple[list[QTensor], int, int]:  # fmt: skip
+    """Smallest count (within tol) of ±1 codes to zero, lowest row scale² first, so size fits."""
+    idx, flat, keys = [], [], []
+    for j, t in enumerate(tensors):
+        if t.kind != "int" or group_of(t) not in groups:
+            continue
+        c = t.codes.reshape(t.rows, -1)
+        r, col = torch.nonzero(c.abs() == 1, as_tuple=True)
+        idx.append(torch.full_like(r, j))
+        flat.append(r * c.shape[1] + col)
+        keys.append(t.scales.float()[r] ** 2)
+    if not idx:
+        return tensors, 0, 0
+    order = torch.sort(torch.cat(keys), stable=True).indices
+    idx, flat = torch.cat(idx)[order], torch.cat(flat)[order]
+    n = idx.numel()
+
+    def apply(count: int) -> list[QTensor]:
+        out = list(tensors)
+        for j in torch.unique(idx[:count]).tolist():
+            t = tensors[j]
+            codes = t.codes.clone().reshape(-1)
+            codes[flat[:count][idx[:count] == j]] = 0
+            out[j] = QTensor(t.name, t.shape, "int", t.bits, codes.reshape(t.shape), t.scales,
+                             None, t.group)  # fmt: skip
+        return out
+
+    if size(tensors) <= target:
+        return tensors, 0, n
+    if size(apply(n)) > target:
+        return apply(n), n, n  # cannot reach the target by pruning alone; `reached` says so
+    lo, hi, step = 0, n, max(1, int(tol * n))
+    while hi - lo > step:  # invariant: lo does not fit, hi fits
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if size(apply(mid)) <= target else (mid, hi)
+    return apply(hi), hi, n
+
+
+def compare_codecs(
+    tensors: Iterable[QTensor],
+    meta: dict | None = None,
+    codecs: Iterable[str] = CODECS,
+    strides: Iterable[int] = (1, 2, 4),
+) -> dict[str, Any]:
+    """Compressed artifact bytes for every codec x shuffle stride x packing.
+
+    Returns {"raw": {"bytes": P, "packed": P}, "sizes": {(codec, stride, packing): bytes},
+    "best": (codec, stride, packing, bytes)}; packing is "bytes" (one per code) or "packed"."""
+    tensors, meta = list(tensors), meta or {}
+    payloads = {p: build_payload(tensors, meta, p == "packed") for p in ("bytes", "packed")}
+    sizes = {}
+    for codec in codecs:
+        for s in strides:
+            for p, pl in payloads.items():
+                sizes[(codec, s, p)] = len(wrap(pl, codec, s))
+    best = min(sizes.items(), key=lambda kv: kv[1])
+    raw = {p: len(pl) for p, pl in payloads.items()}
+    return {"raw": raw, "sizes": sizes, "best": (*best[0], best[1])}
+
+
+def byteshuffle_brotli_reference(blob_bytes: bytes) -> bytes:
+    """PR #1550's method per spec §5.6: zero-pad to a multiple of 4, bytes at positions 0, 1, 2, 3
+    mod 4, one trailing pad-count byte, Brotli quality 11, prefixed by the tag b"BROT"."""
+    pad = -len(blob_bytes) % 4
+    return b"BROT" + compress(byte_shuffle(bytes(blob_bytes), 4) + bytes([pad]), "brotli")
+
+
+def reference_input(tensors: Iterable[QTensor]) -> bytes:
+    """The same raw bytes #1550 would compress, minus pickle framing: every int8 code, then every
+    fp16 scale, then every fp16 passthrough tensor."""
+    parts = [tensor_parts(t) for t in tensors]
+    return b"".join(b"".join(p[i] for p in parts) for i in range(3))
