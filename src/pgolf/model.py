@@ -1,0 +1,596 @@
+"""The GPT of the PR #1550 / #1493 stacks, every architectural choice a switch in `ModelConfig`.
+
+Choices (credits by paper or challenge PR number):
+* Tied input/output embedding, init N(0, tied_embed_init_std^2); optional untied zero-init head
+  (Naive Baseline). Logit softcap c*tanh(z/c) (Gemma 2; Naive Baseline), loss in fp32.
+* Parameter-free RMSNorm everywhere (`F.rms_norm`), including `final_norm` before the head.
+* GQA attention (arXiv:2305.13245) with q/k RMS-normalisation (QK-norm) and a learnable
+  per-head QK gain (Naive Baseline; init 5.25 in #1493/#1550).
+* Partial RoPE (arXiv:2104.09864) on the first `rope_dims` dims of each head, rotate-half layout,
+  plain base at every length (we do not copy #1550's accidental NTK rescale, spec §3.4).
+* XSA, Exclusive Self Attention (arXiv:2603.09078): remove from each head's output its component
+  along the token's own normalised value vector, broadcast over the GQA group.
+* Value embeddings (#1550): one shared table projected to the KV width, added to v at `ve_layers`.
+* SmearGate (#1550): x_t <- (1 - sigmoid(g)) x_t + sigmoid(g) x_{t-1}, per channel.
+* MLP with ReLU^2 (arXiv:2109.08668, baseline) or LeakyReLU(slope)^2 (#1493/#1550).
+* Layerwise LN scale 1/sqrt(physical layer + 1), resid_mix with the embedding x0, per-channel
+  attn/mlp scales and U-Net skips with plain / sigmoid / lerp gates (Naive Baseline, #1550, #1493).
+* Parallel residuals: #1550's two-lane routing ('lanes', split at the first decoder virtual
+  layer whose physical index >= parallel_start) or #1493's GPT-J form ('gptj', every physical
+  layer >= parallel_start).
+* Depth recurrence as data: `recur_layers` lists physical layers per virtual layer once
+  `set_recurrence(True)` (#1493, #1550); the first half of the virtual layers form the encoder.
+* Zero-init output projections, orthogonal init for the other matrices (#1550 §3.5).
+* Optional document masking at BOS tokens (off in every record; also stops SmearGate at BOS).
+* KV-cached `generate` (one static cache per virtual layer, each step a replayed CUDA graph on
+  GPU) for self-generated GPTQ calibration: ~11 s for 32x2048 on one H100 where #1550's full
+  re-forward loop takes ~128 s.
+
+Shape legend: B batch, T time (new tokens), S attended keys, D model dim, H query heads,
+Hk KV heads, G = H/Hk query heads per KV head, K head dim, R rotary dims, V vocab, E ve_dim,
+F MLP hidden, L virtual layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pgolf.config import ModelConfig, head_dim, num_skip_weights
+
+SIGMOID_SKIP_INIT = 2.2  # sigmoid(2.2) ~= 0.90 (#1550 SIGMOID_SKIPS)
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+
+
+@functools.lru_cache(maxsize=1)
+def fa3_function() -> Callable[..., Any] | None:
+    """FlashAttention-3's `flash_attn_func` if importable (Hopper builds), else None."""
+    try:
+        from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
+    except Exception:
+        return None
+    return flash_attn_func
+
+
+@functools.lru_cache(maxsize=1)
+def sdpa_has_gqa() -> bool:
+    """True when `F.scaled_dot_product_attention` accepts `enable_gqa` (torch >= 2.5)."""
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 5)
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Explicit masked softmax, fp32 scores (test oracle; also the KV-cache path: no K/V repeat,
+    no kernel planning per length). q [B,T,H,K], k/v [B,S,Hk,K] -> [B,T,H,K]."""
+    B, T, H, K = q.shape
+    S, Hk = k.size(1), k.size(2)
+    qg = q.view(B, T, Hk, H // Hk, K)  # query head h = j*G + g reads KV head j = h // G
+    scores = torch.einsum("btjgk,bsjk->bjgts", qg, k.to(q.dtype)).float() / math.sqrt(K)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    else:
+        mask = mask.unsqueeze(1)  # [B|1,1,1,T,S]
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # [B,Hk,G,T,S]
+    y = torch.einsum("bjgts,bsjk->btjgk", probs.to(v.dtype), v)
+    return y.reshape(B, T, H, K).to(q.dtype)
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    backend: str,
+    fa3: Callable[..., Any] | None = None,
+    gqa_kwarg: bool = True,
+) -> Tensor:
+    """Causal attention. q [B,T,H,K], k/v [B,S,Hk,K]; mask None = causal with S == T, else a
+    boolean [B or 1, 1, T, S] (True = may attend). gqa_kwarg: SDPA takes `enable_gqa` (else K/V
+    are repeated). Returns [B,T,H,K]."""
+    if backend == "naive":
+        return naive_attention(q, k, v, mask)
+    if fa3 is not None and mask is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.half):
+        out = fa3(q, k, v, causal=True)
+        return out[0] if isinstance(out, tuple) else out
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B,H|Hk,T|S,K]
+    causal = mask is None
+    if gqa_kwarg:
+        y = F.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=mask, is_causal=causal, enable_gqa=True
+        )
+    else:
+        group = q.size(2) // k.size(2)
+        kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
+        y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=causal)
+    return y.transpose(1, 2)
+
+
+def rope_tables(positions: Tensor, dims: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos, sin [T, R/2] for angles t * base^(-2i/R), i = 0..R/2-1."""
+    inv_freq = base ** (-torch.arange(0, dims, 2, device=positions.device).float() / dims)
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [T,R/2]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on the first R = 2*cos.size(-1) dims of x [B,T,H,K]; the rest pass."""
+    half = cos.size(-1)
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
+
+
+def exclusive_self_attention(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: y [B,T,H,K] minus its projection on the token's own unit value v [B,T,Hk,K]."""
+    B, T, H, K = y.shape
+    Hk = v.size(2)
+    yg = y.view(B, T, Hk, H // Hk, K)  # [B,T,Hk,G,K]
+    vn = F.normalize(v, dim=-1).unsqueeze(3)  # [B,T,Hk,1,K]
+    return (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(B, T, H, K)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+
+
+class CastedLinear(nn.Linear):
+    """Bias-free linear layer whose fp32 weight is cast to the input dtype at use."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class RMSNorm(nn.Module):
+    """Parameter-free RMSNorm over the last dim (a module so that hooks can see its output)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.size(-1),))
+
+
+@dataclass
+class KVCache:
+    """Decoding state with static shapes (so a decoding step can be a CUDA graph): keys/values
+    per virtual layer over all max_len slots, the position as a device tensor, SmearGate's
+    previous row and document ids. Every update after the first call is in place."""
+
+    batch: int
+    max_len: int
+    num_virtual: int
+    pos: Tensor  # [1] long: tokens cached so far
+    keys: list[Tensor | None] = field(default_factory=list)  # each [B,max_len,Hk,K]
+    values: list[Tensor | None] = field(default_factory=list)
+    prev_x: Tensor | None = None  # [B,1,D] normed embedding of the last token (SmearGate)
+    doc_ids: Tensor | None = None  # [B,max_len]
+    doc_count: Tensor | None = None  # [B] BOS tokens seen so far
+
+    def append(self, vi: int, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new k/v [B,T,Hk,K] of virtual layer vi at positions [T]; return the whole
+        buffers [B,max_len,Hk,K] (slots not yet written are masked by position)."""
+        if not self.keys:
+            self.keys, self.values = [None] * self.num_virtual, [None] * self.num_virtual
+        if self.keys[vi] is None:
+            shape = (self.batch, self.max_len, *k.shape[2:])
+            self.keys[vi], self.values[vi] = k.new_zeros(shape), v.new_zeros(shape)
+        kc, vc = self.keys[vi], self.values[vi]
+        assert kc is not None and vc is not None
+        kc.index_copy_(1, positions, k.to(kc.dtype))
+        vc.index_copy_(1, positions, v.to(vc.dtype))
+        return kc, vc
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, xsa: bool) -> None:
+        super().__init__()
+        D, K = cfg.model_dim, head_dim(cfg)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, K
+        self.c_q = CastedLinear(D, cfg.num_heads * K)
+        self.c_k = CastedLinear(D, cfg.num_kv_heads * K)
+        self.c_v = CastedLinear(D, cfg.num_kv_heads * K)
+        self.proj = CastedLinear(cfg.num_heads * K, D)
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+        self.xsa = xsa
+        self.backend = cfg.attn_backend
+        self.fa3: Callable[..., Any] | None = None  # set by GPT when FA3 may be used
+        self.sdpa_gqa = sdpa_has_gqa()
+
+    def forward(
+        self,
+        h: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        ve: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        vi: int = 0,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        B, T, _ = h.shape
+        H, Hk, K = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.c_q(h)
+        dtype = q.dtype  # compute dtype (bf16 under autocast)
+        k, v = self.c_k(h), self.c_v(h)
+        if ve is not None:
+            v = v + ve.to(v.dtype)  # [B,T,Hk*K]
+        q = F.rms_norm(q.view(B, T, H, K), (K,))
+        k = F.rms_norm(k.view(B, T, Hk, K), (K,))
+        v = v.view(B, T, Hk, K).to(dtype)
+        q = apply_rope(q, cos, sin) * self.q_gain.to(q.dtype)[:, None]  # [B,T,H,K]
+        q, k = q.to(dtype), apply_rope(k, cos, sin).to(dtype)
+        if cache is None:
+            y = attend(q, k, v, mask, self.backend, self.fa3, self.sdpa_gqa)  # [B,T,H,K]
+        else:
+            k_all, v_all = cache.append(vi, k, v, positions)  # [B,max_len,Hk,K]
+            y = naive_attention(q, k_all, v_all, mask)
+        if self.xsa:
+            y = exclusive_self_attention(y, v)
+        return self.proj(y.reshape(B, T, H * K))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(cfg.mlp_mult * cfg.model_dim)
+        self.fc = CastedLinear(cfg.model_dim, hidden)
+        self.proj = CastedLinear(hidden, cfg.model_dim)
+        self.leaky = cfg.activation == "leaky_relu2"
+        self.slope = cfg.leaky_slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self.fc(x)  # [B,T,F]
+        u = F.leaky_relu(u, self.slope) if self.leaky else F.relu(u)
+        return self.proj(u.square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        D = cfg.model_dim
+        self.attn = Attention(cfg, xsa=layer in cfg.xsa_layers)
+        self.mlp = MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(D))
+        self.mlp_scale = nn.Parameter(torch.ones(D))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(D), torch.zeros(D))))  # [2,D]
+        self.ln = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0  # physical index
+
+    def _norm(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.size(-1),)) * self.ln
+
+    def forward(self, x: Tensor, x0: Tensor, parallel: bool, **attn_kw: Any) -> Tensor:
+        """Sequential block, or GPT-J parallel (#1493) where both sub-layers read x_in."""
+        x_in = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        h = self._norm(x_in)
+        out = x_in + self.attn_scale * self.attn(h, **attn_kw)
+        if parallel:
+            return out + self.mlp_scale * self.mlp(h)
+        return out + self.mlp_scale * self.mlp(self._norm(out))
+
+    def forward_lanes(
+        self, lane0: Tensor, lane1: Tensor, x0: Tensor, **attn_kw: Any
+    ) -> tuple[Tensor, Tensor]:
+        """#1550 two-lane form: attention on lane0 (with resid_mix), MLP on lane1 alone."""
+        a_in = self.resid_mix[0] * lane0 + self.resid_mix[1] * x0
+        lane0 = a_in + self.attn_scale * self.attn(self._norm(a_in), **attn_kw)
+        lane1 = lane1 + self.mlp_scale * self.mlp(self._norm(lane1))
+        return lane0, lane1
+
+
+class SmearGate(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor, x_prev: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate)
+        return (1 - g) * x + g * x_prev
+
+
+class ValueEmbedding(nn.Module):
+    """Shared table [V,E] -> zero-init projection to the KV width, scaled globally and per layer."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        kv_dim = cfg.num_kv_heads * head_dim(cfg)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.ve_dim)
+        self.proj = CastedLinear(cfg.ve_dim, kv_dim)
+        self.scale = nn.Parameter(torch.full((1,), 0.1))
+        self.layer_scales = nn.Parameter(torch.ones(len(cfg.ve_layers)))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.proj(self.embed(idx)) * self.scale  # [B,T,Hk*K]
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    """See the module docstring. Build under `torch.device("meta")`, then `to_empty` and
+    `init_weights()`; built on a real device it is initialised at construction."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        D = cfg.model_dim
+        assert D % cfg.num_heads == 0, f"model_dim {D} must be divisible by num_heads"
+        assert cfg.num_heads % cfg.num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
+        K = head_dim(cfg)
+        self.rope_dims = cfg.rope_dims or K
+        assert self.rope_dims % 2 == 0 and self.rope_dims <= K, f"bad rope_dims {cfg.rope_dims}"
+        assert cfg.attn_backend in ("auto", "sdpa", "fa3", "naive"), "bad model.attn_backend"
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, D)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.num_skips = num_skip_weights(cfg)
+        if self.num_skips:
+            self.skip_weights = nn.Parameter(torch.ones(self.num_skips, D))
+            if cfg.skip_gate == "lerp":
+                self.skip_gates = nn.Parameter(torch.zeros(self.num_skips, D))
+        self.smear = SmearGate(D) if cfg.smear_gate else None
+        use_ve = cfg.ve_dim > 0 and len(cfg.ve_layers) > 0
+        self.ve = ValueEmbedding(cfg) if use_ve else None
+        self.ve_slot = {layer: j for j, layer in enumerate(cfg.ve_layers)} if use_ve else {}
+        if cfg.parallel_residual == "lanes":
+            self.lane_merge = nn.Parameter(torch.full((1,), 0.5))
+        self.final_norm = RMSNorm()
+        self.lm_head = None if cfg.tie_embeddings else CastedLinear(D, cfg.vocab_size)
+        self._recur = False
+        if cfg.attn_backend in ("auto", "fa3"):
+            fa3 = fa3_function()
+            if cfg.attn_backend == "fa3" and fa3 is None:
+                raise RuntimeError(
+                    "model.attn_backend='fa3' but flash_attn_interface is not importable; "
+                    "install FlashAttention-3 or set model.attn_backend=sdpa"
+                )
+            for block in self.blocks:
+                block.attn.fa3 = fa3
+        if not self.tok_emb.weight.is_meta:
+            self.init_weights()
+
+    # -- weights and recurrence ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter in place (uses the global torch RNG)."""
+        cfg = self.cfg
+        nn.init.normal_(self.tok_emb.weight, 0.0, cfg.tied_embed_init_std)
+        for block in self.blocks:
+            a, m = block.attn, block.mlp
+            for w in (a.c_q.weight, a.c_k.weight, a.c_v.weight, m.fc.weight):
+                nn.init.orthogonal_(w)
+            nn.init.zeros_(a.proj.weight)
+            nn.init.zeros_(m.proj.weight)
+            a.q_gain.fill_(cfg.qk_gain_init)
+            block.attn_scale.fill_(1.0)
+            block.mlp_scale.fill_(1.0)
+            block.resid_mix[0].fill_(1.0)
+            block.resid_mix[1].fill_(0.0)
+        if self.num_skips:
+            self.skip_weights.fill_(SIGMOID_SKIP_INIT if cfg.skip_gate == "sigmoid" else 1.0)
+            if cfg.skip_gate == "lerp":
+                self.skip_gates.zero_()
+        if self.smear is not None:
+            self.smear.gate.zero_()
+        if self.ve is not None:
+            nn.init.normal_(self.ve.embed.weight, 0.0, 0.01)
+            nn.init.zeros_(self.ve.proj.weight)
+            self.ve.scale.fill_(0.1)
+            self.ve.layer_scales.fill_(1.0)
+        if self.cfg.parallel_residual == "lanes":
+            self.lane_merge.fill_(0.5)
+        if self.lm_head is not None:
+            nn.init.zeros_(self.lm_head.weight)
+
+    def set_recurrence(self, active: bool) -> None:
+        """Switch to the `recur_layers` virtual layer list (changes the compiled graph)."""
+        self._recur = bool(active)
+
+    @property
+    def recurrence_active(self) -> bool:
+        return self._recur
+
+    def virtual_layers(self) -> list[int]:
+        if self._recur and self.cfg.recur_layers:
+            return list(self.cfg.recur_layers)
+        return list(range(self.cfg.num_layers))
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _skip(self, i: int, x: Tensor, skip: Tensor) -> Tensor:
+        """Add the i-th U-Net skip to x with the configured gate."""
+        w = self.skip_weights[i]
+        gate = self.cfg.skip_gate
+        if gate == "sigmoid":
+            return x + torch.sigmoid(w) * skip
+        if gate == "lerp":  # #1493: sigmoid(g) x + (1 - sigmoid(g)) (w skip)
+            g = torch.sigmoid(self.skip_gates[i])
+            return g * x + (1 - g) * (w * skip)
+        return x + w * skip
+
+    def _mask(self, idx: Tensor, cache: KVCache | None, qpos: Tensor) -> Tensor | None:
+        """None (plain causal) or a boolean [B|1,1,T,S] mask (doc masking, cached decoding:
+        S = max_len). qpos [T] are the query positions."""
+        cfg = self.cfg
+        if cache is None and not cfg.doc_mask:
+            return None
+        kpos = qpos if cache is None else torch.arange(cache.max_len, device=idx.device)
+        mask = (kpos[None, :] <= qpos[:, None])[None, None]  # [1,1,T,S]
+        if cfg.doc_mask:
+            is_bos = (idx == cfg.bos_id).long()
+            if cache is None:
+                doc = kdoc = is_bos.cumsum(1)  # [B,T]
+            else:
+                if cache.doc_ids is None:
+                    cache.doc_ids = idx.new_zeros(cache.batch, cache.max_len)
+                    cache.doc_count = idx.new_zeros(cache.batch)
+                assert cache.doc_count is not None
+                doc = cache.doc_count[:, None] + is_bos.cumsum(1)
+                cache.doc_ids.index_copy_(1, qpos, doc)
+                cache.doc_count.copy_(doc[:, -1])
+                kdoc = cache.doc_ids  # [B,S]
+            mask = mask & (doc[:, None, :, None] == kdoc[:, None, None, :])  # [B,1,T,S]
+        return mask
+
+    def _embed(self, idx: Tensor, cache: KVCache | None) -> Tensor:
+        x = F.rms_norm(self.tok_emb(idx), (self.cfg.model_dim,))  # [B,T,D]
+        if self.smear is None:
+            return x
+        first = x.new_zeros(x.size(0), 1, x.size(2))
+        if cache is not None and cache.prev_x is not None:
+            first = cache.prev_x
+        x_prev = torch.cat((first, x[:, :-1]), dim=1)  # [B,T,D], x_{-1} = 0
+        if cache is not None:
+            if cache.prev_x is None:
+                cache.prev_x = x[:, -1:].clone()
+            else:
+                cache.prev_x.copy_(x[:, -1:])
+        if self.cfg.doc_mask:  # no smearing across a document boundary
+            x_prev = x_prev * (idx != self.cfg.bos_id).unsqueeze(-1).to(x.dtype)
+        return self.smear(x, x_prev)
+
+    def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Final-normed hidden states [B,T,D] (advances `cache` when given)."""
+        cfg = self.cfg
+        B, T = idx.shape
+        positions = torch.arange(T, device=idx.device)
+        if cache is not None:
+            positions = positions + cache.pos  # [T]
+        x = self._embed(idx, cache)
+        x0 = x
+        cos, sin = rope_tables(positions, self.rope_dims, cfg.rope_base)  # [T,R/2]
+        ve_all = self.ve(idx) if self.ve is not None else None  # [B,T,Hk*K], once per forward
+        mask = self._mask(idx, cache, positions)
+        layers = self.virtual_layers()
+        if cache is not None:
+            assert cache.num_virtual == len(layers), "recurrence changed during decoding"
+        num_enc = len(layers) // 2
+        lanes = cfg.parallel_residual == "lanes"
+        skips: list[Tensor] = []
+        lane0: Tensor | None = None
+        lane1: Tensor | None = None
+        for vi, li in enumerate(layers):
+            block = self.blocks[li]
+            d = vi - num_enc
+            if 0 <= d < self.num_skips and skips:  # decoder: pop LIFO
+                if lane0 is None:
+                    x = self._skip(d, x, skips.pop())
+                else:
+                    lane0 = self._skip(d, lane0, skips.pop())
+            ve = None
+            if ve_all is not None and li in self.ve_slot:
+                assert self.ve is not None
+                ve = self.ve.layer_scales[self.ve_slot[li]] * ve_all
+            kw = dict(cos=cos, sin=sin, ve=ve, mask=mask, cache=cache, vi=vi, positions=positions)
+            if lanes and lane0 is None and d >= 0 and li >= cfg.parallel_start:  # §3.3
+                lane0, lane1 = x, x
+            if lane0 is not None and lane1 is not None:
+                lane0, lane1 = block.forward_lanes(lane0, lane1, x0, **kw)
+            else:
+                gptj = cfg.parallel_residual == "gptj" and li >= cfg.parallel_start
+                x = block(x, x0, gptj, **kw)
+            if vi < num_enc:
+                skips.append(x)
+        if lane0 is not None and lane1 is not None:
+            x = self.lane_merge * lane0 + (1 - self.lane_merge) * lane1
+        if cache is not None:
+            cache.pos.add_(T)
+        return self.final_norm(x)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Softcapped fp32 logits [B,T,V] from final-normed hidden states [B,T,D]."""
+        if self.lm_head is not None:
+            z = self.lm_head(h)
+        else:
+            z = F.linear(h, self.tok_emb.weight.to(h.dtype))
+        z = z.float()
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(z / cap) if cap > 0 else z
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
+        """idx [B,T] long -> logits [B,T,V] fp32, or the mean cross-entropy if targets [B,T]."""
+        logits = self.logits(self.hidden(idx))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        pos = torch.zeros(1, dtype=torch.long, device=self.tok_emb.weight.device)
+        return KVCache(batch, max_len, len(self.virtual_layers()), pos)
+
+    @torch.no_grad()
+    def decode(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """Logits [B,T,V] of the next T tokens idx [B,T] given (and extending) the cache."""
+        return self.logits(self.hidden(idx, cache))
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Number of distinct parameters of GPT(cfg), counted on the meta device."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompt: Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    generator: torch.Generator | None = None,
+    cuda_graph: bool | None = None,
+) -> Tensor:
+    """Sample max_new_tokens after prompt [B,T0] with a KV cache -> LongTensor [B,T0+N].
+    temperature <= 0 means greedy. On CUDA (cuda_graph None or True) the one-token step is
+    captured once as a CUDA graph and replayed, so a step costs GPU time, not Python time."""
+    B, T0 = prompt.shape
+    if max_new_tokens <= 0:
+        return prompt.clone()
+    use_graph = prompt.is_cuda if cuda_graph is None else cuda_graph
+    ctx: Any = contextlib.nullcontext()
+    if use_graph and torch.is_autocast_enabled("cuda"):  # no cached weight casts in a graph
+        ctx = torch.autocast("cuda", torch.get_autocast_dtype("cuda"), cache_enabled=False)
+    with ctx:
+        cache = model.new_cache(B, T0 + max_new_tokens)
+        logits = model.decode(prompt, cache)[:, -1]  # [B,V]
+        step_in = torch.zeros(B, 1, dtype=torch.long, device=prompt.device)
+        graph, graph_logits = None, logits
+        out = [prompt]
+        for i in range(max_new_tokens):
+            if temperature <= 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)  # [B,1]
+            else:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            out.append(nxt)
+            if i + 1 == max_new_tokens:
+                break
+            step_in.copy_(nxt)
+            if not use_graph:
+                logits = model.decode(step_in, cache)[:, -1]
+            elif i < 2:  # eager warm-up steps on a side stream (they advance the cache too)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    logits = model.decode(step_in, cache)[:, -1]
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                if graph is None:  # capture records the step without running it
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        graph_logits = model.decode(step_in, cache)[:, -1]
+                graph.replay()
+                logits = graph_logits
+    return torch.cat(out, dim=1)
