@@ -196,6 +196,7 @@ def pr1550() -> RunConfig:
         preset="pr1550",
         model=ModelConfig(recur_layers=(0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10)),
         train=TrainConfig(recur_start_step=3000),
+        quant=QuantConfig(calib="selfgen"),
     )
 
 
