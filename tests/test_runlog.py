@@ -68,7 +68,7 @@ def test_metrics_and_result(tmp_path):
 def test_default_run_dir():
     cfg = C.preset("pr1550")
     p = R.default_run_dir(cfg)
-    assert p.parent == Path("runs")
+    assert p.parent == Path("out")
     assert re.fullmatch(r"\d{8}-\d{6}_pr1550_s1337", p.name)
     cfg2 = dc.replace(cfg, train=dc.replace(cfg.train, run_dir="somewhere/else", seed=7))
     assert R.default_run_dir(cfg2) == Path("somewhere/else")

@@ -79,8 +79,8 @@ def environment() -> dict[str, Any]:
     }
 
 
-def default_run_dir(cfg: C.RunConfig, root: str | Path = "runs") -> Path:
-    """`runs/<YYYYmmdd-HHMMSS>_<preset>_s<seed>` (or `cfg.train.run_dir` when that is set)."""
+def default_run_dir(cfg: C.RunConfig, root: str | Path = "out") -> Path:
+    """`out/<YYYYmmdd-HHMMSS>_<preset>_s<seed>` (or `cfg.train.run_dir` when that is set)."""
     if cfg.train.run_dir:
         return Path(cfg.train.run_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,138 @@
+"""The `pgolf` command as a user runs it: exact parameter counts, clean errors, and the whole
+pipeline end to end (train → quantize → artifact → reload in a fresh process → same score)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgolf import cli
+
+RECORD_COUNTS = {"baseline": 17_059_912, "pr1493": 35_944_536, "pr1550": 36_311_132}
+
+
+def pgolf(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    e.pop("PGOLF_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "pgolf", *args], capture_output=True, text=True,
+                          env=e, cwd=cwd, timeout=timeout)
+
+
+@pytest.mark.parametrize("name,count", sorted(RECORD_COUNTS.items()))
+def test_params_prints_the_record_count_as_last_line(name, count, capsys):
+    cli.main(["params", "--preset", name])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == str(count)
+
+
+def test_corrupt_shard_is_refused_without_traceback(tmp_path):
+    from pgolf.data import write_shard
+
+    good = tmp_path / "x_val_000000.bin"
+    write_shard(good, list(range(1000)))
+    bad = tmp_path / "trunc_val_000000.bin"
+    bad.write_bytes(good.read_bytes()[:1500])
+    foreign = tmp_path / "foreign.bin"
+    foreign.write_bytes(b"PK\x03\x04" + b"\0" * 2000)
+    for f in (bad, foreign):
+        r = pgolf("data", "inspect", str(f), "--json")
+        assert r.returncode != 0
+        assert str(f) in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+def test_eval_refuses_a_pickle_that_would_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "artifact.pgolf"
+    code = (
+        "import os, torch\n"
+        "class E:\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save({{'w': E()}}, {str(evil)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    r = pgolf("eval", str(evil))
+    assert r.returncode == 2, r.stderr
+    assert "not a pgolf artifact" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+
+
+TINY = [
+    "vocab_size=512", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv_heads=2",
+    "mlp_mult=2", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "parallel_start=1",
+    "recur_layers=0,1,1", "train_seq_len=64", "train_batch_tokens=512", "eval_seq_len=64",
+    "eval_stride=32", "max_val_tokens=2048", "max_wallclock_seconds=4", "train_log_every=5",
+    "passthrough_numel=1024", "calib_seqs=4",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    env = {"PGOLF_DATA_DIR": str(root / "data")}
+    args = ["run", "--run-dir", str(root / "run")]
+    for kv in TINY:
+        args += ["--set", kv]
+    r = pgolf(*args, env=env, cwd=root)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return root, env, r
+
+
+def test_run_writes_result_plot_and_artifact(tiny_run):
+    root, _, r = tiny_run
+    res = json.loads((root / "run" / "result.json").read_text())
+    for key in ("val_bpb", "val_loss", "train_seconds", "steps", "preset", "val_bpb_prequant",
+                "val_bpb_roundtrip", "val_bpb_sliding", "artifact_bytes", "code_bytes",
+                "model_bytes", "artifact_path", "unigram_bpb", "bigram_bpb"):
+        assert key in res, key
+    assert res["artifact_bytes"] == res["model_bytes"] + res["code_bytes"]
+    assert res["model_bytes"] == Path(res["artifact_path"]).stat().st_size
+    assert (root / "run" / "loss.png").stat().st_size > 1000
+    assert "code_hash:" in (root / "run" / "log.txt").read_text()
+    assert re.search(r"final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}",
+                     r.stdout)
+
+
+def test_eval_in_a_fresh_process_reproduces_the_roundtrip(tiny_run):
+    root, env, r = tiny_run
+    line = re.compile(r"final_int6_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)")
+    in_run = line.search(r.stdout).groups()
+    # No training data present: only the val shard and the tokenizer are needed.
+    data = root / "data" / "sp512"
+    for f in data.glob("*_train_*.bin"):
+        f.rename(f.with_suffix(".hidden"))
+    try:
+        e = pgolf("eval", str(root / "run" / "artifact.pgolf"), "--no-sliding", env=env)
+    finally:
+        for f in data.glob("*.hidden"):
+            f.rename(f.with_suffix(".bin"))
+    assert e.returncode == 0, e.stderr[-3000:]
+    assert line.search(e.stdout).groups() == in_run
+
+
+def test_budget_components_add_up(tiny_run):
+    root, _, _ = tiny_run
+    r = pgolf("budget", str(root / "run" / "artifact.pgolf"), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    res = json.loads((root / "run" / "result.json").read_text())
+    assert rep["total_bytes"] == res["artifact_bytes"]
+    assert sum(c["compressed"] for c in rep["components"]) == rep["total_bytes"]
+
+
+def test_checkpoint_resumes_through_the_cli(tiny_run, tmp_path):
+    root, env, _ = tiny_run
+    ck = root / "run" / "checkpoint.safetensors"
+    assert ck.exists()
+    args = ["train", "--preset", "cpu-tiny", "--run-dir", str(tmp_path / "resumed"),
+            "--resume", str(ck)]
+    for kv in TINY:
+        args += ["--set", kv.replace("max_wallclock_seconds=4", "max_wallclock_seconds=6")]
+    r = pgolf(*args, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "resumed" / "final_model.safetensors").exists()
