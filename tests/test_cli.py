@@ -20,8 +20,14 @@ RECORD_COUNTS = {"baseline": 17_059_912, "pr1493": 35_944_536, "pr1550": 36_311_
 def pgolf(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
     e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     e.pop("PGOLF_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "pgolf", *args], capture_output=True, text=True,
-                          env=e, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pgolf", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("name,count", sorted(RECORD_COUNTS.items()))
@@ -63,11 +69,26 @@ def test_eval_refuses_a_pickle_that_would_run_code(tmp_path):
 
 
 TINY = [
-    "vocab_size=512", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv_heads=2",
-    "mlp_mult=2", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "parallel_start=1",
-    "recur_layers=0,1,1", "train_seq_len=64", "train_batch_tokens=512", "eval_seq_len=64",
-    "eval_stride=32", "max_val_tokens=2048", "max_wallclock_seconds=4", "train_log_every=5",
-    "passthrough_numel=1024", "calib_seqs=4",
+    "vocab_size=512",
+    "num_layers=2",
+    "model_dim=64",
+    "num_heads=4",
+    "num_kv_heads=2",
+    "mlp_mult=2",
+    "xsa_layers=0,1",
+    "ve_dim=8",
+    "ve_layers=1",
+    "parallel_start=1",
+    "recur_layers=0,1,1",
+    "train_seq_len=64",
+    "train_batch_tokens=512",
+    "eval_seq_len=64",
+    "eval_stride=32",
+    "max_val_tokens=2048",
+    "max_wallclock_seconds=4",
+    "train_log_every=5",
+    "passthrough_numel=1024",
+    "calib_seqs=4",
 ]
 
 
@@ -86,16 +107,30 @@ def tiny_run(tmp_path_factory):
 def test_run_writes_result_plot_and_artifact(tiny_run):
     root, _, r = tiny_run
     res = json.loads((root / "run" / "result.json").read_text())
-    for key in ("val_bpb", "val_loss", "train_seconds", "steps", "preset", "val_bpb_prequant",
-                "val_bpb_roundtrip", "val_bpb_sliding", "artifact_bytes", "code_bytes",
-                "model_bytes", "artifact_path", "unigram_bpb", "bigram_bpb"):
+    for key in (
+        "val_bpb",
+        "val_loss",
+        "train_seconds",
+        "steps",
+        "preset",
+        "val_bpb_prequant",
+        "val_bpb_roundtrip",
+        "val_bpb_sliding",
+        "artifact_bytes",
+        "code_bytes",
+        "model_bytes",
+        "artifact_path",
+        "unigram_bpb",
+        "bigram_bpb",
+    ):
         assert key in res, key
     assert res["artifact_bytes"] == res["model_bytes"] + res["code_bytes"]
     assert res["model_bytes"] == Path(res["artifact_path"]).stat().st_size
     assert (root / "run" / "loss.png").stat().st_size > 1000
     assert "code_hash:" in (root / "run" / "log.txt").read_text()
-    assert re.search(r"final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}",
-                     r.stdout)
+    assert re.search(
+        r"final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", r.stdout
+    )
 
 
 def test_eval_in_a_fresh_process_reproduces_the_roundtrip(tiny_run):
@@ -129,10 +164,39 @@ def test_checkpoint_resumes_through_the_cli(tiny_run, tmp_path):
     root, env, _ = tiny_run
     ck = root / "run" / "checkpoint.safetensors"
     assert ck.exists()
-    args = ["train", "--preset", "cpu-tiny", "--run-dir", str(tmp_path / "resumed"),
-            "--resume", str(ck)]
+    args = [
+        "train",
+        "--preset",
+        "cpu-tiny",
+        "--run-dir",
+        str(tmp_path / "resumed"),
+        "--resume",
+        str(ck),
+    ]
     for kv in TINY:
         args += ["--set", kv.replace("max_wallclock_seconds=4", "max_wallclock_seconds=6")]
     r = pgolf(*args, env=env, cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "resumed" / "final_model.safetensors").exists()
+
+
+def test_quantize_with_a_plan_override_shrinks_the_artifact(tiny_run, tmp_path):
+    root, env, _ = tiny_run
+    base = json.loads((root / "run" / "result.json").read_text())["model_bytes"]
+    out = tmp_path / "int3.pgolf"
+    r = pgolf(
+        "quantize",
+        str(root / "run"),
+        "--plan",
+        "mlp=bits:3",
+        "--plan",
+        "attn=bits:3",
+        "--out",
+        str(out),
+        env=env,
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.stat().st_size < base
+    bad = pgolf("quantize", str(root / "run"), "--plan", "mlp=bits", env=env, cwd=root)
+    assert bad.returncode == 2 and "--plan" in bad.stderr

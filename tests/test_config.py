@@ -27,8 +27,11 @@ def test_precedence_preset_env_overrides():
 
 
 def test_set_parses_types_and_sections():
-    cfg = C.load("pr1550", ["model.recur_layers=0,1,1,2", "compile=false", "optim.matrix_lr=0.01"],
-                 environ={})
+    cfg = C.load(
+        "pr1550",
+        ["model.recur_layers=0,1,1,2", "compile=false", "optim.matrix_lr=0.01"],
+        environ={},
+    )
     assert cfg.model.recur_layers == (0, 1, 1, 2)
     assert cfg.train.compile is False
     assert cfg.optim.matrix_lr == 0.01

@@ -29,14 +29,17 @@ def cmd_params(preset: str, overrides: list[str]) -> int:
 
     cfg = C.load(preset, overrides)
     n = count_params(cfg.model)
-    print(f"preset:{cfg.preset} layers:{cfg.model.num_layers} dim:{cfg.model.model_dim} "
-          f"vocab:{cfg.model.vocab_size}")
+    print(
+        f"preset:{cfg.preset} layers:{cfg.model.num_layers} dim:{cfg.model.model_dim} "
+        f"vocab:{cfg.model.vocab_size}"
+    )
     print(n)
     return n
 
 
-def cmd_train(preset: str, overrides: list[str], data: str | None, run_dir: str | None,
-              resume: str | None) -> dict:
+def cmd_train(
+    preset: str, overrides: list[str], data: str | None, run_dir: str | None, resume: str | None
+) -> dict:
     from pgolf import pipeline, train
     from pgolf.runlog import RunDir, default_run_dir
 
@@ -52,8 +55,9 @@ def cmd_train(preset: str, overrides: list[str], data: str | None, run_dir: str 
     return out
 
 
-def cmd_run(preset: str, overrides: list[str], data: str | None, run_dir: str | None,
-            quantize: bool) -> dict:
+def cmd_run(
+    preset: str, overrides: list[str], data: str | None, run_dir: str | None, quantize: bool
+) -> dict:
     from pgolf import pipeline
 
     cfg = C.load(preset, _with_data(overrides, data))
@@ -73,15 +77,19 @@ def cmd_data_default(vocab_size: int, out: str | None) -> Path:
     return path
 
 
-def cmd_data_corpus(inputs: list[str], out: str, tokenizer: str | None,
-                    vocab_size: int | None) -> Path:
+def cmd_data_corpus(
+    inputs: list[str], out: str, tokenizer: str | None, vocab_size: int | None
+) -> Path:
     from pgolf import datasets
 
     if not tokenizer and not vocab_size:
         vocab_size = 1024
-    path = datasets.build_corpus([Path(p) for p in inputs], Path(out),
-                                 tokenizer=Path(tokenizer) if tokenizer else None,
-                                 vocab_size=vocab_size)
+    path = datasets.build_corpus(
+        [Path(p) for p in inputs],
+        Path(out),
+        tokenizer=Path(tokenizer) if tokenizer else None,
+        vocab_size=vocab_size,
+    )
     print(path)
     return path
 
@@ -106,10 +114,28 @@ def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
     return rep
 
 
-def cmd_quantize(run_dir: str, overrides: list[str], out: str | None) -> dict:
+def parse_plan(specs: list[str]) -> dict[str, dict]:
+    """`GROUP=key:value[,key:value]` (keys bits, clip_k, method) → quant plan overrides."""
+    plan: dict[str, dict] = {}
+    for spec in specs:
+        group, sep, body = spec.partition("=")
+        if not sep or not body:
+            raise ValueError(f"--plan {spec!r}: expected GROUP=key:value[,key:value]")
+        for item in body.split(","):
+            key, _, val = item.partition(":")
+            conv = {"bits": int, "clip_k": float, "method": str}.get(key)
+            if conv is None or not val:
+                raise ValueError(
+                    f"--plan {spec!r}: keys are bits, clip_k, method (e.g. mlp=bits:5)"
+                )
+            plan.setdefault(group, {})[key] = conv(val)
+    return plan
+
+
+def cmd_quantize(run_dir: str, overrides: list[str], plan: list[str], out: str | None) -> dict:
     from pgolf import pipeline
 
-    return pipeline.quantize_run(run_dir, overrides, out)
+    return pipeline.quantize_run(run_dir, overrides, out, plan=parse_plan(plan))
 
 
 def cmd_eval(artifact: str, stride: int | None, data: str | None, sliding: bool) -> dict:
@@ -118,8 +144,15 @@ def cmd_eval(artifact: str, stride: int | None, data: str | None, sliding: bool)
     return pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding)
 
 
-def cmd_budget(artifact: str, bits: list[str], clip_k: list[str], ve_dim: int | None,
-               prune_to: int | None, weights: str | None, as_json: bool) -> dict:
+def cmd_budget(
+    artifact: str,
+    bits: list[str],
+    clip_k: list[str],
+    ve_dim: int | None,
+    prune_to: int | None,
+    weights: str | None,
+    as_json: bool,
+) -> dict:
     from pgolf import artifact as A
     from pgolf import budget as B
 
@@ -139,7 +172,8 @@ def cmd_budget(artifact: str, bits: list[str], clip_k: list[str], ve_dim: int | 
     for spec in clip_k:
         g, v = spec.split("=", 1)
         lines += B.format_what_if(
-            B.what_if(tensors, meta, codec, group=g, clip_k=float(v), weights=w))
+            B.what_if(tensors, meta, codec, group=g, clip_k=float(v), weights=w)
+        )
     if ve_dim is not None:
         lines += B.format_what_if(B.what_if(tensors, meta, codec, ve_dim=ve_dim, weights=w))
     if prune_to is not None:
@@ -157,10 +191,17 @@ def _with_data(overrides: list[str], data: str | None) -> list[str]:
 
 
 def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
-    p.add_argument("--preset", default=default_preset, required=default_preset is None,
-                   choices=list(C.PRESETS))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (section.field or a unique field name)")
+    p.add_argument(
+        "--preset", default=default_preset, required=default_preset is None, choices=list(C.PRESETS)
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (section.field or a unique field name)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="quantize a finished run into an artifact")
     p.add_argument("run_dir")
+    p.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="GROUP=KEY:VAL[,KEY:VAL]",
+        help="per-group override, e.g. mlp=bits:5,clip_k:10 or embed=method:rtn",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=None)
 
@@ -216,8 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", action="append", default=[], metavar="GROUP=N")
     p.add_argument("--clip-k", action="append", default=[], metavar="GROUP=K")
     p.add_argument("--ve-dim", type=int, default=None)
-    p.add_argument("--prune-to", type=int, default=None,
-                   help="total artifact bytes (model + code) to reach by ±1 pruning")
+    p.add_argument(
+        "--prune-to",
+        type=int,
+        default=None,
+        help="total artifact bytes (model + code) to reach by ±1 pruning",
+    )
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
     p.add_argument("--json", action="store_true")
     return ap
@@ -239,7 +291,7 @@ def dispatch(a: argparse.Namespace):
             return cmd_data_fineweb(a.variant, a.train_shards, a.out)
         return cmd_data_inspect(a.path, a.tokenizer, a.json)
     if a.cmd == "quantize":
-        return cmd_quantize(a.run_dir, a.overrides, a.out)
+        return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out)
     if a.cmd == "eval":
         return cmd_eval(a.artifact, a.stride, a.data, not a.no_sliding)
     if a.cmd == "budget":
@@ -248,8 +300,11 @@ def dispatch(a: argparse.Namespace):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [FileNotFoundError, ValueError, PermissionError]
-    return tuple(errs)
+    """Errors whose message names the file and the fix (ShardError and ArtifactError are
+    ValueErrors; a diverged run keeps its last good checkpoint)."""
+    from pgolf.train import TrainingDiverged
+
+    return (FileNotFoundError, ValueError, PermissionError, TrainingDiverged)
 
 
 def main(argv: list[str] | None = None) -> None:

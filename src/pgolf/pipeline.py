@@ -21,7 +21,6 @@ import torch
 from pgolf import config as C
 from pgolf.dist import info, init, log0
 
-
 # ----------------------------------------------------------------------------------------------
 # Data
 
@@ -70,31 +69,44 @@ def _model_from_state(cfg: C.RunConfig, state: dict[str, torch.Tensor], device: 
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("_cos", "_sin", "inv_freq"))]
     if missing or unexpected:
-        raise ValueError(f"weights do not match the config: missing {missing} unexpected {unexpected}")
+        raise ValueError(
+            f"weights do not match the config: missing {missing} unexpected {unexpected}"
+        )
     if cfg.model.recur_layers:
         model.set_recurrence(True)
     return model
 
 
 def calibration_batches(cfg: C.RunConfig, model, data_dir: Path, device: torch.device):
+    """Calibration inputs: training batches (inside the budget, #1493) or self-generated (#1550).
+    Each rank takes its own share; `collect_hessians` all-reduces the sums."""
     from pgolf import quant
-
-    q = cfg.quant
-    seq_len = cfg.train.train_seq_len
-    if q.calib == "selfgen":
-        return quant.selfgen_batches(
-            model, q.calib_seqs, seq_len, q.calib_temperature, cfg.train.seed
-        )
     from pgolf.data import make_train_loader
 
-    di = info()
-    per_batch = max(1, min(8, q.calib_seqs))
-    loader = make_train_loader(
-        data_dir, "stream", di.rank, di.world_size, seq_len, per_batch, cfg.train.seed + 17,
-        vocab_size=cfg.model.vocab_size,
+    q, di = cfg.quant, info()
+    per_rank = max(1, q.calib_seqs // di.world_size)
+    loader = None
+    if q.calib == "train":
+        loader = make_train_loader(
+            data_dir,
+            "stream",
+            di.rank,
+            di.world_size,
+            cfg.train.train_seq_len,
+            min(8, per_rank),
+            cfg.train.seed + 17,
+            vocab_size=cfg.model.vocab_size,
+        )
+    batches = quant.calibration_batches(
+        q.calib,
+        n_seqs=per_rank,
+        seq_len=cfg.train.train_seq_len,
+        loader=loader,
+        model=model,
+        temperature=q.calib_temperature,
+        seed=cfg.train.seed + di.rank,
     )
-    n_batches = max(1, q.calib_seqs // (per_batch * di.world_size))
-    return [loader.next_batch()[0].to(device) for _ in range(n_batches)]
+    return [b.to(device) for b in batches]
 
 
 def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
@@ -167,14 +179,23 @@ def evaluate_model(
 
     amp = torch.bfloat16 if device.type == "cuda" else None
     out: dict[str, float] = {}
-    r = E.eval_plain(model, val_tokens, cfg.eval.eval_seq_len, cfg.eval.val_batch_seqs, tables,
-                     device, amp)
+    r = E.eval_plain(
+        model, val_tokens, cfg.eval.eval_seq_len, cfg.eval.val_batch_seqs, tables, device, amp
+    )
     for line in E.format_eval_line(f"{label}_roundtrip", r):
         log0(line)
     out["roundtrip_bpb"], out["roundtrip_loss"] = r.val_bpb, r.val_loss
     if sliding:
-        s = E.eval_sliding(model, val_tokens, cfg.eval.eval_seq_len, cfg.eval.eval_stride,
-                           cfg.eval.val_batch_seqs, tables, device, amp)
+        s = E.eval_sliding(
+            model,
+            val_tokens,
+            cfg.eval.eval_seq_len,
+            cfg.eval.eval_stride,
+            cfg.eval.val_batch_seqs,
+            tables,
+            device,
+            amp,
+        )
         for line in E.format_eval_line(
             f"{label}_sliding_window", s, extra=f"stride:{cfg.eval.eval_stride}"
         ):
@@ -184,8 +205,11 @@ def evaluate_model(
 
 
 def eval_artifact(
-    path: str | Path, data: str | None = None, stride: int | None = None,
-    sliding: bool = True, max_val_tokens: int | None = None,
+    path: str | Path,
+    data: str | None = None,
+    stride: int | None = None,
+    sliding: bool = True,
+    max_val_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Load an artifact in this (fresh) process and score it; needs only val shards + tokenizer."""
     from pgolf import bpb
@@ -295,11 +319,15 @@ def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> 
         label = f"final_int{cfg.quant.matrix_bits}"
         post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
         out["val_bpb_roundtrip"], out["val_loss_roundtrip"] = (
-            post["roundtrip_bpb"], post["roundtrip_loss"])
+            post["roundtrip_bpb"],
+            post["roundtrip_loss"],
+        )
         out["val_bpb"], out["val_loss"] = out["val_bpb_roundtrip"], out["val_loss_roundtrip"]
         if "sliding_bpb" in post:
             out["val_bpb_sliding"], out["val_loss_sliding"] = (
-                post["sliding_bpb"], post["sliding_loss"])
+                post["sliding_bpb"],
+                post["sliding_loss"],
+            )
             out["val_bpb"], out["val_loss"] = out["val_bpb_sliding"], out["val_loss_sliding"]
     if info().is_main:
         out.update(references(data_dir, val, tables, cfg.model.vocab_size))
@@ -312,29 +340,40 @@ def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> 
 
 def summary_lines(res: dict[str, Any]) -> list[str]:
     """Human summary of `run()`'s result, with the references side by side."""
-    lines = [f"run folder: {res['run_dir']}", f"preset: {res['preset']}  steps: {res['steps']}  "
-             f"train: {res['train_seconds']:.1f}s"]
+    lines = [
+        f"run folder: {res['run_dir']}",
+        f"preset: {res['preset']}  steps: {res['steps']}  train: {res['train_seconds']:.1f}s",
+    ]
     rows = [("model (headline)", res.get("val_bpb"))]
-    for key, name in (("val_bpb_prequant", "model, before quantization"),
-                      ("val_bpb_roundtrip", "artifact, round trip"),
-                      ("val_bpb_sliding", "artifact, sliding window"),
-                      ("unigram_bpb", "reference: unigram of train tokens"),
-                      ("bigram_bpb", "reference: bigram of train tokens")):
+    for key, name in (
+        ("val_bpb_prequant", "model, before quantization"),
+        ("val_bpb_roundtrip", "artifact, round trip"),
+        ("val_bpb_sliding", "artifact, sliding window"),
+        ("unigram_bpb", "reference: unigram of train tokens"),
+        ("bigram_bpb", "reference: bigram of train tokens"),
+    ):
         if res.get(key) is not None:
             rows.append((name, res[key]))
     lines += [f"  {n:<36} {v:.4f} bpb" for n, v in rows if v is not None]
     if res.get("bigram_bpb") and res.get("val_bpb"):
-        lines.append(f"margin to bigram: {res['bigram_bpb'] - res['val_bpb']:+.4f} bpb "
-                     f"(positive = model better); to unigram: "
-                     f"{res['unigram_bpb'] - res['val_bpb']:+.4f}")
+        lines.append(
+            f"margin to bigram: {res['bigram_bpb'] - res['val_bpb']:+.4f} bpb "
+            f"(positive = model better); to unigram: "
+            f"{res['unigram_bpb'] - res['val_bpb']:+.4f}"
+        )
     if "artifact_bytes" in res:
-        lines.append(f"artifact: {res['artifact_bytes']} bytes (model {res['model_bytes']} + code "
-                     f"{res['code_bytes']}), margin to 16,000,000: {res['budget_margin']}")
+        lines.append(
+            f"artifact: {res['artifact_bytes']} bytes (model {res['model_bytes']} + code "
+            f"{res['code_bytes']}), margin to 16,000,000: {res['budget_margin']}"
+        )
     return lines
 
 
 def quantize_run(
-    run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | None = None
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | None = None,
+    plan: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact."""
     from safetensors.torch import load_file
@@ -349,5 +388,5 @@ def quantize_run(
     di = init("auto")
     model = _model_from_state(cfg, load_file(str(weights)), di.device)
     cfg, data_dir, _ = resolve_data(cfg)
-    tensors = quantize_model(cfg, model, data_dir)
+    tensors = quantize_model(cfg, model, data_dir, overrides=plan)
     return write_artifact(cfg, tensors, Path(out) if out else run_dir / "artifact.pgolf")
