@@ -157,7 +157,8 @@ def cmd_budget(
     from pgolf import budget as B
 
     tensors, meta = A.load_artifact(Path(artifact))
-    code, _ = A.code_bytes()
+    # The code bytes the run measured (kept in the artifact), else this process's modules.
+    code = int(meta["code_bytes"]) if "code_bytes" in meta else A.code_bytes()[0]
     codec = meta.get("config", {}).get("quant", {}).get("codec", "brotli")
     rep = B.budget_report(tensors, meta, codec, code)
     lines = B.format_budget(rep)

@@ -134,11 +134,18 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
 def write_artifact(cfg: C.RunConfig, tensors, path: Path) -> dict[str, Any]:
     from pgolf import artifact
 
-    meta = {"format": "pgolf-artifact", "config": C.to_dict(cfg)}
+    # Code bytes are measured once, here, over the modules this run imported, and kept in the
+    # artifact's metadata so `pgolf budget` reports the same total in another process.
+    code_bytes, code_desc = artifact.code_bytes()
+    meta = {
+        "format": "pgolf-artifact",
+        "config": C.to_dict(cfg),
+        "code_bytes": code_bytes,
+        "code_desc": code_desc,
+    }
     model_bytes = artifact.save_artifact(
         path, tensors, meta, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits
     )
-    code_bytes, code_desc = artifact.code_bytes()
     total = model_bytes + code_bytes
     margin = cfg.quant.byte_budget - total
     log0(f"Serialized model int{cfg.quant.matrix_bits}+{cfg.quant.codec}: {model_bytes} bytes")
