@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from pgolf import artifact as A
-from pgolf import budget as B
 from pgolf import bpb
+from pgolf import budget as B
 from pgolf import config as C
 from pgolf import pipeline as P
 from pgolf.data import load_val_tokens
@@ -68,7 +68,7 @@ def main() -> None:
     gptq_t = rows["gptq"]["tensors"]
     ours = len(A.encode_artifact(gptq_t, {}, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits))
     ref = len(B.byteshuffle_brotli_reference(B.reference_input(gptq_t)))
-    codecs = A.compare_codecs(gptq_t)
+    codecs = B.compare_codecs(gptq_t)
     code, code_desc = A.code_bytes()
 
     print(f"device:{di.device} preset:{cfg.preset} bits:{a.bits} val_tokens:{val.numel() - 1}")
@@ -79,19 +79,30 @@ def main() -> None:
         print(f"{m + ' round trip':24}{r['bpb']:12.5f}{r['gap']:12.5f}{r['quant_seconds']:10.1f}")
     ratio = rows["gptq"]["gap"] / rows["rtn"]["gap"] if rows["rtn"]["gap"] else float("nan")
     print(f"gap ratio gptq/rtn: {ratio:.3f}")
-    print(f"compressed int{a.bits} model: ours({cfg.quant.codec}) {ours} bytes  vs  "
-          f"PR#1550 shuffle4+brotli11 {ref} bytes  ratio {ours / ref:.4f}")
+    print(
+        f"compressed int{a.bits} model: ours({cfg.quant.codec}) {ours} bytes  vs  "
+        f"PR#1550 shuffle4+brotli11 {ref} bytes  ratio {ours / ref:.4f}"
+    )
     for (codec, stride, packing), size in sorted(codecs["sizes"].items(), key=lambda kv: kv[1]):
         print(f"  codec:{codec:<7} shuffle:{stride} codes:{packing:<6} {size} bytes")
     total = ours + code
-    print(f"artifact: model {ours} + code {code} = {total} bytes; budget 16,000,000; "
-          f"margin {16_000_000 - total}  ({code_desc})")
+    print(
+        f"artifact: model {ours} + code {code} = {total} bytes; budget 16,000,000; "
+        f"margin {16_000_000 - total}  ({code_desc})"
+    )
     if a.out:
         res = {
-            "device": str(di.device), "torch": torch.__version__, "preset": cfg.preset,
-            "bits": a.bits, "prequant_bpb": pre, "gap_ratio": ratio,
+            "device": str(di.device),
+            "torch": torch.__version__,
+            "preset": cfg.preset,
+            "bits": a.bits,
+            "prequant_bpb": pre,
+            "gap_ratio": ratio,
             **{f"{m}_{k}": v for m in rows for k, v in rows[m].items() if k != "tensors"},
-            "ours_bytes": ours, "ref_bytes": ref, "code_bytes": code, "artifact_bytes": total,
+            "ours_bytes": ours,
+            "ref_bytes": ref,
+            "code_bytes": code,
+            "artifact_bytes": total,
         }
         Path(a.out).write_text(json.dumps(res, indent=2))
 
