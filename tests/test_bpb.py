@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
 import unicodedata
 from importlib import resources
@@ -24,7 +25,11 @@ from hypothesis import strategies as st
 from pgolf import bpb
 from pgolf.datasets import read_documents, split_of
 
-BENCH = Path("/work/shared/data/bench-v1")
+# ../shared beside the checkout (as in CI), or PGOLF_BENCH_DIR
+BENCH = Path(
+    os.environ.get("PGOLF_BENCH_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "bench-v1"
+)
 WORDS = "the of and to a in that is was he for it with as his on be at by had not are".split()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,11 @@ from hypothesis import strategies as st
 
 from pgolf import data as D
 
-BENCH = Path("/work/shared/data/bench-v1")
+# ../shared beside the checkout (as in CI), or PGOLF_BENCH_DIR
+BENCH = Path(
+    os.environ.get("PGOLF_BENCH_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "bench-v1"
+)
 
 
 def _shards(folder: Path, sizes: list[int], split: str = "train", prefix: str = "t") -> list:

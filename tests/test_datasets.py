@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
 import random
 import shutil
 import unicodedata
@@ -20,7 +21,11 @@ import torch
 from pgolf import data as D
 from pgolf import datasets as S
 
-BENCH = Path("/work/shared/data/bench-v1")
+# ../shared beside the checkout (as in CI), or PGOLF_BENCH_DIR
+BENCH = Path(
+    os.environ.get("PGOLF_BENCH_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "bench-v1"
+)
 WORDS = "the of and to a in that is was he for it with as his on be at by had not are".split()
 
 
