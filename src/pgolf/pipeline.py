@@ -122,7 +122,13 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
         batches = calibration_batches(cfg, model, data_dir, device)
         names = [e.name for e in plan if e.method == "gptq"]
         hessians = quant.collect_hessians(model, batches, names)
-        log0(f"gptq:collected {len(hessians)} Hessians in {time.perf_counter() - t0:.1f}s")
+        secs, reserve = time.perf_counter() - t0, cfg.train.reserve_seconds
+        log0(f"gptq:collected {len(hessians)} Hessians in {secs:.1f}s")
+        if cfg.quant.calib == "train" and reserve > 0 and secs > reserve:
+            log0(
+                f"gptq:warning calibration on training data took {secs:.1f}s, more than the "
+                f"{reserve:.0f}s reserved from the training budget (train.reserve_seconds)"
+            )
     q = cfg.quant
     tensors = quant.quantize_state(
         state, hessians, plan, block_size=q.block_size, damp=q.damp, act_order=q.act_order
