@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from pgolf import artifact as A
 from pgolf import bpb
@@ -45,8 +44,8 @@ def main() -> None:
     cfg = C.from_dict(json.loads((run / "config.json").read_text()))
     cfg = replace(cfg, quant=replace(cfg.quant, matrix_bits=a.bits))
     cfg, data_dir, tok = P.resolve_data(cfg)
-    state = load_file(str(run / "final_model.safetensors"))
-    model = P._model_from_state(cfg, state, di.device)
+    model = P.load_run_model(cfg, run / "final_model.safetensors", di.device)
+    recurrence = model.recurrence_active
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size).to(di.device)
     mvt = a.max_val_tokens or cfg.data.max_val_tokens
     val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
@@ -61,7 +60,7 @@ def main() -> None:
         t0 = time.perf_counter()
         tensors = P.quantize_model(qc, model, data_dir)
         secs = time.perf_counter() - t0
-        qmodel = P._model_from_state(qc, A_roundtrip(tensors), di.device)
+        qmodel = P._model_from_state(qc, A_roundtrip(tensors), di.device, recurrence)
         post = bpb_of(qmodel)
         rows[method] = {"bpb": post, "gap": post - pre, "quant_seconds": secs, "tensors": tensors}
 
@@ -69,7 +68,7 @@ def main() -> None:
     ours = len(A.encode_artifact(gptq_t, {}, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits))
     ref = len(B.byteshuffle_brotli_reference(B.reference_input(gptq_t)))
     codecs = B.compare_codecs(gptq_t)
-    code, code_desc = A.code_bytes()
+    code, code_desc = B.code_bytes()
 
     print(f"device:{di.device} preset:{cfg.preset} bits:{a.bits} val_tokens:{val.numel() - 1}")
     print(f"{'':24}{'val_bpb':>12}{'gap':>12}{'quant_s':>10}")

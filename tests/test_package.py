@@ -26,6 +26,7 @@ ORDER = [
     "train",
     "datasets",
     "budget",
+    "report",
     "pipeline",
     "cli",
     "__main__",

@@ -44,7 +44,6 @@ import lzma
 import math
 import os
 import struct
-import sys
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -384,17 +383,3 @@ def load_artifact(path: str | os.PathLike) -> tuple[list[QTensor], dict]:
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read artifact: {e.strerror or e}") from None
     return decode_artifact(blob, source=str(path))
-
-
-def code_bytes(modules: Iterable[str] | None = None) -> tuple[int, str]:
-    """lzma (preset 9) size of the concatenated source of `modules` (default: every imported
-    `pgolf` module, sorted by name) and a description saying exactly what was counted."""
-    if modules is None:
-        modules = [m for m in sys.modules if m == "pgolf" or m.startswith("pgolf.")]
-    names = sorted(modules)
-    files = [getattr(sys.modules.get(m), "__file__", None) for m in names]
-    if None in files:
-        raise ValueError(f"code_bytes: {names[files.index(None)]!r} is not imported / no source")
-    n = len(lzma.compress(b"".join(Path(f).read_bytes() for f in files), preset=9))
-    return n, (f"lzma(source of {len(names)} pgolf modules imported by this run); "
-               "the bundled train_gpt.py will replace this count")  # fmt: skip

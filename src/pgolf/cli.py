@@ -59,13 +59,14 @@ def cmd_run(
     preset: str, overrides: list[str], data: str | None, run_dir: str | None, quantize: bool
 ) -> dict:
     from pgolf import pipeline
+    from pgolf.report import summary_lines
 
     cfg = C.load(preset, _with_data(overrides, data))
     res = pipeline.run(cfg, run_dir, quantize=quantize)
     from pgolf.dist import info
 
     if info().is_main:
-        print("\n".join(pipeline.summary_lines(res)))
+        print("\n".join(summary_lines(res)))
     return res
 
 
@@ -158,7 +159,7 @@ def cmd_budget(
 
     tensors, meta = A.load_artifact(Path(artifact))
     # The code bytes the run measured (kept in the artifact), else this process's modules.
-    code = int(meta["code_bytes"]) if "code_bytes" in meta else A.code_bytes()[0]
+    code = int(meta["code_bytes"]) if "code_bytes" in meta else B.code_bytes()[0]
     codec = meta.get("config", {}).get("quant", {}).get("codec", "brotli")
     rep = B.budget_report(tensors, meta, codec, code)
     lines = B.format_budget(rep)

@@ -192,7 +192,11 @@ SECTIONS = ("data", "model", "optim", "train", "eval", "quant")
 
 
 def pr1550() -> RunConfig:
-    """PR #1550: 11L x 512d, SP8192, VE 44 at 9-10, lanes from 7, recurrence 3-5 at step 3000."""
+    """PR #1550: 11L x 512d, SP8192, VE 44 at 9-10, lanes from 7, recurrence 3-5 at step 3000.
+
+    Quantization as #1550 (int6 GPTQ k 12.85, self-generated calibration) except the tied
+    embedding: GPTQ with the head-side Hessian (#1493) instead of #1550's plain SDClip rounding;
+    `--set quant.embed_method=rtn` gives #1550's choice."""
     return RunConfig(
         preset="pr1550",
         model=ModelConfig(recur_layers=(0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10)),

@@ -62,7 +62,10 @@ def check_vocab(cfg: C.RunConfig, tok: Path) -> None:
 # Quantization
 
 
-def _model_from_state(cfg: C.RunConfig, state: dict[str, torch.Tensor], device: torch.device):
+def _model_from_state(
+    cfg: C.RunConfig, state: dict[str, torch.Tensor], device: torch.device, recurrence: bool
+):
+    """Rebuild the model with the layer graph the weights were trained and measured with."""
     from pgolf.model import GPT
 
     model = GPT(cfg.model).to(device)
@@ -72,7 +75,7 @@ def _model_from_state(cfg: C.RunConfig, state: dict[str, torch.Tensor], device: 
         raise ValueError(
             f"weights do not match the config: missing {missing} unexpected {unexpected}"
         )
-    if cfg.model.recur_layers:
+    if recurrence and cfg.model.recur_layers:
         model.set_recurrence(True)
     return model
 
@@ -137,17 +140,20 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
     return tensors
 
 
-def write_artifact(cfg: C.RunConfig, tensors, path: Path) -> dict[str, Any]:
+def write_artifact(cfg: C.RunConfig, tensors, path: Path, recurrence: bool) -> dict[str, Any]:
     from pgolf import artifact
 
     # Code bytes are measured once, here, over the modules this run imported, and kept in the
     # artifact's metadata so `pgolf budget` reports the same total in another process.
-    code_bytes, code_desc = artifact.code_bytes()
+    from pgolf.budget import code_bytes as measure_code
+
+    code_bytes, code_desc = measure_code()
     meta = {
         "format": "pgolf-artifact",
         "config": C.to_dict(cfg),
         "code_bytes": code_bytes,
         "code_desc": code_desc,
+        "recurrence_active": recurrence,
     }
     model_bytes = artifact.save_artifact(
         path, tensors, meta, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits
@@ -182,7 +188,8 @@ def load_artifact_model(path: Path, device: torch.device):
         raise ValueError(f"{path}: artifact has no model config in its metadata; re-run quantize")
     cfg = C.from_dict(meta["config"])
     state = quant.dequantize_state(tensors)
-    return cfg, _model_from_state(cfg, state, device)
+    recurrence = bool(meta.get("recurrence_active", bool(cfg.model.recur_layers)))
+    return cfg, _model_from_state(cfg, state, device, recurrence)
 
 
 def evaluate_model(
@@ -266,36 +273,6 @@ def references(train_dir: Path, val_tokens, tables, vocab: int, max_train: int =
     }
 
 
-def plot_losses(run_dir: Path) -> Path | None:
-    """Loss curve (train loss per logged step, val bpb points) from metrics.jsonl → loss.png."""
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    tr = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r and "step" in r]
-    va = [(r["step"], r["val_bpb"]) for r in rows if "val_bpb" in r and "step" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if tr:
-        ax.plot(*zip(*tr), label="train loss (nats/token)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    if va:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*va), "o-", color="tab:red", label="val bpb")
-        ax2.set_ylabel("val bpb")
-    ax.set_title(run_dir.name)
-    fig.tight_layout()
-    out = run_dir / "loss.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # The main job
 
@@ -327,8 +304,9 @@ def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> 
     out["val_bpb"], out["val_loss"] = out["val_bpb_prequant"], out["val_loss_prequant"]
     if quantize:
         tensors = quantize_model(cfg, model, data_dir)
-        out.update(write_artifact(cfg, tensors, run.path / "artifact.pgolf"))
-        _, qmodel = load_artifact_model(run.path / "artifact.pgolf", device)
+        art = run.path / "artifact.pgolf"
+        out.update(write_artifact(cfg, tensors, art, model.recurrence_active))
+        _, qmodel = load_artifact_model(art, device)
         label = f"final_int{cfg.quant.matrix_bits}"
         post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
         out["val_bpb_roundtrip"], out["val_loss_roundtrip"] = (
@@ -345,41 +323,23 @@ def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> 
     if info().is_main:
         out.update(references(data_dir, val, tables, cfg.model.vocab_size))
         out["total_seconds"] = time.perf_counter() - t_start
+        from pgolf.report import plot_losses
+
         png = plot_losses(run.path)
         out["loss_plot"] = str(png) if png else None
         run.write_result(out)
     return out
 
 
-def summary_lines(res: dict[str, Any]) -> list[str]:
-    """Human summary of `run()`'s result, with the references side by side."""
-    lines = [
-        f"run folder: {res['run_dir']}",
-        f"preset: {res['preset']}  steps: {res['steps']}  train: {res['train_seconds']:.1f}s",
-    ]
-    rows = [("model (headline)", res.get("val_bpb"))]
-    for key, name in (
-        ("val_bpb_prequant", "model, before quantization"),
-        ("val_bpb_roundtrip", "artifact, round trip"),
-        ("val_bpb_sliding", "artifact, sliding window"),
-        ("unigram_bpb", "reference: unigram of train tokens"),
-        ("bigram_bpb", "reference: bigram of train tokens"),
-    ):
-        if res.get(key) is not None:
-            rows.append((name, res[key]))
-    lines += [f"  {n:<36} {v:.4f} bpb" for n, v in rows if v is not None]
-    if res.get("bigram_bpb") and res.get("val_bpb"):
-        lines.append(
-            f"margin to bigram: {res['bigram_bpb'] - res['val_bpb']:+.4f} bpb "
-            f"(positive = model better); to unigram: "
-            f"{res['unigram_bpb'] - res['val_bpb']:+.4f}"
-        )
-    if "artifact_bytes" in res:
-        lines.append(
-            f"artifact: {res['artifact_bytes']} bytes (model {res['model_bytes']} + code "
-            f"{res['code_bytes']}), margin to 16,000,000: {res['budget_margin']}"
-        )
-    return lines
+def load_run_model(cfg: C.RunConfig, weights: Path, device: torch.device):
+    """A run's `final_model.safetensors`, with the recurrence state it was saved in."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(weights), "pt") as f:
+        wmeta = json.loads((f.metadata() or {}).get("meta", "{}"))
+    recurrence = bool(wmeta.get("recurrence_active", bool(cfg.model.recur_layers)))
+    return _model_from_state(cfg, load_file(str(weights)), device, recurrence)
 
 
 def quantize_run(
@@ -389,8 +349,6 @@ def quantize_run(
     plan: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact."""
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     cfg_file, weights = run_dir / "config.json", run_dir / "final_model.safetensors"
     for f in (cfg_file, weights):
@@ -399,7 +357,8 @@ def quantize_run(
     cfg = C.apply_overrides(C.from_dict(json.loads(cfg_file.read_text())), list(overrides))
     C.validate(cfg)
     di = init("auto")
-    model = _model_from_state(cfg, load_file(str(weights)), di.device)
+    model = load_run_model(cfg, weights, di.device)
     cfg, data_dir, _ = resolve_data(cfg)
     tensors = quantize_model(cfg, model, data_dir, overrides=plan)
-    return write_artifact(cfg, tensors, Path(out) if out else run_dir / "artifact.pgolf")
+    dest = Path(out) if out else run_dir / "artifact.pgolf"
+    return write_artifact(cfg, tensors, dest, model.recurrence_active)

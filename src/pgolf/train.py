@@ -372,7 +372,10 @@ def train(
         dist.log0("ema:applying EMA weights")
         tr.ema.copy_to(model)
     ema_applied = tr.ema is not None
-    R.save_weights(run.final_model_path, model.state_dict(), {"step": step, "ema": ema_applied})
+    R.save_weights(
+        run.final_model_path, model.state_dict(),
+        {"step": step, "ema": ema_applied, "recurrence_active": model.recurrence_active},
+    )  # fmt: skip
     run.write_result(dict(
         status="trained", steps=step, train_seconds=now_ms / 1000.0, stopped_early=stopped_early,
         ema_applied=ema_applied, val_loss_live=val.val_loss if val else None,
