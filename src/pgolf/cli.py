@@ -41,16 +41,21 @@ def cmd_train(
     preset: str, overrides: list[str], data: str | None, run_dir: str | None, resume: str | None
 ) -> dict:
     from pgolf import pipeline, train
+    from pgolf.dist import init
     from pgolf.runlog import RunDir, default_run_dir
 
     cfg = C.load(preset, _with_data(overrides, data))
+    init(cfg.train.device)
     cfg, _, tok = pipeline.resolve_data(cfg)
     pipeline.check_vocab(cfg, tok)
     run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
-    res = train.train(cfg, run, resume=resume)
+    try:
+        res = train.train(cfg, run, resume=resume)
+    finally:
+        run.close()
     out = {"run_dir": str(run.path), "steps": res.steps, "train_seconds": res.train_seconds}
-    if res.val is not None:
-        out.update(val_bpb=res.val.val_bpb, val_loss=res.val.val_loss)
+    if res.val is not None:  # measured on the live weights, before EMA was applied
+        out.update(val_bpb_live=res.val.val_bpb, val_loss_live=res.val.val_loss)
     run.write_result(out)
     return out
 
@@ -168,6 +173,9 @@ def cmd_budget(
         from safetensors.torch import load_file
 
         w = load_file(weights)
+    for spec in bits + clip_k:
+        if "=" not in spec:
+            raise ValueError(f"{spec!r}: expected GROUP=VALUE, e.g. mlp=5")
     for spec in bits:
         g, v = spec.split("=", 1)
         lines += B.format_what_if(B.what_if(tensors, meta, codec, group=g, bits=int(v), weights=w))
@@ -311,8 +319,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    ok = False
     try:
         dispatch(args)
+        ok = True
     except _user_errors() as e:
         if os.environ.get("PGOLF_DEBUG"):
             raise
@@ -324,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         from pgolf.dist import cleanup
 
-        cleanup()
+        cleanup(ok)
 
 
 if __name__ == "__main__":

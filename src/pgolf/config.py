@@ -137,7 +137,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N steps (0 = only at the end)."""
     run_dir: str = ""
-    """'' = runs/<date>_<preset>_s<seed>."""
+    """'' = out/<date>_<preset>_s<seed>."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -504,7 +504,18 @@ def grad_accum_steps(t: TrainConfig, world_size: int) -> int:
 
 def validate(cfg: RunConfig) -> None:
     m, t, e = cfg.model, cfg.train, cfg.eval
+    positive = {"num_heads": m.num_heads, "num_kv_heads": m.num_kv_heads, "model_dim": m.model_dim,
+                "num_layers": m.num_layers, "vocab_size": m.vocab_size,
+                "train_seq_len": t.train_seq_len, "eval_seq_len": e.eval_seq_len}  # fmt: skip
+    bad = [k for k, v in positive.items() if v <= 0]
+    if bad:
+        raise ValueError(f"invalid config: {', '.join(bad)} must be positive")
     problems = []
+    if t.max_wallclock_seconds > 0 and t.reserve_seconds >= t.max_wallclock_seconds:
+        problems.append(
+            f"reserve_seconds {t.reserve_seconds} leaves no training time within "
+            f"max_wallclock_seconds {t.max_wallclock_seconds}"
+        )
     if m.model_dim % m.num_heads:
         problems.append(f"model_dim {m.model_dim} not divisible by num_heads {m.num_heads}")
     if m.num_heads % m.num_kv_heads:

@@ -42,6 +42,10 @@ def info() -> DistInfo:
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {requested!r} must be auto, cpu, cuda or mps")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch sees no CUDA GPU; use --set device=cpu")
     if requested == "cuda":
         return torch.device("cuda", local_rank)
     return torch.device(requested)
@@ -68,9 +72,12 @@ def set_info(di: DistInfo) -> None:
     _INFO = di
 
 
-def cleanup() -> None:
+def cleanup(ok: bool = True) -> None:
+    """End the process group; the barrier only on a clean exit (a failed rank must not wait for
+    ranks that are blocked in a collective, or the whole job hangs)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pgolf import config as C
-from pgolf.dist import info, init, log0
+from pgolf.dist import barrier, info, init, log0
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -47,9 +47,9 @@ def resolve_data(cfg: C.RunConfig) -> tuple[C.RunConfig, Path, Path]:
 
 
 def check_vocab(cfg: C.RunConfig, tok: Path) -> None:
-    import sentencepiece as spm
+    from pgolf.bpb import load_sp
 
-    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    sp = load_sp(tok)
     if sp.vocab_size() > cfg.model.vocab_size:
         raise ValueError(
             f"tokenizer {tok} has {sp.vocab_size()} pieces but the model's vocab_size is "
@@ -69,7 +69,10 @@ def _model_from_state(
     from pgolf.model import GPT
 
     model = GPT(cfg.model).to(device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"weights do not fit the model config (shapes differ): {e}") from e
     missing = [k for k in missing if not k.endswith(("_cos", "_sin", "inv_freq"))]
     if missing or unexpected:
         raise ValueError(
@@ -155,9 +158,12 @@ def write_artifact(cfg: C.RunConfig, tensors, path: Path, recurrence: bool) -> d
         "code_desc": code_desc,
         "recurrence_active": recurrence,
     }
-    model_bytes = artifact.save_artifact(
-        path, tensors, meta, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits
-    )
+    if info().is_main:  # one writer; every rank reads it after the barrier
+        artifact.save_artifact(
+            path, tensors, meta, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits
+        )
+    barrier()
+    model_bytes = path.stat().st_size
     total = model_bytes + code_bytes
     margin = cfg.quant.byte_budget - total
     log0(f"Serialized model int{cfg.quant.matrix_bits}+{cfg.quant.codec}: {model_bytes} bytes")
@@ -240,8 +246,9 @@ def eval_artifact(
     cfg, model = load_artifact_model(path, di.device)
     data_dir = Path(data) if data else Path(cfg.data.data_path)
     tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
-    if stride:
+    if stride is not None:
         cfg = replace(cfg, eval=replace(cfg.eval, eval_stride=stride))
+        C.validate(cfg)
     mvt = cfg.data.max_val_tokens if max_val_tokens is None else max_val_tokens
     val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
@@ -278,13 +285,23 @@ def references(train_dir: Path, val_tokens, tables, vocab: int, max_train: int =
 
 
 def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> dict[str, Any]:
-    from pgolf import bpb
-    from pgolf import train as T
+    """The main job (see the module docstring); returns what it writes to result.json."""
     from pgolf.runlog import RunDir, default_run_dir
 
+    init(cfg.train.device)  # first: rank-aware logging, data build and run-folder naming
     cfg, data_dir, tok = resolve_data(cfg)
     check_vocab(cfg, tok)
     run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
+    try:
+        return _run(cfg, run, data_dir, tok, quantize)
+    finally:
+        run.close()
+
+
+def _run(cfg: C.RunConfig, run, data_dir: Path, tok: Path, quantize: bool) -> dict[str, Any]:
+    from pgolf import bpb
+    from pgolf import train as T
+
     t_start = time.perf_counter()
     result = T.train(cfg, run)
     model = result.model

@@ -80,10 +80,12 @@ def environment() -> dict[str, Any]:
 
 
 def default_run_dir(cfg: C.RunConfig, root: str | Path = "out") -> Path:
-    """`out/<YYYYmmdd-HHMMSS>_<preset>_s<seed>` (or `cfg.train.run_dir` when that is set)."""
+    """`out/<YYYYmmdd-HHMMSS>_<preset>_s<seed>` (or `cfg.train.run_dir` when that is set); the
+    time is rank 0's, broadcast, so every rank of a torchrun job names the same folder."""
     if cfg.train.run_dir:
         return Path(cfg.train.run_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    now = torch.tensor([time.time()], dtype=torch.float64, device=dist.info().device)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(float(dist.broadcast_(now).item())))
     return Path(root) / f"{stamp}_{cfg.preset}_s{cfg.train.seed}"
 
 
@@ -296,8 +298,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (pass a *.safetensors file)")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error type for a bad header
+        raise ValueError(f"{path} is not a readable safetensors checkpoint ({e})") from e
     if metadata.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a pgolf checkpoint (format {metadata.get('format')!r}, "
