@@ -200,3 +200,11 @@ def test_quantize_with_a_plan_override_shrinks_the_artifact(tiny_run, tmp_path):
     assert out.stat().st_size < base
     bad = pgolf("quantize", str(root / "run"), "--plan", "mlp=bits", env=env, cwd=root)
     assert bad.returncode == 2 and "--plan" in bad.stderr
+
+
+def test_eval_refuses_validation_data_from_another_tokenizer(tiny_run, tmp_path):
+    root, env, _ = tiny_run
+    other = pgolf("data", "default", "--vocab-size", "384", "--out", str(tmp_path / "d"))
+    assert other.returncode == 0, other.stderr[-2000:]
+    r = pgolf("eval", str(root / "run" / "artifact.pgolf"), "--data", str(tmp_path / "d" / "sp384"))
+    assert r.returncode == 2 and "not the tokenizer" in r.stderr, r.stderr[-2000:]

@@ -45,7 +45,8 @@ def test_artifact_and_weights_keep_the_recurrence_state(tmp_path, recurrence):
     plan = quant.make_plan(state, cfg.quant, cfg.model)
     art = tmp_path / "a.pgolf"
     P.write_artifact(cfg, quant.quantize_state(state, {}, plan), art, model.recurrence_active)
-    _, back = P.load_artifact_model(art, torch.device("cpu"))
+    _, back, meta = P.load_artifact_model(art, torch.device("cpu"))
+    assert meta["recurrence_active"] == recurrence
     assert back.recurrence_active == recurrence
     x = torch.randint(0, 128, (2, 16))
     with torch.no_grad():  # same graph: the round trip only adds quantization noise

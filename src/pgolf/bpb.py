@@ -92,16 +92,22 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
         raise ValueError("cannot train a tokenizer: every document is empty")
     buf = io.BytesIO()
     log0(f"tokenizer: training SentencePiece BPE vocab {vocab_size} on {len(clean)} documents")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(clean),
-        model_writer=buf,
-        vocab_size=vocab_size,
-        # long documents would otherwise be skipped silently (the default limit is 4192 bytes)
-        max_sentence_length=max(len(t.encode("utf-8")) for t in clean) + 16,
-        num_threads=max(1, min(os.cpu_count() or 1, 16)),
-        minloglevel=2,
-        **SP_TRAINER_ARGS,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(clean),
+            model_writer=buf,
+            vocab_size=vocab_size,
+            # long documents would otherwise be skipped silently (the default limit is 4192 B)
+            max_sentence_length=max(len(t.encode("utf-8")) for t in clean) + 16,
+            num_threads=max(1, min(os.cpu_count() or 1, 16)),
+            minloglevel=2,
+            **SP_TRAINER_ARGS,
+        )
+    except RuntimeError as e:  # e.g. "Vocabulary size is smaller than required_chars"
+        raise ValueError(
+            f"cannot train a {vocab_size}-piece tokenizer for {path}: {e}; "
+            "choose a larger --vocab-size"
+        ) from e
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())

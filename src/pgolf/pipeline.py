@@ -157,6 +157,7 @@ def write_artifact(cfg: C.RunConfig, tensors, path: Path, recurrence: bool) -> d
         "code_bytes": code_bytes,
         "code_desc": code_desc,
         "recurrence_active": recurrence,
+        "tokenizer_sha256": _sha256(Path(cfg.data.tokenizer_path)),
     }
     if info().is_main:  # one writer; every rank reads it after the barrier
         artifact.save_artifact(
@@ -186,7 +187,14 @@ def write_artifact(cfg: C.RunConfig, tensors, path: Path, recurrence: bool) -> d
 # Evaluation of an artifact
 
 
+def _sha256(path: Path) -> str | None:
+    from pgolf.data import sha256_file
+
+    return sha256_file(path) if path.is_file() else None
+
+
 def load_artifact_model(path: Path, device: torch.device):
+    """(config, model with the dequantized weights, artifact metadata) — nothing unpickled."""
     from pgolf import artifact, quant
 
     tensors, meta = artifact.load_artifact(path)
@@ -195,7 +203,7 @@ def load_artifact_model(path: Path, device: torch.device):
     cfg = C.from_dict(meta["config"])
     state = quant.dequantize_state(tensors)
     recurrence = bool(meta.get("recurrence_active", bool(cfg.model.recur_layers)))
-    return cfg, _model_from_state(cfg, state, device, recurrence)
+    return cfg, _model_from_state(cfg, state, device, recurrence), meta
 
 
 def evaluate_model(
@@ -243,9 +251,15 @@ def eval_artifact(
 
     di = init("auto")
     path = Path(path)
-    cfg, model = load_artifact_model(path, di.device)
+    cfg, model, meta = load_artifact_model(path, di.device)
     data_dir = Path(data) if data else Path(cfg.data.data_path)
     tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
+    want = meta.get("tokenizer_sha256")
+    if want and _sha256(tok) != want:
+        raise ValueError(
+            f"{tok} is not the tokenizer {path} was trained with (sha256 differs): "
+            "score it on validation shards made with the run's tokenizer"
+        )
     if stride is not None:
         cfg = replace(cfg, eval=replace(cfg.eval, eval_stride=stride))
         C.validate(cfg)
@@ -323,7 +337,7 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, tok: Path, quantize: bool) -> di
         tensors = quantize_model(cfg, model, data_dir)
         art = run.path / "artifact.pgolf"
         out.update(write_artifact(cfg, tensors, art, model.recurrence_active))
-        _, qmodel = load_artifact_model(art, device)
+        _, qmodel, _ = load_artifact_model(art, device)
         label = f"final_int{cfg.quant.matrix_bits}"
         post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
         out["val_bpb_roundtrip"], out["val_loss_roundtrip"] = (
