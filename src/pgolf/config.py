@@ -317,7 +317,7 @@ def cpu_tiny() -> RunConfig:
             compile=False,
             device="cpu",
         ),
-        eval=replace(base.eval, eval_seq_len=256, eval_stride=64, val_batch_seqs=16),
+        eval=replace(base.eval, eval_seq_len=256, eval_stride=128, val_batch_seqs=16),
         quant=replace(base.quant, calib_seqs=16, passthrough_numel=4096),
     )
 
