@@ -186,6 +186,14 @@ class RunConfig:
 
 
 SECTIONS = ("data", "model", "optim", "train", "eval", "quant")
+SECTION_CLASSES: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "quant": QuantConfig,
+}
 
 # ----------------------------------------------------------------------------------------------
 # Presets
@@ -421,14 +429,7 @@ def parse_value(type_str: Any, raw: str) -> Any:
 
 def set_field(cfg: RunConfig, key: str, raw: str) -> RunConfig:
     """Return cfg with `key` (`section.field` or a field name unique across sections) set."""
-    classes = {
-        "data": DataConfig,
-        "model": ModelConfig,
-        "optim": OptimConfig,
-        "train": TrainConfig,
-        "eval": EvalConfig,
-        "quant": QuantConfig,
-    }
+    classes = SECTION_CLASSES
     if "." in key:
         section, name = key.split(".", 1)
         if section not in classes:
@@ -558,14 +559,7 @@ def to_json(cfg: RunConfig) -> str:
 
 def from_dict(d: Mapping[str, Any]) -> RunConfig:
     """Inverse of `to_dict` (tuples restored from JSON lists)."""
-    classes = {
-        "data": DataConfig,
-        "model": ModelConfig,
-        "optim": OptimConfig,
-        "train": TrainConfig,
-        "eval": EvalConfig,
-        "quant": QuantConfig,
-    }
+    classes = SECTION_CLASSES
     kwargs: dict[str, Any] = {"preset": d.get("preset", "custom")}
     for section, cls in classes.items():
         sub = dict(d.get(section, {}))
