@@ -98,22 +98,16 @@ def make_model(seed: int = 0, **kw) -> nn.Module:
 
 def make_gpt(seed: int = 0) -> nn.Module:
     """The real GPT, tiny, every feature on, parameters perturbed so zero-init paths matter."""
+    from helpers import perturbed_gpt
+
     from pgolf.config import ModelConfig
-    from pgolf.model import GPT
 
     cfg = ModelConfig(
         vocab_size=V, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0,
         rope_dims=8, xsa_layers=(0, 1, 2), ve_dim=8, ve_layers=(1, 2), parallel_start=1,
         recur_layers=(0, 1, 1, 2), attn_backend="sdpa",
     )  # fmt: skip
-    torch.manual_seed(seed)
-    model = GPT(cfg)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    model.set_recurrence(True)
-    return model
+    return perturbed_gpt(cfg, True, seed)
 
 
 MODELS = {"cummean": make_model, "gpt": make_gpt}

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import perturbed_gpt
 
 from pgolf.config import ModelConfig
 from pgolf.model import GPT, fa3_function, generate
@@ -36,13 +37,7 @@ CFG = ModelConfig(
 
 
 def build(cfg: ModelConfig = CFG) -> GPT:
-    torch.manual_seed(0)
-    model = GPT(cfg).cuda()
-    with torch.no_grad():  # leave the zero-init projections behind so every path matters
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    model.set_recurrence(True)
-    return model
+    return perturbed_gpt(cfg, True, 0, scale=0.02, device="cuda")
 
 
 def ids(B: int = 4, T: int = 256) -> torch.Tensor:

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import perturbed_gpt
 
 from pgolf import model as M
 from pgolf.config import ModelConfig, preset
@@ -45,14 +46,7 @@ def tiny(**kw) -> ModelConfig:
 
 def build(cfg: ModelConfig, recur: bool = True, seed: int = 0) -> GPT:
     """A model whose every parameter is perturbed, so zero-init paths (proj, VE) matter."""
-    torch.manual_seed(seed)
-    model = GPT(cfg)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    model.set_recurrence(recur)
-    return model
+    return perturbed_gpt(cfg, recur, seed)
 
 
 def tokens(B: int, T: int, vocab: int = 128, seed: int = 0) -> torch.Tensor:
