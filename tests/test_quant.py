@@ -400,3 +400,57 @@ def test_quantize_state_fallback_and_passthrough():
     assert tensors[1].kind == "fp16" and tensors[1].data.dtype == torch.float16
     deq = quant.dequantize_state(tensors)
     torch.testing.assert_close(deq["g"], state["g"].half().float())
+
+
+def _hessian_worker(rank: int, world: int, init_file: str, ref_file: str) -> None:
+    import torch.distributed as tdist
+
+    from pgolf import dist as D
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    D.set_info(D.DistInfo(rank=rank, world_size=world))
+    try:
+        model, batches = _hessian_setup()
+        mine = quant.collect_hessians(model, batches[rank::world])  # this rank's share
+        ref = torch.load(ref_file)
+        assert sorted(mine) == sorted(ref)
+        for name in ref:
+            torch.testing.assert_close(mine[name], ref[name], rtol=1e-5, atol=1e-6)
+    finally:
+        tdist.destroy_process_group()
+
+
+def _hessian_setup():
+    from helpers import perturbed_gpt
+
+    cfg = ModelConfig(
+        vocab_size=64,
+        num_layers=3,
+        model_dim=32,
+        num_heads=2,
+        num_kv_heads=1,
+        mlp_mult=2.0,
+        rope_dims=8,
+        xsa_layers=(0, 1, 2),
+        ve_dim=8,
+        ve_layers=(2,),
+        parallel_start=2,
+        recur_layers=(0, 1, 1, 2),
+        attn_backend="sdpa",
+    )
+    g = torch.Generator().manual_seed(5)
+    batches = [torch.randint(0, 64, (2, 16), generator=g) for _ in range(4)]
+    return perturbed_gpt(cfg, True, 3), batches
+
+
+@pytest.mark.dist
+def test_hessians_shared_over_two_ranks_equal_one_process(tmp_path):
+    import os
+
+    import torch.multiprocessing as mp
+
+    model, batches = _hessian_setup()
+    ref = quant.collect_hessians(model, batches)  # one process, all the data
+    torch.save(ref, tmp_path / "ref.pt")
+    args = (2, os.fspath(tmp_path / "pg"), os.fspath(tmp_path / "ref.pt"))
+    mp.spawn(_hessian_worker, args=args, nprocs=2, join=True)
