@@ -307,20 +307,19 @@ def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> 
     check_vocab(cfg, tok)
     run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
     try:
-        return _run(cfg, run, data_dir, tok, quantize)
+        return _run(cfg, run, data_dir, quantize)
     finally:
         run.close()
 
 
-def _run(cfg: C.RunConfig, run, data_dir: Path, tok: Path, quantize: bool) -> dict[str, Any]:
-    from pgolf import bpb
+def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool) -> dict[str, Any]:
     from pgolf import train as T
 
     t_start = time.perf_counter()
     result = T.train(cfg, run)
     model = result.model
     device = next(model.parameters()).device
-    tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size).to(device)
+    tables = result.tables  # built by train() from the same tokenizer, already on the device
     val = result.val_tokens
     out: dict[str, Any] = {
         "preset": cfg.preset,
