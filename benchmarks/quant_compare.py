@@ -24,11 +24,12 @@ import torch
 
 from pgolf import artifact as A
 from pgolf import bpb
-from pgolf import budget as B
 from pgolf import config as C
 from pgolf import pipeline as P
 from pgolf.data import load_val_tokens
 from pgolf.dist import init
+from pgolf.lab import budget as B
+from pgolf.lab.bundle import code_size
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
     ours = len(A.encode_artifact(gptq_t, {}, codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits))
     ref = len(B.byteshuffle_brotli_reference(B.reference_input(gptq_t)))
     codecs = B.compare_codecs(gptq_t)
-    code, code_desc = B.code_bytes()
+    code, code_desc = code_size(cfg)
 
     print(f"device:{di.device} preset:{cfg.preset} bits:{a.bits} val_tokens:{val.numel() - 1}")
     print(f"{'':24}{'val_bpb':>12}{'gap':>12}{'quant_s':>10}")

@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgolf import bpb
-from pgolf.datasets import read_documents, split_of
+from pgolf.lab.datasets import read_documents, split_of
+from pgolf.lab.tokenizer import SP_TRAINER_ARGS
 
 # ../shared beside the checkout (as in CI), or PGOLF_BENCH_DIR
 BENCH = Path(
@@ -35,7 +36,7 @@ WORDS = "the of and to a in that is was he for it with as his on be at by had no
 
 def _train(texts: list[str], vocab: int, **over) -> spm.SentencePieceProcessor:
     buf = io.BytesIO()
-    args = {**bpb.SP_TRAINER_ARGS, **over}
+    args = {**SP_TRAINER_ARGS, **over}
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab,
         max_sentence_length=1 << 20, num_threads=1, minloglevel=2, **args,

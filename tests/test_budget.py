@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import lzma
-from pathlib import Path
-
 import brotli
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pgolf.artifact
 from pgolf.artifact import CODECS, QTensor, byte_unshuffle, encode_artifact
-from pgolf.budget import (
+from pgolf.lab.budget import (
     _apportion,
     budget_report,
     byteshuffle_brotli_reference,
-    code_bytes,
     compare_codecs,
     format_budget,
     format_what_if,
@@ -178,13 +172,3 @@ def test_compare_codecs_and_reference() -> None:
     assert byte_unshuffle(body[:-1], 4, len(raw) + pad)[: len(raw)] == raw
 
 
-def test_code_bytes_counts_the_run_modules_as_a_self_extracting_script() -> None:
-    n, desc = code_bytes()
-    assert "12 pgolf modules a run imports" in desc
-    one, desc1 = code_bytes(["pgolf.artifact"])
-    src = Path(pgolf.artifact.__file__).read_bytes()
-    packed = base64.b85encode(lzma.compress(src, preset=9))
-    assert len(packed) < one < len(packed) + 100 and "the 1 pgolf modules" in desc1
-    assert n > one  # more modules, more bytes; independent of what this process imported
-    with pytest.raises(ValueError, match="no source"):
-        code_bytes(["pgolf.no_such_module"])

@@ -18,14 +18,13 @@ from pgolf import dist as pdist
 from pgolf.bpb import ByteTables
 from pgolf.evaluate import (
     EvalResult,
-    bigram_bpb,
     eval_plain,
     eval_sliding,
     format_eval_line,
     plain_windows,
     sliding_windows,
-    unigram_bpb,
 )
+from pgolf.lab.references import bigram_bpb, unigram_bpb
 
 V = 32
 CPU = torch.device("cpu")

@@ -11,8 +11,9 @@ import torch
 from helpers import perturbed_gpt
 
 from pgolf.config import ModelConfig
-from pgolf.model import GPT, fa3_function, generate
+from pgolf.model import GPT, fa3_function
 from pgolf.optim import zeropower
+from pgolf.sampling import generate
 
 pytestmark = [
     pytest.mark.gpu,

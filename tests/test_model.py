@@ -13,7 +13,8 @@ from helpers import perturbed_gpt
 
 from pgolf import model as M
 from pgolf.config import ModelConfig, preset
-from pgolf.model import GPT, count_params, generate
+from pgolf.model import GPT, count_params
+from pgolf.sampling import generate
 
 BOS = 1
 

@@ -11,54 +11,60 @@ from pathlib import Path
 
 import pytest
 
+import pgolf
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "pgolf"
-ORDER = [
-    "config",
-    "dist",
-    "data",
-    "bpb",
-    "model",
-    "optim",
-    "artifact",
-    "quant",
-    "evaluate",
-    "runlog",
-    "train",
-    "datasets",
-    "budget",
-    "report",
-    "pipeline",
-    "cli",
-    "__main__",
-]
+CORE = list(pgolf.CORE_MODULES)
+TOP = ["cli", "__main__"]  # import both layers; nothing imports them
 BUDGET = {"model": 600, "config": 600}
 
 
 def pgolf_imports(path: Path) -> set[str]:
+    """Dotted pgolf modules `path` imports, anywhere in it (lazy imports included)."""
     deps = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pgolf"):
-            names = (
-                [node.module.split(".")[1]] if "." in node.module else [a.name for a in node.names]
-            )
-            deps.update(names)
+            if node.module == "pgolf":
+                deps.update(f"pgolf.{a.name}" for a in node.names)
+            elif node.module == "pgolf.lab":
+                deps.update(f"pgolf.lab.{a.name}" for a in node.names)
+            else:
+                deps.add(node.module)
         elif isinstance(node, ast.Import):
-            deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("pgolf."))
+            deps.update(a.name for a in node.names if a.name.startswith("pgolf"))
     return deps
 
 
-def test_every_module_is_in_the_order_and_imports_only_earlier_ones():
-    modules = sorted(p.stem for p in SRC.glob("*.py") if p.stem != "__init__")
-    assert sorted(ORDER) == modules, "add new modules to ORDER (the bundler's inlining order)"
-    for i, name in enumerate(ORDER):
-        later = set(pgolf_imports(SRC / f"{name}.py")) & set(ORDER[i + 1 :])
-        assert not later, f"{name} imports later modules {later}: the graph must follow ORDER"
+def test_core_modules_are_declared_once_and_import_only_earlier_core_modules():
+    top = sorted(p.stem for p in SRC.glob("*.py") if p.stem != "__init__")
+    assert sorted(CORE + TOP) == top, "declare core modules in pgolf.CORE_MODULES (bundle order)"
+    for i, name in enumerate(CORE):
+        deps = pgolf_imports(SRC / f"{name}.py")
+        lab = {d for d in deps if d.startswith("pgolf.lab")}
+        assert not lab, f"core module {name} imports the lab: {lab}"
+        later = {d.split(".")[1] for d in deps} & set(CORE[i + 1 :] + TOP)
+        assert not later, f"{name} imports later modules {later}: follow pgolf.CORE_MODULES"
+
+
+def test_lab_modules_never_import_the_cli_and_the_walk_catches_a_core_that_imports_the_lab(
+    tmp_path,
+):
+    labs = sorted((SRC / "lab").rglob("*.py"))
+    assert len(labs) >= 5
+    for p in labs:
+        bad = {d for d in pgolf_imports(p) if d in ("pgolf.cli", "pgolf.__main__")}
+        assert not bad, f"{p.name} imports {bad}"
+    # the check above is not vacuous: a core module that imports the lab is found
+    fake = tmp_path / "quant.py"
+    fake.write_text("def f():\n    from pgolf.lab import budget\n")
+    assert "pgolf.lab.budget" in pgolf_imports(fake)
 
 
 def test_import_has_no_side_effects():
     code = (
-        "import torch.distributed as d, pgolf.cli, pgolf.pipeline, pgolf.train, pgolf.budget,"
-        " pgolf.datasets; assert not d.is_initialized(); print('ok')"
+        "import torch.distributed as d, pgolf.cli, pgolf.pipeline, pgolf.train,"
+        " pgolf.lab.budget, pgolf.lab.datasets, pgolf.lab.bundle;"
+        " assert not d.is_initialized(); print('ok')"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -66,7 +72,7 @@ def test_import_has_no_side_effects():
 
 
 def test_library_never_prints_and_stays_within_line_budgets():
-    for p in SRC.glob("*.py"):
+    for p in [*SRC.glob("*.py"), *(SRC / "lab").rglob("*.py")]:
         if p.stem in ("cli", "__main__"):
             continue
         tree = ast.parse(p.read_text())

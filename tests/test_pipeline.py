@@ -11,8 +11,8 @@ import torch
 from pgolf import config as C
 from pgolf import pipeline as P
 from pgolf import quant
-from pgolf.model import GPT
-from pgolf.runlog import save_weights
+from pgolf.checkpoint import save_weights
+from pgolf.model import GPT, graph_state
 
 
 def tiny_cfg() -> C.RunConfig:
@@ -44,7 +44,8 @@ def test_artifact_and_weights_keep_the_recurrence_state(tmp_path, recurrence):
     state = {k: v.detach() for k, v in model.state_dict().items()}
     plan = quant.make_plan(state, cfg.quant, cfg.model)
     art = tmp_path / "a.pgolf"
-    P.write_artifact(cfg, quant.quantize_state(state, {}, plan), art, model.recurrence_active)
+    tensors = quant.quantize_state(state, {}, plan)
+    P.write_artifact(cfg, tensors, art, graph_state(model), code_size=lambda c: (123, "test"))
     _, back, meta = P.load_artifact_model(art, torch.device("cpu"))
     assert meta["recurrence_active"] == recurrence
     assert back.recurrence_active == recurrence
@@ -53,8 +54,33 @@ def test_artifact_and_weights_keep_the_recurrence_state(tmp_path, recurrence):
         assert (back(x) - model(x)).abs().max() < 0.05
 
     w = tmp_path / "final_model.safetensors"
-    save_weights(w, model.state_dict(), {"recurrence_active": model.recurrence_active})
+    save_weights(w, model.state_dict(), graph_state(model))
     again = P.load_run_model(cfg, w, torch.device("cpu"))
     assert again.recurrence_active == recurrence
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))
+
+
+def test_a_file_without_its_graph_state_is_refused_not_guessed(tmp_path):
+    cfg = tiny_cfg()
+    model = GPT(cfg.model)
+    w = tmp_path / "old.safetensors"
+    save_weights(w, model.state_dict(), {"step": 3})  # no recurrence_active key
+    with pytest.raises(ValueError, match="does not record its layer graph"):
+        P.load_run_model(cfg, w, torch.device("cpu"))
+
+
+def test_the_headline_score_is_chosen_in_one_place_by_one_rule(tmp_path):
+    from pgolf.runlog import RunDir, headline
+
+    assert headline({"val_bpb_prequant": 2.0, "val_bpb_roundtrip": 1.9})["val_bpb_source"] == (
+        "roundtrip"
+    )
+    full = {"val_bpb_live": 1.0, "val_bpb_sliding": 1.8, "val_loss_sliding": 3.0}
+    assert headline(full) == {"val_bpb": 1.8, "val_loss": 3.0, "val_bpb_source": "sliding"}
+    run = RunDir(tmp_path / "r")
+    run.write_result({"val_bpb_prequant": 2.0, "val_loss_prequant": 4.0})
+    out = run.write_result({"val_bpb_ttt": 1.5, "val_loss_ttt": 3.5})
+    assert (out["val_bpb"], out["val_bpb_source"]) == (1.5, "ttt")
+    assert run.read_result()["val_bpb"] == 1.5
+    run.close()

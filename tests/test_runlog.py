@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from pgolf import checkpoint as CK
 from pgolf import config as C
 from pgolf import dist
 from pgolf import runlog as R
@@ -82,8 +83,8 @@ def test_checkpoint_round_trip_keeps_nested_state(tmp_path):
         "loaders": [{"kind": "stream", "pos": 12, "rng": {"state": 2**80}}],
         "pair": (1, None, "x"),
     }
-    p = R.save_checkpoint(tmp_path / "ck.safetensors", model, ema, state, {"step": 7})
-    ck = R.load_checkpoint(p)
+    p = CK.save_checkpoint(tmp_path / "ck.safetensors", model, ema, state, {"step": 7})
+    ck = CK.load_checkpoint(p)
     assert ck.meta == {"step": 7}
     assert all(torch.equal(ck.model[k], model[k]) for k in model)
     assert ck.model["e"].dtype == torch.bfloat16
@@ -93,7 +94,7 @@ def test_checkpoint_round_trip_keeps_nested_state(tmp_path):
     assert torch.equal(inner[0]["step"], torch.tensor(3.0)) and inner[0]["step"].ndim == 0
     assert ck.state["loaders"] == state["loaders"] and ck.state["pair"] == (1, None, "x")
     assert not list(tmp_path.glob("*.tmp"))
-    assert R.load_checkpoint(R.save_checkpoint(tmp_path / "n.safetensors", model)).ema is None
+    assert CK.load_checkpoint(CK.save_checkpoint(tmp_path / "n.safetensors", model)).ema is None
 
 
 def test_optimizer_state_round_trip_continues_identically(tmp_path):
@@ -104,8 +105,8 @@ def test_optimizer_state_round_trip_continues_identically(tmp_path):
         (w**2).sum().backward()
         opt.step()
         opt.zero_grad()
-    p = R.save_checkpoint(tmp_path / "o.safetensors", {"w": w}, None, {"o": opt.state_dict()})
-    ck = R.load_checkpoint(p)
+    p = CK.save_checkpoint(tmp_path / "o.safetensors", {"w": w}, None, {"o": opt.state_dict()})
+    ck = CK.load_checkpoint(p)
     w2 = torch.nn.Parameter(ck.model["w"].clone())
     opt2 = torch.optim.AdamW([w2], lr=0.1)
     opt2.load_state_dict(ck.state["o"])
@@ -117,11 +118,11 @@ def test_optimizer_state_round_trip_continues_identically(tmp_path):
 
 def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        R.load_checkpoint(tmp_path / "missing.safetensors")
+        CK.load_checkpoint(tmp_path / "missing.safetensors")
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.ones(2)}, str(plain))
     with pytest.raises(ValueError, match="not a pgolf checkpoint"):
-        R.load_checkpoint(plain)
-    R.save_weights(tmp_path / "final.safetensors", {"w": torch.ones(2)}, {"step": 3})
+        CK.load_checkpoint(plain)
+    CK.save_weights(tmp_path / "final.safetensors", {"w": torch.ones(2)}, {"step": 3})
     with pytest.raises(ValueError, match="not a pgolf checkpoint"):
-        R.load_checkpoint(tmp_path / "final.safetensors")
+        CK.load_checkpoint(tmp_path / "final.safetensors")

@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 
 from pgolf import train as T
 from pgolf.bpb import ByteTables
+from pgolf.checkpoint import load_checkpoint
 from pgolf.config import RunConfig, preset
 from pgolf.data import write_shard
-from pgolf.runlog import RunDir, load_checkpoint
+from pgolf.runlog import RunDir
 
 V = 256
 
@@ -112,7 +113,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, data_dir, loa
         T.train(cfg, run, data_dir=data_dir, tables=stub_tables())
     run.close()
     ck = load_checkpoint(run.checkpoint_path)
-    assert ck.meta["step"] == 3 and ck.meta["recurrence"] is False
+    assert ck.meta["step"] == 3 and ck.meta["recurrence_active"] is False
     assert ck.ema is not None and "optim" in ck.state
 
     resumed = run_train(cfg, tmp_path / "c", data_dir, resume=run.checkpoint_path)

@@ -44,7 +44,7 @@ def cmd_train(
     from pgolf.dist import init
     from pgolf.runlog import RunDir, default_run_dir
 
-    cfg = C.load(preset, _with_data(overrides, data))
+    cfg = _default_data(C.load(preset, _with_data(overrides, data)))
     init(cfg.train.device)
     cfg, _, tok = pipeline.resolve_data(cfg)
     pipeline.check_vocab(cfg, tok)
@@ -64,11 +64,14 @@ def cmd_run(
     preset: str, overrides: list[str], data: str | None, run_dir: str | None, quantize: bool
 ) -> dict:
     from pgolf import pipeline
-    from pgolf.report import summary_lines
-
-    cfg = C.load(preset, _with_data(overrides, data))
-    res = pipeline.run(cfg, run_dir, quantize=quantize)
     from pgolf.dist import info
+    from pgolf.lab.bundle import code_size
+    from pgolf.lab.report import plot_losses, summary_lines
+
+    cfg = _default_data(C.load(preset, _with_data(overrides, data)))
+    res = pipeline.run(cfg, run_dir, quantize=quantize, code_size=code_size, extras=_references)
+    if info().is_main:
+        plot_losses(Path(res["run_dir"]))
 
     if info().is_main:
         print("\n".join(summary_lines(res)))
@@ -76,7 +79,7 @@ def cmd_run(
 
 
 def cmd_data_default(vocab_size: int, out: str | None) -> Path:
-    from pgolf import datasets
+    from pgolf.lab import datasets
 
     path = datasets.build_default(Path(out) if out else None, vocab_size=vocab_size)
     print(path)
@@ -86,7 +89,7 @@ def cmd_data_default(vocab_size: int, out: str | None) -> Path:
 def cmd_data_corpus(
     inputs: list[str], out: str, tokenizer: str | None, vocab_size: int | None
 ) -> Path:
-    from pgolf import datasets
+    from pgolf.lab import datasets
 
     if not tokenizer and not vocab_size:
         vocab_size = 1024
@@ -101,7 +104,7 @@ def cmd_data_corpus(
 
 
 def cmd_data_fineweb(variant: str, train_shards: int, out: str) -> Path:
-    from pgolf import datasets
+    from pgolf.lab import datasets
 
     path = datasets.download_fineweb(variant, train_shards, Path(out))
     print(path)
@@ -109,7 +112,7 @@ def cmd_data_fineweb(variant: str, train_shards: int, out: str) -> Path:
 
 
 def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
-    from pgolf import datasets
+    from pgolf.lab import datasets
 
     rep = datasets.inspect(Path(path), Path(tokenizer) if tokenizer else None)
     if as_json:
@@ -140,8 +143,11 @@ def parse_plan(specs: list[str]) -> dict[str, dict]:
 
 def cmd_quantize(run_dir: str, overrides: list[str], plan: list[str], out: str | None) -> dict:
     from pgolf import pipeline
+    from pgolf.lab.bundle import code_size
 
-    return pipeline.quantize_run(run_dir, overrides, out, plan=parse_plan(plan))
+    return pipeline.quantize_run(
+        run_dir, overrides, out, plan=parse_plan(plan), code_size=code_size
+    )
 
 
 def cmd_eval(artifact: str, stride: int | None, data: str | None, sliding: bool) -> dict:
@@ -160,11 +166,16 @@ def cmd_budget(
     as_json: bool,
 ) -> dict:
     from pgolf import artifact as A
-    from pgolf import budget as B
+    from pgolf.lab import budget as B
 
     tensors, meta = A.load_artifact(Path(artifact))
-    # The code bytes the run measured (kept in the artifact), else this process's modules.
-    code = int(meta["code_bytes"]) if "code_bytes" in meta else B.code_bytes()[0]
+    # The code bytes the run measured (kept in the artifact), else the bundle for its config.
+    if "code_bytes" in meta:
+        code = int(meta["code_bytes"])
+    else:
+        from pgolf.lab.bundle import code_size
+
+        code = code_size(C.from_dict(meta.get("config", {})))[0]
     codec = meta.get("config", {}).get("quant", {}).get("codec", "brotli")
     rep = B.budget_report(tensors, meta, codec, code)
     lines = B.format_budget(rep)
@@ -193,7 +204,37 @@ def cmd_budget(
     return rep
 
 
+def cmd_bundle(preset: str, overrides: list[str], out: str, form: str) -> dict:
+    from pgolf.lab.bundle import write_bundle
+
+    cfg = C.load(preset, overrides)
+    rep = write_bundle(cfg, out, form)
+    sizes = " ".join(f"{k}:{v}" for k, v in rep["sizes"].items())
+    print(f"bundle:{rep['path']} form:{rep['form']} bytes:{rep['bytes']} ({sizes})")
+    return rep
+
+
 # ----------------------------------------------------------------------------------------------
+
+
+def _default_data(cfg: C.RunConfig) -> C.RunConfig:
+    """No data folder given: build (once) and use the embedded default corpus (lab)."""
+    if cfg.data.data_path:
+        return cfg
+    from dataclasses import replace
+
+    from pgolf.dist import init
+    from pgolf.lab import datasets
+
+    init(cfg.train.device)  # rank-aware: the build is locked and idempotent on every rank
+    path = datasets.build_default(vocab_size=cfg.model.vocab_size)
+    return replace(cfg, data=replace(cfg.data, data_path=str(Path(path).resolve())))
+
+
+def _references(cfg: C.RunConfig, run, val_tokens, tables) -> dict:
+    from pgolf.lab.references import references
+
+    return references(Path(cfg.data.data_path), val_tokens, tables, cfg.model.vocab_size)
 
 
 def _with_data(overrides: list[str], data: str | None) -> list[str]:
@@ -282,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "bundle",
+        help="write the single-file train_gpt.py a submission ships",
+        epilog="example: pgolf bundle --preset pr1550 --out records/x/train_gpt.py",
+    )
+    _common(p, None)
+    p.add_argument("--out", default="train_gpt.py", help="file to write (default train_gpt.py)")
+    p.add_argument(
+        "--form",
+        default="auto",
+        choices=["auto", "raw", "stripped", "lzma", "brotli"],
+        help="auto (default) keeps the smallest form",
+    )
     return ap
 
 
@@ -306,6 +360,8 @@ def dispatch(a: argparse.Namespace):
         return cmd_eval(a.artifact, a.stride, a.data, not a.no_sliding)
     if a.cmd == "budget":
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
+    if a.cmd == "bundle":
+        return cmd_bundle(a.preset, a.overrides, a.out, a.form)
     raise AssertionError(a.cmd)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,27 +22,32 @@ import torch
 from pgolf import config as C
 from pgolf.dist import barrier, info, init, log0
 
+CODE_DESC = "length of the bundled script"
+CodeSize = Callable[[C.RunConfig], tuple[int, str]]
+"""cfg -> (code bytes of the submission script for cfg, how they were measured)."""
+
 # ----------------------------------------------------------------------------------------------
 # Data
 
 
 def resolve_data(cfg: C.RunConfig) -> tuple[C.RunConfig, Path, Path]:
-    """Return cfg with data_path/tokenizer_path filled in (building the default data if needed)."""
+    """Return cfg with data_path/tokenizer_path filled in, both absolute (so a run folder's config
+    works from any directory). The CLI builds the embedded default first when no path is set."""
     from pgolf import data as D
 
-    data_path = cfg.data.data_path
-    if not data_path:
-        from pgolf import datasets
-
-        data_dir = datasets.build_default(vocab_size=cfg.model.vocab_size)
-    else:
-        data_dir = Path(data_path)
+    if not cfg.data.data_path:
+        raise ValueError(
+            "no data folder: set DATA_PATH (or --data DIR); `pgolf data default` builds the "
+            "embedded default corpus"
+        )
+    data_dir = Path(cfg.data.data_path).resolve()
     if not data_dir.is_dir():
         raise FileNotFoundError(
             f"data folder {data_dir} does not exist: build it with `pgolf data default` or "
             "`pgolf data fineweb`, or pass --data DIR"
         )
     tok = Path(cfg.data.tokenizer_path) if cfg.data.tokenizer_path else D.find_tokenizer(data_dir)
+    tok = tok.resolve()
     cfg = replace(cfg, data=replace(cfg.data, data_path=str(data_dir), tokenizer_path=str(tok)))
     return cfg, data_dir, tok
 
@@ -63,10 +69,10 @@ def check_vocab(cfg: C.RunConfig, tok: Path) -> None:
 
 
 def _model_from_state(
-    cfg: C.RunConfig, state: dict[str, torch.Tensor], device: torch.device, recurrence: bool
+    cfg: C.RunConfig, state: dict[str, torch.Tensor], device: torch.device, meta, source: str
 ):
     """Rebuild the model with the layer graph the weights were trained and measured with."""
-    from pgolf.model import GPT
+    from pgolf.model import GPT, restore_graph_state
 
     model = GPT(cfg.model).to(device)
     try:
@@ -78,8 +84,7 @@ def _model_from_state(
         raise ValueError(
             f"weights do not match the config: missing {missing} unexpected {unexpected}"
         )
-    if recurrence and cfg.model.recur_layers:
-        model.set_recurrence(True)
+    restore_graph_state(model, meta, source)
     return model
 
 
@@ -143,20 +148,22 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
     return tensors
 
 
-def write_artifact(cfg: C.RunConfig, tensors, path: Path, recurrence: bool) -> dict[str, Any]:
+def write_artifact(
+    cfg: C.RunConfig, tensors, path: Path, graph: dict[str, Any], code_size: CodeSize
+) -> dict[str, Any]:
+    """Write the artifact (rank 0) and account for it. `code_size(cfg)` gives the code bytes of
+    the submission script for this config: the bundle's own length inside `train_gpt.py`, the
+    length of the bundle generated for `cfg` under the CLI (`pgolf.lab.bundle.code_size`). They
+    are kept in the artifact's metadata so `pgolf budget` reports the same total later."""
     from pgolf import artifact
 
-    # Code bytes are measured once, here, over the modules this run imported, and kept in the
-    # artifact's metadata so `pgolf budget` reports the same total in another process.
-    from pgolf.budget import code_bytes as measure_code
-
-    code_bytes, code_desc = measure_code()
+    code_bytes, code_desc = code_size(cfg)
     meta = {
         "format": "pgolf-artifact",
         "config": C.to_dict(cfg),
         "code_bytes": code_bytes,
         "code_desc": code_desc,
-        "recurrence_active": recurrence,
+        **graph,
         "tokenizer_sha256": _sha256(Path(cfg.data.tokenizer_path)),
     }
     if info().is_main:  # one writer; every rank reads it after the barrier
@@ -202,8 +209,7 @@ def load_artifact_model(path: Path, device: torch.device):
         raise ValueError(f"{path}: artifact has no model config in its metadata; re-run quantize")
     cfg = C.from_dict(meta["config"])
     state = quant.dequantize_state(tensors)
-    recurrence = bool(meta.get("recurrence_active", bool(cfg.model.recur_layers)))
-    return cfg, _model_from_state(cfg, state, device, recurrence), meta
+    return cfg, _model_from_state(cfg, state, device, meta, str(path)), meta
 
 
 def evaluate_model(
@@ -273,47 +279,36 @@ def eval_artifact(
 
 
 # ----------------------------------------------------------------------------------------------
-# References and plot
-
-
-def references(train_dir: Path, val_tokens, tables, vocab: int, max_train: int = 20_000_000):
-    from pgolf import evaluate as E
-    from pgolf.data import find_shards, read_shard
-
-    parts, n = [], 0
-    for f in find_shards(train_dir, "train"):
-        arr = read_shard(f, vocab)
-        parts.append(torch.from_numpy(arr[: max_train - n].astype("int64")))
-        n += parts[-1].numel()
-        if n >= max_train:
-            break
-    train_tokens = torch.cat(parts)
-    return {
-        "unigram_bpb": E.unigram_bpb(train_tokens, val_tokens, tables, vocab),
-        "bigram_bpb": E.bigram_bpb(train_tokens, val_tokens, tables, vocab),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
 # The main job
 
+Extras = Callable[[C.RunConfig, Any, Any, Any], dict[str, Any]]
+"""(cfg, run folder, val tokens, byte tables) -> more result fields (the CLI adds references)."""
 
-def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True) -> dict[str, Any]:
+
+def run(
+    cfg: C.RunConfig,
+    run_dir: str | None = None,
+    quantize: bool = True,
+    *,
+    code_size: CodeSize,
+    extras: Extras | None = None,
+) -> dict[str, Any]:
     """The main job (see the module docstring); returns what it writes to result.json."""
     from pgolf.runlog import RunDir, default_run_dir
 
-    init(cfg.train.device)  # first: rank-aware logging, data build and run-folder naming
+    init(cfg.train.device)  # first: rank-aware logging and run-folder naming
     cfg, data_dir, tok = resolve_data(cfg)
     check_vocab(cfg, tok)
     run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
     try:
-        return _run(cfg, run, data_dir, quantize)
+        return _run(cfg, run, data_dir, quantize, code_size, extras)
     finally:
         run.close()
 
 
-def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool) -> dict[str, Any]:
+def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extras):
     from pgolf import train as T
+    from pgolf.model import graph_state
 
     t_start = time.perf_counter()
     result = T.train(cfg, run)
@@ -331,11 +326,10 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool) -> dict[str, Any
     }
     pre = evaluate_model(cfg, model, val, tables, "pre_quant", False, device)
     out["val_bpb_prequant"], out["val_loss_prequant"] = pre["roundtrip_bpb"], pre["roundtrip_loss"]
-    out["val_bpb"], out["val_loss"] = out["val_bpb_prequant"], out["val_loss_prequant"]
     if quantize:
         tensors = quantize_model(cfg, model, data_dir)
         art = run.path / "artifact.pgolf"
-        out.update(write_artifact(cfg, tensors, art, model.recurrence_active))
+        out.update(write_artifact(cfg, tensors, art, graph_state(model), code_size))
         _, qmodel, _ = load_artifact_model(art, device)
         label = f"final_int{cfg.quant.matrix_bits}"
         post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
@@ -343,21 +337,16 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool) -> dict[str, Any
             post["roundtrip_bpb"],
             post["roundtrip_loss"],
         )
-        out["val_bpb"], out["val_loss"] = out["val_bpb_roundtrip"], out["val_loss_roundtrip"]
         if "sliding_bpb" in post:
             out["val_bpb_sliding"], out["val_loss_sliding"] = (
                 post["sliding_bpb"],
                 post["sliding_loss"],
             )
-            out["val_bpb"], out["val_loss"] = out["val_bpb_sliding"], out["val_loss_sliding"]
     if info().is_main:
-        out.update(references(data_dir, val, tables, cfg.model.vocab_size))
+        if extras is not None:
+            out.update(extras(cfg, run, val, tables))
         out["total_seconds"] = time.perf_counter() - t_start
-        from pgolf.report import plot_losses
-
-        png = plot_losses(run.path)
-        out["loss_plot"] = str(png) if png else None
-        run.write_result(out)
+        out = run.write_result(out)  # the one writer; it picks the headline val_bpb
     return out
 
 
@@ -368,8 +357,7 @@ def load_run_model(cfg: C.RunConfig, weights: Path, device: torch.device):
 
     with safe_open(str(weights), "pt") as f:
         wmeta = json.loads((f.metadata() or {}).get("meta", "{}"))
-    recurrence = bool(wmeta.get("recurrence_active", bool(cfg.model.recur_layers)))
-    return _model_from_state(cfg, load_file(str(weights)), device, recurrence)
+    return _model_from_state(cfg, load_file(str(weights)), device, wmeta, str(weights))
 
 
 def quantize_run(
@@ -377,6 +365,8 @@ def quantize_run(
     overrides: list[str] | tuple[str, ...] = (),
     out: str | None = None,
     plan: dict[str, dict] | None = None,
+    *,
+    code_size: CodeSize,
 ) -> dict[str, Any]:
     """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact."""
     run_dir = Path(run_dir)
@@ -391,4 +381,18 @@ def quantize_run(
     cfg, data_dir, _ = resolve_data(cfg)
     tensors = quantize_model(cfg, model, data_dir, overrides=plan)
     dest = Path(out) if out else run_dir / "artifact.pgolf"
-    return write_artifact(cfg, tensors, dest, model.recurrence_active)
+    from pgolf.model import graph_state
+
+    return write_artifact(cfg, tensors, dest, graph_state(model), code_size)
+
+
+def bundle_main(config: dict[str, Any], script: str) -> dict[str, Any]:
+    """Entry point of the generated `train_gpt.py`: its frozen config, overridden by the
+    challenge's environment variables, runs the record job; code bytes are the script's length."""
+    import os
+
+    cfg = C.apply_env(C.from_dict(config), os.environ)
+    C.validate(cfg)
+    code = len(Path(script).read_bytes())
+    desc = f"{CODE_DESC}: {Path(script).name}"  # the same words as pgolf.lab.bundle.code_size
+    return run(cfg, os.environ.get("RUN_DIR") or None, code_size=lambda _cfg: (code, desc))

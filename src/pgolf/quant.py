@@ -295,7 +295,7 @@ def selfgen_batches(
 ) -> list[Tensor]:
     """Calibration sequences sampled by the model itself (#1550): first token uniform, then
     softmax(logits / temperature), seeded -> list of [b, seq_len] token tensors."""
-    from pgolf.model import generate
+    from pgolf.sampling import generate
 
     device = next(model.parameters()).device
     vocab = model.tok_emb.weight.shape[0]

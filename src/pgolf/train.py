@@ -33,17 +33,15 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
+from pgolf import checkpoint as CK
 from pgolf import config as C
 from pgolf import dist
-from pgolf import runlog as R
 from pgolf.bpb import ByteTables, build_byte_tables
 from pgolf.data import find_tokenizer, load_val_tokens, make_train_loader
 from pgolf.evaluate import EvalResult, eval_plain
-from pgolf.model import GPT
+from pgolf.model import GPT, graph_state, restore_graph_state
 from pgolf.optim import EMA, build_optimizers, clip_grad_norm_, lr_multiplier, muon_momentum_at
-from pgolf.runlog import RunDir, load_checkpoint, save_checkpoint
-
-__all__ = ["TrainResult", "TrainingDiverged", "train", "save_checkpoint", "load_checkpoint"]
+from pgolf.runlog import RunDir
 
 
 class TrainingDiverged(RuntimeError):
@@ -188,7 +186,7 @@ class _Trainer:
         if n <= 0:
             return
         init = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        rng = R.rng_state()
+        rng = CK.rng_state()
         phases = [False, True] if self.recur_on else [False]
         for i, recur in enumerate(phases):
             self.model.set_recurrence(recur)
@@ -200,7 +198,7 @@ class _Trainer:
         self.opt = build_optimizers(self.model, self.cfg.optim)
         self.loader = self.new_loader()
         self.loader_state = self.loader.state_dict()
-        R.set_rng_state(rng)
+        CK.set_rng_state(rng)
 
     def all_finite(self) -> bool:
         flags = torch.stack([torch.isfinite(p.detach()).all() for p in self.params])
@@ -215,18 +213,18 @@ class _Trainer:
             tdist.all_gather_object(loaders, self.loader_state)
         if not self.all_finite():
             return None
-        meta = dict(step=step, train_ms=train_ms, recurrence=self.model.recurrence_active,
+        meta = dict(step=step, train_ms=train_ms, **graph_state(self.model),
                     world_size=self.di.world_size, config=C.to_dict(self.cfg))  # fmt: skip
-        state = {"optim": self.opt.state_dict(), "loaders": loaders, "rng": R.rng_state()}
+        state = {"optim": self.opt.state_dict(), "loaders": loaders, "rng": CK.rng_state()}
         ema = self.ema.state_dict() if self.ema is not None else None
         target = self.run.checkpoint_path  # never replaced by a rank-0-only state:
         if len(loaders) < self.di.world_size:
             target = target.with_name("checkpoint.interrupted.safetensors")
-        path = save_checkpoint(target, self.model.state_dict(), ema, state, meta)
+        path = CK.save_checkpoint(target, self.model.state_dict(), ema, state, meta)
         dist.log0(f"checkpoint:saved {path} step:{step}", console=False)
         return path
 
-    def restore(self, ck: R.Checkpoint, source: str) -> tuple[int, float]:
+    def restore(self, ck: CK.Checkpoint, source: str) -> tuple[int, float]:
         """Load a checkpoint's state; returns (step, train_ms)."""
         if C.from_dict(ck.meta.get("config", {})).model != self.cfg.model:
             raise ValueError(
@@ -234,7 +232,7 @@ class _Trainer:
                 "same preset/overrides (see its run folder's config.json)"
             )
         self.model.load_state_dict(ck.model)
-        self.model.set_recurrence(bool(ck.meta.get("recurrence", False)))
+        restore_graph_state(self.model, ck.meta, source)
         self.opt.load_state_dict(ck.state["optim"])
         loaders, world = ck.state["loaders"], self.di.world_size
         if len(loaders) != world and self.cfg.data.loader != "stream":
@@ -249,7 +247,7 @@ class _Trainer:
                 self.ema.load_state_dict(ck.ema)
             else:
                 self.ema = EMA(self.model, self.cfg.optim.ema_decay)
-        R.set_rng_state(ck.state["rng"])
+        CK.set_rng_state(ck.state["rng"])
         return int(ck.meta["step"]), float(ck.meta["train_ms"])
 
     def validate(self, val_tokens: Tensor, tables: ByteTables, step: int, ms: float) -> EvalResult:
@@ -307,7 +305,7 @@ def train(
         tr.ema = EMA(model, cfg.optim.ema_decay)
     step, now_ms = 0, 0.0
     if resume:
-        step, now_ms = tr.restore(load_checkpoint(resume), str(resume))
+        step, now_ms = tr.restore(CK.load_checkpoint(resume), str(resume))
         dist.log0(f"resume:{resume} step:{step} train_time:{now_ms:.0f}ms")
 
     cap_s = t.max_wallclock_seconds - t.reserve_seconds
@@ -372,9 +370,9 @@ def train(
         dist.log0("ema:applying EMA weights")
         tr.ema.copy_to(model)
     ema_applied = tr.ema is not None
-    R.save_weights(
+    CK.save_weights(
         run.final_model_path, model.state_dict(),
-        {"step": step, "ema": ema_applied, "recurrence_active": model.recurrence_active},
+        {"step": step, "ema": ema_applied, **graph_state(model)},
     )  # fmt: skip
     run.write_result(dict(
         status="trained", steps=step, train_seconds=now_ms / 1000.0, stopped_early=stopped_early,

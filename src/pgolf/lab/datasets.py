@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from pgolf import data as D
-from pgolf.bpb import SP_TRAINER_ARGS, StreamCounter, load_sp, train_tokenizer
+from pgolf.bpb import StreamCounter, load_sp
 from pgolf.dist import log0
+from pgolf.lab.tokenizer import SP_TRAINER_ARGS, train_tokenizer
 
 BOS_ID = 1
 SHARD_TOKENS = 10**8
@@ -46,7 +47,6 @@ SPLIT_RULE = (
 )
 SHARD_FORMAT = "challenge .bin shards (uint16); a document is [BOS=1] + sp.encode(text), no EOS"
 
-# ----------------------------------------------------------------------------------------------
 # Reading documents
 
 

@@ -11,16 +11,13 @@
   spec §5.7; here the count is found by binary search on the real compressed size).
 * `byteshuffle_brotli_reference` is PR #1550's compression (4-byte shuffle + pad byte + Brotli-11 +
   b"BROT" tag) as described in spec §5.6, written from that description, for comparisons.
-* `code_bytes` counts the code as a self-extracting script would carry it: a stub plus base85 of
-  lzma(preset 9) of the modules a run imports (until the bundler writes the real script).
+* code bytes are the length of the bundled `train_gpt.py` (`pgolf.lab.bundle.code_size`),
+  recorded in the artifact by the run that wrote it.
 """
 
 from __future__ import annotations
 
-import base64
-import lzma
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,32 +35,11 @@ from pgolf.artifact import (
     wrap,
 )
 
-__all__ = ["budget_report", "code_bytes", "compare_codecs", "format_budget", "format_what_if",
+__all__ = ["budget_report", "compare_codecs", "format_budget", "format_what_if",
            "what_if", "byteshuffle_brotli_reference", "reference_input", "group_of"]  # fmt: skip
 BYTE_BUDGET = 16_000_000
 MATRIX_GROUPS = ("attn", "mlp")
 _DEFAULT_K = {"attn": 12.85, "mlp": 12.85, "embed": 20.0, "value_embed": 20.0}
-
-# The modules a train → quantize → eval run imports (what a single-file script must inline).
-RUN_MODULES = ("config", "dist", "data", "bpb", "model", "optim", "artifact", "quant",
-               "evaluate", "runlog", "train", "pipeline")  # fmt: skip
-
-
-def code_bytes(modules: Iterable[str] | None = None) -> tuple[int, str]:
-    """Bytes the code would cost as a self-extracting script: a one-line stub plus base85 of the
-    lzma (preset 9) compressed source of `modules` (default RUN_MODULES), with a description."""
-    names = list(RUN_MODULES if modules is None else modules)
-    here = Path(__file__).resolve().parent
-    files = [here / f"{m.removeprefix('pgolf.')}.py" for m in names]
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        raise ValueError(f"code_bytes: no source for {missing}")
-    packed = base64.b85encode(lzma.compress(b"".join(f.read_bytes() for f in files), preset=9))
-    stub = b'import lzma,base64;exec(lzma.decompress(base64.b85decode(b"")))\n'
-    n = len(stub) + len(packed)
-    return n, (f"stub + base85(lzma(source of the {len(names)} pgolf modules a run imports)); "
-               "the bundled train_gpt.py will replace this count")  # fmt: skip
-
 
 def group_of(t: QTensor) -> str:
     """Budget component of a tensor's integer codes (its `group`, else guessed from its name)."""

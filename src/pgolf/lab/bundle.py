@@ -1,0 +1,222 @@
+"""`pgolf bundle`: the single-file, self-contained `train_gpt.py` a submission ships.
+
+The challenge counts a submission's code as the bytes of its `train_gpt.py` (spec: rules, section
+"Submission folder contents"; house style section 5.9). The bundle holds the core modules
+(`pgolf.CORE_MODULES`, in that order) as in-file modules: each one's source, with every
+`from pgolf... import ...` rewritten to a lookup in the bundle's own module table, is executed into
+a fresh module object before anything runs, so no installed pgolf is ever imported and every module
+keeps its own namespace (no renaming, no collisions). The resolved config is frozen into the file
+as its defaults (data and tokenizer paths left out: `DATA_PATH` gives them), the challenge's
+environment variables still override it, and `__main__` runs the record job through
+`pgolf.pipeline.bundle_main`.
+
+Four forms are measured and the smallest is shipped (the self-extracting wrapper is the records'
+habit since PR #1493's 16,594-byte lzma/base85 script): raw source; docstrings and comments
+stripped (`ast.unparse`); stripped + lzma + base85; stripped + brotli + base85. The first line of
+every form names the generator, its version, the git commit and a hash of the core sources.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import lzma
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import brotli
+
+import pgolf
+from pgolf import config as C
+
+SRC = Path(pgolf.__file__).resolve().parent
+FORMS = ("raw", "stripped", "lzma", "brotli")
+_WRAP = b'import Z,base64;exec(Z.decompress(base64.b85decode(b"P")))\n'
+
+
+def core_sources() -> list[tuple[str, str]]:
+    """(name, source) of `pgolf/__init__.py` and every core module, in bundle order."""
+    out = [("__init__", (SRC / "__init__.py").read_text())]
+    out += [(m, (SRC / f"{m}.py").read_text()) for m in pgolf.CORE_MODULES]
+    return out
+
+
+def core_hash(n_hex: int = 12) -> str:
+    h = hashlib.sha256()
+    for name, src in core_sources():
+        h.update(name.encode() + b"\0" + src.encode())
+    return h.hexdigest()[:n_hex]
+
+
+def _git_commit() -> str:
+    try:
+        r = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=SRC,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
+
+
+def rewrite_imports(src: str, name: str) -> str:
+    """Replace every pgolf import in `src` by lookups in the bundle's module table `_M`."""
+    core = set(pgolf.CORE_MODULES)
+    tree = ast.parse(src)
+    lines = src.splitlines(keepends=True)
+    edits: list[tuple[int, int, int, int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.startswith("pgolf") for a in node.names):
+            raise ValueError(f"{name}.py line {node.lineno}: use `from pgolf import X` instead")
+        if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("pgolf"):
+            continue
+        mod = node.module or ""
+        if mod.startswith("pgolf.lab") or mod.split(".")[1:2] and mod.split(".")[1] not in core:
+            raise ValueError(
+                f"core module {name}.py imports {mod} (line {node.lineno}): the core never "
+                "imports the lab or a module missing from pgolf.CORE_MODULES"
+            )
+        parts = []
+        for a in node.names:
+            target = a.asname or a.name
+            if mod == "pgolf":
+                if a.name in core:
+                    parts.append(f'{target} = _M["{a.name}"]')
+                elif a.name == "lab" or a.name.startswith("lab"):
+                    raise ValueError(f"core module {name}.py imports pgolf.lab")
+                else:
+                    parts.append(f'{target} = _M["__init__"].{a.name}')
+            else:
+                parts.append(f'{target} = _M["{mod.split(".")[1]}"].{a.name}')
+        edits.append(
+            (node.lineno, node.col_offset, node.end_lineno or node.lineno, node.end_col_offset or 0,
+             "; ".join(parts))
+        )  # fmt: skip
+    for l0, c0, l1, c1, text in sorted(edits, reverse=True):
+        head, tail = lines[l0 - 1][:c0], lines[l1 - 1][c1:]
+        lines[l0 - 1 : l1] = [head + text + tail]
+    return "".join(lines)
+
+
+def strip_source(src: str) -> str:
+    """Drop docstrings (module, class, function and attribute docstrings), comments and the
+    annotations of functions (never evaluated: every core module has `from __future__ import
+    annotations`); class-level annotations stay (dataclass fields)."""
+    tree = ast.parse(src)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+                if arg is not None:
+                    arg.annotation = None
+            node.body = [_unannotate(s) for s in node.body]
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        kept = [
+            s
+            for s in body
+            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                    and isinstance(s.value.value, str))
+        ]  # fmt: skip
+        node.body = kept or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
+
+
+def _unannotate(s: ast.stmt) -> ast.stmt:
+    """`x: T = v` inside a function body → `x = v` (`x: T` alone → `pass`)."""
+    if isinstance(s, ast.AnnAssign) and s.simple:
+        if s.value is None:
+            return ast.Pass()
+        return ast.Assign(targets=[s.target], value=s.value, lineno=s.lineno)
+    return s
+
+
+def bundle_config(cfg: C.RunConfig) -> dict[str, Any]:
+    """The config frozen into the bundle: everything but this machine's data/tokenizer paths."""
+    cfg = replace(cfg, data=replace(cfg.data, data_path="", tokenizer_path=""))
+    return C.to_dict(cfg)
+
+
+def header(cfg: C.RunConfig) -> str:
+    return (
+        f"# train_gpt.py generated by pgolf {pgolf.__version__} (commit {_git_commit()}, core "
+        f"{core_hash()}) from preset {cfg.preset}; regenerate with `pgolf bundle`, do not edit\n"
+    )
+
+
+def assemble(cfg: C.RunConfig, strip: bool) -> str:
+    """The plain bundle: loader, inlined modules, frozen config, `__main__` guard."""
+    parts = [
+        "import sys as _s, types as _t\n",
+        "_M = {}\n",
+        "def _mod(n, src):\n",
+        '    m = _t.ModuleType("pgolf_bundle." + n)\n',
+        "    m.__file__, m._M = __file__, _M\n",
+        "    _s.modules[m.__name__] = _M[n] = m\n",
+        '    exec(compile(src, "train_gpt.py:" + n, "exec"), m.__dict__)\n',
+    ]
+    for name, src in core_sources():
+        src = rewrite_imports(src, name)
+        if strip:
+            src = strip_source(src)
+        parts.append(f"_mod({name!r}, {src!r})\n")
+    parts.append(f"CONFIG = {bundle_config(cfg)!r}\n")
+    parts.append('if __name__ == "__main__":\n    _M["pipeline"].bundle_main(CONFIG, __file__)\n')
+    return "".join(parts)
+
+
+def forms(cfg: C.RunConfig) -> dict[str, bytes]:
+    """Every form of the bundle for `cfg` (module docstring), each starting with the header."""
+    head = header(cfg).encode()
+    raw = assemble(cfg, strip=False).encode()
+    stripped = assemble(cfg, strip=True).encode()
+    lz = base64.b85encode(lzma.compress(stripped, preset=9 | lzma.PRESET_EXTREME))
+    br = base64.b85encode(brotli.compress(stripped, quality=11))
+    return {
+        "raw": head + raw,
+        "stripped": head + stripped,
+        "lzma": head + _WRAP.replace(b"Z", b"lzma").replace(b"P", lz),
+        "brotli": head + _WRAP.replace(b"Z", b"brotli").replace(b"P", br),
+    }
+
+
+def build(cfg: C.RunConfig, form: str = "auto") -> tuple[bytes, dict[str, Any]]:
+    """(the bundle's bytes, a report of every form's size and which was chosen). `auto` keeps the
+    smallest form; every form is compiled (and the wrappers' payloads decoded) as a check."""
+    C.validate(cfg)
+    all_forms = forms(cfg)
+    for name, blob in all_forms.items():
+        compile(blob, f"train_gpt.py ({name})", "exec")
+    sizes = {k: len(v) for k, v in all_forms.items()}
+    if form == "auto":
+        form = min(sizes, key=lambda k: sizes[k])
+    if form not in all_forms:
+        raise ValueError(f"bundle form {form!r}: choose one of auto, {', '.join(FORMS)}")
+    return all_forms[form], {"form": form, "bytes": sizes[form], "sizes": sizes}
+
+
+def code_size(cfg: C.RunConfig) -> tuple[int, str]:
+    """Code bytes of a run with `cfg`: the length of the bundle `pgolf bundle` writes for it."""
+    from pgolf.pipeline import CODE_DESC
+
+    blob, _ = build(cfg)
+    return len(blob), f"{CODE_DESC}: train_gpt.py"
+
+
+def write_bundle(cfg: C.RunConfig, out: str | Path, form: str = "auto") -> dict[str, Any]:
+    """Write `train_gpt.py` for `cfg` to `out`; returns {path, bytes, form, sizes}."""
+    blob, rep = build(cfg, form)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(out)
+    return {"path": str(out), **rep}
