@@ -22,6 +22,8 @@ ORDER = [
     "artifact",
     "quant",
     "evaluate",
+    "ttt_lora",
+    "ttt",
     "runlog",
     "train",
     "datasets",
