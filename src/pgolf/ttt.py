@@ -39,7 +39,13 @@ from pgolf import dist as pdist
 from pgolf import ttt_lora
 from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
-from pgolf.evaluate import EvalResult, result_from_sums, score_windows, sliding_windows
+from pgolf.evaluate import (
+    EvalResult,
+    format_eval_line,
+    result_from_sums,
+    score_windows,
+    sliding_windows,
+)
 from pgolf.ttt_lora import sgd_on_ranges
 
 NON_RECORD_REASON = (
@@ -352,3 +358,32 @@ def prequant_ttt(
         p.requires_grad_(True)
     net.eval()
     return net
+
+
+def eval_stage(cfg: RunConfig, model, val, tables, device, clock, non_record=False) -> dict:
+    """The configured eval-time TTT mode (score_first / lora; none and prequant add nothing here)
+    on `model`, timed, its ledger checked; then the clock's table against the budget.
+    non_record: the weights came from pre-quant TTT (labels the result)."""
+    out = {"non_record": True, "non_record_reason": NON_RECORD_REASON} if non_record else {}
+    if cfg.ttt.mode not in ("score_first", "lora"):
+        return {**out, **clock.report(cfg.ttt.eval_budget_seconds)}
+    with clock.stage(f"ttt_{cfg.ttt.mode}"):
+        r, ledger = run_ttt(cfg, model, val, tables, device)
+    for line in format_eval_line("quantized_ttt", r, extra=f"mode:{cfg.ttt.mode}"):
+        pdist.log0(line)
+    c3, c4 = score_before_update(ledger), single_pass(ledger, val.numel() - 1)
+    pdist.log0(f"ttt_ledger events:{len(ledger.events)} condition3:{not c3} condition4:{not c4}")
+    out.update(ttt_mode=cfg.ttt.mode, val_bpb_ttt=r.val_bpb, val_loss_ttt=r.val_loss,
+               ttt_seconds=r.seconds, ttt_condition3_violations=c3[:5],
+               ttt_condition4_violations=c4[:5])  # fmt: skip
+    return {**out, **clock.report(cfg.ttt.eval_budget_seconds)}
+
+
+def prequant_stage(cfg: RunConfig, model: nn.Module, val, device, out: dict) -> nn.Module:
+    """`prequant_ttt` inside a run: labels `out` (result.json) non-record and logs why."""
+    t0 = time.perf_counter()
+    model = prequant_ttt(cfg, model, val, device)
+    out.update(non_record=True, non_record_reason=NON_RECORD_REASON,
+               prequant_ttt_seconds=time.perf_counter() - t0)  # fmt: skip
+    pdist.log0(f"non_record:true reason:{NON_RECORD_REASON}")
+    return model
