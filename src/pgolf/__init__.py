@@ -13,6 +13,8 @@ CORE_MODULES = (
     "artifact",
     "quant",
     "evaluate",
+    "ttt_lora",
+    "ttt",
     "checkpoint",
     "runlog",
     "train",

@@ -150,10 +150,12 @@ def cmd_quantize(run_dir: str, overrides: list[str], plan: list[str], out: str |
     )
 
 
-def cmd_eval(artifact: str, stride: int | None, data: str | None, sliding: bool) -> dict:
+def cmd_eval(
+    artifact: str, stride: int | None, data: str | None, sliding: bool, ttt: str | None = None
+) -> dict:
     from pgolf import pipeline
 
-    return pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding)
+    return pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding, ttt=ttt)
 
 
 def cmd_budget(
@@ -309,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None)
     p.add_argument("--data", default=None)
     p.add_argument("--no-sliding", action="store_true")
+    p.add_argument("--ttt", default=None, choices=["none", "score_first", "lora"])
 
     p = sub.add_parser("budget", help="byte budget per component, with what-ifs")
     p.add_argument("artifact")
@@ -357,7 +360,7 @@ def dispatch(a: argparse.Namespace):
     if a.cmd == "quantize":
         return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out)
     if a.cmd == "eval":
-        return cmd_eval(a.artifact, a.stride, a.data, not a.no_sliding)
+        return cmd_eval(a.artifact, a.stride, a.data, not a.no_sliding, a.ttt)
     if a.cmd == "budget":
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
     if a.cmd == "bundle":

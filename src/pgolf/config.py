@@ -30,8 +30,7 @@ class DataConfig:
     """SentencePiece `.model`; '' = the single `*.model` found in or beside `data_path`."""
     loader: str = "stream"
     """'stream' (sequential, PR #1550) or 'shuffled' (window sampler, PR #1493)."""
-    train_shards: int = 0
-    """Use only the first N train shards (0 = all)."""
+    train_shards: int = 0  # use only the first N train shards (0 = all)
     max_val_tokens: int = 0
     """Truncate the validation stream to this many tokens (0 = all); for smoke runs only."""
 
@@ -39,8 +38,7 @@ class DataConfig:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
     vocab_size: int = 8192
-    num_layers: int = 11
-    """Physical layers (distinct weights)."""
+    num_layers: int = 11  # physical layers (distinct weights)
     model_dim: int = 512
     num_heads: int = 8
     num_kv_heads: int = 4
@@ -60,8 +58,7 @@ class ModelConfig:
     """Scale each block's normed input by 1/sqrt(layer+1)."""
     xsa_layers: tuple[int, ...] = tuple(range(11))
     """Physical layers using Exclusive Self Attention (arXiv:2603.09078)."""
-    ve_dim: int = 44
-    """Value-embedding table width (0 = off)."""
+    ve_dim: int = 44  # value-embedding table width (0 = off)
     ve_layers: tuple[int, ...] = (9, 10)
     smear_gate: bool = True
     unet_skips: bool = True
@@ -71,8 +68,7 @@ class ModelConfig:
     """'none' (plain w*skip), 'sigmoid' (sigmoid(w)*skip, #1550 SIGMOID_SKIPS), 'lerp' (#1493)."""
     parallel_residual: str = "lanes"
     """'none', 'lanes' (#1550 two-lane routing) or 'gptj' (#1493 single-stream form)."""
-    parallel_start: int = 7
-    """First physical layer that runs in parallel-residual form."""
+    parallel_start: int = 7  # first physical layer that runs in parallel-residual form
     recur_layers: tuple[int, ...] = ()
     """Virtual layer list once recurrence is active, as physical indices ('' = never)."""
     attn_backend: str = "auto"
@@ -103,41 +99,32 @@ class OptimConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
-    grad_clip_norm: float = 0.3
-    """Global norm clip on the averaged gradient (0 = off)."""
+    grad_clip_norm: float = 0.3  # global norm clip on the averaged gradient (0 = off)
     warmdown_frac: float = 0.72
     """LR multiplier falls linearly over the last fraction of the wall-clock budget."""
     lr_floor: float = 0.0
-    ema_decay: float = 0.9965
-    """0 = no EMA."""
+    ema_decay: float = 0.9965  # 0 = no EMA
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainConfig:
     seed: int = 1337
     iterations: int = 20000
-    train_batch_tokens: int = 786432
-    """Global tokens per optimizer step (all ranks, all accumulation steps)."""
+    train_batch_tokens: int = 786432  # global tokens per optimizer step (all ranks, accum.)
     train_seq_len: int = 2048
-    grad_accum_steps: int = 0
-    """0 = 8 // world_size (so one GPU reproduces the 8-GPU batch)."""
+    grad_accum_steps: int = 0  # 0 = 8 // world_size (one GPU reproduces the 8-GPU batch)
     max_wallclock_seconds: float = 600.0
-    reserve_seconds: float = 0.0
-    """Seconds of the wall-clock budget kept for Hessian collection (GPTQ_RESERVE_SECONDS)."""
+    reserve_seconds: float = 0.0  # of the budget, kept for Hessians (GPTQ_RESERVE_SECONDS)
     warmup_steps: int = 20
     """Compile warm-up steps on the real shapes; weights, optimizer and loader are reset after."""
     val_loss_every: int = 4000
     train_log_every: int = 500
-    recur_start_step: int = -1
-    """Switch recurrence on after this optimizer step (-1 = use recur_start_frac)."""
-    recur_start_frac: float = -1.0
-    """... or when this fraction of the wall-clock budget has elapsed (-1 = never)."""
+    recur_start_step: int = -1  # recurrence on after this step (-1 = use recur_start_frac)
+    recur_start_frac: float = -1.0  # ... or after this fraction of the budget (-1 = never)
     compile: bool = True
     device: str = "auto"
-    checkpoint_every: int = 0
-    """Save a resumable checkpoint every N steps (0 = only at the end)."""
-    run_dir: str = ""
-    """'' = out/<date>_<preset>_s<seed>."""
+    checkpoint_every: int = 0  # resumable checkpoint every N steps (0 = only at the end)
+    run_dir: str = ""  # '' = out/<date>_<preset>_s<seed>
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -150,16 +137,13 @@ class EvalConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class QuantConfig:
-    method: str = "gptq"
-    """'gptq' or 'rtn'."""
+    method: str = "gptq"  # 'gptq' or 'rtn'
     matrix_bits: int = 6
     matrix_clip_k: float = 12.85
     embed_bits: int = 8
     embed_clip_k: float = 20.0
-    embed_method: str = "gptq"
-    """'gptq' (output-side Hessian, #1493) or 'rtn' (#1550)."""
-    passthrough_numel: int = 65536
-    """Tensors with at most this many elements are stored as fp16."""
+    embed_method: str = "gptq"  # 'gptq' (output-side Hessian, #1493) or 'rtn' (#1550)
+    passthrough_numel: int = 65536  # tensors with at most this many elements: fp16
     calib: str = "train"
     """'train' (training batches, #1493) or 'selfgen' (sequences sampled by the model, #1550)."""
     calib_seqs: int = 32
@@ -167,11 +151,35 @@ class QuantConfig:
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = True
-    codec: str = "brotli"
-    """'brotli', 'lzma' or 'zstd'."""
-    pack_bits: bool = False
-    """Bit-pack integer codes instead of one byte per code."""
+    codec: str = "brotli"  # 'brotli', 'lzma' or 'zstd'
+    pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
     byte_budget: int = 16_000_000
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TTTConfig:
+    """pgolf.ttt; mode none | score_first (#1493) | lora (#1530/#1610) | prequant (#1550)."""
+
+    mode: str = "none"
+    chunk_tokens: int = 32768  # score_first: chunk of the val stream (TTT_CHUNK_TOKENS)
+    lr: float = 0.005  # score_first SGD (TTT_LR), cosine over chunks; also the phased SGD
+    momentum: float = 0.9
+    epochs: int = 3  # score_first epochs per chunk (TTT_EPOCHS)
+    grad_clip: float = 1.0
+    lora_rank: int = 8
+    lora_targets: str = "q,v"  # comma list of q,k,v,o,fc,mlp_proj
+    lora_lr: float = 0.01
+    lora_chunk: int = 256  # tokens scored then trained on per step, per document
+    lora_batch_docs: int = 64
+    lora_init: str = "reset"  # 'reset' per batch of docs, or 'warm' (previous batch's mean)
+    phased_docs: int = 0  # >0: after this many docs are scored, SGD the base on exactly them
+    prequant_lr: float = 5e-4  # AdamW, cosine per epoch to prequant_min_lr
+    prequant_min_lr: float = 5e-5
+    prequant_epochs: int = 6
+    prequant_freeze_blocks: int = 2  # TTT_FREEZE_BLOCKS
+    prequant_seq_len: int = 2048
+    prequant_batch_seqs: int = 32  # global sequences per step (TTT_BATCH_SEQS)
+    eval_budget_seconds: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,9 +191,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
 
 
-SECTIONS = ("data", "model", "optim", "train", "eval", "quant")
+SECTIONS = ("data", "model", "optim", "train", "eval", "quant", "ttt")
 SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -193,6 +202,7 @@ SECTION_CLASSES: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "quant": QuantConfig,
+    "ttt": TTTConfig,
 }
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +220,7 @@ def pr1550() -> RunConfig:
         model=ModelConfig(recur_layers=(0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10)),
         train=TrainConfig(recur_start_step=3000),
         quant=QuantConfig(calib="selfgen"),
+        ttt=TTTConfig(mode="prequant"),  # faithful to #1550, hence non-record (Condition 3)
     )
 
 
@@ -233,6 +244,7 @@ def pr1493() -> RunConfig:
         optim=replace(base.optim, embed_wd=0.085, ns_coeffs="quintic", ns_steps=5),
         train=replace(base.train, recur_start_step=-1, recur_start_frac=0.35, reserve_seconds=12.0),
         quant=replace(base.quant, calib="train"),
+        ttt=TTTConfig(mode="score_first"),
     )
 
 
@@ -327,6 +339,7 @@ def cpu_tiny() -> RunConfig:
         ),
         eval=replace(base.eval, eval_seq_len=256, eval_stride=128, val_batch_seqs=16),
         quant=replace(base.quant, calib_seqs=16, passthrough_numel=4096),
+        ttt=TTTConfig(chunk_tokens=8192, lora_chunk=128, prequant_seq_len=256),
     )
 
 
@@ -396,7 +409,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "SDCLIP_K_INT8": ("quant", "embed_clip_k"),
     "GPTQ_CALIB_SEQS": ("quant", "calib_seqs"),
     "COMPRESS_METHOD": ("quant", "codec"),
-}
+    "TTT_CHUNK_TOKENS": ("ttt", "chunk_tokens"),
+    "TTT_MOMENTUM": ("ttt", "momentum"),
+    "TTT_FREEZE_BLOCKS": ("ttt", "prequant_freeze_blocks"),
+    "TTT_BATCH_SEQS": ("ttt", "prequant_batch_seqs"),
+}  # + TTT_ENABLED, TTT_LR, TTT_EPOCHS: see apply_env
 
 
 def _field_type(section_cls: type, name: str) -> Any:
@@ -454,10 +471,20 @@ def name_in(cls: type, name: str) -> bool:
 
 
 def apply_env(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> RunConfig:
+    """ENV_VARS; TTT_ENABLED=0 -> ttt.mode none, =1 keeps the preset's mode (else score_first);
+    TTT_LR / TTT_EPOCHS are #1493's SGD values, or #1550's AdamW ones when the mode is prequant."""
     environ = os.environ if environ is None else environ
     for var, (section, name) in ENV_VARS.items():
         if var in environ and environ[var] != "":
             cfg = set_field(cfg, f"{section}.{name}", environ[var])
+    on = environ.get("TTT_ENABLED", "")
+    if on:
+        mode = (cfg.ttt.mode if cfg.ttt.mode != "none" else "score_first") if int(on) else "none"
+        cfg = replace(cfg, ttt=replace(cfg.ttt, mode=mode))
+    pre = "prequant_" if cfg.ttt.mode == "prequant" else ""
+    for var, name in (("TTT_LR", "lr"), ("TTT_EPOCHS", "epochs")):
+        if environ.get(var, ""):
+            cfg = set_field(cfg, f"ttt.{pre}{name}", environ[var])
     return cfg
 
 
@@ -545,6 +572,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"ns_coeffs {cfg.optim.ns_coeffs!r} not in polar_express, quintic")
     if not 2 <= cfg.quant.matrix_bits <= 8 or not 2 <= cfg.quant.embed_bits <= 8:
         problems.append("quantization bit widths must be within 2..8")
+    if cfg.ttt.mode not in ("none", "score_first", "lora", "prequant"):
+        problems.append(f"ttt.mode {cfg.ttt.mode!r} not in none, score_first, lora, prequant")
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
 

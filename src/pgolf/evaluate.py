@@ -108,7 +108,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _score(
+def score_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    tab: ByteTables,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scoring primitive: inputs x / targets y [B,T] (on the model's device), row b scores
+    offsets [lo[b], hi[b]). Returns (nll [B,T] fp32 with autograd when grad is enabled, mask
+    [B,T] bool, bytes [B,T]). Every evaluator and every TTT mode scores through this."""
+    with _autocast(x.device, autocast_dtype):
+        logits = model(x)
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+    ).view(y.shape)
+    pos = torch.arange(x.size(1), device=x.device)
+    mask = (pos >= lo.to(x.device)[:, None]) & (pos < hi.to(x.device)[:, None])
+    return nll, mask, target_bytes(x, y, tab)
+
+
+def score_windows(
     model: nn.Module,
     val_tokens: torch.Tensor,
     plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -116,10 +138,18 @@ def _score(
     batch_seqs: int,
     tables: ByteTables,
     device: torch.device | str,
-    autocast_dtype: torch.dtype | None,
-    token_nll: torch.Tensor | None,
-    pad_batches: bool,
+    autocast_dtype: torch.dtype | None = None,
+    token_nll: torch.Tensor | None = None,
+    pad_batches: bool = True,
+    *,
+    shard: bool = True,
+    reduce: bool = True,
 ) -> EvalResult:
+    """Score the windows `plan` = (starts, lo, hi) of the stream without grad, in eval mode.
+
+    Target `start + o` is scored for o in [lo, hi). `shard`: split the windows contiguously
+    across ranks; `reduce`: all-reduce the sums (and check their count). With shard and reduce
+    off (a rank scoring its own windows) the result holds this rank's sums only."""
     device = torch.device(device)
     if batch_seqs < 1:
         raise ValueError(f"evaluate: batch_seqs must be >= 1, got {batch_seqs}")
@@ -133,9 +163,10 @@ def _score(
 
     info = pdist.info()
     n_win = starts.numel()
-    a = n_win * info.rank // info.world_size
-    b = n_win * (info.rank + 1) // info.world_size
-    starts, lo, hi = starts[a:b], lo[a:b], hi[a:b]
+    if shard:
+        a = n_win * info.rank // info.world_size
+        b = n_win * (info.rank + 1) // info.world_size
+        starts, lo, hi = starts[a:b], lo[a:b], hi[a:b]
 
     tab = tables.to(device)
     pos = torch.arange(seq_len, device=device)
@@ -157,15 +188,9 @@ def _score(
                     hi_b = torch.cat([hi_b, hi_b.new_zeros(n_pad)])
                 idx = (s.to(tokens.device)[:, None] + ar).clamp_(max=n_tok - 1)
                 chunk = tokens[idx].to(device, non_blocking=True)
-                x, y = chunk[:, :-1], chunk[:, 1:]
-                with _autocast(device, autocast_dtype):
-                    logits = model(x)
-                nll = F.cross_entropy(
-                    logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
-                ).view(y.shape)
-                lo_d, hi_d = lo_b.to(device), hi_b.to(device)
-                mask = (pos >= lo_d[:, None]) & (pos < hi_d[:, None])
-                nbytes = target_bytes(x, y, tab)
+                nll, mask, nbytes = score_batch(
+                    model, chunk[:, :-1], chunk[:, 1:], lo_b, hi_b, tab, autocast_dtype
+                )
                 acc[0] += torch.where(mask, nll.double(), 0.0).sum()
                 acc[1] += mask.sum()
                 acc[2] += torch.where(mask, nbytes.double(), 0.0).sum()
@@ -174,18 +199,23 @@ def _score(
                     token_nll.index_add_(0, tgt[mask].to(token_nll.device), nll[mask].to(token_nll))
     finally:
         model.train(was_training)
-    pdist.all_reduce_(acc, "sum")
+    if reduce:
+        pdist.all_reduce_(acc, "sum")
     nll_sum, n, nb = acc.tolist()
     _sync(device)
     seconds = time.perf_counter() - t0
-    if int(n) != expected:
+    if reduce and int(n) != expected:
         raise RuntimeError(f"evaluate: scored {int(n)} targets, expected {expected}")
+    return result_from_sums(nll_sum, int(n), int(nb), seconds)
+
+
+def result_from_sums(nll_sum: float, n: int, nbytes: int, seconds: float) -> EvalResult:
     return EvalResult(
-        val_loss=nll_sum / max(n, 1.0),
-        val_bpb=bits_per_byte(nll_sum, int(n), int(nb)),
+        val_loss=nll_sum / max(n, 1),
+        val_bpb=bits_per_byte(nll_sum, n, nbytes),
         nll_sum=nll_sum,
-        tokens=int(n),
-        bytes=int(nb),
+        tokens=n,
+        bytes=nbytes,
         seconds=seconds,
     )
 
@@ -209,7 +239,7 @@ def eval_plain(
     scored on this rank - for tests and per-token analysis.
     """
     plan = plain_windows(torch.as_tensor(val_tokens).numel() - 1, seq_len)
-    return _score(
+    return score_windows(
         model, val_tokens, plan, seq_len, batch_seqs, tables, device, autocast_dtype,
         token_nll, pad_batches,
     )  # fmt: skip
@@ -235,7 +265,7 @@ def eval_sliding(
     """
     n_targets = torch.as_tensor(val_tokens).numel() - 1
     plan = sliding_windows(n_targets, seq_len, stride)
-    r = _score(
+    r = score_windows(
         model, val_tokens, plan, seq_len, batch_seqs, tables, device, autocast_dtype,
         token_nll, pad_batches,
     )  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from pgolf import config as C
+from pgolf import ttt as TT
 from pgolf.dist import barrier, info, init, log0
 
 CODE_DESC = "length of the bundled script"
@@ -226,16 +227,9 @@ def evaluate_model(
         log0(line)
     out["roundtrip_bpb"], out["roundtrip_loss"] = r.val_bpb, r.val_loss
     if sliding:
-        s = E.eval_sliding(
-            model,
-            val_tokens,
-            cfg.eval.eval_seq_len,
-            cfg.eval.eval_stride,
-            cfg.eval.val_batch_seqs,
-            tables,
-            device,
-            amp,
-        )
+        e = cfg.eval
+        s = E.eval_sliding(model, val_tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs,
+                           tables, device, amp)  # fmt: skip
         for line in E.format_eval_line(
             f"{label}_sliding_window", s, extra=f"stride:{cfg.eval.eval_stride}"
         ):
@@ -250,30 +244,37 @@ def eval_artifact(
     stride: int | None = None,
     sliding: bool = True,
     max_val_tokens: int | None = None,
+    ttt: str | None = None,
 ) -> dict[str, Any]:
-    """Load an artifact in this (fresh) process and score it; needs only val shards + tokenizer."""
+    """Load an artifact in this (fresh) process and score it (timed; `ttt` overrides ttt.mode)."""
     from pgolf import bpb
     from pgolf.data import find_tokenizer, load_val_tokens
 
     di = init("auto")
     path = Path(path)
-    cfg, model, meta = load_artifact_model(path, di.device)
-    data_dir = Path(data) if data else Path(cfg.data.data_path)
-    tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
-    want = meta.get("tokenizer_sha256")
-    if want and _sha256(tok) != want:
-        raise ValueError(
-            f"{tok} is not the tokenizer {path} was trained with (sha256 differs): "
-            "score it on validation shards made with the run's tokenizer"
-        )
-    if stride is not None:
-        cfg = replace(cfg, eval=replace(cfg.eval, eval_stride=stride))
-        C.validate(cfg)
-    mvt = cfg.data.max_val_tokens if max_val_tokens is None else max_val_tokens
-    val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
-    tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
+    clock = TT.EvalClock()
+    with clock.stage("load"):  # artifact, val shards, byte tables
+        cfg, model, meta = load_artifact_model(path, di.device)
+        prequant = cfg.ttt.mode == "prequant"  # the weights were trained on val (non-record)
+        cfg = cfg if ttt is None else replace(cfg, ttt=replace(cfg.ttt, mode=ttt))
+        data_dir = Path(data) if data else Path(cfg.data.data_path)
+        tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
+        want = meta.get("tokenizer_sha256")
+        if want and _sha256(tok) != want:
+            raise ValueError(
+                f"{tok} is not the tokenizer {path} was trained with (sha256 differs): "
+                "score it on validation shards made with the run's tokenizer"
+            )
+        if stride is not None:
+            cfg = replace(cfg, eval=replace(cfg.eval, eval_stride=stride))
+            C.validate(cfg)
+        mvt = cfg.data.max_val_tokens if max_val_tokens is None else max_val_tokens
+        val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
+        tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
     label = f"final_int{cfg.quant.matrix_bits}"
-    res = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
+    with clock.stage("sliding"):
+        res = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
+    res.update(TT.eval_stage(cfg, model, val, tables, di.device, clock, non_record=prequant))
     res["artifact_path"] = str(path)
     return res
 
@@ -326,22 +327,20 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
     }
     pre = evaluate_model(cfg, model, val, tables, "pre_quant", False, device)
     out["val_bpb_prequant"], out["val_loss_prequant"] = pre["roundtrip_bpb"], pre["roundtrip_loss"]
+    if cfg.ttt.mode == "prequant":  # after EMA, before calibration/GPTQ; NON-RECORD
+        model = TT.prequant_stage(cfg, model, val, device, out)
     if quantize:
         tensors = quantize_model(cfg, model, data_dir)
         art = run.path / "artifact.pgolf"
         out.update(write_artifact(cfg, tensors, art, graph_state(model), code_size))
-        _, qmodel, _ = load_artifact_model(art, device)
+        with (clock := TT.EvalClock()).stage("load"):
+            _, qmodel, _ = load_artifact_model(art, device)
         label = f"final_int{cfg.quant.matrix_bits}"
-        post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
-        out["val_bpb_roundtrip"], out["val_loss_roundtrip"] = (
-            post["roundtrip_bpb"],
-            post["roundtrip_loss"],
-        )
-        if "sliding_bpb" in post:
-            out["val_bpb_sliding"], out["val_loss_sliding"] = (
-                post["sliding_bpb"],
-                post["sliding_loss"],
-            )
+        with clock.stage("sliding"):
+            post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
+        for k in [k for k in ("roundtrip", "sliding") if f"{k}_bpb" in post]:
+            out[f"val_bpb_{k}"], out[f"val_loss_{k}"] = post[f"{k}_bpb"], post[f"{k}_loss"]
+        out.update(TT.eval_stage(cfg, qmodel, val, tables, device, clock))  # + clock report
     if info().is_main:
         if extras is not None:
             out.update(extras(cfg, run, val, tables))
