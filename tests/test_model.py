@@ -438,3 +438,25 @@ def test_generate_greedy_and_sampled() -> None:
     s2 = generate(model, prompt, 8, 0.8, torch.Generator().manual_seed(0))
     assert torch.equal(s1, s2) and s1.dtype == torch.long
     assert int(s1.min()) >= 0 and int(s1.max()) < 128
+
+
+def test_one_role_table_gives_the_optimizer_quant_and_budget_groups():
+    from pgolf.artifact import QTensor
+    from pgolf.config import QuantConfig
+    from pgolf.lab.budget import group_of
+    from pgolf.model import PARAM_ROLES, param_role
+    from pgolf.optim import param_kind
+    from pgolf.quant import make_plan
+
+    cfg = preset("cpu-tiny").model
+    m = GPT(cfg)
+    plan = {e.name: e for e in make_plan(m.state_dict(), QuantConfig(passthrough_numel=0), cfg)}
+    for n, p in m.named_parameters():
+        role = param_role(n, p.ndim)
+        assert param_kind(n, p) == role.optim
+        assert plan[n].group == role.group
+        q = QTensor(n, tuple(p.shape), "int", 6, None, None, None, "")
+        assert group_of(q) == role.group
+    assert param_role("_orig_mod.blocks.0.mlp.fc.weight", 2).group == "mlp"
+    assert param_role("blocks.0.resid_mix", 2).optim == "scalar"  # not `.weight`: stays in AdamW
+    assert PARAM_ROLES[-1].names == () and PARAM_ROLES[-1].suffix == ""  # a catch-all last row

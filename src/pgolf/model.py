@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -530,3 +531,48 @@ def restore_graph_state(model: GPT, meta: dict[str, Any], source: str) -> None:
             "pgolf: re-create it with this version"
         )
     model.set_recurrence(bool(meta[GRAPH_KEY]) and bool(model.cfg.recur_layers))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter roles: the one table from which the optimizer groups (optim.py), the quantization
+# groups (quant.py) and the budget components (lab/budget.py) are all derived.
+
+
+@dataclass(frozen=True)
+class ParamRole:
+    """A parameter matches when every given condition holds; the first matching row wins."""
+
+    optim: str  # 'matrix' (Muon) | 'embed' | 'scalar' (AdamW groups, PR #1550)
+    group: str  # quantization plan and budget group: attn | mlp | embed | value_embed | other
+    names: tuple[str, ...] = ()
+    part: str = ""  # the submodule after `blocks.{i}.` (attn, mlp); "" = any block parameter
+    suffix: str = ""
+    ndim: int | None = None
+
+    def matches(self, name: str, ndim: int) -> bool:
+        if self.names:
+            return name in self.names
+        parts = name.split(".")
+        if self.suffix and not (parts[0] == "blocks" and name.endswith(self.suffix)):
+            return False
+        if self.part and (len(parts) < 3 or parts[2] != self.part):
+            return False
+        return self.ndim in (None, ndim)
+
+
+PARAM_ROLES: tuple[ParamRole, ...] = (
+    ParamRole("embed", "embed", names=("tok_emb.weight", "lm_head.weight")),
+    ParamRole("embed", "value_embed", names=("ve.embed.weight",)),
+    # `.weight` + 2-D keeps control tensors such as a [2, d] resid_mix out of Muon.
+    ParamRole("matrix", "attn", part="attn", suffix=".weight", ndim=2),
+    ParamRole("matrix", "mlp", part="mlp", suffix=".weight", ndim=2),
+    ParamRole("matrix", "other", suffix=".weight", ndim=2),
+    ParamRole("scalar", "other"),
+)
+
+
+def param_role(name: str, ndim: int) -> ParamRole:
+    """The first row of PARAM_ROLES that `name` (wrapper prefixes stripped) matches."""
+    while name.startswith(("_orig_mod.", "module.")):
+        name = name.split(".", 1)[1]
+    return next(r for r in PARAM_ROLES if r.matches(name, ndim))

@@ -7,8 +7,9 @@
   weight decay. Same-shape matrices are orthogonalised as one batch; under a process group of
   world size > 1 each rank does a slice of the batch and the results are all-gathered (the caller
   must have averaged the gradients already).
-* `param_kind` / `build_optimizers`: PR #1550's parameter groups as a rule table (`PARAM_RULES`,
-  `GROUP_SETTINGS`): Muon for block matrices, AdamW for embeddings and for all the rest.
+* `param_kind` / `build_optimizers`: PR #1550's parameter groups from the role table
+  `pgolf.model.PARAM_ROLES` and `GROUP_SETTINGS`: Muon for block matrices, AdamW for embeddings
+  and for all the rest.
 * `lr_multiplier`, `muon_momentum_at`: wall-clock warm-down and momentum warm-up.
 * `clip_grad_norm_`: global-norm clip. We clip the *averaged* gradients (as PR #1493), not each
   rank's local gradients before communication (PR #1550, spec section 10.5 item 3).
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from pgolf.config import OptimConfig
 from pgolf.dist import is_dist
+from pgolf.model import param_role
 
 Coeffs = tuple[float, float, float]
 
@@ -188,28 +189,6 @@ class Muon(torch.optim.Optimizer):
 # Parameter groups as data
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A parameter matches when every given condition holds; the first matching rule wins."""
-
-    kind: str
-    names: tuple[str, ...] = ()
-    prefix: str = ""
-    suffix: str = ""
-    ndim: int | None = None
-
-    def matches(self, name: str, p: Tensor) -> bool:
-        ok = (not self.names or name in self.names) and name.startswith(self.prefix)
-        return ok and name.endswith(self.suffix) and self.ndim in (None, p.ndim)
-
-
-PARAM_RULES: tuple[Rule, ...] = (
-    Rule("embed", names=("tok_emb.weight", "ve.embed.weight", "lm_head.weight")),
-    # `.weight` keeps 2-D control tensors such as a [2, d] resid_mix out of Muon.
-    Rule("matrix", prefix="blocks.", suffix=".weight", ndim=2),
-    Rule("scalar"),
-)
-
 # kind -> (optimizer, OptimConfig lr field, OptimConfig weight-decay field)
 GROUP_SETTINGS: dict[str, tuple[str, str, str]] = {
     "matrix": ("muon", "matrix_lr", "muon_wd"),
@@ -228,12 +207,8 @@ def canonical_name(name: str) -> str:
 
 
 def param_kind(name: str, p: Tensor) -> str:
-    """'matrix', 'embed' or 'scalar' by the first rule of PARAM_RULES that matches."""
-    name = canonical_name(name)
-    for rule in PARAM_RULES:
-        if rule.matches(name, p):
-            return rule.kind
-    raise AssertionError("PARAM_RULES must end with a catch-all rule")
+    """'matrix', 'embed' or 'scalar': the optimizer role of `pgolf.model.PARAM_ROLES`."""
+    return param_role(canonical_name(name), p.ndim).optim
 
 
 def muon_momentum_at(step: int, ocfg: OptimConfig) -> float:

@@ -31,12 +31,12 @@ from torch import Tensor, nn
 
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.dist import all_reduce_, log0
+from pgolf.model import param_role
 
 SCALE_MIN = 2.0**-24  # smallest positive fp16
 SCALE_MAX = 65504.0  # largest finite fp16
 METHODS = ("gptq", "rtn", "fp16")
 GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")
-EMBED_NAMES = ("tok_emb.weight", "lm_head.weight")
 
 # ----------------------------------------------------------------------------------------------
 # Scales, round-to-nearest, GPTQ
@@ -160,15 +160,8 @@ class PlanEntry:
     group: str  # one of GROUPS
 
 
-def _group_of(name: str) -> str:
-    parts = name.split(".")
-    if parts[0] == "blocks" and len(parts) > 2 and parts[2] in ("attn", "mlp"):
-        return parts[2]
-    if name in EMBED_NAMES:
-        return "embed"
-    if name == "ve.embed.weight":
-        return "value_embed"
-    return "other"
+def _group_of(name: str, ndim: int) -> str:
+    return param_role(name, ndim).group
 
 
 def make_plan(
@@ -194,7 +187,7 @@ def make_plan(
         if not t.is_floating_point() or t.numel() <= qcfg.passthrough_numel:
             entry = PlanEntry(name, "fp16", 16, 0.0, "passthrough")
         else:
-            group = _group_of(name)
+            group = _group_of(name, t.ndim)
             if group in ("attn", "mlp"):
                 entry = PlanEntry(name, qcfg.method, qcfg.matrix_bits, qcfg.matrix_clip_k, group)
             elif group == "embed":

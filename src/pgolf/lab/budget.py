@@ -34,6 +34,7 @@ from pgolf.artifact import (
     tensor_parts,
     wrap,
 )
+from pgolf.model import param_role
 
 __all__ = ["budget_report", "compare_codecs", "format_budget", "format_what_if",
            "what_if", "byteshuffle_brotli_reference", "reference_input", "group_of"]  # fmt: skip
@@ -42,15 +43,10 @@ MATRIX_GROUPS = ("attn", "mlp")
 _DEFAULT_K = {"attn": 12.85, "mlp": 12.85, "embed": 20.0, "value_embed": 20.0}
 
 def group_of(t: QTensor) -> str:
-    """Budget component of a tensor's integer codes (its `group`, else guessed from its name)."""
+    """Budget component of a tensor's integer codes (its `group`, else its role's group)."""
     if t.kind != "int":
         return "passthrough"
-    if t.group:
-        return t.group
-    parts = t.name.split(".")
-    if len(parts) > 2 and parts[2] in MATRIX_GROUPS:
-        return parts[2]
-    return {"tok_emb.weight": "embed", "ve.embed.weight": "value_embed"}.get(t.name, "other")
+    return t.group or param_role(t.name, len(t.shape)).group
 
 
 def _apportion(sizes: list[int], total: int) -> list[int]:
