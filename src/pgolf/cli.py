@@ -7,6 +7,9 @@
     pgolf quantize RUN_DIR [--set quant.key=value ...]                   → artifact
     pgolf eval ARTIFACT [--stride 64] [--data DIR]                       round trip + sliding
     pgolf budget ARTIFACT [--bits GROUP=N] [--clip-k GROUP=K] [--ve-dim N] [--prune-to BYTES]
+    pgolf stats RUN_OR_RECORD... [--against DIR | --against-bpb X --against-loss Y] [--json]
+    pgolf export RUN_DIR... --out DIR [--name N] [--author A --github-id G] [--track T]
+    pgolf verify RECORD_DIR [--artifact A --data DIR] [--against DIR] [--json]   exit 1 on failure
 
 Configuration precedence: preset < the challenge's environment variables < --set. Bad input
 (corrupt shard, wrong tokenizer, foreign artifact) exits with status 2 and a message naming the
@@ -216,6 +219,64 @@ def cmd_bundle(preset: str, overrides: list[str], out: str, form: str) -> dict:
     return rep
 
 
+def cmd_stats(
+    paths: list[str],
+    against: str | None,
+    against_bpb: float | None,
+    against_loss: float | None,
+    metric: str,
+    as_json: bool,
+) -> dict:
+    from pgolf.lab import results as R
+    from pgolf.lab import stats as S
+
+    seeds = R.load_results(paths)
+    summ = S.summarize(seeds)
+    cmp = None
+    if against or against_bpb is not None or against_loss is not None:
+        if against_loss is None and against_bpb is not None and not against:
+            metric = "bpb"  # only a bpb baseline: test bpb (one-sample)
+        base = R.load_results([against]) if against else None
+        cmp = S.compare(seeds, base, against_loss, against_bpb, metric=metric)
+    out = {**summ, "comparison": cmp}
+    print(json.dumps(out, indent=1, default=str) if as_json else S.format_text(summ, cmp))
+    return out
+
+
+def cmd_export(
+    runs: list[str],
+    out: str,
+    name: str | None,
+    author: str,
+    github_id: str,
+    track: str,
+    against: str | None,
+) -> dict:
+    from pgolf.lab.records import export
+
+    sub = export(runs, out, name, author, github_id, track, against)
+    print(f"wrote {out}: val_bpb {sub['val_bpb']} seeds {sub['seeds']} bytes {sub['bytes_total']}")
+    return sub
+
+
+def cmd_verify(
+    folder: str,
+    artifact: str | None,
+    data: str | None,
+    against: str | None,
+    strict_time: bool,
+    as_json: bool,
+) -> list:
+    """Exit 1 when any check fails."""
+    from pgolf.lab import verify as V
+
+    checks = V.verify(folder, artifact, data, against, strict_time)
+    print(V.as_json(checks) if as_json else V.format_checks(checks))
+    if any(c.status == V.FAIL for c in checks):
+        raise SystemExit(1)
+    return checks
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -339,6 +400,31 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "raw", "stripped", "lzma", "brotli"],
         help="auto (default) keeps the smallest form",
     )
+    p = sub.add_parser("stats", help="per-seed table, mean/std, t tests against a baseline")
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_RECORD")
+    p.add_argument("--against", default=None, metavar="RECORD_DIR")
+    p.add_argument("--against-bpb", type=float, default=None)
+    p.add_argument("--against-loss", type=float, default=None)
+    p.add_argument("--metric", choices=["loss", "bpb"], default="loss")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="finished runs (one per seed) → a records folder")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default=None)
+    p.add_argument("--author", default="unknown")
+    p.add_argument("--github-id", default="unknown")
+    p.add_argument("--track", default="10min_16mb")
+    p.add_argument("--against", default=None, metavar="RECORD_DIR")
+
+    p = sub.add_parser("verify", help="check a records folder (exit 1 on any failure)")
+    p.add_argument("folder", metavar="RECORD_DIR")
+    p.add_argument("--artifact", default=None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--against", default=None, metavar="RECORD_DIR")
+    p.add_argument("--strict-time", action="store_true")
+    p.add_argument("--json", action="store_true")
+
     return ap
 
 
@@ -365,6 +451,12 @@ def dispatch(a: argparse.Namespace):
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
     if a.cmd == "bundle":
         return cmd_bundle(a.preset, a.overrides, a.out, a.form)
+    if a.cmd == "stats":
+        return cmd_stats(a.paths, a.against, a.against_bpb, a.against_loss, a.metric, a.json)
+    if a.cmd == "export":
+        return cmd_export(a.runs, a.out, a.name, a.author, a.github_id, a.track, a.against)
+    if a.cmd == "verify":
+        return cmd_verify(a.folder, a.artifact, a.data, a.against, a.strict_time, a.json)
     raise AssertionError(a.cmd)
 
 

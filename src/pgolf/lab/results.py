@@ -1,0 +1,274 @@
+"""Reading results: pgolf run folders and the challenge's records folders, and their logs.
+
+* a pgolf run folder (`result.json` + `log.txt` + `config.json`, see `pgolf.runlog`);
+* a records folder of the challenge (`submission.json` + `train_seed<S>.log`, older ones a
+  `train.log`); the logs are parsed in the shapes the challenge's scripts print them
+  (`final_int6_sliding_window_exact val_loss:... val_bpb:...`, `step:N/M ... train_time:Xms`,
+  `stopping_early: wallclock_cap train_time:Xms step:N/M`, `Total submission size ...: N bytes`,
+  `Code size: N bytes`). The headline of a log is its last labelled evaluation line that is not
+  a diagnostic; its eval time is the sum of `eval_time` over those lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_EVAL = re.compile(
+    r"^(?P<label>[A-Za-z][\w\-+. ]*?)\s+val_loss[:=]\s*(?P<loss>\d+\.\d+)\s+"
+    r"val_bpb[:=]\s*(?P<bpb>\d+\.\d+)(?P<rest>.*)$"
+)
+_EVAL_TIME = re.compile(r"eval_time:\s*(\d+(?:\.\d+)?)ms")
+_STOP = re.compile(r"stopping_early:.*?train_time:\s*(\d+(?:\.\d+)?)ms\s+step:\s*(\d+)/(\d+)")
+_STEP = re.compile(
+    r"^(?:step:)?(\d+)/(\d+)\s+(?:train_loss|val_loss).*?train_time:\s*([\d.]+)(ms|m)\b"
+)
+_STEP_AVG = re.compile(r"step_avg:\s*([\d.]+)ms")
+_TOTAL = re.compile(r"^Total submission size[^:]*:\s*(\d+)\s*bytes")
+_CODE = re.compile(r"^Code size(?P<kind>[^:]*):\s*(?P<n>\d+)\s*bytes")
+_MODEL = re.compile(r"^Serialized model[^:]*:\s*(\d+)\s*bytes")
+_TVAL = re.compile(r"val_loss:\s*(\d+\.\d+)\s+val_bpb:\s*(\d+\.\d+)")
+_SEED = re.compile(r"^\s*seed:\s*(\d+)\s*$")
+_HASH = re.compile(r"^code_hash:\s*(\w+)")
+
+
+@dataclass(frozen=True)
+class Eval:
+    label: str
+    val_loss: float
+    val_bpb: float
+    eval_ms: float | None
+    line: int
+    loss_text: str
+    bpb_text: str
+
+
+@dataclass(frozen=True)
+class LogFacts:
+    """What a training log says (None where it does not say)."""
+
+    evals: tuple[Eval, ...]
+    train_ms: float | None
+    steps: int | None
+    iterations: int | None
+    step_avg_ms: float | None
+    artifact_bytes: int | None
+    model_bytes: int | None
+    code_bytes: int | None
+    seed: int | None
+    code_hash: str | None
+    train_vals: tuple[float, ...] = ()
+
+    @property
+    def final(self) -> Eval | None:
+        """The headline: the last non-diagnostic labelled evaluation line."""
+        main = [e for e in self.evals if not e.label.lower().startswith("diagnostic")]
+        return main[-1] if main else None
+
+    @property
+    def eval_seconds(self) -> float | None:
+        """Sum of `eval_time` over the non-diagnostic evaluation lines after training."""
+        ms = [
+            e.eval_ms
+            for e in self.evals
+            if e.eval_ms is not None and not e.label.lower().startswith("diagnostic")
+        ]
+        return sum(ms) / 1000.0 if ms else None
+
+
+def parse_log(text: str) -> LogFacts:
+    evals: list[Eval] = []
+    step_avg = total = model = code = seed = code_c = chash = None
+    stop = last = None
+    tvals: list[float] = []
+    for i, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if m := _EVAL.match(line):
+            t = _EVAL_TIME.search(m["rest"])
+            evals.append(
+                Eval(
+                    m["label"],
+                    float(m["loss"]),
+                    float(m["bpb"]),
+                    float(t.group(1)) if t else None,
+                    i,
+                    m["loss"],
+                    m["bpb"],
+                )
+            )
+            continue
+        if (line[:1].isdigit() or line.startswith("step:")) and (m := _TVAL.search(line)):
+            tvals += [float(m[1]), float(m[2])]
+        if m := _STOP.search(line):
+            stop = (float(m[1]), int(m[2]), int(m[3]))
+        elif m := _STEP.match(line):
+            last = (float(m[3]) * (60_000.0 if m[4] == "m" else 1.0), int(m[1]), int(m[2]))
+        if m := _STEP_AVG.search(line):
+            step_avg = float(m[1])
+        if m := _TOTAL.match(line):
+            total = int(m[1])
+        if m := _MODEL.match(line):
+            model = int(m[1])
+        if m := _CODE.match(line):
+            if "compressed" in m["kind"] and "uncompressed" not in m["kind"]:
+                code_c = int(m["n"])
+            else:
+                code = int(m["n"])
+        if seed is None and (m := _SEED.match(raw)):
+            seed = int(m[1])
+        if chash is None and (m := _HASH.match(line)):
+            chash = m[1]
+    train_ms, steps, iters = stop or last or (None, None, None)
+    return LogFacts(
+        tuple(evals),
+        train_ms,
+        steps,
+        iters,
+        step_avg,
+        total,
+        model,
+        code_c if code_c is not None else code,
+        seed,
+        chash,
+        tuple(tvals),
+    )
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int | None
+    val_loss: float
+    val_bpb: float
+    artifact_bytes: int | None = None
+    code_bytes: int | None = None
+    steps: int | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    source: str = ""
+    label: str = ""
+
+
+def _num(text: str) -> tuple[float, int]:
+    """A printed number and its count of decimals."""
+    s = str(text)
+    return float(s), (len(s.split(".")[1]) if "." in s else 0)
+
+
+def same_at_precision(claim: Any, value: float) -> bool:
+    """True when `value` rounds to `claim` at the number of decimals `claim` is printed with."""
+    c, d = _num(claim if isinstance(claim, str) else repr(claim))
+    return abs(round(value, d) - c) <= 0.5 * 10.0**-d + 1e-12
+
+
+def log_seed(path: Path, facts: LogFacts) -> int | None:
+    m = re.match(r"train_seed(\d+)", path.name)
+    return int(m[1]) if m else facts.seed
+
+
+def from_log(path: Path, facts: LogFacts | None = None) -> SeedResult | None:
+    facts = facts or parse_log(path.read_text(errors="replace"))
+    f = facts.final
+    if f is None:
+        return None
+    return SeedResult(
+        log_seed(path, facts),
+        f.val_loss,
+        f.val_bpb,
+        facts.artifact_bytes,
+        facts.code_bytes,
+        facts.steps,
+        None if facts.train_ms is None else facts.train_ms / 1000.0,
+        facts.eval_seconds,
+        str(path),
+        f.label,
+    )
+
+
+def read_run(run_dir: str | Path) -> SeedResult:
+    """One pgolf run folder (`result.json`, `log.txt`, `config.json`)."""
+    d = Path(run_dir)
+    res_p, log_p = d / "result.json", d / "log.txt"
+    if not res_p.is_file():
+        raise FileNotFoundError(f"{res_p} not found: is {d} a finished `pgolf run` folder?")
+    res = json.loads(res_p.read_text())
+    for key in ("val_loss", "val_bpb"):
+        if key not in res:
+            raise ValueError(f"{res_p}: no `{key}`; re-run `pgolf run` (quantize on) for {d}")
+    facts = parse_log(log_p.read_text()) if log_p.is_file() else None
+    seed = None
+    if (d / "config.json").is_file():
+        seed = json.loads((d / "config.json").read_text()).get("train", {}).get("seed")
+    return SeedResult(
+        seed if seed is not None else (facts.seed if facts else None),
+        float(res["val_loss"]),
+        float(res["val_bpb"]),
+        res.get("artifact_bytes"),
+        res.get("code_bytes"),
+        res.get("steps"),
+        res.get("train_seconds"),
+        facts.eval_seconds if facts else None,
+        str(d),
+        "result.json",
+    )
+
+
+@dataclass(frozen=True)
+class Record:
+    """A challenge records folder: claims (submission.json), logs per seed, chosen results."""
+
+    path: Path
+    submission: dict[str, Any] | None
+    logs: dict[int | None, list[Path]] = field(default_factory=dict)
+    seeds: tuple[SeedResult, ...] = ()
+
+
+def _claims(sub: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    sr = (sub or {}).get("seed_results") or {}
+    if isinstance(sr, list):  # a few records list {"seed": S, ...}
+        return {str(r.get("seed")): r for r in sr if isinstance(r, dict)}
+    return {str(k): v for k, v in sr.items() if isinstance(v, dict)}
+
+
+def read_record(folder: str | Path) -> Record:
+    """A records folder. For a seed with several logs the one matching its claimed val_bpb wins."""
+    d = Path(folder)
+    sub_p = d / "submission.json"
+    sub = json.loads(sub_p.read_text()) if sub_p.is_file() else None
+    logs: dict[int | None, list[Path]] = {}
+    facts: dict[Path, LogFacts] = {}
+    for p in sorted(d.glob("train*.log")):
+        facts[p] = parse_log(p.read_text(errors="replace"))
+        logs.setdefault(log_seed(p, facts[p]), []).append(p)
+    claims = _claims(sub)
+    chosen: list[SeedResult] = []
+    for seed, paths in logs.items():
+        rs = [r for p in paths if (r := from_log(p, facts[p])) is not None]
+        if not rs:
+            continue
+        claim = claims.get(str(seed), {}).get("val_bpb")
+        match = [r for r in rs if claim is not None and same_at_precision(claim, r.val_bpb)]
+        chosen.append((match or rs)[-1])
+    return Record(d, sub, logs, tuple(chosen))
+
+
+def load_results(paths: Sequence[str | Path]) -> list[SeedResult]:
+    """Per-seed results from run folders and/or records folders (in the order given)."""
+    out: list[SeedResult] = []
+    for p in map(Path, paths):
+        if (p / "result.json").is_file():
+            out.append(read_run(p))
+        elif (p / "submission.json").is_file() or any(p.glob("train*.log")):
+            rec = read_record(p)
+            if not rec.seeds:
+                raise ValueError(f"{p}: no training log with a final val_loss/val_bpb line")
+            out.extend(rec.seeds)
+        else:
+            raise FileNotFoundError(
+                f"{p}: neither a pgolf run folder (result.json) nor a records folder "
+                "(submission.json, train_seed*.log); pass one of those"
+            )
+    return out
