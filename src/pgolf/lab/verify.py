@@ -117,6 +117,10 @@ def _aggregate_claims(rec: R.Record) -> Check:
         return Check("aggregates", FAIL, "no log with a final evaluation line")
     summ = S.summarize(seeds)
     art = [r.artifact_bytes for r in seeds if r.artifact_bytes is not None]
+    code = sum(q.stat().st_size for q in rec.path.glob("*.py"))
+    models = [R.parse_log(Path(r.source).read_text(errors="replace")).model_bytes for r in seeds]
+    with_code = [m + code for m in models if m is not None]
+    art = art + ([max(with_code)] + with_code if with_code else [])
     want = {
         "val_bpb": [summ["val_bpb_mean"]],
         "val_loss": [summ["val_loss_mean"]],
