@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,21 @@ def same_at_precision(claim: Any, value: float) -> bool:
     return abs(value - c) <= 0.5 * 10.0**-d + 1e-9  # 1e-9: float noise in a printed half-unit
 
 
+def close_to_claim(claim: Any, value: float | None) -> bool:
+    """`same_at_precision`, False for a missing value or a claim that is no number."""
+    if value is None or isinstance(claim, bool) or not isinstance(claim, int | float | str):
+        return False
+    try:
+        return same_at_precision(claim, float(value))
+    except ValueError:
+        return False
+
+
+def pop_std(sample_std: float, n: int) -> float:
+    """The population std (ddof 0) several records print instead of the sample std."""
+    return sample_std * ((n - 1) / n) ** 0.5 if n > 1 else 0.0
+
+
 def log_seed(path: Path, facts: LogFacts) -> int | None:
     m = re.match(r"train_seed(\d+)", path.name)
     return int(m[1]) if m else facts.seed
@@ -235,7 +250,9 @@ def _claims(sub: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 
 def read_record(folder: str | Path) -> Record:
-    """A records folder. For a seed with several logs the one matching its claimed val_bpb wins."""
+    """A records folder. For a seed with several logs the one matching its claimed val_bpb wins;
+    when the claim is an earlier evaluation line than the last one (a record that scored its
+    sliding window and then a worse TTT pass), that line is used and its label says so."""
     d = Path(folder)
     sub_p = d / "submission.json"
     sub = json.loads(sub_p.read_text()) if sub_p.is_file() else None
@@ -252,6 +269,17 @@ def read_record(folder: str | Path) -> Record:
             continue
         claim = claims.get(str(seed), {}).get("val_bpb")
         match = [r for r in rs if claim is not None and same_at_precision(claim, r.val_bpb)]
+        if claim is not None and not match:  # the claim may be an earlier line (e.g. no TTT)
+            for p in paths:
+                for e in facts[p].evals:
+                    r = from_log(p, facts[p])
+                    if (
+                        r
+                        and not e.label.lower().startswith("diag")
+                        and same_at_precision(claim, e.val_bpb)
+                    ):
+                        lab = f"{e.label} (claimed; last line: {r.label})"
+                        match.append(replace(r, val_loss=e.val_loss, val_bpb=e.val_bpb, label=lab))
         chosen.append((match or rs)[-1])
     return Record(d, sub, logs, tuple(chosen))
 
