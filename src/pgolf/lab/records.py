@@ -158,7 +158,10 @@ def export(
 ) -> dict[str, Any]:
     """Write the records folder; returns its submission.json content."""
     from pgolf import config as C
-    from pgolf.lab.bundle import write_bundle  # lazily: the bundler is a lab tool of its own
+    try:  # lazily: the bundler is a lab tool of its own
+        from pgolf.lab.bundle import write_bundle
+    except ImportError as e:
+        raise ExportError(f"export needs pgolf.lab.bundle to write train_gpt.py ({e})") from e
 
     loaded = check_runs(runs, track)
     dest = Path(out)
