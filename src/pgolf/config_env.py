@@ -1,0 +1,198 @@
+"""The challenge's environment variables: which config field each one sets, and which are known
+but not supported (reported, never silently ignored).
+
+Three tables, read by `pgolf.config.apply_env` (this module comes before `config` in the bundle and
+imports nothing of pgolf): `ENV_VARS` maps a variable 1:1 onto `section.field`; `CONVERTERS` hold
+the variables whose meaning differs from a field (`XSA_LAST_N` = the last N layers,
+`NUM_LOOPS`/`LOOP_START`/`LOOP_END` = #1493's looped segment as a virtual layer list,
+`WARMDOWN_ITERS` = a fraction of `ITERATIONS`, ...); `UNSUPPORTED` names the variables of the
+baseline, #1493 and #1550 scripts that pgolf has no equivalent for, with the reason. Names come
+from the Naive Baseline's and PR #1550's `Hyperparameters` and PR #1493's logged hyperparameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "DATA_PATH": ("data", "data_path"), "TOKENIZER_PATH": ("data", "tokenizer_path"),
+    "VOCAB_SIZE": ("model", "vocab_size"), "NUM_LAYERS": ("model", "num_layers"),
+    "MODEL_DIM": ("model", "model_dim"), "NUM_HEADS": ("model", "num_heads"),
+    "NUM_KV_HEADS": ("model", "num_kv_heads"), "MLP_MULT": ("model", "mlp_mult"),
+    "LOGIT_SOFTCAP": ("model", "logit_softcap"), "ROPE_BASE": ("model", "rope_base"),
+    "ROPE_DIMS": ("model", "rope_dims"), "QK_GAIN_INIT": ("model", "qk_gain_init"),
+    "VE_DIM": ("model", "ve_dim"), "VE_LAYERS": ("model", "ve_layers"),
+    "PARALLEL_START_LAYER": ("model", "parallel_start"),
+    "PARALLEL_RESIDUAL_START": ("model", "parallel_start"),
+    "RECUR_LAYERS": ("model", "recur_layers"), "LN_SCALE": ("model", "ln_scale"),
+    "TIE_EMBEDDINGS": ("model", "tie_embeddings"),
+    "TIED_EMBED_INIT_STD": ("model", "tied_embed_init_std"),
+    "MATRIX_LR": ("optim", "matrix_lr"), "SCALAR_LR": ("optim", "scalar_lr"),
+    "TIED_EMBED_LR": ("optim", "embed_lr"), "EMBED_WD": ("optim", "embed_wd"),
+    "ADAM_WD": ("optim", "scalar_wd"), "ADAM_WEIGHT_DECAY": ("optim", "scalar_wd"),
+    "MUON_WD": ("optim", "muon_wd"), "MUON_WEIGHT_DECAY": ("optim", "muon_wd"),
+    "BETA1": ("optim", "adam_beta1"), "BETA2": ("optim", "adam_beta2"),
+    "ADAM_EPS": ("optim", "adam_eps"), "MUON_MOMENTUM": ("optim", "muon_momentum"),
+    "MUON_MOMENTUM_WARMUP_START": ("optim", "muon_momentum_warmup_start"),
+    "MUON_MOMENTUM_WARMUP_STEPS": ("optim", "muon_momentum_warmup_steps"),
+    "MUON_BACKEND_STEPS": ("optim", "ns_steps"), "MUONEQ_R": ("optim", "muon_row_norm"),
+    "MUON_ROW_NORMALIZE": ("optim", "muon_row_norm"),
+    "WARMDOWN_FRAC": ("optim", "warmdown_frac"), "LR_FLOOR": ("optim", "lr_floor"),
+    "MIN_LR": ("optim", "lr_floor"), "GRAD_CLIP_NORM": ("optim", "grad_clip_norm"),
+    "EMA_DECAY": ("optim", "ema_decay"), "SEED": ("train", "seed"),
+    "ITERATIONS": ("train", "iterations"), "TRAIN_BATCH_TOKENS": ("train", "train_batch_tokens"),
+    "TRAIN_SEQ_LEN": ("train", "train_seq_len"),
+    "MAX_WALLCLOCK_SECONDS": ("train", "max_wallclock_seconds"),
+    "GPTQ_RESERVE_SECONDS": ("train", "reserve_seconds"),
+    "WARMUP_STEPS": ("train", "warmup_steps"), "VAL_LOSS_EVERY": ("train", "val_loss_every"),
+    "TRAIN_LOG_EVERY": ("train", "train_log_every"),
+    "RECUR_START_STEP": ("train", "recur_start_step"),
+    "RECUR_START_FRAC": ("train", "recur_start_frac"),
+    "ENABLE_LOOPING_AT": ("train", "recur_start_frac"),
+    "EVAL_SEQ_LEN": ("eval", "eval_seq_len"), "EVAL_STRIDE": ("eval", "eval_stride"),
+    "SLIDING_WINDOW_ENABLED": ("eval", "sliding"),
+    "SDCLIP_K_INT6": ("quant", "matrix_clip_k"), "MATRIX_CLIP_SIGMAS": ("quant", "matrix_clip_k"),
+    "SDCLIP_K_INT8": ("quant", "embed_clip_k"), "EMBED_CLIP_SIGMAS": ("quant", "embed_clip_k"),
+    "MATRIX_BITS": ("quant", "matrix_bits"), "EMBED_BITS": ("quant", "embed_bits"),
+    "GPTQ_CALIB_SEQS": ("quant", "calib_seqs"), "GPTQ_BLOCK_SIZE": ("quant", "block_size"),
+    "COMPRESS_METHOD": ("quant", "codec"), "COMPRESSOR": ("quant", "codec"),
+    "TTT_CHUNK_TOKENS": ("ttt", "chunk_tokens"), "TTT_MOMENTUM": ("ttt", "momentum"),
+    "TTT_FREEZE_BLOCKS": ("ttt", "prequant_freeze_blocks"),
+    "TTT_BATCH_SEQS": ("ttt", "prequant_batch_seqs"),
+}  # fmt: skip
+"""Variable -> (section, field), parsed as the field's type."""
+
+Env = Mapping[str, str]
+Converter = Callable[[Any, str, Env], Any]
+
+
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _sub(cfg: Any, section: str, **kw: Any) -> Any:
+    return replace(cfg, **{section: replace(getattr(cfg, section), **kw)})
+
+
+def _xsa_last_n(cfg: Any, raw: str, env: Env) -> Any:
+    n, layers = int(raw), cfg.model.num_layers
+    return _sub(cfg, "model", xsa_layers=tuple(range(max(0, layers - n), layers)))
+
+
+def _num_loops(cfg: Any, raw: str, env: Env) -> Any:
+    """#1493: layers LOOP_START..LOOP_END run 1 + NUM_LOOPS times (0 = no recurrence)."""
+    loops, n = int(raw), cfg.model.num_layers
+    a, b = int(env.get("LOOP_START") or 3), int(env.get("LOOP_END") or 5)
+    if loops <= 0:
+        return _sub(cfg, "model", recur_layers=())
+    if not 0 <= a <= b < n:
+        raise ValueError(f"LOOP_START {a} / LOOP_END {b} must satisfy 0 <= start <= end < {n}")
+    seg = list(range(a, b + 1))
+    return _sub(cfg, "model", recur_layers=(*range(b + 1), *seg * loops, *range(b + 1, n)))
+
+
+def _warmdown_iters(cfg: Any, raw: str, env: Env) -> Any:
+    frac = min(1.0, int(raw) / max(cfg.train.iterations, 1))
+    return _sub(cfg, "optim", warmdown_frac=frac)
+
+
+def _val_batch_size(cfg: Any, raw: str, env: Env) -> Any:
+    # tokens per evaluation batch over the records' 8 GPUs x 1 accumulation step
+    return _sub(cfg, "eval", val_batch_seqs=max(1, int(raw) // (8 * cfg.eval.eval_seq_len)))
+
+
+def _ve_enabled(cfg: Any, raw: str, env: Env) -> Any:
+    return cfg if _flag(raw) else _sub(cfg, "model", ve_dim=0, ve_layers=())
+
+
+def _sigmoid_skips(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "model", skip_gate="sigmoid" if _flag(raw) else "none")
+
+
+def _skip_gates(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "model", skip_gate="lerp" if _flag(raw) else "none")
+
+
+def _run_id(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "train", run_dir=f"out/{raw.strip()}")
+
+
+def _ttt_enabled(cfg: Any, raw: str, env: Env) -> Any:
+    """0 -> ttt.mode none; 1 keeps the preset's mode (else score_first)."""
+    mode = (cfg.ttt.mode if cfg.ttt.mode != "none" else "score_first") if _flag(raw) else "none"
+    return _sub(cfg, "ttt", mode=mode)
+
+
+def _ttt(name: str, conv: Callable[[str], Any]) -> Converter:
+    """TTT_LR / TTT_EPOCHS: #1493's SGD values, or #1550's AdamW ones when the mode is prequant."""
+
+    def f(cfg: Any, raw: str, env: Env) -> Any:
+        pre = "prequant_" if cfg.ttt.mode == "prequant" else ""
+        return _sub(cfg, "ttt", **{pre + name: conv(raw)})
+
+    return f
+
+
+CONVERTERS: dict[str, tuple[str, Converter]] = {
+    "XSA_LAST_N": ("model.xsa_layers = the last N physical layers", _xsa_last_n),
+    "NUM_LOOPS": ("model.recur_layers: LOOP_START..LOOP_END (default 3..5) run 1 + N times",
+                  _num_loops),
+    "WARMDOWN_ITERS": ("optim.warmdown_frac = WARMDOWN_ITERS / ITERATIONS", _warmdown_iters),
+    "VAL_BATCH_SIZE": ("eval.val_batch_seqs = tokens // (8 GPUs x eval_seq_len)", _val_batch_size),
+    "VE_ENABLED": ("0 -> model.ve_dim 0 and no ve_layers", _ve_enabled),
+    "SIGMOID_SKIPS": ("model.skip_gate sigmoid (1) or none (0)", _sigmoid_skips),
+    "SKIP_GATES_ENABLED": ("model.skip_gate lerp (1) or none (0)", _skip_gates),
+    "RUN_ID": ("train.run_dir = out/<RUN_ID>", _run_id),
+    "TTT_ENABLED": ("ttt.mode: 0 none; 1 the preset's mode, else score_first", _ttt_enabled),
+    "TTT_LR": ("ttt.lr (ttt.prequant_lr when ttt.mode is prequant)", _ttt("lr", float)),
+    "TTT_EPOCHS": ("ttt.epochs (ttt.prequant_epochs when prequant)", _ttt("epochs", int)),
+}  # fmt: skip
+"""Variable -> (what it sets, function(cfg, raw, environ) -> cfg), applied after ENV_VARS in this
+order (TTT_ENABLED before TTT_LR/TTT_EPOCHS, which follow the mode)."""
+
+_NOT_BUILT = "not implemented in pgolf (off in the #1550 runs)"
+UNSUPPORTED: dict[str, str] = {
+    "EMBED_LR": "the baseline's untied input-embedding LR: pgolf trains the embedding and an "
+                "untied head with TIED_EMBED_LR (optim.embed_lr)",
+    "HEAD_LR": "the baseline's untied-head LR: pgolf uses TIED_EMBED_LR (optim.embed_lr)",
+    "MUON_BETA2": "pgolf's Muon has no second-moment state",
+    "LOOP_START": "used only with NUM_LOOPS", "LOOP_END": "used only with NUM_LOOPS",
+    "BIGRAM_VOCAB_SIZE": "BigramHash " + _NOT_BUILT, "BIGRAM_DIM": "BigramHash " + _NOT_BUILT,
+    "TRIGRAM": _NOT_BUILT, "DTG_ENABLED": _NOT_BUILT, "GATED_ATTENTION": _NOT_BUILT,
+    "VALUE_RESIDUAL": _NOT_BUILT,
+    "QAT_ENABLED": "QAT " + _NOT_BUILT, "LATE_QAT_THRESHOLD": "late QAT " + _NOT_BUILT,
+    "SWA_ENABLED": "SWA: #1550 accumulates it but never uses it; pgolf applies EMA (EMA_DECAY)",
+    "SWA_EVERY": "SWA is not implemented (EMA_DECAY)", "LAWA_ENABLED": "LAWA " + _NOT_BUILT,
+    "LAWA_K": "LAWA " + _NOT_BUILT, "LAWA_FREQ": "LAWA " + _NOT_BUILT,
+    "MTP_NUM_HEADS": "multi-token prediction " + _NOT_BUILT,
+    "MTP_LOSS_WEIGHT": "multi-token prediction " + _NOT_BUILT,
+    "SLOT_ENABLED": "SLOT " + _NOT_BUILT, "SLOT_LR": "SLOT " + _NOT_BUILT,
+    "SLOT_STEPS": "SLOT " + _NOT_BUILT, "SLOT_CAUSAL": "SLOT " + _NOT_BUILT,
+    "SLOT_DELTA_CLIP": "SLOT " + _NOT_BUILT, "SLOT_FOCAL_TOKENS": "SLOT " + _NOT_BUILT,
+    "SLOT_LBFGS": "SLOT " + _NOT_BUILT, "SLOT_LBFGS_HISTORY": "SLOT " + _NOT_BUILT,
+    "SLOT_LBFGS_MAX_ITER": "SLOT " + _NOT_BUILT,
+    "ETLB_ENABLED": _NOT_BUILT, "ETLB_LR": _NOT_BUILT, "ETLB_STEPS": _NOT_BUILT,
+    "ETLB_CLIP": _NOT_BUILT, "SAVE_RESEARCH_DATA": "no research dump in pgolf",
+    "TARGET_MB": "selective ±1 pruning runs offline: `pgolf budget ARTIFACT --prune-to BYTES`",
+    "SDCLIP_ENABLED": "SDClip is always on: set SDCLIP_K_INT6 / SDCLIP_K_INT8 instead",
+    "GPTQ_CALIB_BATCHES": "use GPTQ_CALIB_SEQS (quant.calib_seqs)",
+    "GPTQ_CALIBRATION_BATCHES": "use GPTQ_CALIB_SEQS (quant.calib_seqs)",
+}  # fmt: skip
+"""Known variables pgolf cannot honour, with the reason (logged as `not supported: X (why)`)."""
+
+
+def report(environ: Env) -> list[str]:
+    """One line per challenge variable set in `environ` that is not a 1:1 field: what a converter
+    did with it, or why it is not supported."""
+    out = []
+    for var in sorted(environ):
+        raw = environ[var]
+        if raw == "" or var in ENV_VARS:
+            continue
+        if var in UNSUPPORTED and not (var.startswith("LOOP_") and "NUM_LOOPS" in environ):
+            out.append(f"env:not supported: {var}={raw} ({UNSUPPORTED[var]})")
+        elif var in CONVERTERS:
+            out.append(f"env:{var}={raw} -> {CONVERTERS[var][0]}")
+    return out
