@@ -10,6 +10,7 @@ CORE_MODULES = (
     "sampling",
     "model",
     "optim",
+    "artifact_check",
     "artifact",
     "quant",
     "evaluate",

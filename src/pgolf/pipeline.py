@@ -11,6 +11,7 @@ of the training tokens, and writes `result.json` plus a loss-curve PNG into the 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -202,13 +203,12 @@ def _sha256(path: Path) -> str | None:
 
 
 def load_artifact_model(path: Path, device: torch.device):
-    """(config, model with the dequantized weights, artifact metadata) — nothing unpickled."""
-    from pgolf import artifact, quant
+    """(config, model with the dequantized weights, artifact metadata); nothing unpickled."""
+    from pgolf import artifact, artifact_check, quant
 
     tensors, meta = artifact.load_artifact(path)
-    if "config" not in meta:
-        raise ValueError(f"{path}: artifact has no model config in its metadata; re-run quantize")
-    cfg = C.from_dict(meta["config"])
+    cfg = artifact_check.config_from_meta(meta, str(path))
+    artifact_check.check_shapes(cfg, tensors, str(path))
     state = quant.dequantize_state(tensors)
     return cfg, _model_from_state(cfg, state, device, meta, str(path)), meta
 
@@ -235,6 +235,8 @@ def evaluate_model(
         ):
             log0(line)
         out["sliding_bpb"], out["sliding_loss"] = s.val_bpb, s.val_loss
+    if not all(math.isfinite(v) for v in out.values()):
+        raise ValueError(f"{label}: score is not finite {out}: NaN/inf weights; retrain/requantize")
     return out
 
 
