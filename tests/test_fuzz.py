@@ -375,3 +375,25 @@ def test_unwrap_limit_still_applies() -> None:
     blob = A.encode_artifact([A.QTensor("a", (64,), "fp16", 16, data=torch.ones(64).half())], {})
     with pytest.raises(ArtifactError, match="exceeds the 100-byte limit"):
         unwrap(blob, max_raw=100)
+
+
+def test_file_size_must_match_header_and_old_brotli_is_refused(real, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    _, tensors, meta = real
+    path = tmp_path / "a.pgolf"
+    blob = A.encode_artifact(tensors, meta)
+    for bad, match in [(blob[:-1], "truncated"), (blob + b"\0", "trailing"), (b"", "bad magic")]:
+        path.write_bytes(bad)
+        with pytest.raises(ArtifactError, match=f"a.pgolf: .*{match}"):
+            load_artifact(path)
+    (tmp_path / "dir.pgolf").mkdir()
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        load_artifact(tmp_path / "dir.pgolf")
+
+    class Brotli11:  # brotli 1.1's Decompressor: process() takes no output bound
+        def process(self, data: bytes) -> bytes:
+            raise AssertionError("an unbounded decompression was attempted")
+
+    monkeypatch.setattr("pgolf.artifact_check.brotli.Decompressor", Brotli11)
+    with pytest.raises(ArtifactError, match=r"brotli >= 1\.2"):
+        decode_artifact(blob)
