@@ -221,3 +221,11 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
             f"{source}: weights do not fit the config in its metadata ({len(diff)} tensors differ, "
             f"e.g. {k!r}: stored {got.get(k)}, config wants {want.get(k)}); re-quantize the run"
         )
+
+
+def require_finite(label: str, scores: Mapping[str, Any]) -> None:
+    """A NaN/inf score is an error (broken weights), never a result."""
+    bad = {k: v for k, v in scores.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise ValueError(f"{label}: scores are not finite {bad}: the weights are broken (NaN/inf); "
+                         "retrain or re-quantize")  # fmt: skip

@@ -11,7 +11,6 @@ of the training tokens, and writes `result.json` plus a loss-curve PNG into the 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from pgolf import artifact_check as AC
 from pgolf import config as C
 from pgolf import ttt as TT
 from pgolf.dist import barrier, info, init, log0
@@ -235,8 +235,7 @@ def evaluate_model(
         ):
             log0(line)
         out["sliding_bpb"], out["sliding_loss"] = s.val_bpb, s.val_loss
-    if not all(math.isfinite(v) for v in out.values()):
-        raise ValueError(f"{label}: score is not finite {out}: NaN/inf weights; retrain/requantize")
+    AC.require_finite(label, out)
     return out
 
 
@@ -277,6 +276,7 @@ def eval_artifact(
     with clock.stage("sliding"):
         res = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
     res.update(TT.eval_stage(cfg, model, val, tables, di.device, clock, non_record=prequant))
+    AC.require_finite(str(path), res)
     res["artifact_path"] = str(path)
     return res
 
