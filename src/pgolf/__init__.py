@@ -11,6 +11,7 @@ CORE_MODULES = (
     "sampling",
     "model",
     "optim",
+    "artifact_check",
     "artifact",
     "quant",
     "evaluate",

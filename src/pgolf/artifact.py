@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import math
 import os
 import struct
@@ -50,28 +49,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import brotli
 import numpy as np
 import torch
-import zstandard
+
+from pgolf.artifact_check import (
+    CODEC_IDS,
+    CODECS,
+    MAX_ELEMENTS,
+    MAX_META_BYTES,
+    MAX_RAW_BYTES,
+    MAX_TENSORS,
+    ArtifactError,
+    compress,
+    decompress,
+    max_stream_bytes,
+    read_regular,
+)
 
 WRAP_MAGIC = b"\x89PGOLF\r\n"
 PAYLOAD_MAGIC = b"PGOLFQT\x00"
 WRAP_VERSION = 1
 FORMAT_VERSION = 1
-CODEC_IDS = {"brotli": 1, "lzma": 2, "zstd": 3}
-CODECS = tuple(CODEC_IDS)
 DEFAULT_SHUFFLE = 2
 """Stride 2 (fp16 scales' high/low bytes apart) measured smallest with brotli; 4 is within 0.01%."""
-MAX_RAW_BYTES = 1 << 30  # decompression-bomb guard: larger payloads are refused, never expanded
 _WRAP = struct.Struct("<8sBBBBQQ")
 _KIND_IDS = {"int": 1, "fp16": 2}
 _PARTS = ("codes", "scales", "data")  # table order of the (offset, length) pairs
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-
-
-class ArtifactError(ValueError):
-    """A file or blob that is not a valid pgolf artifact (message names the source and problem)."""
+_MIN_RECORD = 55  # bytes of a table record with empty name and group and no dims
 
 
 @dataclass
@@ -117,13 +121,18 @@ def unpack_bits(buf: bytes, bits: int, n: int) -> np.ndarray:
         raise ValueError(f"unpack_bits: bits must be within 2..8, got {bits}")
     if len(buf) != (n * bits + 7) // 8:
         raise ValueError(f"unpack_bits: {len(buf)} bytes cannot hold exactly {n} {bits}-bit codes")
-    flat = np.unpackbits(np.frombuffer(buf, dtype=np.uint8))
-    if flat[n * bits :].any():
+    raw, out = np.frombuffer(buf, dtype=np.uint8), np.empty(n, dtype=np.int8)
+    if n * bits % 8 and raw[-1] & ((1 << (8 - n * bits % 8)) - 1):
         raise ValueError("unpack_bits: non-zero padding bits")
-    b = np.zeros((n, 8), dtype=np.uint8)
-    b[:, 8 - bits :] = flat[: n * bits].reshape(n, bits)
-    u = np.packbits(b, axis=1).reshape(n).astype(np.int16)
-    return (u - (1 << (bits - 1))).astype(np.int8)
+    chunk = 1 << 18  # codes per step (a multiple of 8: byte-aligned); bounds the 8x temporaries
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        flat = np.unpackbits(raw[i * bits // 8 : (i * bits + m * bits + 7) // 8])
+        b = np.zeros((m, 8), dtype=np.uint8)
+        b[:, 8 - bits :] = flat[: m * bits].reshape(m, bits)
+        u = np.packbits(b, axis=1).reshape(m).astype(np.int16)
+        out[i : i + m] = u - (1 << (bits - 1))
+    return out
 
 
 def byte_shuffle(data: bytes, stride: int) -> bytes:
@@ -132,41 +141,15 @@ def byte_shuffle(data: bytes, stride: int) -> bytes:
     return a.reshape(-1, stride).T.tobytes()
 
 
-def byte_unshuffle(data: bytes, stride: int, n: int) -> bytes:
-    """Inverse of `byte_shuffle` for an original length n (padding must be zero)."""
+def byte_unshuffle(data: bytes, stride: int, n: int) -> bytes | memoryview:
+    """Inverse of `byte_shuffle` for an original length n (padding must be zero); a view of one
+    copy, so a large payload is held once, not twice."""
     if len(data) % stride or len(data) // stride != -(-n // stride):
         raise ValueError(f"byte_unshuffle: {len(data)} bytes do not match length {n}/{stride}")
     a = np.frombuffer(data, dtype=np.uint8).reshape(stride, -1).T.reshape(-1)
     if a[n:].any():
         raise ValueError("byte_unshuffle: non-zero padding")
-    return a[:n].tobytes()
-
-
-def compress(data: bytes, codec: str) -> bytes:
-    if codec == "brotli":
-        return brotli.compress(data, quality=11)
-    if codec == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    if codec == "zstd":
-        return zstandard.ZstdCompressor(level=22).compress(data)
-    raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-
-
-def _decompress(stream: bytes, codec: str, limit: int) -> bytes:
-    """Decompress at most limit+1 bytes (so an over-long stream is detected, never expanded)."""
-    if codec == "brotli":
-        d = brotli.Decompressor()
-        out = d.process(stream, output_buffer_limit=limit + 1)
-        done = d.is_finished()
-    elif codec == "lzma":
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-        out, done = d.decompress(stream, max_length=limit + 1), d.eof
-    else:
-        with zstandard.ZstdDecompressor().stream_reader(stream) as r:
-            out, done = r.read(limit + 1), True  # reads up to the end of the first frame
-    if len(out) <= limit and not done:
-        raise ValueError(f"{codec} stream is incomplete")
-    return out
+    return data if stride == 1 else memoryview(a[:n])
 
 
 def _check(t: QTensor) -> None:
@@ -181,9 +164,13 @@ def _check(t: QTensor) -> None:
             bad = f"scales must be fp16 with {t.rows} elements"
         elif t.numel and (int(c.min()) < lo or int(c.max()) > hi):
             bad = f"codes outside the signed {t.bits}-bit range"
+        elif not bool(torch.isfinite(s).all()):
+            bad = "scales must be finite (NaN or inf found)"
     elif t.kind == "fp16":
         if t.data is None or t.data.dtype != torch.float16 or t.data.numel() != t.numel:
             bad = f"data must be fp16 with {t.numel} elements"
+        elif not bool(torch.isfinite(t.data).all()):
+            bad = "data must be finite (NaN or inf found)"
     else:
         bad = f"kind {t.kind!r} is neither 'int' nor 'fp16'"
     if not 0 <= t.bits <= 255 or len(t.shape) > 255 or any(not 0 <= d < 1 << 32 for d in t.shape):
@@ -255,83 +242,106 @@ def encode_artifact(
     return wrap(build_payload(tensors, meta, pack_bits), codec, shuffle)
 
 
-def unwrap(blob: bytes, source: str = "<bytes>", max_raw: int = MAX_RAW_BYTES) -> bytes:
-    """Check the wrapper, decompress (bounded) and unshuffle -> payload bytes."""
+def _header(head: bytes, size: int, source: str, max_raw: int) -> tuple[str, int, int, int]:
+    """Check the 32-byte wrapper header against the file size -> (codec, stride, P, L)."""
     fail = lambda msg: ArtifactError(f"{source}: {msg}")  # noqa: E731
-    blob = bytes(blob)
-    if blob[:8] != WRAP_MAGIC[: len(blob[:8])] or not blob:
+    if not head or head[:8] != WRAP_MAGIC[: len(head[:8])]:
         raise fail("not a pgolf artifact (maybe a torch.save/pickle file?): bad magic")
-    if len(blob) < 32:
-        raise fail(f"truncated: {len(blob)} bytes, the header alone needs 32")
-    _, ver, codec_id, stride, _res, plen, slen = _WRAP.unpack_from(blob)
+    if len(head) < 32:
+        raise fail(f"truncated: {len(head)} bytes, the header alone needs 32")
+    _, ver, codec_id, stride, res, plen, slen = _WRAP.unpack_from(head)
     if ver != WRAP_VERSION:
         raise fail(f"unknown artifact version {ver} (this pgolf reads {WRAP_VERSION})")
     codec = {v: k for k, v in CODEC_IDS.items()}.get(codec_id)
-    if codec is None or not 1 <= stride <= 8:
-        raise fail(f"corrupt header: codec id {codec_id}, shuffle stride {stride}")
-    if len(blob) - 32 != slen:
-        got = len(blob) - 32
-        raise fail(f"truncated: stream has {got} of {slen} bytes" if got < slen else
-                   f"{got - slen} unexpected trailing bytes after the stream")  # fmt: skip
-    (crc,) = struct.unpack_from("<I", blob, 28)
-    if zlib.crc32(blob[32:], zlib.crc32(blob[:28])) != crc:
-        raise fail("bad checksum (CRC-32): the file is corrupted or was modified")
+    if codec is None or not 1 <= stride <= 8 or res:
+        raise fail(f"corrupt header: codec id {codec_id}, shuffle stride {stride}, reserved {res}")
     expect = -(-plen // stride) * stride
     if expect > max_raw:
         raise fail(f"declared size {expect} bytes exceeds the {max_raw}-byte limit")
+    if slen > max_stream_bytes(expect):
+        raise fail(f"stream of {slen} bytes is too long for a {plen}-byte payload")
+    if size - 32 != slen:
+        got = size - 32
+        raise fail(f"truncated: stream has {got} of {slen} bytes" if got < slen else
+                   f"{got - slen} unexpected trailing bytes after the stream")  # fmt: skip
+    return codec, stride, plen, slen
+
+
+def unwrap(blob: bytes, source: str = "<bytes>", max_raw: int = MAX_RAW_BYTES) -> bytes:
+    """Check the wrapper, decompress (bounded) and unshuffle -> payload bytes."""
+    codec, stride, plen, _ = _header(blob[:32], len(blob), source, max_raw)
+    (crc,) = struct.unpack_from("<I", blob, 28)
+    view = memoryview(blob)
+    if zlib.crc32(view[32:], zlib.crc32(view[:28])) != crc:
+        raise ArtifactError(f"{source}: bad checksum (CRC-32): the file is corrupted or modified")
+    expect = -(-plen // stride) * stride
     try:
-        raw = _decompress(blob[32:], codec, expect)
+        raw = decompress(view[32:], codec, expect)
         if len(raw) != expect:
             raise ValueError(f"decompressed to {len(raw)} bytes, header says {expect}")
         return byte_unshuffle(raw, stride, plen)
     except Exception as e:  # every codec has its own error type; all mean a bad stream
-        raise fail(f"{codec} stream does not decode: {e}") from None
+        raise ArtifactError(f"{source}: {codec} stream does not decode: {e}") from None
 
 
-def _read_str(tab: bytes, pos: int) -> tuple[str, int]:
+def _read_str(tab: memoryview, pos: int) -> tuple[str, int]:
     (ln,) = struct.unpack_from("<H", tab, pos)
     if pos + 2 + ln > len(tab):
         raise ValueError("tensor table ends inside a name")
-    return tab[pos + 2 : pos + 2 + ln].decode(), pos + 2 + ln
+    return bytes(tab[pos + 2 : pos + 2 + ln]).decode(), pos + 2 + ln
 
 
 def parse_payload(payload: bytes, source: str = "<bytes>") -> tuple[list[QTensor], dict]:
+    """Payload -> (tensors, meta). Counts are bounded by the bytes that hold them before anything
+    is allocated; names must be unique, sections contiguous and in table order, every tensor must
+    pass the writer's own check (`_check`)."""
     fail = lambda msg: ArtifactError(f"{source}: {msg}")  # noqa: E731
-    if len(payload) < 56 + 32 or payload[:8] != PAYLOAD_MAGIC:
+    view = memoryview(payload)
+    if len(view) < 56 + 32 or view[:8] != PAYLOAD_MAGIC:
         raise fail("payload is not a pgolf tensor table (bad inner magic or too short)")
-    if hashlib.sha256(payload[:-32]).digest() != payload[-32:]:
+    if hashlib.sha256(view[:-32]).digest() != view[-32:]:
         raise fail("bad checksum (SHA-256 of the payload)")
-    _, ver, flags, n = struct.unpack_from("<8sHHI", payload)
+    _, ver, flags, n = struct.unpack_from("<8sHHI", view)
     if ver != FORMAT_VERSION or flags & ~1:
         raise fail(f"unknown payload format version {ver} / flags {flags}")
-    lens = struct.unpack_from("<5Q", payload, 16)
-    if 56 + sum(lens) + 32 != len(payload):
+    lens = struct.unpack_from("<5Q", view, 16)
+    if 56 + sum(lens) + 32 != len(view):
         raise fail("section lengths do not add up to the payload length")
+    if n > MAX_TENSORS or n * _MIN_RECORD > lens[0] or lens[4] > MAX_META_BYTES:
+        raise fail(f"{n} tensors in a {lens[0]}-byte table or {lens[4]} bytes of meta: too many")
     starts = np.cumsum((56,) + lens[:-1]).tolist()
-    sec = {k: payload[a : a + ln] for k, a, ln in zip(("table", *_PARTS, "meta"), starts, lens)}
-    tab, pos, out = sec["table"], 0, []
+    sec = {k: view[a : a + ln] for k, a, ln in zip(("table", *_PARTS, "meta"), starts, lens)}
+    tab, pos, out, names, offs, total = sec["table"], 0, [], set(), [0, 0, 0], 0
     try:
         for _ in range(n):
             name, pos = _read_str(tab, pos)
+            if name in names:
+                raise ValueError(f"duplicate tensor name {name[:60]!r}")
+            names.add(name)
             group, pos = _read_str(tab, pos)
             kind_id, bits, ndim = struct.unpack_from("<BBB", tab, pos)
             shape = struct.unpack_from(f"<{ndim}I", tab, pos + 3)
             ol = struct.unpack_from("<6Q", tab, pos + 3 + 4 * ndim)
             pos += 51 + 4 * ndim
+            total += math.prod(shape)
+            if total > MAX_ELEMENTS:
+                raise ValueError(f"more than {MAX_ELEMENTS} elements in all")
+            for i in range(3):
+                if ol[2 * i] != offs[i]:
+                    raise ValueError(f"{name}: {_PARTS[i]} offset {ol[2 * i]}, expected {offs[i]}")
+                offs[i] += ol[2 * i + 1]
             out.append(_tensor((name, group, kind_id, bits, shape, ol), sec, bool(flags & 1)))
-        if pos != len(tab):
-            raise ValueError(f"{len(tab) - pos} unread bytes in the tensor table")
-        meta = json.loads(sec["meta"].decode())
+        if pos != len(tab) or tuple(offs) != lens[1:4]:
+            raise ValueError("unread bytes in the tensor table or its sections")
+        meta = json.loads(bytes(sec["meta"]).decode())
     except (struct.error, ValueError, RecursionError) as e:
         raise fail(f"corrupt tensor table or meta: {e}") from None
     if not isinstance(meta, dict):
         raise fail("meta is not a JSON object")
-    if len({t.name for t in out}) != len(out):
-        raise fail("duplicate tensor names")
     return out, meta
 
 
-def _tensor(rec: tuple, sec: dict[str, bytes], packed: bool) -> QTensor:
+def _tensor(rec: tuple, sec: dict[str, memoryview], packed: bool) -> QTensor:
     name, group, kind_id, bits, shape, ol = rec
     t = QTensor(name, tuple(shape), {1: "int", 2: "fp16"}.get(kind_id, "?"), bits, group=group)
     n, is_int = t.numel, t.kind == "int"
@@ -339,18 +349,21 @@ def _tensor(rec: tuple, sec: dict[str, bytes], packed: bool) -> QTensor:
         raise ValueError(f"{name}: unknown kind id {kind_id} or bits {bits}")
     ncodes = ((n * bits + 7) // 8 if packed else n) if is_int else 0
     want = (ncodes, 2 * t.rows, 0) if is_int else (0, 0, 2 * n)
-    p = [sec[k][ol[2 * i] : ol[2 * i] + ol[2 * i + 1]] for i, k in enumerate(_PARTS)]
-    if tuple(len(x) for x in p) != want or tuple(ol[1::2]) != want:
+    if tuple(ol[1::2]) != want:
         raise ValueError(f"{name}: part lengths {ol[1::2]} do not fit shape {shape} ({want})")
+    p = [sec[k][ol[2 * i] : ol[2 * i] + ol[2 * i + 1]] for i, k in enumerate(_PARTS)]
+    if tuple(len(x) for x in p) != want:
+        raise ValueError(f"{name}: parts run past the end of their sections")
     if is_int:
         c = unpack_bits(p[0], bits, n) if packed else np.frombuffer(p[0], dtype=np.int8).copy()
         t.codes, t.scales = torch.from_numpy(c).reshape(shape), _f16(p[1])
     else:
         t.data = _f16(p[2]).reshape(shape)
+    _check(t)
     return t
 
 
-def _f16(b: bytes) -> torch.Tensor:
+def _f16(b: bytes | memoryview) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(b, dtype=np.float16).copy())
 
 
@@ -378,8 +391,10 @@ def save_artifact(
 
 
 def load_artifact(path: str | os.PathLike) -> tuple[list[QTensor], dict]:
-    try:
-        blob = Path(path).read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot read artifact: {e.strerror or e}") from None
-    return decode_artifact(blob, source=str(path))
+    """Read and decode an artifact file; ArtifactError (naming the file) for anything else: a
+    directory, FIFO or device is refused before it is opened, the rest is read only once the
+    header's declared size matches the file's."""
+    src = str(path)
+    total = lambda head, size: 32 + _header(head, size, src, MAX_RAW_BYTES)[3]  # noqa: E731
+    blob = read_regular(path, 32, total, 32 + max_stream_bytes(MAX_RAW_BYTES))
+    return decode_artifact(blob, source=src)

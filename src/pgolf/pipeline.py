@@ -1,11 +1,7 @@
-"""The whole job as functions: data → train → EMA → quantize → artifact → evaluate → report.
-
-`run()` is what `pgolf run` calls: with no arguments it builds the embedded default dataset if
-needed, trains `cpu-tiny` within a bounded time, quantizes with GPTQ/SDClip, writes the artifact,
-reloads it, evaluates (round trip, sliding window), compares with n-gram references, writes result.
-`quantize_run()` and `eval_artifact()` are the same stages on their own (`pgolf quantize`,
-`pgolf eval`); `eval_artifact` needs only the artifact and the validation shards.
-"""
+"""The record job as functions: train → EMA → (pre-quant TTT) → quantize → artifact → evaluate
+(sliding window, test-time training) → result. `run()` is `pgolf run` and the bundle's `main`;
+`quantize_run()` and `eval_artifact()` are the same stages alone (`pgolf quantize`, `pgolf eval`;
+the latter needs only the artifact and the validation shards)."""
 
 from __future__ import annotations
 
@@ -18,6 +14,7 @@ from typing import Any
 
 import torch
 
+from pgolf import artifact_check as AC
 from pgolf import config as C
 from pgolf import ttt as TT
 from pgolf.dist import barrier, info, init, log0
@@ -196,13 +193,12 @@ def _sha256(path: Path) -> str | None:
 
 
 def load_artifact_model(path: Path, device: torch.device):
-    """(config, model with the dequantized weights, artifact metadata) — nothing unpickled."""
-    from pgolf import artifact, quant
+    """(config, model with the dequantized weights, artifact metadata); nothing unpickled."""
+    from pgolf import artifact, artifact_check, quant
 
     tensors, meta = artifact.load_artifact(path)
-    if "config" not in meta:
-        raise ValueError(f"{path}: artifact has no model config in its metadata; re-run quantize")
-    cfg = C.from_dict(meta["config"])
+    cfg = artifact_check.config_from_meta(meta, str(path))
+    artifact_check.check_shapes(cfg, tensors, str(path))
     state = quant.dequantize_state(tensors)
     return cfg, _model_from_state(cfg, state, device, meta, str(path)), meta
 
@@ -229,6 +225,7 @@ def evaluate_model(
         ):
             log0(line)
         out["sliding_bpb"], out["sliding_loss"] = s.val_bpb, s.val_loss
+    AC.require_finite(label, out)
     if label.startswith("final_"):  # the baseline-era line the challenge's parsers read
         k = "sliding" if sliding else "roundtrip"
         log0(f"final_int8_zlib_roundtrip_exact val_loss:{out[k + '_loss']:.8f} val_bpb:{out[k + '_bpb']:.8f}")  # noqa: E501
@@ -272,6 +269,7 @@ def eval_artifact(
     with clock.stage("sliding"):
         res = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
     res.update(TT.eval_stage(cfg, model, val, tables, di.device, clock, non_record=prequant))
+    AC.require_finite(str(path), res)
     res["artifact_path"] = str(path)
     code, size = int(meta.get("code_bytes", 0)), path.stat().st_size  # as `quantize` counted
     for line in size_lines(cfg, size, code, meta.get("code_desc", "")):
