@@ -8,6 +8,7 @@ CORE_MODULES = (
     "dist",
     "data",
     "bpb",
+    "kernels",
     "sampling",
     "model",
     "optim",

@@ -32,7 +32,6 @@ F MLP hidden, L virtual layers.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,75 +42,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig, head_dim, num_skip_weights
+from pgolf.kernels import (  # noqa: F401  (re-exported: pgolf.model.attend etc.)
+    SdpaPlan,
+    attend,
+    fa3_function,
+    naive_attention,
+    parse_sdpa,
+    sdpa_has_gqa,
+    sdpa_plan,
+    softcap_cross_entropy,
+)
 from pgolf.sampling import KVCache
 
 SIGMOID_SKIP_INIT = 2.2  # sigmoid(2.2) ~= 0.90 (#1550 SIGMOID_SKIPS)
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
-
-
-@functools.lru_cache(maxsize=1)
-def fa3_function() -> Callable[..., Any] | None:
-    """FlashAttention-3's `flash_attn_func` if importable (Hopper builds), else None."""
-    try:
-        from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
-    except Exception:
-        return None
-    return flash_attn_func
-
-
-@functools.lru_cache(maxsize=1)
-def sdpa_has_gqa() -> bool:
-    """True when `F.scaled_dot_product_attention` accepts `enable_gqa` (torch >= 2.5)."""
-    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
-    return (major, minor) >= (2, 5)
-
-
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Explicit masked softmax, fp32 scores (test oracle; also the KV-cache path: no K/V repeat,
-    no kernel planning per length). q [B,T,H,K], k/v [B,S,Hk,K] -> [B,T,H,K]."""
-    B, T, H, K = q.shape
-    S, Hk = k.size(1), k.size(2)
-    qg = q.view(B, T, Hk, H // Hk, K)  # query head h = j*G + g reads KV head j = h // G
-    scores = torch.einsum("btjgk,bsjk->bjgts", qg, k.to(q.dtype)).float() / math.sqrt(K)
-    if mask is None:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    else:
-        mask = mask.unsqueeze(1)  # [B|1,1,1,T,S]
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # [B,Hk,G,T,S]
-    y = torch.einsum("bjgts,bsjk->btjgk", probs.to(v.dtype), v)
-    return y.reshape(B, T, H, K).to(q.dtype)
-
-
-def attend(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    backend: str,
-    fa3: Callable[..., Any] | None = None,
-    gqa_kwarg: bool = True,
-) -> Tensor:
-    """Causal attention. q [B,T,H,K], k/v [B,S,Hk,K]; mask None = causal with S == T, else a
-    boolean [B or 1, 1, T, S] (True = may attend). gqa_kwarg: SDPA takes `enable_gqa` (else K/V
-    are repeated). Returns [B,T,H,K]."""
-    if backend == "naive":
-        return naive_attention(q, k, v, mask)
-    if fa3 is not None and mask is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.half):
-        out = fa3(q, k, v, causal=True)
-        return out[0] if isinstance(out, tuple) else out
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B,H|Hk,T|S,K]
-    causal = mask is None
-    if gqa_kwarg:
-        y = F.scaled_dot_product_attention(
-            qt, kt, vt, attn_mask=mask, is_causal=causal, enable_gqa=True
-        )
-    else:
-        group = q.size(2) // k.size(2)
-        kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=causal)
-    return y.transpose(1, 2)
 
 
 def rope_tables(positions: Tensor, dims: int, base: float) -> tuple[Tensor, Tensor]:
@@ -173,6 +119,7 @@ class Attention(nn.Module):
         self.backend = cfg.attn_backend
         self.fa3: Callable[..., Any] | None = None  # set by GPT when FA3 may be used
         self.sdpa_gqa = sdpa_has_gqa()
+        self.plan: SdpaPlan | None = parse_sdpa(cfg.attn_backend)  # 'auto': GPT.plan_attention
 
     def forward(
         self,
@@ -198,7 +145,7 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin) * self.q_gain.to(q.dtype)[:, None]  # [B,T,H,K]
         q, k = q.to(dtype), apply_rope(k, cos, sin).to(dtype)
         if cache is None:
-            y = attend(q, k, v, mask, self.backend, self.fa3, self.sdpa_gqa)  # [B,T,H,K]
+            y = attend(q, k, v, mask, self.backend, self.fa3, self.sdpa_gqa, self.plan)
         else:
             k_all, v_all = cache.append(vi, k, v, positions)  # [B,max_len,Hk,K]
             y = naive_attention(q, k_all, v_all, mask)
@@ -296,7 +243,8 @@ class GPT(nn.Module):
         K = head_dim(cfg)
         self.rope_dims = cfg.rope_dims or K
         assert self.rope_dims % 2 == 0 and self.rope_dims <= K, f"bad rope_dims {cfg.rope_dims}"
-        assert cfg.attn_backend in ("auto", "sdpa", "fa3", "naive"), "bad model.attn_backend"
+        ok = cfg.attn_backend in ("auto", "fa3", "naive") or parse_sdpa(cfg.attn_backend)
+        assert ok, f"bad model.attn_backend {cfg.attn_backend!r} (auto, sdpa[:kernel], fa3, naive)"
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
@@ -359,6 +307,19 @@ class GPT(nn.Module):
             self.lane_merge.fill_(0.5)
         if self.lm_head is not None:
             nn.init.zeros_(self.lm_head.weight)
+
+    def plan_attention(self, batch: int, seq_len: int, dtype: torch.dtype = torch.bfloat16) -> str:
+        """attn_backend 'auto' on CUDA without FA3: time the SDPA candidates for these shapes
+        (once per process) and pin the fastest in every block; returns a log line."""
+        a = self.blocks[0].attn
+        dev = self.tok_emb.weight.device
+        if self.cfg.attn_backend != "auto" or a.fa3 is not None or dev.type != "cuda":
+            return f"attn_backend:{self.cfg.attn_backend} (no planning)"
+        shape = (batch, seq_len, a.num_heads, a.num_kv_heads, a.head_dim)
+        plan, timed = sdpa_plan(str(dev), shape, str(dtype).removeprefix("torch."))
+        for block in self.blocks:
+            block.attn.plan = plan
+        return f"attn_backend:auto -> {plan.name} " + " ".join(f"{n}={t:.2f}ms" for n, t in timed)
 
     def set_recurrence(self, active: bool) -> None:
         """Switch to the `recur_layers` virtual layer list (changes the compiled graph)."""
@@ -436,7 +397,10 @@ class GPT(nn.Module):
             positions = positions + cache.pos  # [T]
         x = self._embed(idx, cache)
         x0 = x
-        cos, sin = rope_tables(positions, self.rope_dims, cfg.rope_base)  # [T,R/2]
+        base, R = cfg.rope_base, self.rope_dims
+        if cfg.rope_ntk_len and T > cfg.rope_ntk_len:  # #1550's NTK quirk, parity checks only
+            base = base * (T / cfg.rope_ntk_len) ** (R / (R - 2))
+        cos, sin = rope_tables(positions, R, base)  # [T,R/2]
         ve_all = self.ve(idx) if self.ve is not None else None  # [B,T,Hk*K], once per forward
         mask = self._mask(idx, cache, positions)
         layers = self.virtual_layers()
@@ -487,6 +451,11 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
         """idx [B,T] long -> logits [B,T,V] fp32, or the mean cross-entropy if targets [B,T]."""
+        if targets is not None and self.cfg.fused_ce > 0:
+            h = self.hidden(idx)
+            w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+            cap, rows = self.cfg.logit_softcap, self.cfg.fused_ce
+            return softcap_cross_entropy(h.flatten(0, 1), w, targets.reshape(-1), cap, rows)
         logits = self.logits(self.hidden(idx))
         if targets is None:
             return logits

@@ -4,7 +4,7 @@
   Gradients are averaged by one flattened all-reduce per dtype (no DDP wrapper, as PR #1550),
   then the *averaged* gradient is clipped (as PR #1493; #1550 clips local gradients).
 * `torch.compile(dynamic=False, fullgraph=True)` on CUDA; the uncompiled module is kept for
-  state_dict, checkpoints and evaluation (house style 5.8). bf16 autocast + TF32 on CUDA.
+  state_dict, checkpoints, eval (house style 5.8). bf16 autocast + TF32; `GPT.plan_attention`.
 * Compile warm-up (modded-nanogpt, the challenge baseline): `warmup_steps` real steps, then as
   many with depth recurrence on when configured (PR #1493 pre-compiles the looped graph; #1550
   pays ~30 s at step 3000); weights, optimizer, loader and RNG are then reset.
@@ -138,12 +138,12 @@ class _Trainer:
 
     def __init__(self, cfg: C.RunConfig, run: RunDir, data_dir: Path) -> None:
         self.cfg, self.run, self.data_dir = cfg, run, data_dir
-        self.di = dist.info()
-        self.device = self.di.device
+        self.di, self.device = dist.info(), dist.info().device
         self.accum, self.local_seqs = local_batch(cfg, self.di.world_size)
         self.model = build_model(cfg, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        cuda = self.device.type == "cuda"
+        if cuda := self.device.type == "cuda":
+            dist.log0(self.model.plan_attention(self.local_seqs, cfg.train.train_seq_len))
         self.compiled: nn.Module = self.model
         if cfg.train.compile and cuda:
             self.compiled = torch.compile(self.model, dynamic=False, fullgraph=True)
