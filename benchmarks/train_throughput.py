@@ -70,6 +70,7 @@ def bench_mode(
     torch.manual_seed(0)
     model = build_model(cfg, device)
     model.set_recurrence(recur)
+    plan = model.plan_attention(batch, seq) if device.type == "cuda" else ""
     opt = build_optimizers(model, cfg.optim)
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,6 +118,7 @@ def bench_mode(
         "model_tflops_per_step": flops / 1e12,
         "peak_mem_mib": torch.cuda.max_memory_allocated(device) // 2**20 if cuda else None,
         "ratio_to_pr1550": ms / PR1550_MS[recur],
+        "attn_plan": plan,
     }
     return out
 
