@@ -4,9 +4,7 @@ One dataclass per concern (data, model, optimizer, training, evaluation, quantiz
 `RunConfig`. Presets are plain Python functions (`cpu-tiny`, `baseline`, `pr1493`, `pr1550`);
 variants are `dataclasses.replace` of a base. Precedence: preset < environment variables (the
 challenge's own names, e.g. `SEED`, `VOCAB_SIZE`, `MAX_WALLCLOCK_SECONDS`) < `--set key=value`.
-
-Sources of the preset values: the Naive Baseline record, PR #1493 (merged legal-TTT record) and
-PR #1550 (pre-quant TTT stack); see `../shared/spec/pr1550-stack.md` sections 3-5.
+Preset values: Naive Baseline, PR #1493, PR #1550 (`../shared/spec/pr1550-stack.md` §3-5).
 """
 
 from __future__ import annotations
@@ -55,9 +53,7 @@ class ModelConfig:
     """Rotary dims per head (partial RoPE); 0 = the whole head."""
     rope_base: float = 10000.0
     """Plain base at every length; we do not copy #1550's NTK rescale (≈22,082 at 2048)."""
-    rope_ntk_len: int = 0
-    """0 = off. N > 0 reproduces #1550's rescale (its Rotary is built with train_seq_len 1024):
-    a forward over T > N tokens uses base * (T/N)^(R/(R-2)). For parity checks, not training."""
+    rope_ntk_len: int = 0  # N > 0: #1550's NTK rescale (parity checks), T > N: base*(T/N)^(R/(R-2))
     qk_gain_init: float = 5.25
     ln_scale: bool = True
     """Scale each block's normed input by 1/sqrt(layer+1)."""
@@ -77,11 +73,8 @@ class ModelConfig:
     recur_layers: tuple[int, ...] = ()
     """Virtual layer list once recurrence is active, as physical indices ('' = never)."""
     attn_backend: str = "auto"
-    """'auto' (FA3 when importable on CUDA, else SDPA with the kernel/GQA form measured fastest
-    for the device, `pgolf.model.sdpa_plan`), 'sdpa', 'fa3', 'naive' (test oracle)."""
-    fused_ce: int = 0
-    """0 = plain loss (fp32 [B,T,V] logits). N > 0: chunked softcapped cross-entropy over N rows
-    at a time, logits recomputed in backward (never the whole fp32 [B,T,V])."""
+    """'auto' (FA3, else the fastest SDPA plan), 'sdpa[:kernel[+repeat]]', 'fa3', 'naive'."""
+    fused_ce: int = 0  # N > 0: loss by kernels.softcap_cross_entropy over chunks of N rows
     doc_mask: bool = False
     """Mask attention across BOS document boundaries (off in every record)."""
     bos_id: int = 1
@@ -524,8 +517,6 @@ def validate(cfg: RunConfig) -> None:
             problems.append(f"{name} {layers} outside 0..{m.num_layers - 1}")
     if m.recur_layers and any(not 0 <= i < m.num_layers for i in m.recur_layers):
         problems.append(f"recur_layers {m.recur_layers} outside 0..{m.num_layers - 1}")
-    if m.rope_ntk_len < 0 or m.fused_ce < 0:
-        problems.append("model.rope_ntk_len and model.fused_ce must be >= 0 (0 = off)")
     if m.activation not in ("relu2", "leaky_relu2"):
         problems.append(f"activation {m.activation!r} not in relu2, leaky_relu2")
     if m.parallel_residual not in ("none", "lanes", "gptj"):

@@ -398,7 +398,7 @@ class GPT(nn.Module):
         x = self._embed(idx, cache)
         x0 = x
         base, R = cfg.rope_base, self.rope_dims
-        if cfg.rope_ntk_len and T > cfg.rope_ntk_len:  # #1550's NTK quirk, parity checks only
+        if 0 < cfg.rope_ntk_len < T:  # #1550's NTK quirk, parity checks only
             base = base * (T / cfg.rope_ntk_len) ** (R / (R - 2))
         cos, sin = rope_tables(positions, R, base)  # [T,R/2]
         ve_all = self.ve(idx) if self.ve is not None else None  # [B,T,Hk*K], once per forward
