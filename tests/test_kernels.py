@@ -99,3 +99,16 @@ def test_time_sdpa_runs_on_cpu_and_model_plan_is_noop_off_cuda():
     assert all(b.attn.plan is None for b in model.blocks)
     forced = GPT(dc.replace(model.cfg, attn_backend="sdpa:math+repeat"))
     assert forced.blocks[0].attn.plan == K.SdpaPlan("math", False)
+
+
+def test_chunked_ce_traces_with_fullgraph_compile():
+    torch.manual_seed(4)
+    h = torch.randn(40, 16, requires_grad=True)
+    w, t = torch.randn(50, 16), torch.randint(0, 50, (40,))
+    f = torch.compile(
+        lambda h, w, t: K.softcap_cross_entropy(h, w, t, 30.0, 16), fullgraph=True,
+        backend="aot_eager",
+    )  # fmt: skip
+    (gc,) = torch.autograd.grad(f(h, w, t), h)
+    (ge,) = torch.autograd.grad(K.softcap_cross_entropy(h, w, t, 30.0, 16), h)
+    torch.testing.assert_close(gc, ge)
