@@ -4,7 +4,9 @@ One dataclass per concern (data, model, optimizer, training, evaluation, quantiz
 `RunConfig`. Presets are plain Python functions (`cpu-tiny`, `baseline`, `pr1493`, `pr1550`);
 variants are `dataclasses.replace` of a base. Precedence: preset < environment variables (the
 challenge's own names, e.g. `SEED`, `VOCAB_SIZE`, `MAX_WALLCLOCK_SECONDS`) < `--set key=value`.
-Preset values: Naive Baseline, PR #1493, PR #1550 (`../shared/spec/pr1550-stack.md` §3-5).
+
+Sources of the preset values: the Naive Baseline record, PR #1493 (merged legal-TTT record) and
+PR #1550 (pre-quant TTT stack); see `../shared/spec/pr1550-stack.md` sections 3-5.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class ModelConfig:
     """Rotary dims per head (partial RoPE); 0 = the whole head."""
     rope_base: float = 10000.0
     """Plain base at every length; we do not copy #1550's NTK rescale (≈22,082 at 2048)."""
-    rope_ntk_len: int = 0  # N > 0: #1550's NTK rescale (parity checks), T > N: base*(T/N)^(R/(R-2))
+    rope_ntk_len: int = 0
+    """N > 0 copies #1550's NTK rescale (parity checks): T > N tokens use base*(T/N)^(R/(R-2))."""
     qk_gain_init: float = 5.25
     ln_scale: bool = True
     """Scale each block's normed input by 1/sqrt(layer+1)."""
@@ -74,7 +77,8 @@ class ModelConfig:
     """Virtual layer list once recurrence is active, as physical indices ('' = never)."""
     attn_backend: str = "auto"
     """'auto' (FA3, else the fastest SDPA plan), 'sdpa[:kernel[+repeat]]', 'fa3', 'naive'."""
-    fused_ce: int = 0  # N > 0: loss by kernels.softcap_cross_entropy over chunks of N rows
+    fused_ce: int = 0
+    """N > 0: loss by `kernels.softcap_cross_entropy` over N rows at a time (no fp32 [B,T,V])."""
     doc_mask: bool = False
     """Mask attention across BOS document boundaries (off in every record)."""
     bos_id: int = 1
