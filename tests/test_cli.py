@@ -85,7 +85,8 @@ TINY = [
     "eval_seq_len=64",
     "eval_stride=32",
     "max_val_tokens=2048",
-    "max_wallclock_seconds=4",
+    "iterations=6",
+    "max_wallclock_seconds=20",
     "train_log_every=5",
     "passthrough_numel=1024",
     "calib_seqs=4",
@@ -95,7 +96,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    env = {"PGOLF_DATA_DIR": str(root / "data")}
+    env = {"PGOLF_DATA_DIR": "data"}  # relative to the run's cwd: the run stores it absolute
     args = ["run", "--run-dir", str(root / "run")]
     for kv in TINY:
         args += ["--set", kv]
@@ -174,7 +175,7 @@ def test_checkpoint_resumes_through_the_cli(tiny_run, tmp_path):
         str(ck),
     ]
     for kv in TINY:
-        args += ["--set", kv.replace("max_wallclock_seconds=4", "max_wallclock_seconds=6")]
+        args += ["--set", kv.replace("iterations=6", "iterations=8")]
     r = pgolf(*args, env=env, cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "resumed" / "final_model.safetensors").exists()
@@ -244,3 +245,25 @@ def test_over_budget_quantize_exits_3_after_writing_and_logs_into_the_run(tiny_r
     ok = pgolf(*args, "--allow-over-budget", env=env, cwd=root)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert f"quantize:{root / 'run'}" in (root / "run" / "log.txt").read_text()
+
+
+def test_quantize_and_eval_from_another_directory(tiny_run, tmp_path):
+    """The run was started in `root` with a relative data folder; its config stores absolute
+    paths, so the run quantizes and its artifact scores from anywhere. A tokenizer that has gone
+    is reported as missing."""
+    root, env, _ = tiny_run
+    cfg = json.loads((root / "run" / "config.json").read_text())["data"]
+    assert Path(cfg["data_path"]).is_absolute() and Path(cfg["tokenizer_path"]).is_absolute()
+    art = tmp_path / "again.pgolf"
+    q = pgolf("quantize", str(root / "run"), "--out", str(art), env=env, cwd=tmp_path)
+    assert q.returncode == 0, q.stderr[-3000:]
+    e = pgolf("eval", str(art), "--no-sliding", env=env, cwd=tmp_path)
+    assert e.returncode == 0, e.stderr[-3000:]
+    tok = Path(cfg["tokenizer_path"])
+    tok.rename(tok.with_suffix(".gone"))
+    try:
+        m = pgolf("eval", str(art), "--no-sliding", env=env, cwd=tmp_path)
+    finally:
+        tok.with_suffix(".gone").rename(tok)
+    assert m.returncode == 2 and f"tokenizer {tok} is missing" in m.stderr, m.stderr[-2000:]
+    assert "Traceback" not in m.stderr

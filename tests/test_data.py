@@ -245,9 +245,24 @@ def test_loader_argument_errors(tmp_path):
         D.make_train_loader(tmp_path / "x", "stream", 0, 1, 4, 1, 0)
     ld = D.make_train_loader(tmp_path, "stream", 0, 1, 4, 1, 0, train_shards=1)
     assert [f.name for f in ld.files] == ["t_train_000000.bin"]
-    bad = D.make_train_loader(tmp_path, "stream", 0, 1, 4, 1, 0, vocab_size=3)
     with pytest.raises(D.ShardError, match="t_train_000000.bin.*vocab_size 3"):
-        bad.next_batch()
+        D.make_train_loader(tmp_path, "stream", 0, 1, 4, 1, 0, vocab_size=3)
+
+
+@pytest.mark.parametrize("kind", ["stream", "shuffled"])
+def test_a_bad_later_shard_is_refused_when_the_folder_is_opened(tmp_path, kind):
+    """Not at the step that reaches it (issue 7: a run died at step 19 with nothing saved)."""
+    D.write_shard(tmp_path / "t_train_000000.bin", [1] * 5000)
+    D.write_shard(tmp_path / "t_train_000001.bin", [1] * 100 + [700])
+    D.write_shard(tmp_path / "t_val_000000.bin", [1] * 100)
+    D.write_shard(tmp_path / "t_val_000001.bin", [1] * 100 + [700])
+    with pytest.raises(D.ShardError, match="t_train_000001.bin.*700"):
+        D.make_train_loader(tmp_path, kind, 0, 1, 4, 1, 0, vocab_size=512)
+    with pytest.raises(D.ShardError, match="t_val_000001.bin.*700"):
+        D.load_val_tokens(tmp_path, 4, max_tokens=50, vocab_size=512)  # never reaches shard 1
+    (tmp_path / "t_train_000001.bin").write_bytes(b"\0" * 10)  # truncated
+    with pytest.raises(D.ShardError, match="t_train_000001.bin"):
+        D.make_train_loader(tmp_path, kind, 0, 1, 4, 1, 0, vocab_size=512)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -198,6 +198,44 @@ def test_wallclock_cap_stops_early(tmp_path, data_dir):
     assert result["steps"] == 1 and result["stopped_early"] is True
 
 
+class _SlowClock(T._Clock):
+    """A loaded machine, deterministically: the first step seems to take 20 s, every read while
+    running adds one more second."""
+
+    def ms(self) -> float:
+        if self.t0 is not None:
+            self.t0 -= 1.0 if getattr(self, "stalled", False) else 20.0
+            self.stalled = True
+        return super().ms()
+
+
+@pytest.mark.parametrize("schedule", ["steps", "time"])
+def test_step_schedule_ignores_a_wallclock_cap_that_does_not_bind(
+    tmp_path, data_dir, monkeypatch, schedule
+):
+    quick = run_train(tiny_cfg(schedule=schedule), tmp_path / "quick", data_dir)
+    monkeypatch.setattr(T, "_Clock", _SlowClock)
+    slow = run_train(tiny_cfg(schedule=schedule, max_wallclock_seconds=40.0), tmp_path / "slow",
+                     data_dir)  # fmt: skip
+    assert quick.steps == slow.steps == 6 and not slow.stopped_early
+    same = losses(tmp_path / "quick") == losses(tmp_path / "slow")
+    # 'time' (the records) warms down by the clock, so the control run must differ
+    assert same == (schedule == "steps")
+
+
+def test_binding_wallclock_safety_limit_is_logged(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(T, "_Clock", _SlowClock)
+    res = run_train(tiny_cfg(max_wallclock_seconds=23.0), tmp_path / "w", data_dir)
+    assert res.stopped_early and 0 < res.steps < 6
+    log = (tmp_path / "w" / "log.txt").read_text()
+    assert re.search(r"stopping_early: wallclock_cap train_time:\d+ms step:\d/6 \(safety", log)
+
+
+def test_cpu_tiny_is_capped_by_steps():
+    t = preset("cpu-tiny").train
+    assert t.schedule == "steps" and t.iterations == 440 and t.max_wallclock_seconds >= 300
+
+
 # ----------------------------------------------------------------------------------------------
 # 2 ranks (gloo) == 1 rank with 2 accumulation steps
 

@@ -14,10 +14,14 @@ three byte-fallback tokens worth three bytes, overstating the byte count of the 
 text shows '▁' where the source had a space); `build_byte_tables` refuses it unless
 `allow_missing_space=True`, as PR #1394/#1493 assert. `StreamCounter` gives the dataset
 statistics (documents, tokens, bytes, byte-fallback share) with the same rule.
+
+`check_tokenizer` refuses a tokenizer whose sha256 differs from the one the shard folder's
+`manifest.json` lists (a same-size vocabulary with other pieces silently gives another bpb).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +74,63 @@ def load_sp(sp_or_path: Any) -> Any:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
         raise ValueError(f"{path} is not a SentencePiece model: {e}") from e
+
+
+def _listed_sha(m: dict, name: str) -> str | None:
+    """The tokenizer sha256 a manifest lists for shard folder `name`: a pgolf build
+    (`variants[name]`), a single-tokenizer corpus (`tokenizer.sha256`, bench-v1) or the hub's
+    export (`datasets[].tokenizer_name` -> `tokenizers[]`)."""
+    v = m.get("variants", {}).get(name) if isinstance(m.get("variants"), dict) else None
+    if isinstance(v, dict):
+        file = (v.get("tokenizer") or {}).get("file")
+        return (v.get("files") or {}).get(file) or (v.get("recipe") or {}).get("tokenizer_sha256")
+    if isinstance(m.get("tokenizer"), dict) and isinstance(m["tokenizer"].get("sha256"), str):
+        return m["tokenizer"]["sha256"]
+    ds = [d for d in m.get("datasets", []) if isinstance(d, dict) and d.get("name") == name]
+    toks = [t for t in m.get("tokenizers", []) if isinstance(t, dict) and ds
+            and t.get("name") == ds[0].get("tokenizer_name")]  # fmt: skip
+    if toks:
+        sha, rel = toks[0].get("sha256"), toks[0].get("model_path") or toks[0].get("path")
+        if isinstance(sha, dict):
+            sha = sha.get(rel)
+        return sha if isinstance(sha, str) else None
+    return None
+
+
+def manifest_tokenizer_sha(data_dir: str | Path) -> tuple[str, Path] | None:
+    """(sha256, manifest path) of the tokenizer listed for a shard folder by the `manifest.json`
+    in it or up to two folders above it; None when no manifest lists one."""
+    d = Path(data_dir).resolve()
+    for place in (d, d.parent, d.parent.parent):
+        mf = place / "manifest.json"
+        if not mf.is_file():
+            continue
+        try:
+            m = json.loads(mf.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{mf}: unreadable manifest ({e}); repair or delete it") from None
+        if isinstance(m, dict) and (sha := _listed_sha(m, d.name)):
+            return sha, mf
+    return None
+
+
+def check_tokenizer(data_dir: str | Path, tokenizer: str | Path) -> None:
+    """Refuse a missing tokenizer, or one whose sha256 is not the one listed for the shards."""
+    from pgolf.data import sha256_file
+
+    tok = Path(tokenizer)
+    if not tok.is_file():
+        raise FileNotFoundError(
+            f"tokenizer {tok} is missing: set TOKENIZER_PATH (data.tokenizer_path) or --tokenizer "
+            f"to the SentencePiece .model the shards in {data_dir} were made with"
+        )
+    listed = manifest_tokenizer_sha(data_dir)
+    if listed and (got := sha256_file(tok)) != listed[0]:
+        raise ValueError(
+            f"tokenizer {tok} is not the one the shards in {data_dir} were made with: its sha256 "
+            f"{got[:12]}... differs from {listed[0][:12]}... listed in {listed[1]}; pass the "
+            "matching tokenizer (TOKENIZER_PATH / --tokenizer) or rebuild the shards with this one"
+        )
 
 
 def build_byte_tables(

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from pgolf import dist
+from pgolf.data import write_atomically
 
 FORMAT = "pgolf-checkpoint-1"
 
@@ -96,6 +97,16 @@ class Checkpoint:
     """Scalars: step, train_ms, recurrence, ... plus `config` (the RunConfig dict) when saved."""
 
 
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Unique temporary file + rename (removed on any failure: a full disk leaves nothing)."""
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)  # safetensors creates 0600 files
+
+    write_atomically(path, write)
+
+
 def save_checkpoint(
     path: str | Path,
     model: dict[str, torch.Tensor],
@@ -118,10 +129,7 @@ def save_checkpoint(
         "has_ema": "1" if ema is not None else "0",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)  # safetensors creates 0600 files
-    os.replace(tmp, path)
+    _save_safetensors(path, tensors, metadata)
     return path
 
 
@@ -161,9 +169,6 @@ def save_weights(
     """Plain safetensors weights (e.g. `final_model.safetensors`), atomically; rank 0 only."""
     path = Path(path)
     if dist.info().is_main:
-        tmp = path.with_name(path.name + ".tmp")
         plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
-        save_file(plain, str(tmp), {"meta": json.dumps(meta or {}, default=json_default)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        _save_safetensors(path, plain, {"meta": json.dumps(meta or {}, default=json_default)})
     return path

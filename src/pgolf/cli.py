@@ -19,6 +19,7 @@ file and the fix; set PGOLF_DEBUG=1 for the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -72,10 +73,8 @@ def cmd_params(preset: str, overrides: list[str]) -> int:
 
     cfg = C.load(preset, overrides)
     n = count_params(cfg.model)
-    print(
-        f"preset:{cfg.preset} layers:{cfg.model.num_layers} dim:{cfg.model.model_dim} "
-        f"vocab:{cfg.model.vocab_size}"
-    )
+    m = cfg.model
+    print(f"preset:{cfg.preset} layers:{m.num_layers} dim:{m.model_dim} vocab:{m.vocab_size}")
     print(n)
     return n
 
@@ -86,7 +85,7 @@ def cmd_train(
 ) -> dict:
     from pgolf import pipeline, train
     from pgolf.dist import init
-    from pgolf.runlog import RunDir, default_run_dir
+    from pgolf.runlog import new_run
 
     cfg = _default_data(C.load(preset, _with_data(overrides, data)))
     init(cfg.train.device)
@@ -94,7 +93,7 @@ def cmd_train(
     pipeline.check_vocab(cfg, tok)
     if resume and not any_seed:
         _check_resume_seed(Path(resume), cfg.train.seed)
-    run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
+    run = new_run(cfg, run_dir)  # a generated name is never shared
     try:
         res = train.train(cfg, run, resume=resume)
     finally:
@@ -136,8 +135,6 @@ def cmd_run(
     res = pipeline.run(cfg, run_dir, quantize=quantize, code_size=code_size, extras=_references)
     if info().is_main:
         plot_losses(Path(res["run_dir"]))
-
-    if info().is_main:
         print("\n".join(summary_lines({"iterations": cfg.train.iterations, **res})))
     return _check_budget(res, allow_over)
 
@@ -270,22 +267,9 @@ def cmd_budget(
     codec = meta.get("config", {}).get("quant", {}).get("codec", "brotli")
     rep = B.budget_report(tensors, meta, codec, code)
     lines = B.format_budget(rep)
-    w = None
-    if weights:
-        from safetensors.torch import load_file
-
-        w = load_file(weights)
-    for spec in bits + clip_k:
-        if "=" not in spec:
-            raise ValueError(f"{spec!r}: expected GROUP=VALUE, e.g. mlp=5")
-    for spec in bits:
-        g, v = spec.split("=", 1)
-        lines += B.format_what_if(B.what_if(tensors, meta, codec, group=g, bits=int(v), weights=w))
-    for spec in clip_k:
-        g, v = spec.split("=", 1)
-        lines += B.format_what_if(
-            B.what_if(tensors, meta, codec, group=g, clip_k=float(v), weights=w)
-        )
+    w = B.load_weights(weights) if weights else None
+    for kw in B.parse_what_ifs(tensors, bits, clip_k):  # checked before any work
+        lines += B.format_what_if(B.what_if(tensors, meta, codec, weights=w, **kw))
     if ve_dim is not None:
         lines += B.format_what_if(B.what_if(tensors, meta, codec, ve_dim=ve_dim, weights=w))
     if prune_to is not None:
@@ -431,11 +415,26 @@ def dispatch(a: argparse.Namespace):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message names the file and the fix (ShardError and ArtifactError are
-    ValueErrors; a diverged run keeps its last good checkpoint)."""
+    """Errors whose message names the file and the fix (OSError: see `describe_error`)."""
     from pgolf.train import TrainingDiverged
 
-    return (FileNotFoundError, ValueError, PermissionError, TrainingDiverged)
+    return (OSError, ValueError, TrainingDiverged)
+
+
+_OS_FIXES = {  # errno -> the fix, for OS errors on the user's paths (full disk, read-only, ...)
+    (errno.ENOSPC, errno.EDQUOT): "free disk space or write elsewhere (--run-dir / --out)",
+    (errno.EROFS, errno.EACCES, errno.EPERM): "check the permissions or write to a writable folder "
+    "(--run-dir / --out)", (errno.ENOENT, errno.EISDIR): "check the path",
+    (errno.ENOTDIR, errno.EEXIST): "a file is in the way (a part of the path is a file, not a "
+    "folder): move it or choose another path",
+}  # fmt: skip
+
+
+def describe_error(e: BaseException) -> str:
+    """The message a user sees: ours as written; an OS error as file + reason + fix."""
+    fix = next((f for codes, f in _OS_FIXES.items() if getattr(e, "errno", None) in codes), None)
+    ours = not (isinstance(e, OSError) and e.strerror and (e.filename or fix))
+    return str(e) if ours else f"{e.filename or ''}: {e.strerror}; {fix or 'check the path'}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -447,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     except _user_errors() as e:
         if os.environ.get("PGOLF_DEBUG"):
             raise
-        print(f"pgolf {args.cmd}: error: {e}", file=sys.stderr)
+        print(f"pgolf {args.cmd}: error: {describe_error(e)}", file=sys.stderr)
         sys.exit(2)
     except OverBudget as e:
         print(f"pgolf {args.cmd}: over budget: {e}", file=sys.stderr)

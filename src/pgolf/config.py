@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -26,15 +27,11 @@ from pgolf import config_env as E
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig:
-    data_path: str = ""
-    """Folder holding `*_train_NNNNNN.bin` / `*_val_NNNNNN.bin` shards ('' = embedded default)."""
-    tokenizer_path: str = ""
-    """SentencePiece `.model`; '' = the single `*.model` found in or beside `data_path`."""
-    loader: str = "stream"
-    """'stream' (sequential, PR #1550) or 'shuffled' (window sampler, PR #1493)."""
+    data_path: str = ""  # folder of *_{train,val}_NNNNNN.bin shards ('' = embedded default)
+    tokenizer_path: str = ""  # SentencePiece .model; '' = the one in or beside data_path
+    loader: str = "stream"  # 'stream' (sequential, #1550) or 'shuffled' (windows, #1493)
     train_shards: int = 0  # use only the first N train shards (0 = all)
-    max_val_tokens: int = 0
-    """Truncate the validation stream to this many tokens (0 = all); for smoke runs only."""
+    max_val_tokens: int = 0  # truncate the val stream (0 = all); smoke runs only
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -45,42 +42,29 @@ class ModelConfig:
     num_heads: int = 8
     num_kv_heads: int = 4
     mlp_mult: float = 4.0
-    activation: str = "leaky_relu2"
-    """'relu2' (baseline) or 'leaky_relu2' (LeakyReLU(slope)^2, PR #1493/#1550)."""
+    activation: str = "leaky_relu2"  # 'relu2' or LeakyReLU(slope)^2 (#1493/#1550)
     leaky_slope: float = 0.5
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
     logit_softcap: float = 30.0
-    rope_dims: int = 16
-    """Rotary dims per head (partial RoPE); 0 = the whole head."""
-    rope_base: float = 10000.0
-    """Plain base at every length; we do not copy #1550's NTK rescale (≈22,082 at 2048)."""
-    rope_ntk_len: int = 0
-    """N > 0 copies #1550's NTK rescale (parity checks): T > N tokens use base*(T/N)^(R/(R-2))."""
+    rope_dims: int = 16  # Rotary dims per head (partial RoPE); 0 = the whole head.
+    rope_base: float = 10000.0  # at every length (not #1550's NTK rescale, 22,082 at 2048)
+    rope_ntk_len: int = 0  # N > 0 copies #1550's NTK rescale above N tokens (parity checks only)
     qk_gain_init: float = 5.25
-    ln_scale: bool = True
-    """Scale each block's normed input by 1/sqrt(layer+1)."""
-    xsa_layers: tuple[int, ...] = tuple(range(11))
-    """Physical layers using Exclusive Self Attention (arXiv:2603.09078)."""
+    ln_scale: bool = True  # Scale each block's normed input by 1/sqrt(layer+1).
+    xsa_layers: tuple[int, ...] = tuple(range(11))  # Exclusive Self Attention, arXiv:2603.09078
     ve_dim: int = 44  # value-embedding table width (0 = off)
     ve_layers: tuple[int, ...] = (9, 10)
     smear_gate: bool = True
     unet_skips: bool = True
-    num_skip_weights: int = -1
-    """-1 = num_layers // 2 (#1550); #1493 uses 8 (from its looped encoder/decoder split)."""
-    skip_gate: str = "none"
-    """'none' (plain w*skip), 'sigmoid' (sigmoid(w)*skip, #1550 SIGMOID_SKIPS), 'lerp' (#1493)."""
-    parallel_residual: str = "lanes"
-    """'none', 'lanes' (#1550 two-lane routing) or 'gptj' (#1493 single-stream form)."""
+    num_skip_weights: int = -1  # -1 = num_layers // 2 (#1550); #1493: 8 (looped enc/dec split)
+    skip_gate: str = "none"  # 'none' w*skip, 'sigmoid' (#1550 SIGMOID_SKIPS), 'lerp' (#1493)
+    parallel_residual: str = "lanes"  # 'none', 'lanes' (#1550 two lanes), 'gptj' (#1493)
     parallel_start: int = 7  # first physical layer that runs in parallel-residual form
-    recur_layers: tuple[int, ...] = ()
-    """Virtual layer list once recurrence is active, as physical indices ('' = never)."""
-    attn_backend: str = "auto"
-    """'auto' (FA3, else the fastest SDPA plan), 'sdpa[:kernel[+repeat]]', 'fa3', 'naive'."""
-    fused_ce: int = 0
-    """N > 0: loss by `kernels.softcap_cross_entropy` over N rows at a time (no fp32 [B,T,V])."""
-    doc_mask: bool = False
-    """Mask attention across BOS document boundaries (off in every record)."""
+    recur_layers: tuple[int, ...] = ()  # virtual layers once recurrence is on (physical ids)
+    attn_backend: str = "auto"  # auto (FA3, else fastest SDPA), sdpa[:kernel[+repeat]], fa3, naive
+    fused_ce: int = 0  # N > 0: chunked softcapped CE, N rows at a time (no fp32 [B,T,V] logits)
+    doc_mask: bool = False  # Mask attention across BOS document boundaries (off in every record).
     bos_id: int = 1
 
 
@@ -92,13 +76,10 @@ class OptimConfig:
     muon_momentum_warmup_steps: int = 1500
     muon_wd: float = 0.095
     muon_nesterov: bool = True
-    ns_coeffs: str = "polar_express"
-    """'polar_express' (per-iteration coefficients, arXiv:2505.16932) or 'quintic'."""
+    ns_coeffs: str = "polar_express"  # per-iteration (arXiv:2505.16932) or 'quintic'
     ns_steps: int = 4
-    muon_row_norm: bool = True
-    """MuonEq-R: normalise rows of the (wide-oriented) update before Newton-Schulz."""
-    embed_lr: float = 0.03
-    """AdamW LR of the tied embedding and the value-embedding table (TIED_EMBED_LR)."""
+    muon_row_norm: bool = True  # MuonEq-R: normalise update rows before Newton-Schulz
+    embed_lr: float = 0.03  # AdamW LR, tied embedding + value-embedding table (TIED_EMBED_LR)
     embed_wd: float = 0.095
     scalar_lr: float = 0.02
     scalar_wd: float = 0.02
@@ -106,8 +87,7 @@ class OptimConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.3  # global norm clip on the averaged gradient (0 = off)
-    warmdown_frac: float = 0.72
-    """LR multiplier falls linearly over the last fraction of the wall-clock budget."""
+    warmdown_frac: float = 0.72  # LR falls linearly over the last fraction (train.schedule)
     lr_floor: float = 0.0
     ema_decay: float = 0.9965  # 0 = no EMA
 
@@ -120,9 +100,9 @@ class TrainConfig:
     train_seq_len: int = 2048
     grad_accum_steps: int = 0  # 0 = 8 // world_size (one GPU reproduces the 8-GPU batch)
     max_wallclock_seconds: float = 600.0
+    schedule: str = "time"  # LR/recurrence progress: 'time' = max(clock, step), 'steps' = step
     reserve_seconds: float = 0.0  # of the budget, kept for Hessians (GPTQ_RESERVE_SECONDS)
-    warmup_steps: int = 20
-    """Compile warm-up steps on the real shapes; weights, optimizer and loader are reset after."""
+    warmup_steps: int = 20  # compile warm-up steps; weights, optimizer, loader reset after
     val_loss_every: int = 4000
     train_log_every: int = 500
     recur_start_step: int = -1  # recurrence on after this step (-1 = use recur_start_frac)
@@ -150,8 +130,7 @@ class QuantConfig:
     embed_clip_k: float = 20.0
     embed_method: str = "gptq"  # 'gptq' (output-side Hessian, #1493) or 'rtn' (#1550)
     passthrough_numel: int = 65536  # tensors with at most this many elements: fp16
-    calib: str = "train"
-    """'train' (training batches, #1493) or 'selfgen' (sequences sampled by the model, #1550)."""
+    calib: str = "train"  # 'train' (training batches, #1493) or 'selfgen' (sampled, #1550)
     calib_seqs: int = 32
     calib_temperature: float = 0.8
     block_size: int = 128
@@ -298,6 +277,9 @@ def baseline() -> RunConfig:
 def cpu_tiny() -> RunConfig:
     """Minutes on 2 CPU cores: the full #1550 feature set at toy size, on the embedded default.
 
+    Capped by 440 steps (a quiet 2-core machine's 443 in the former 150 s), LR by step progress:
+    the same model on any machine; 600 s of wall clock is a safety limit, logged when it binds.
+
     Chosen by measurement on 2 cores (dev/LOG.md): at 150 s, 4L x 128d with a 512-piece vocabulary
     reached 1.750 bpb (1.740 with 4,096-token steps instead of 8,192), against 1.798 for 4L x 160d
     (same vocab) and 1.892 for 6L x 192d at vocab 1024."""
@@ -334,7 +316,9 @@ def cpu_tiny() -> RunConfig:
             train_batch_tokens=4096,
             train_seq_len=256,
             grad_accum_steps=1,
-            max_wallclock_seconds=150.0,
+            iterations=440,
+            max_wallclock_seconds=600.0,
+            schedule="steps",
             warmup_steps=0,
             val_loss_every=0,
             train_log_every=50,
@@ -388,9 +372,12 @@ def parse_value(type_str: Any, raw: str) -> Any:
             return False
         raise ValueError(f"not a boolean: {raw!r}")
     if t == "int":
-        return int(float(raw)) if "e" in raw.lower() else int(raw)
+        v = float(raw) if "e" in raw.lower() else int(raw)  # 1e400: OverflowError
+        return int(v) if v == int(v) else int(raw)  # int('1.5e0') raises ValueError
     if t == "float":
-        return float(raw)
+        if math.isnan(v := float(raw)):
+            raise ValueError("NaN is not a usable value")
+        return v
     if t.startswith("tuple[int"):
         raw = raw.strip("()[] ")
         return tuple(int(x) for x in raw.replace(" ", ",").split(",") if x.strip())
@@ -414,7 +401,10 @@ def set_field(cfg: RunConfig, key: str, raw: str) -> RunConfig:
     cls = classes[section]
     if not name_in(cls, name):
         raise ValueError(f"unknown config key {key!r}{_nearest(key)}")
-    value = parse_value(_field_type(cls, name), raw)
+    try:
+        value = parse_value(ftype := _field_type(cls, name), raw)
+    except (ValueError, OverflowError) as e:
+        raise ValueError(f"{section}.{name}={raw!r} is not a valid {ftype} ({e})") from None
     sub = replace(getattr(cfg, section), **{name: value})
     return replace(cfg, **{section: sub})
 
@@ -463,9 +453,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> R
 
 
 def load(
-    name: str,
-    overrides: list[str] | tuple[str, ...] = (),
-    environ: Mapping[str, str] | None = None,
+    name: str, overrides: list[str] | tuple[str, ...] = (), environ: Mapping[str, str] | None = None
 ) -> RunConfig:
     """Preset < environment < overrides, then validated."""
     cfg = apply_overrides(apply_env(preset(name), environ), overrides)
@@ -495,11 +483,27 @@ def grad_accum_steps(t: TrainConfig, world_size: int) -> int:
     return 8 // world_size
 
 
+SDPA_PLANS = tuple(f"sdpa:{k}{r}" for k in ("default", "cudnn", "flash", "efficient", "math")
+                   for r in ("", "+repeat"))  # fmt: skip  (pgolf.kernels.parse_sdpa)
+CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `validate` up front
+    "data.loader": ("stream", "shuffled"), "model.activation": ("relu2", "leaky_relu2"),
+    "model.skip_gate": ("none", "sigmoid", "lerp"), "optim.ns_coeffs": ("polar_express", "quintic"),
+    "model.parallel_residual": ("none", "lanes", "gptj"), "train.schedule": ("time", "steps"),
+    "model.attn_backend": ("auto", "sdpa", "fa3", "naive", *SDPA_PLANS),
+    "quant.method": ("gptq", "rtn"),
+    "train.device": ("auto", "cpu", "cuda", "mps"), "quant.embed_method": ("gptq", "rtn"),
+    "quant.calib": ("train", "selfgen"), "quant.codec": ("brotli", "lzma", "zstd"),
+    "ttt.mode": ("none", "score_first", "lora", "prequant"), "ttt.lora_init": ("reset", "warm"),
+}  # fmt: skip
+
+
 def validate(cfg: RunConfig) -> None:
     m, t, e = cfg.model, cfg.train, cfg.eval
     positive = {"num_heads": m.num_heads, "num_kv_heads": m.num_kv_heads, "model_dim": m.model_dim,
                 "num_layers": m.num_layers, "vocab_size": m.vocab_size,
-                "train_seq_len": t.train_seq_len, "eval_seq_len": e.eval_seq_len}  # fmt: skip
+                "train_seq_len": t.train_seq_len, "eval_seq_len": e.eval_seq_len,
+                "iterations": t.iterations, "train_batch_tokens": t.train_batch_tokens,
+                "val_batch_seqs": e.val_batch_seqs}  # fmt: skip
     bad = [k for k, v in positive.items() if v <= 0]
     if bad:
         raise ValueError(f"invalid config: {', '.join(bad)} must be positive")
@@ -521,24 +525,16 @@ def validate(cfg: RunConfig) -> None:
             problems.append(f"{name} {layers} outside 0..{m.num_layers - 1}")
     if m.recur_layers and any(not 0 <= i < m.num_layers for i in m.recur_layers):
         problems.append(f"recur_layers {m.recur_layers} outside 0..{m.num_layers - 1}")
-    if m.activation not in ("relu2", "leaky_relu2"):
-        problems.append(f"activation {m.activation!r} not in relu2, leaky_relu2")
-    if m.parallel_residual not in ("none", "lanes", "gptj"):
-        problems.append(f"parallel_residual {m.parallel_residual!r} not in none, lanes, gptj")
-    if m.skip_gate not in ("none", "sigmoid", "lerp"):
-        problems.append(f"skip_gate {m.skip_gate!r} not in none, sigmoid, lerp")
-    if cfg.data.loader not in ("stream", "shuffled"):
-        problems.append(f"data.loader {cfg.data.loader!r} not in stream, shuffled")
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if (v := getattr(getattr(cfg, section), name)) not in allowed:
+            problems.append(f"{key}={v!r} is not one of {', '.join(allowed)} (--set {key}=...)")
     if t.train_batch_tokens % t.train_seq_len:
         problems.append("train_batch_tokens must be a multiple of train_seq_len")
     if e.eval_stride <= 0 or e.eval_stride > e.eval_seq_len:
         problems.append(f"eval_stride {e.eval_stride} must be in 1..eval_seq_len")
-    if cfg.optim.ns_coeffs not in ("polar_express", "quintic"):
-        problems.append(f"ns_coeffs {cfg.optim.ns_coeffs!r} not in polar_express, quintic")
     if not 2 <= cfg.quant.matrix_bits <= 8 or not 2 <= cfg.quant.embed_bits <= 8:
         problems.append("quantization bit widths must be within 2..8")
-    if cfg.ttt.mode not in ("none", "score_first", "lora", "prequant"):
-        problems.append(f"ttt.mode {cfg.ttt.mode!r} not in none, score_first, lora, prequant")
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
 

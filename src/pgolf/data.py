@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +74,27 @@ def write_shard(path: str | Path, tokens: Any) -> None:
     atomic_write(path, header.tobytes() + arr.astype("<u2").tobytes())
 
 
+def temp_path(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process and call (pid + random suffix)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a unique temporary file beside `path`, then rename it over `path`; the
+    temporary file is removed whatever happens (a full disk leaves nothing behind)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, blob: bytes) -> None:
     """Write `blob` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_bytes(blob))
 
 
 def read_header(path: str | Path) -> int:
@@ -174,8 +191,7 @@ def load_val_tokens(
     if not files:
         raise ShardError(f"no *_val_NNNNNN.bin shards in {data_dir}")
     parts, n = [], 0
-    for f in files:
-        arr = read_shard(f, vocab_size)
+    for arr in [read_shard(f, vocab_size) for f in files]:  # every shard checked up front
         if max_tokens > 0:
             arr = arr[: max(0, max_tokens - n)]
         parts.append(np.asarray(arr, dtype=np.int64))
@@ -196,14 +212,6 @@ def load_val_tokens(
 # Training loaders
 
 
-def _check_ids(arr: np.ndarray, vocab_size: int | None, path: Path) -> None:
-    if vocab_size is not None and arr.size and int(arr.max()) >= vocab_size:
-        raise ShardError(
-            f"{path}: token id {int(arr.max())} >= vocab_size {vocab_size}; set VOCAB_SIZE to "
-            "match the shards' tokenizer"
-        )
-
-
 def _to_xy(chunk: np.ndarray, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     t = torch.from_numpy(chunk.astype(np.int64))
     return t[:-1].reshape(rows, -1), t[1:].reshape(rows, -1)
@@ -215,7 +223,7 @@ class _Loader:
     def __init__(self, files: list[Path], vocab_size: int | None) -> None:
         self.files = files
         self.vocab_size = vocab_size
-        self.shards = [read_shard(f) for f in files]
+        self.shards = [read_shard(f, vocab_size) for f in files]  # headers + max id, up front
 
     def _check_state(self, d: dict[str, Any]) -> None:
         if d.get("kind") != self.kind:
@@ -250,9 +258,7 @@ class StreamLoader(_Loader):
                 continue
             k = min(n, shard.size - self.pos)
             if keep:
-                piece = np.asarray(shard[self.pos : self.pos + k])
-                _check_ids(piece, self.vocab_size, self.files[self.file_idx])
-                out.append(piece)
+                out.append(np.asarray(shard[self.pos : self.pos + k]))
             self.pos += k
             n -= k
         return np.concatenate(out) if keep else None
@@ -334,9 +340,7 @@ class ShuffledLoader(_Loader):
         for _ in range(self.rows):
             s, start = self._pick()
             i = self.segments[s][0]
-            win = np.asarray(self.shards[i][start : start + self.seq_len + 1])
-            _check_ids(win, self.vocab_size, self.files[i])
-            rows.append(win)
+            rows.append(np.asarray(self.shards[i][start : start + self.seq_len + 1]))
         t = torch.from_numpy(np.stack(rows).astype(np.int64))
         return t[:, :-1], t[:, 1:]
 

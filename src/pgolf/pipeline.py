@@ -29,9 +29,10 @@ CodeSize = Callable[[C.RunConfig], tuple[int, str]]
 
 
 def resolve_data(cfg: C.RunConfig) -> tuple[C.RunConfig, Path, Path]:
-    """Return cfg with data_path/tokenizer_path filled in, both absolute (so a run folder's config
-    works from any directory). The CLI builds the embedded default first when no path is set."""
+    """cfg with data_path/tokenizer_path filled in, absolute (a run's config works from any
+    directory), the tokenizer checked against the folder's manifest (the CLI builds defaults)."""
     from pgolf import data as D
+    from pgolf.bpb import check_tokenizer
 
     if not cfg.data.data_path:
         raise ValueError(
@@ -44,8 +45,8 @@ def resolve_data(cfg: C.RunConfig) -> tuple[C.RunConfig, Path, Path]:
             f"data folder {data_dir} does not exist: build it with `pgolf data default` or "
             "`pgolf data fineweb`, or pass --data DIR"
         )
-    tok = Path(cfg.data.tokenizer_path) if cfg.data.tokenizer_path else D.find_tokenizer(data_dir)
-    tok = tok.resolve()
+    tok = Path(cfg.data.tokenizer_path or D.find_tokenizer(data_dir)).resolve()
+    check_tokenizer(data_dir, tok)  # present, and the one the folder's manifest lists
     cfg = replace(cfg, data=replace(cfg.data, data_path=str(data_dir), tokenizer_path=str(tok)))
     return cfg, data_dir, tok
 
@@ -253,6 +254,7 @@ def eval_artifact(
         cfg = cfg if ttt is None else replace(cfg, ttt=replace(cfg.ttt, mode=ttt))
         data_dir = Path(data) if data else Path(cfg.data.data_path)
         tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
+        bpb.check_tokenizer(data_dir, tok)  # present, and the one the folder's manifest lists
         want = meta.get("tokenizer_sha256")
         if want and _sha256(tok) != want:
             raise ValueError(
@@ -293,12 +295,12 @@ def run(
     extras: Extras | None = None,
 ) -> dict[str, Any]:
     """The main job (see the module docstring); returns what it writes to result.json."""
-    from pgolf.runlog import RunDir, default_run_dir
+    from pgolf.runlog import new_run
 
     init(cfg.train.device)  # first: rank-aware logging and run-folder naming
     cfg, data_dir, tok = resolve_data(cfg)
     check_vocab(cfg, tok)
-    run = RunDir(Path(run_dir) if run_dir else default_run_dir(cfg))
+    run = new_run(cfg, run_dir)  # a generated name is never shared
     try:
         return _run(cfg, run, data_dir, quantize, code_size, extras)
     finally:

@@ -16,7 +16,9 @@ Checkpoints live in checkpoint.py. Only rank 0 writes anything; every rank may r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -27,10 +29,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+import torch.distributed as tdist
 
 from pgolf import config as C
 from pgolf import config_env, dist
 from pgolf.checkpoint import json_default
+from pgolf.data import write_atomically
 
 
 def code_hash(n_hex: int = 12) -> str:
@@ -71,7 +75,8 @@ def environment() -> dict[str, Any]:
 
 def default_run_dir(cfg: C.RunConfig, root: str | Path = "out") -> Path:
     """`out/<YYYYmmdd-HHMMSS>_<preset>_s<seed>` (or `cfg.train.run_dir` when that is set); the
-    time is rank 0's, broadcast, so every rank of a torchrun job names the same folder."""
+    time is rank 0's, broadcast, so every rank of a torchrun job names the same folder. Open it
+    with `RunDir(path, exclusive=True)`: a second run in the same second gets `...-2`."""
     if cfg.train.run_dir:
         return Path(cfg.train.run_dir)
     now = torch.tensor([time.time()], dtype=torch.float64, device=dist.info().device)
@@ -80,9 +85,24 @@ def default_run_dir(cfg: C.RunConfig, root: str | Path = "out") -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def claim_dir(path: str | Path) -> Path:
+    """Create a new run folder exclusively: `path`, else `path-2`, `path-3`, ... (rank 0 picks,
+    every rank gets its name), so two runs started in the same second never share one."""
+    path, name = Path(path), [None]
+    if dist.info().is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for k in itertools.count(1):
+            cand = path if k == 1 else path.with_name(f"{path.name}-{k}")
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(cand)  # atomic: exactly one process creates a given name
+                name = [str(cand)]
+                break
+    if dist.is_dist():
+        tdist.broadcast_object_list(name, src=0)
+    return Path(name[0]) if name[0] else path
 
 
 HEADLINE_ORDER = ("ttt", "sliding", "roundtrip", "prequant", "live")
@@ -103,11 +123,21 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def new_run(cfg: C.RunConfig, run_dir: str | Path | None = None) -> RunDir:
+    """The run folder: `run_dir` or `train.run_dir` as given (created, or reused when it exists),
+    else a generated `default_run_dir` name, created exclusively (`claim_dir`)."""
+    if run_dir or cfg.train.run_dir:
+        return RunDir(run_dir or cfg.train.run_dir)
+    return RunDir(default_run_dir(cfg), exclusive=True)
+
+
 class RunDir:
     """One run's folder. Creating it makes the folder (on rank 0); nothing else is written yet."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, exclusive: bool = False) -> None:
+        """`exclusive`: a new folder, suffixed `-2`, `-3`, ... when `path` exists (`claim_dir`);
+        else `path` is created when missing and reused when it exists (an explicit --run-dir)."""
+        self.path = claim_dir(path) if exclusive else Path(path)
         self._log: TextIO | None = None
         self._metrics: TextIO | None = None
         self._header_done = False

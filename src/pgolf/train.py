@@ -11,7 +11,8 @@
 * Clock: CUDA is synchronised before each read; validation and checkpoint I/O are excluded. LR
   multiplier = `optim.lr_multiplier(max(elapsed / (budget - reserve), step / iterations))`: the
   records' wall-clock progress, plus iteration progress so that an iteration-bound run (and its
-  resume) warms down deterministically. Stop and recurrence decisions are MAX-all-reduced.
+  resume) warms down deterministically; `train.schedule=steps` (cpu-tiny) uses step progress
+  alone: the wall clock only stops an overrun (logged). Stop/recurrence flags are MAX-reduced.
 * EMA after every optimizer step, copied into the model at the end (section 4.4).
 * A non-finite loss raises `TrainingDiverged`; checkpoints are never written from non-finite
   weights, so the last good one stays on disk. Ctrl-C saves a checkpoint, then re-raises.
@@ -65,10 +66,6 @@ class TrainResult:
     tables: ByteTables
     val_tokens: Tensor
     run: RunDir
-
-    @property
-    def last_val(self) -> EvalResult | None:
-        return self.val
 
 
 def local_batch(cfg: C.RunConfig, world: int) -> tuple[int, int]:
@@ -310,12 +307,13 @@ def train(
     cap_s = t.max_wallclock_seconds - t.reserve_seconds
     budget_ms = 1000.0 * cap_s if t.max_wallclock_seconds > 0 else math.inf
     iters, clock, val, done = t.iterations, _Clock(device, now_ms), None, step
+    sched_ms = budget_ms if t.schedule == "time" else math.inf  # 'steps': clock only stops
     clock.start()
     try:
         while True:
             # decisions for the next step, agreed by all ranks (MAX of the flags)
             by_step = t.recur_start_step >= 0 and step >= t.recur_start_step
-            progress = max(now_ms / budget_ms, step / max(iters, 1))  # as the LR schedule
+            progress = max(now_ms / sched_ms, step / max(iters, 1))  # as the LR schedule
             by_frac = t.recur_start_frac >= 0 and progress >= t.recur_start_frac
             want = tr.recur_on and not model.recurrence_active and (by_step or by_frac)
             flags = torch.tensor([float(now_ms >= budget_ms), float(want)], device=device)
@@ -330,7 +328,7 @@ def train(
                 model.set_recurrence(True)
                 vl = model.virtual_layers()
                 dist.log0(f"recurrence:activated at step {step}, virtual_layers={vl}")
-            mult = lr_multiplier(max(now_ms / budget_ms, step / max(iters, 1)), cfg.optim)
+            mult = lr_multiplier(max(now_ms / sched_ms, step / max(iters, 1)), cfg.optim)
             tr.opt.set_lr_mult(mult)
             tr.opt.set_muon_momentum(muon_momentum_at(step, cfg.optim))
             loss = tr.step()
@@ -359,7 +357,9 @@ def train(
     now_ms = clock.stop()
     stopped_early = time_up and step < iters
     if stopped_early:
-        dist.log0(f"stopping_early: wallclock_cap train_time:{now_ms:.0f}ms step:{step}/{iters}")
+        note = " (safety limit; train.schedule=steps)" if t.schedule == "steps" else ""
+        ms = f"{now_ms:.0f}ms"
+        dist.log0(f"stopping_early: wallclock_cap train_time:{ms} step:{step}/{iters}{note}")
     if device.type == "cuda":
         mib = torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20
         dist.log0(f"peak memory allocated: {mib[0]} MiB reserved: {mib[1]} MiB")

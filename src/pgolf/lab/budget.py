@@ -335,3 +335,42 @@ def reference_input(tensors: Iterable[QTensor]) -> bytes:
     fp16 scale, then every fp16 passthrough tensor."""
     parts = [tensor_parts(t) for t in tensors]
     return b"".join(b"".join(p[i] for p in parts) for i in range(3))
+
+
+def load_weights(path: str) -> dict[str, torch.Tensor]:
+    """`--weights`: the run's fp32 safetensors, or an error naming the file and the fix."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors raises its own error type for a foreign file
+        raise ValueError(
+            f"--weights {path}: not a safetensors file ({e}); pass the run's "
+            "final_model.safetensors"
+        ) from None
+
+
+def parse_what_ifs(tensors: Iterable[QTensor], bits: list[str], clip_k: list[str]) -> list[dict]:
+    """`--bits GROUP=N` / `--clip-k GROUP=K` -> `what_if` keywords, each checked (a group this
+    artifact quantizes, bits 2..8, a finite k >= 0) before any work is done."""
+    groups = sorted({group_of(t) for t in tensors if t.kind == "int"})
+    out: list[dict] = []
+    for flag, specs, key in (("--bits", bits, "bits"), ("--clip-k", clip_k, "clip_k")):
+        for spec in specs:
+            g, sep, v = spec.partition("=")
+            if not sep or g not in groups:
+                raise ValueError(
+                    f"{flag} {spec!r}: expected GROUP=VALUE with GROUP one of this artifact's "
+                    f"quantized groups {', '.join(groups)} (e.g. {flag} mlp=5)"
+                )
+            try:
+                val = int(v) if key == "bits" else float(v)
+            except ValueError as e:
+                raise ValueError(f"{flag} {spec!r}: {e}") from None
+            if not (2 <= val <= 8 if key == "bits" else 0 <= val < float("inf")):
+                need = "bits must be within 2..8" if key == "bits" else "k must be finite, >= 0"
+                raise ValueError(f"{flag} {spec!r}: {need}")
+            out.append({"group": g, key: val})
+    return out

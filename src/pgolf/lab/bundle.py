@@ -31,6 +31,7 @@ import brotli
 
 import pgolf
 from pgolf import config as C
+from pgolf.data import atomic_write
 
 SRC = Path(pgolf.__file__).resolve().parent
 FORMS = ("raw", "stripped", "lzma", "brotli")
@@ -216,7 +217,5 @@ def write_bundle(cfg: C.RunConfig, out: str | Path, form: str = "auto") -> dict[
     blob, rep = build(cfg, form)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(out)
+    atomic_write(out, blob)  # unique temporary name, removed on failure
     return {"path": str(out), **rep}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pgolf import data as D
-from pgolf.bpb import StreamCounter, load_sp
+from pgolf.bpb import StreamCounter, check_tokenizer, load_sp
 from pgolf.dist import log0
 from pgolf.lab.tokenizer import SP_TRAINER_ARGS, train_tokenizer
 
@@ -222,7 +222,7 @@ def build_corpus(
         else:
             model_path = out / Path(tokenizer).name
             if Path(tokenizer).resolve() != model_path.resolve():
-                shutil.copyfile(tokenizer, model_path)
+                D.write_atomically(model_path, lambda tmp: shutil.copyfile(tokenizer, tmp))
         folder.mkdir(parents=True, exist_ok=True)
         stats = {s: _write_split(sp, t, folder, prefix, s, shard_tokens) for s, t in texts.items()}
         rels = [model_path.name, *(f"{variant}/{f}" for s in stats.values() for f in s["bin_files"])]  # noqa: E501
@@ -309,14 +309,13 @@ def download_fineweb(
         log0(f"data: fetching {repo}:{remote}")
         src = Path(fetch(repo_id=repo, filename=remote, repo_type="dataset")).resolve()
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)  # hard link out of the hub cache where possible, as the reference
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-        tmp.unlink(missing_ok=True)  # rename does nothing when both names link one file
+        def place(tmp: Path) -> None:  # hard link out of the hub cache where possible
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+
+        D.write_atomically(dest, place)  # unlinks tmp (a rename of one file's two links is a no-op)
         try:
             _check_file(dest, sha)
         except D.ShardError:
@@ -379,6 +378,7 @@ def inspect(path: Path, tokenizer: Path | None = None) -> dict[str, Any]:
     sp = None
     try:
         tokenizer = Path(tokenizer) if tokenizer is not None else D.find_tokenizer(folder)
+        check_tokenizer(folder, tokenizer)  # the one the folder's manifest lists, if any
         sp = load_sp(tokenizer)
     except FileNotFoundError as e:
         if tokenizer is not None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pgolf.data import atomic_write
 from pgolf.dist import log0
 
 # fmt: off
@@ -44,9 +45,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
             "choose a larger --vocab-size"
         ) from e
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())  # unique temporary name, removed on failure
     return path
 
 
