@@ -120,3 +120,15 @@ def test_bundle_under_torchrun_with_two_gloo_ranks(corpus, tmp_path):
     assert "world_size:2" in (folder / "run" / "log.txt").read_text()
     assert "final_int6_sliding_window_exact val_loss:" in r.stdout
     assert len(_losses(folder / "run")) == 3
+
+
+def test_bundle_over_budget_writes_its_artifact_and_fails_closed(corpus, tmp_path):
+    folder = tmp_path / "record"
+    folder.mkdir()
+    bundle.write_bundle(C.load("cpu-tiny", [*TINY, "byte_budget=1000"]), folder / "train_gpt.py")
+    env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"))
+    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env,
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode != 0 and "over budget by" in r.stderr, r.stderr[-2000:]
+    assert (folder / "run" / "artifact.pgolf").stat().st_size > 1000  # written, kept
+    assert "RUN_COMPLETE" in r.stdout

@@ -286,14 +286,8 @@ Extras = Callable[[C.RunConfig, Any, Any, Any], dict[str, Any]]
 """(cfg, run folder, val tokens, byte tables) -> more result fields (the CLI adds references)."""
 
 
-def run(
-    cfg: C.RunConfig,
-    run_dir: str | None = None,
-    quantize: bool = True,
-    *,
-    code_size: CodeSize,
-    extras: Extras | None = None,
-) -> dict[str, Any]:
+def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True, *,
+        code_size: CodeSize, extras: Extras | None = None) -> dict[str, Any]:  # fmt: skip
     """The main job (see the module docstring); returns what it writes to result.json."""
     from pgolf.runlog import new_run
 
@@ -317,14 +311,9 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
     device = next(model.parameters()).device
     tables = result.tables  # built by train() from the same tokenizer, already on the device
     val = result.val_tokens
-    out: dict[str, Any] = {
-        "preset": cfg.preset,
-        "steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "stopped_early": result.stopped_early,
-        "run_dir": str(run.path),
-        "data_path": str(data_dir),
-    }
+    out: dict[str, Any] = dict(preset=cfg.preset, steps=result.steps,
+                               train_seconds=result.train_seconds, run_dir=str(run.path),
+                               stopped_early=result.stopped_early, data_path=str(data_dir))
     pre = evaluate_model(cfg, model, val, tables, "pre_quant", False, device)
     out["val_bpb_prequant"], out["val_loss_prequant"] = pre["roundtrip_bpb"], pre["roundtrip_loss"]
     log0(f"DIAGNOSTIC post_ema val_loss:{pre['roundtrip_loss']:.4f} val_bpb:"
@@ -362,14 +351,9 @@ def load_run_model(cfg: C.RunConfig, weights: Path, device: torch.device):
     return _model_from_state(cfg, load_file(str(weights)), device, wmeta, str(weights))
 
 
-def quantize_run(
-    run_dir: str | Path,
-    overrides: list[str] | tuple[str, ...] = (),
-    out: str | None = None,
-    plan: dict[str, dict] | None = None,
-    *,
-    code_size: CodeSize,
-) -> dict[str, Any]:
+def quantize_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                 out: str | None = None, plan: dict[str, dict] | None = None, *,
+                 code_size: CodeSize) -> dict[str, Any]:  # fmt: skip
     """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact."""
     run_dir = Path(run_dir)
     cfg_file, weights = run_dir / "config.json", run_dir / "final_model.safetensors"
@@ -393,8 +377,17 @@ def bundle_main(config: dict[str, Any], script: str) -> dict[str, Any]:
     challenge's environment variables, runs the record job; code bytes are the script's length."""
     import os
 
+    from pgolf.dist import cleanup
+
     cfg = C.apply_env(C.from_dict(config), os.environ)
     C.validate(cfg)
-    code = len(Path(script).read_bytes())
-    desc = f"{CODE_DESC}: {Path(script).name}"  # the same words as pgolf.lab.bundle.code_size
-    return run(cfg, os.environ.get("RUN_DIR") or None, code_size=lambda _cfg: (code, desc))
+    code, desc = len(Path(script).read_bytes()), f"{CODE_DESC}: {Path(script).name}"  # as the lab
+    ok = False
+    try:
+        res = run(cfg, os.environ.get("RUN_DIR") or None, code_size=lambda _cfg: (code, desc))
+        ok = True
+    finally:
+        cleanup(ok)  # end the process group (torchrun), the barrier only on success
+    if res.get("budget_margin", 0) < 0:  # fail closed: the artifact is written, the exit is not 0
+        raise SystemExit(f"over budget by {-res['budget_margin']} bytes ({res['run_dir']})")
+    return res
