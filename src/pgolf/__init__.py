@@ -10,6 +10,7 @@ CORE_MODULES = (
     "sampling",
     "model",
     "optim",
+    "rans",
     "artifact",
     "quant",
     "evaluate",
