@@ -13,6 +13,7 @@ CORE_MODULES = (
     "rans",
     "artifact",
     "quant",
+    "lqer",
     "evaluate",
     "ttt_lora",
     "ttt",

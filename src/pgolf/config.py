@@ -151,8 +151,10 @@ class QuantConfig:
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = True
-    codec: str = "brotli"  # 'brotli', 'lzma' or 'zstd'
+    codec: str = "brotli"  # 'brotli', 'lzma', 'zstd' or 'rans' (codes entropy-coded, rest brotli)
     pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
+    lqer_rank: int = 0  # rank of the int8 low-rank correction of the GPTQ error; 0 = off
+    lqer_groups: str = "mlp"  # comma list of attn, mlp, embed, value_embed given a correction
     byte_budget: int = 16_000_000
 
 
@@ -574,6 +576,10 @@ def validate(cfg: RunConfig) -> None:
         problems.append("quantization bit widths must be within 2..8")
     if cfg.ttt.mode not in ("none", "score_first", "lora", "prequant"):
         problems.append(f"ttt.mode {cfg.ttt.mode!r} not in none, score_first, lora, prequant")
+    lqer_ok = {"", "attn", "mlp", "embed", "value_embed"}
+    if cfg.quant.lqer_rank < 0 or {g.strip() for g in cfg.quant.lqer_groups.split(",")} - lqer_ok:
+        problems.append("quant.lqer_rank must be >= 0 and quant.lqer_groups a comma list of "
+                        "attn, mlp, embed, value_embed")  # fmt: skip
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
 

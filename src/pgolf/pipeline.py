@@ -145,6 +145,11 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
     tensors = quant.quantize_state(
         state, hessians, plan, block_size=q.block_size, damp=q.damp, act_order=q.act_order
     )
+    if q.lqer_rank > 0:
+        from pgolf import lqer
+
+        groups = [g.strip() for g in q.lqer_groups.split(",") if g.strip()]
+        tensors += lqer.lqer_tensors(state, tensors, hessians, q.lqer_rank, groups, q.damp)
     log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
     return tensors
 
@@ -203,13 +208,13 @@ def _sha256(path: Path) -> str | None:
 
 def load_artifact_model(path: Path, device: torch.device):
     """(config, model with the dequantized weights, artifact metadata) — nothing unpickled."""
-    from pgolf import artifact, quant
+    from pgolf import artifact, lqer, quant
 
     tensors, meta = artifact.load_artifact(path)
     if "config" not in meta:
         raise ValueError(f"{path}: artifact has no model config in its metadata; re-run quantize")
     cfg = C.from_dict(meta["config"])
-    state = quant.dequantize_state(tensors)
+    state = lqer.add_back(quant.dequantize_state(tensors))
     return cfg, _model_from_state(cfg, state, device, meta, str(path)), meta
 
 
