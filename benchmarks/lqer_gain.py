@@ -3,8 +3,8 @@
     python benchmarks/lqer_gain.py RUN_DIR [--ranks 2,4,8] [--groups mlp,attn] [--codec rans]
 
 RUN_DIR is a folder written by `pgolf run`/`pgolf train` (config.json + final_model.safetensors).
-Each row quantizes the same weights with GPTQ (same calibration) plus `quant.lqer_rank` terms on
-one group, through the real container and back, and reports bytes and bpb against rank 0.
+Each row quantizes the same weights with GPTQ (same calibration) plus low-rank terms of one rank
+on one group (`quant.lqer`), through the real container and back; bytes and bpb against rank 0.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pgolf import config as C
 from pgolf import pipeline as P
 from pgolf.data import load_val_tokens
 from pgolf.dist import init
+from pgolf.model import graph_state
 
 
 def main() -> None:
@@ -37,18 +38,18 @@ def main() -> None:
     cfg = C.from_dict(json.loads((run / "config.json").read_text()))
     cfg, data_dir, tok = P.resolve_data(cfg)
     model = P.load_run_model(cfg, run / "final_model.safetensors", di.device)
-    recurrence = model.recurrence_active
+    gmeta = graph_state(model)
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size).to(di.device)
     val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens,
                           cfg.model.vocab_size)  # fmt: skip
 
     def measure(rank: int, group: str) -> dict:
-        qc = replace(cfg, quant=replace(cfg.quant, lqer_rank=rank, lqer_groups=group))
+        qc = replace(cfg, quant=replace(cfg.quant, lqer=f"{group}:{rank}" if rank else ""))
         torch.manual_seed(0)
         tensors = P.quantize_model(qc, model, data_dir)
         blob = A.encode_artifact(tensors, {}, codec=a.codec)
         state = lqer.add_back(quant.dequantize_state(A.decode_artifact(blob)[0]))
-        m = P._model_from_state(qc, state, di.device, recurrence)
+        m = P._model_from_state(qc, state, di.device, gmeta, "lqer_gain")
         r = P.evaluate_model(qc, m, val, tables, "bench", False, di.device)["roundtrip_bpb"]
         return {"rank": rank, "group": group, "bytes": len(blob), "bpb": r,
                 "base_codes": [t.codes for t in tensors if t.group != "lqer" and t.kind == "int"]}

@@ -54,10 +54,14 @@ def test_fit_is_the_weighted_optimum_brute_force() -> None:
 def test_factors_round_trip_through_an_artifact_and_are_added_back() -> None:
     W, H, codes, scales = problem(seed=3)
     qt = QTensor("blocks.0.mlp.fc.weight", tuple(W.shape), "int", 3, codes, scales, group="mlp")
-    extra = lqer.lqer_tensors({qt.name: W}, [qt], {qt.name: H.float()}, 4, ["mlp"])
+    args = ({qt.name: W}, [qt], {qt.name: H.float()})
+    extra = lqer.lqer_tensors(*args, lqer.parse_spec("mlp:4,attn:2"))
     assert [t.name for t in extra] == [qt.name + ".lqer.a", qt.name + ".lqer.b"]
-    assert lqer.lqer_tensors({qt.name: W}, [qt], {qt.name: H.float()}, 4, ["attn"]) == []
-    assert lqer.lqer_tensors({qt.name: W}, [qt], {qt.name: H.float()}, 0, ["mlp"]) == []
+    assert extra[0].shape == (W.shape[0], 4)
+    assert lqer.lqer_tensors(*args, {"attn": 4}) == []
+    assert lqer.lqer_tensors(*args, lqer.parse_spec("mlp:0")) == []
+    with pytest.raises(ValueError, match="group:rank"):
+        lqer.parse_spec("mlp:8,ffn:2")
     for codec in ("brotli", "rans"):
         out, _ = decode_artifact(encode_artifact([qt, *extra], {}, codec=codec))
         state = lqer.add_back(dequantize_state(out))

@@ -144,8 +144,7 @@ class QuantConfig:
     embed_clip_k: float = 20.0
     embed_method: str = "gptq"  # 'gptq' (output-side Hessian, #1493) or 'rtn' (#1550)
     passthrough_numel: int = 65536  # tensors with at most this many elements: fp16
-    calib: str = "train"
-    """'train' (training batches, #1493) or 'selfgen' (sequences sampled by the model, #1550)."""
+    calib: str = "train"  # 'train' (training batches, #1493) or 'selfgen' (model samples, #1550)
     calib_seqs: int = 32
     calib_temperature: float = 0.8
     block_size: int = 128
@@ -153,8 +152,7 @@ class QuantConfig:
     act_order: bool = True
     codec: str = "brotli"  # 'brotli', 'lzma', 'zstd' or 'rans' (codes entropy-coded, rest brotli)
     pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
-    lqer_rank: int = 0  # rank of the int8 low-rank correction of the GPTQ error; 0 = off
-    lqer_groups: str = "mlp"  # comma list of attn, mlp, embed, value_embed given a correction
+    lqer: str = ""  # low-rank GPTQ-error terms: group:rank list, e.g. "mlp:8,attn:4" (pgolf.lqer)
     byte_budget: int = 16_000_000
 
 
@@ -576,10 +574,6 @@ def validate(cfg: RunConfig) -> None:
         problems.append("quantization bit widths must be within 2..8")
     if cfg.ttt.mode not in ("none", "score_first", "lora", "prequant"):
         problems.append(f"ttt.mode {cfg.ttt.mode!r} not in none, score_first, lora, prequant")
-    lqer_ok = {"", "attn", "mlp", "embed", "value_embed"}
-    if cfg.quant.lqer_rank < 0 or {g.strip() for g in cfg.quant.lqer_groups.split(",")} - lqer_ok:
-        problems.append("quant.lqer_rank must be >= 0 and quant.lqer_groups a comma list of "
-                        "attn, mlp, embed, value_embed")  # fmt: skip
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
 

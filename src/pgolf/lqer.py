@@ -5,8 +5,9 @@ arXiv:2402.02446); an asymmetric low-rank error term in Parameter Golf: PR #1797
 after GPTQ, for the tensors of the chosen groups, the error E = W - Ŵ is approximated by A·B of
 rank r minimizing the layer's output error tr((E - AB) H (E - AB)ᵀ): with H + λI = L·Lᵀ
 (Cholesky), the best AB is the rank-r truncated SVD of E·L times L⁻¹. A [R, r] and B [r, C] are
-stored as int8 with per-row max-abs scales, as two more int tensors "<name>.lqer.a"/".lqer.b"
-of group "lqer"; `add_back` (run on load) folds A·B into the dequantized weight and drops them.
+stored as int8 with per-row max-abs scales (rank per group: `quant.lqer` "mlp:8,attn:4"), as two
+more int tensors "<name>.lqer.a"/".lqer.b" of group "lqer"; `add_back` (run on load) folds A·B
+into the dequantized weight and drops them.
 """
 
 from __future__ import annotations
@@ -42,24 +43,36 @@ def quantized_factors(E: Tensor, H: Tensor, rank: int, damp: float = 0.01):
     return rtn_quantize(A, 8, 0.0), rtn_quantize(B, 8, 0.0)
 
 
+GROUPS = ("attn", "mlp", "embed", "value_embed")
+
+
+def parse_spec(spec: str) -> dict[str, int]:
+    """quant.lqer "mlp:8,attn:4" -> {"mlp": 8, "attn": 4} (asymmetric ranks per group)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        group, _, rank = part.partition(":")
+        if group not in GROUPS or not rank.isdigit():
+            raise ValueError(f"quant.lqer: {part!r} is not group:rank with a group from "
+                             f"{', '.join(GROUPS)} (e.g. 'mlp:8,attn:4')")  # fmt: skip
+        out[group] = int(rank)
+    return out
+
+
 def lqer_tensors(
     state: Mapping[str, Tensor],
     qtensors: Iterable[Any],
     hessians: Mapping[str, Tensor],
-    rank: int,
-    groups: Iterable[str],
+    ranks: Mapping[str, int],
     damp: float = 0.01,
 ) -> list[Any]:
-    """The factor QTensors for every int tensor of `groups` that has a Hessian (rank 0: none).
-
-    A factor pair is kept only if it lowers the H-weighted error after its own quantization."""
+    """The factor QTensors for every int tensor of a group in `ranks` {group: rank} that has a
+    Hessian. A pair is kept only if it lowers the H-weighted error after its own quantization."""
     from pgolf.artifact import QTensor
 
-    groups, out = set(groups), []
-    if rank <= 0:
-        return out
+    out = []
     for qt in qtensors:
-        if qt.kind != "int" or qt.group not in groups or qt.name not in hessians:
+        rank = ranks.get(qt.group, 0)
+        if qt.kind != "int" or rank <= 0 or qt.name not in hessians:
             continue
         W = state[qt.name].detach().float().cpu().reshape(qt.rows, -1)
         W_hat = dequantize(qt.codes.reshape(qt.rows, -1), qt.scales)

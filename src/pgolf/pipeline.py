@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from pgolf import config as C
+from pgolf import lqer
 from pgolf import ttt as TT
 from pgolf.dist import barrier, info, init, log0
 
@@ -145,11 +146,8 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
     tensors = quant.quantize_state(
         state, hessians, plan, block_size=q.block_size, damp=q.damp, act_order=q.act_order
     )
-    if q.lqer_rank > 0:
-        from pgolf import lqer
-
-        groups = [g.strip() for g in q.lqer_groups.split(",") if g.strip()]
-        tensors += lqer.lqer_tensors(state, tensors, hessians, q.lqer_rank, groups, q.damp)
+    if q.lqer:  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
+        tensors += lqer.lqer_tensors(state, tensors, hessians, lqer.parse_spec(q.lqer), q.damp)
     log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
     return tensors
 
@@ -208,7 +206,7 @@ def _sha256(path: Path) -> str | None:
 
 def load_artifact_model(path: Path, device: torch.device):
     """(config, model with the dequantized weights, artifact metadata) — nothing unpickled."""
-    from pgolf import artifact, lqer, quant
+    from pgolf import artifact, quant
 
     tensors, meta = artifact.load_artifact(path)
     if "config" not in meta:
