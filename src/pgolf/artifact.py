@@ -9,7 +9,7 @@ File = 32-byte wrapper header + compressed stream (all integers little-endian):
 
     0   8  magic b"\\x89PGOLF\\r\\n"
     8   1  wrapper version (1)
-    9   1  codec id: 1 brotli (quality 11), 2 lzma (raw LZMA2, preset 9|EXTREME), 3 zstd (22)
+    9   1  codec id: 1 brotli-11, 2 lzma (raw LZMA2, 9|EXTREME), 3 zstd-22, 4 rans (rans.wrap_split)
     10  1  byte-shuffle stride S (1 = none, up to 8)
     11  1  reserved (0)
     12  8  u64 payload length P (before shuffling)
@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pgolf import rans
 from pgolf.artifact_check import (
     CODEC_IDS,
     CODECS,
@@ -60,8 +61,11 @@ from pgolf.artifact_check import (
     MAX_RAW_BYTES,
     MAX_TENSORS,
     ArtifactError,
+    byte_shuffle,
+    byte_unshuffle,  # noqa: F401  (re-exported: part of the container API)
     compress,
-    decompress,
+    decompress,  # noqa: F401
+    inflate,
     max_stream_bytes,
     read_regular,
 )
@@ -133,23 +137,6 @@ def unpack_bits(buf: bytes, bits: int, n: int) -> np.ndarray:
         u = np.packbits(b, axis=1).reshape(m).astype(np.int16)
         out[i : i + m] = u - (1 << (bits - 1))
     return out
-
-
-def byte_shuffle(data: bytes, stride: int) -> bytes:
-    """Zero-pad to a multiple of `stride`, then all bytes at offset 0 mod stride, 1 mod stride..."""
-    a = np.frombuffer(bytes(data) + b"\0" * (-len(data) % stride), dtype=np.uint8)
-    return a.reshape(-1, stride).T.tobytes()
-
-
-def byte_unshuffle(data: bytes, stride: int, n: int) -> bytes | memoryview:
-    """Inverse of `byte_shuffle` for an original length n (padding must be zero); a view of one
-    copy, so a large payload is held once, not twice."""
-    if len(data) % stride or len(data) // stride != -(-n // stride):
-        raise ValueError(f"byte_unshuffle: {len(data)} bytes do not match length {n}/{stride}")
-    a = np.frombuffer(data, dtype=np.uint8).reshape(stride, -1).T.reshape(-1)
-    if a[n:].any():
-        raise ValueError("byte_unshuffle: non-zero padding")
-    return data if stride == 1 else memoryview(a[:n])
 
 
 def _check(t: QTensor) -> None:
@@ -227,7 +214,13 @@ def wrap(payload: bytes, codec: str = "brotli", shuffle: int = DEFAULT_SHUFFLE) 
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     if not 1 <= shuffle <= 8:
         raise ValueError(f"shuffle stride must be within 1..8, got {shuffle}")
-    stream = compress(byte_shuffle(payload, shuffle), codec)
+    if codec == "rans":  # int8 codes section by rANS (one table per int tensor), the rest brotli
+        lens, packed = struct.unpack_from("<5Q", payload, 16), payload[10] & 1
+        sizes = [t.numel for t in parse_payload(payload)[0] if t.kind == "int" and not packed]
+        squeeze = lambda b: compress(byte_shuffle(b, shuffle), "brotli")  # noqa: E731
+        stream = rans.wrap_split(payload, 56 + lens[0], 56 + sum(lens[:2]), sizes, squeeze)
+    else:
+        stream = compress(byte_shuffle(payload, shuffle), codec)
     head = _WRAP.pack(
         WRAP_MAGIC, WRAP_VERSION, CODEC_IDS[codec], shuffle, 0, len(payload), len(stream)
     )
@@ -274,12 +267,10 @@ def unwrap(blob: bytes, source: str = "<bytes>", max_raw: int = MAX_RAW_BYTES) -
     view = memoryview(blob)
     if zlib.crc32(view[32:], zlib.crc32(view[:28])) != crc:
         raise ArtifactError(f"{source}: bad checksum (CRC-32): the file is corrupted or modified")
-    expect = -(-plen // stride) * stride
     try:
-        raw = decompress(view[32:], codec, expect)
-        if len(raw) != expect:
-            raise ValueError(f"decompressed to {len(raw)} bytes, header says {expect}")
-        return byte_unshuffle(raw, stride, plen)
+        if codec == "rans":
+            return rans.unwrap_split(view[32:], plen, lambda b, n: inflate(b, stride, n))
+        return inflate(view[32:], stride, plen, codec)
     except Exception as e:  # every codec has its own error type; all mean a bad stream
         raise ArtifactError(f"{source}: {codec} stream does not decode: {e}") from None
 

@@ -21,6 +21,7 @@ from typing import Any
 from unittest import mock
 
 import brotli
+import numpy as np
 import torch
 import zstandard
 
@@ -36,7 +37,7 @@ MAX_LAYERS = 128  # physical layers; records use 9-11 (a meta-device build costs
 MAX_TUPLE = 256
 MAX_EVAL_TOKENS = 1 << 21  # eval_seq_len * val_batch_seqs (PR #1550 uses 2048 * 32 = 2^16)
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-CODEC_IDS = {"brotli": 1, "lzma": 2, "zstd": 3}
+CODEC_IDS = {"brotli": 1, "lzma": 2, "zstd": 3, "rans": 4}  # rans: artifact.py + rans.py
 CODECS = tuple(CODEC_IDS)
 
 
@@ -229,3 +230,28 @@ def require_finite(label: str, scores: Mapping[str, Any]) -> None:
     if bad:
         raise ValueError(f"{label}: scores are not finite {bad}: the weights are broken (NaN/inf); "
                          "retrain or re-quantize")  # fmt: skip
+
+
+def byte_shuffle(data: bytes, stride: int) -> bytes:
+    """Zero-pad to a multiple of `stride`, then all bytes at offset 0 mod stride, 1 mod stride..."""
+    a = np.frombuffer(bytes(data) + b"\0" * (-len(data) % stride), dtype=np.uint8)
+    return a.reshape(-1, stride).T.tobytes()
+
+
+def byte_unshuffle(data: bytes, stride: int, n: int) -> bytes | memoryview:
+    """Inverse of `byte_shuffle` for an original length n (padding must be zero); a view of one
+    copy, so a large payload is held once, not twice."""
+    if len(data) % stride or len(data) // stride != -(-n // stride):
+        raise ValueError(f"byte_unshuffle: {len(data)} bytes do not match length {n}/{stride}")
+    a = np.frombuffer(data, dtype=np.uint8).reshape(stride, -1).T.reshape(-1)
+    if a[n:].any():
+        raise ValueError("byte_unshuffle: non-zero padding")
+    return data if stride == 1 else memoryview(a[:n])
+
+
+def inflate(stream: bytes, stride: int, n: int, codec: str = "brotli") -> bytes:
+    """Bounded decompress + unshuffle to exactly n bytes."""
+    raw = decompress(stream, codec, expect := -(-n // stride) * stride)
+    if len(raw) != expect:
+        raise ValueError(f"decompressed to {len(raw)} bytes, header says {expect}")
+    return byte_unshuffle(raw, stride, n)

@@ -16,6 +16,7 @@ import torch
 
 from pgolf import artifact_check as AC
 from pgolf import config as C
+from pgolf import lqer
 from pgolf import ttt as TT
 from pgolf.dist import barrier, info, init, log0
 from pgolf.runlog import size_lines
@@ -143,6 +144,8 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
     tensors = quant.quantize_state(
         state, hessians, plan, block_size=q.block_size, damp=q.damp, act_order=q.act_order
     )
+    if q.lqer:  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
+        tensors += lqer.lqer_tensors(state, tensors, hessians, lqer.parse_spec(q.lqer), q.damp)
     log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
     return tensors
 
@@ -200,7 +203,7 @@ def load_artifact_model(path: Path, device: torch.device):
     tensors, meta = artifact.load_artifact(path)
     cfg = artifact_check.config_from_meta(meta, str(path))
     artifact_check.check_shapes(cfg, tensors, str(path))
-    state = quant.dequantize_state(tensors)
+    state = lqer.add_back(quant.dequantize_state(tensors))
     return cfg, _model_from_state(cfg, state, device, meta, str(path)), meta
 
 

@@ -1,0 +1,131 @@
+"""Entropy-coded weights: the rANS codec against general-purpose compressors on the same codes.
+
+For the int codes of an artifact (or synthetic `pr1550`-shaped codes) prints: the order-0
+empirical entropy bound (one table per tensor), rANS table + lane-state overhead, rANS bytes,
+Brotli-11 at the best byte-shuffle stride, lzma, zstd, the ratio to Brotli-11, and decode times
+of rANS and Brotli side by side in one process; then whole artifacts, codec brotli vs rans.
+
+    python benchmarks/entropy_codec.py --artifact RUN/artifact.pgolf
+    python benchmarks/entropy_codec.py --synthetic pr1550 [--fraction 1.0]
+
+Synthetic codes: every tensor the pr1550 plan quantizes, with its shape, bits and SDClip k, from
+i.i.d. Gaussian weights by `pgolf.quant.rtn_quantize` (trained weights have heavier tails and
+row structure, so this measures the coder, not a trained model's entropy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import time
+
+import numpy as np
+import torch
+
+from pgolf import artifact as A
+from pgolf import config as C
+from pgolf import rans
+from pgolf.model import GPT
+from pgolf.quant import make_plan, rtn_quantize
+
+
+def synthetic(preset: str, fraction: float, seed: int = 0) -> list[A.QTensor]:
+    cfg = C.PRESETS[preset]()
+    with torch.device("meta"):
+        sd = GPT(cfg.model).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for e in make_plan(sd, cfg.quant, cfg.model):
+        shape = tuple(sd[e.name].shape)
+        if e.method == "fp16":
+            continue
+        rows = max(1, int(shape[0] * fraction))
+        W = torch.randn((rows, int(np.prod(shape[1:]))), generator=g) / shape[-1] ** 0.5
+        codes, scales = rtn_quantize(W, e.bits, e.clip_k)
+        out.append(A.QTensor(e.name, W.shape, "int", e.bits, codes, scales, group=e.group))
+    return out
+
+
+def order0_bytes(segs: list[np.ndarray]) -> float:
+    total = 0.0
+    for s in segs:
+        if s.size:
+            p = np.bincount(s.astype(np.int16) + 128) / s.size
+            p = p[p > 0]
+            total += float(-(p * np.log2(p)).sum()) * s.size / 8
+    return total
+
+
+def timed(fn, reps: int = 3):
+    """(result, best wall seconds, best process CPU seconds) over `reps` calls."""
+    best, cpu, out = float("inf"), float("inf"), None
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return out, best, cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--artifact", default=None)
+    ap.add_argument("--synthetic", default=None, help="preset name, e.g. pr1550")
+    ap.add_argument("--fraction", type=float, default=1.0, help="rows kept per synthetic tensor")
+    ap.add_argument("--prec", type=int, default=rans.DEFAULT_PREC)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    if a.artifact:
+        tensors, _ = A.load_artifact(a.artifact)
+        src = a.artifact
+    else:
+        tensors, src = synthetic(a.synthetic or "pr1550", a.fraction), f"synthetic {a.synthetic}"
+    ints = [t for t in tensors if t.kind == "int"]
+    segs = [t.codes.numpy().reshape(-1) for t in ints]
+    codes = np.concatenate(segs)
+    sizes = [s.size for s in segs]
+    raw = codes.tobytes()
+    n = codes.size
+
+    bound = order0_bytes(segs)
+    blob, enc_s, _ = timed(lambda: rans.encode(codes, sizes, prec=a.prec), reps=1)
+    tables = len(rans._tables(rans._segments(codes, sizes), a.prec)[1])
+    states = 4 * rans.default_lanes(n)
+    dec, dec_s, dec_cpu = timed(lambda: rans.decode(blob, expect=n))
+    assert np.array_equal(dec, codes)
+    brot = {s: len(A.compress(A.byte_shuffle(raw, s), "brotli")) for s in (1, 2, 4)}
+    best_s = min(brot, key=brot.get)
+    bstream = A.compress(A.byte_shuffle(raw, best_s), "brotli")
+    _, bdec_s, bdec_cpu = timed(lambda: A._decompress(bstream, "brotli", len(raw)))
+    lz = len(lzma.compress(raw, format=lzma.FORMAT_RAW, filters=A._LZMA_FILTERS))
+    zs = len(A.compress(raw, "zstd"))
+    res = dict(source=src, codes=n, tensors=len(ints), bound=round(bound), tables=tables,
+               lane_states=states, rans=len(blob), brotli11=brot[best_s], brotli_stride=best_s,
+               lzma=lz, zstd=zs, ratio_to_brotli=len(blob) / brot[best_s],
+               over_bound_plus_tables=len(blob) / (bound + tables + states) - 1,
+               rans_decode_s=dec_s, brotli_decode_s=bdec_s, rans_encode_s=enc_s,
+               rans_decode_cpu_s=dec_cpu, brotli_decode_cpu_s=bdec_cpu)  # fmt: skip
+    art = {c: len(A.encode_artifact(tensors, {}, codec=c)) for c in ("brotli", "rans")}
+    res.update(artifact_brotli=art["brotli"], artifact_rans=art["rans"],
+               artifact_ratio=art["rans"] / art["brotli"])  # fmt: skip
+    print(f"source: {src}: {n:,} codes in {len(ints)} tensors")
+    print(f"order-0 bound          {bound:>14,.0f} bytes ({8 * bound / n:.4f} bits/code)")
+    print(f"tables + lane states   {tables:>14,} + {states:,} bytes")
+    print(f"rANS                   {len(blob):>14,} bytes "
+          f"({100 * res['over_bound_plus_tables']:+.3f}% vs bound + tables + states)")  # fmt: skip
+    for s, v in brot.items():
+        print(f"brotli-11 shuffle {s}    {v:>14,} bytes")
+    print(f"lzma (9e)              {lz:>14,} bytes")
+    print(f"zstd-22                {zs:>14,} bytes")
+    print(f"rANS / brotli-11 best  {res['ratio_to_brotli']:>14.4f}")
+    print(f"decode wall/CPU s (best of 3): rANS {dec_s:.3f}/{dec_cpu:.3f}  "
+          f"brotli {bdec_s:.3f}/{bdec_cpu:.3f}; rANS encode {enc_s:.2f}")  # fmt: skip
+    print(f"whole artifact: brotli {art['brotli']:,}  rans {art['rans']:,}  "
+          f"ratio {res['artifact_ratio']:.4f}")  # fmt: skip
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
