@@ -88,8 +88,8 @@ def test_corpus_splits_paragraphs_and_refuses_an_empty_validation_split(tmp_path
     assert len(D.read_documents([txt], "paragraph")) == 40
     assert len(D.read_documents([txt], "file")) == 1
     assert len(D.read_documents([txt], "line")) == 40
-    with pytest.raises(ValueError, match="split .* would be empty"):
-        D.build_corpus([txt], tmp_path / "one", vocab_size=64, split="file")
+    with pytest.raises(ValueError, match="validation split of 40 documents would be empty"):
+        D.build_corpus([txt], tmp_path / "one", vocab_size=64, split="paragraph", val_permille=1)
 
 
 def test_help_and_version_do_not_import_torch():
