@@ -6,6 +6,8 @@
     pgolf data default|corpus|fineweb|inspect ...                        datasets
     pgolf quantize RUN_DIR [--set quant.key=value ...]                   → artifact
     pgolf eval ARTIFACT [--stride 64] [--data DIR]                       round trip + sliding
+    pgolf audit ARTIFACT [--ttt MODE] [--quick] | --static SCRIPT | --train CFG   compliance
+    pgolf study ttt-memorization RUN_DIR [--epochs 0,1,2,4]          NON-RECORD study
     pgolf budget ARTIFACT [--bits GROUP=N] [--clip-k GROUP=K] [--ve-dim N] [--prune-to BYTES]
     pgolf stats RUN_OR_RECORD... [--against DIR | --against-bpb X --against-loss Y] [--json]
     pgolf export RUN_DIR... --out DIR [--name N] [--author A --github-id G] [--track T]
@@ -244,6 +246,18 @@ def cmd_eval(
     return _check_budget(res, allow_over)
 
 
+def cmd_audit(
+    artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
+    static: str | None = None, train: str | None = None, overrides: list[str] = (),
+) -> int:
+    """Compliance audit (pgolf.lab.audit_run): prints the table; 1 on any failure."""
+    from pgolf.lab.audit_run import main
+
+    text, rc = main(artifact, ttt, data, as_json, quick, static, train, overrides)
+    print(text)
+    return rc
+
+
 def cmd_budget(
     artifact: str,
     bits: list[str],
@@ -401,6 +415,15 @@ def dispatch(a: argparse.Namespace):
         return cmd_eval(
             a.artifact, a.stride, a.data, not a.no_sliding, a.ttt, a.allow_over_budget
         )
+    if a.cmd == "audit":
+        sys.exit(cmd_audit(a.artifact, a.ttt, a.data, a.json, a.quick, a.static, a.train,
+                           a.overrides))  # fmt: skip
+    if a.cmd == "study":
+        from pgolf.lab.study import run_study, table
+
+        res = run_study(a.run_dir, [int(e) for e in a.epochs.split(",") if int(e) > 0], a.tokens)
+        print("\n".join(table(res)))
+        return res
     if a.cmd == "budget":
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
     if a.cmd == "bundle":

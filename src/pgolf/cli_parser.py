@@ -144,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time training mode (default: the run's)")  # fmt: skip
     _budget_flag(p)
 
+    p = _sub(sub, "audit", "compliance tests (issue #1017 conditions) on an artifact; exit 1 on "
+             "a failure")  # fmt: skip
+    p.add_argument("artifact", nargs="?", default=None, help="artifact.pgolf")
+    p.add_argument("--ttt", default=None, help="plain, sliding, score_first, lora or prequant")
+    p.add_argument("--data", default=None, help="validation shards (default: the run's)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quick", action="store_true", help="a short slice, fewer probes")
+    p.add_argument("--static", default=None, metavar="SCRIPT", help="static pre-screen only")
+    p.add_argument("--train", default=None, metavar="CONFIG_OR_RUN",
+                   help="T1.3: two short runs, real vs decoy validation shard")  # fmt: skip
+    _set(p)
+
+    p = _sub(sub, "study", "NON-RECORD studies: ttt-memorization RUN_DIR")
+    p.add_argument("study", choices=["ttt-memorization"])
+    p.add_argument("run_dir", help="a run folder with final_model.safetensors")
+    p.add_argument("--epochs", default="0,1,2,4", help="whole-epoch ladder")
+    p.add_argument("--tokens", type=int, default=16384, help="validation tokens used")
+
     p = _sub(sub, "budget", "byte budget per component, with what-ifs (each from the artifact, "
              "not stacked)")  # fmt: skip
     p.add_argument("artifact", help="artifact.pgolf")

@@ -202,9 +202,10 @@ def consumed(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def score_first(
     cfg: RunConfig, model: nn.Module, val_tokens: torch.Tensor, tables: ByteTables,
-    device: torch.device, ledger: Ledger,
+    device: torch.device, ledger: Ledger, token_nll: torch.Tensor | None = None,
 ) -> EvalResult:  # fmt: skip
-    """PR #1493's legal TTT (see the module docstring); returns the totals over every target."""
+    """PR #1493's legal TTT (see the module docstring); returns the totals over every target.
+    `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it)."""
     t, e = cfg.ttt, cfg.eval
     amp = torch.bfloat16 if device.type == "cuda" else None
     tokens = torch.as_tensor(val_tokens).to(torch.int64).cpu()
@@ -222,7 +223,7 @@ def score_first(
             continue
         plan = (starts[sel], lo[sel], hi[sel])
         r = score_windows(model, tokens, plan, e.eval_seq_len, e.val_batch_seqs, tables, device,
-                          amp)  # fmt: skip
+                          amp, token_nll)  # fmt: skip
         acc += (r.nll_sum, r.tokens, r.bytes)
         a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())
         ledger.score([(a, b)], version)
@@ -250,16 +251,17 @@ def score_first(
 
 def run_ttt(
     cfg: RunConfig, model: nn.Module, val_tokens: torch.Tensor, tables: ByteTables,
-    device: torch.device | str,
+    device: torch.device | str, token_nll: torch.Tensor | None = None,
 ) -> tuple[EvalResult, Ledger]:  # fmt: skip
-    """The eval-time modes (none = plain sliding, score_first, lora) -> (totals, ledger)."""
+    """The eval-time modes (none = plain sliding, score_first, lora) -> (totals, ledger);
+    `token_nll` as in `pgolf.evaluate.eval_sliding`."""
     device = torch.device(device)
     ledger = Ledger()
     mode = cfg.ttt.mode
     if mode == "score_first":
-        return score_first(cfg, model, val_tokens, tables, device, ledger), ledger
+        return score_first(cfg, model, val_tokens, tables, device, ledger, token_nll), ledger
     if mode == "lora":
-        r = ttt_lora.lora_ttt(cfg, model, val_tokens, tables, device, ledger)
+        r = ttt_lora.lora_ttt(cfg, model, val_tokens, tables, device, ledger, token_nll)
         return r, ledger.gather()
     if mode == "none":
         e = cfg.eval
@@ -267,7 +269,7 @@ def run_ttt(
         plan = sliding_windows(n, e.eval_seq_len, e.eval_stride)
         amp = torch.bfloat16 if device.type == "cuda" else None
         r = score_windows(model, val_tokens, plan, e.eval_seq_len, e.val_batch_seqs, tables,
-                          device, amp)  # fmt: skip
+                          device, amp, token_nll)  # fmt: skip
         ledger.score([(0, n)], 0)
         return r, ledger
     raise ValueError(

@@ -1,0 +1,400 @@
+"""The auditor's empirical tests: run an evaluation mode on a model and a token stream, perturb
+the stream, and check the four conditions of issue #1017 (spec rules-and-compliance.md part (d)).
+
+An `Evaluator` is a mode (plain, sliding, score_first, lora, prequant) built on the core's own
+entry points - `pgolf.evaluate.eval_plain` / `eval_sliding` (per-target NLL through their
+`token_nll` hook), `pgolf.ttt.run_ttt`, `pgolf.ttt.prequant_ttt` - never a copy of them. A run
+returns the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported totals, the
+ledger of score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full
+log-distribution that scored them: a forward hook (`Tap`) on the scoring model records the
+log-softmax of every eval-mode window that contains a probed position, keyed by window start.
+Every run works on a deep copy of the model, so TTT never leaks from one run into the next.
+
+Tests (rows: condition, test, verdict pass / fail / n.a., evidence):
+C1 T1.1 future-perturbation prefix invariance at cut points (inside a chunk, at a window/chunk
+boundary, at a document boundary); T1.2 target-flip invariance of p_t and every earlier score;
+T1.4 neighbour-replacement and batch-size invariance for modes that claim per-document scoring;
+T1.5 no training-data reads / network during evaluation (`sys.addaudithook`).
+C2 T2.1 normalization of the scoring distribution and NLL = -log p(target) of that vector;
+T2.3 arithmetic-coding round trip (exact big-integer coder; the decoder re-runs the evaluator on
+the decoded prefix plus a dummy next token). C3 T3.1 score-before-update from the ledger
+(`pgolf.ttt.score_before_update`); T3.3 reported total = sum of per-target scores; T3.5 no
+inference-mode tensors left in the model. C4 T4.1 every target scored exactly once
+(`pgolf.ttt.single_pass`); T4.3 a re-run reproduces the number. The noise floor is measured by
+running the identical input twice; "unchanged" means within max(100 x floor, 1e-5) nats.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from pgolf import ttt as TT
+from pgolf.bpb import ByteTables
+from pgolf.config import RunConfig
+from pgolf.evaluate import eval_plain, eval_sliding, plain_windows, sliding_windows
+from pgolf.lab.arith import Decoder, encode, freqs
+from pgolf.ttt_lora import documents
+
+MODES = ("plain", "sliding", "score_first", "lora", "prequant")
+
+
+@dataclass(frozen=True)
+class Row:
+    condition: str
+    test: str
+    verdict: str  # pass | fail | n.a.
+    evidence: str
+
+
+@dataclass
+class EvalOut:
+    nll: torch.Tensor  # float64 [N] per-target NLL as it entered the totals
+    total: float  # reported NLL sum
+    tokens: int  # reported number of scored targets
+    ledger: TT.Ledger
+    probs: dict[int, list[tuple[int, torch.Tensor]]]  # target -> [(window start, log-probs)]
+    model: nn.Module  # the model as the evaluation left it (T3.5)
+
+
+class Tap:
+    """Forward hook: log-softmax rows at probed targets of eval-mode windows of the stream."""
+
+    def __init__(self, tokens: torch.Tensor, probes: list[int], seq_len: int) -> None:
+        self.index: dict[bytes, list[int]] = {}
+        self.seq_len, self.probes = seq_len, sorted(set(probes))
+        self.probs: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        ar, n = torch.arange(seq_len), tokens.numel()
+        for s in sorted({s for t in self.probes for s in range(max(0, t - seq_len + 1), t + 1)}):
+            key = tokens[(s + ar).clamp(max=n - 1)].numpy().tobytes()
+            self.index.setdefault(key, []).append(s)
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        x = args[0]
+        if module.training or x.ndim != 2 or x.size(1) != self.seq_len or not self.index:
+            return
+        xc = x.detach().cpu().to(torch.int64)
+        for b in range(xc.size(0)):
+            for s in self.index.get(xc[b].numpy().tobytes(), ()):
+                for t in self.probes:
+                    if 0 <= t - s < self.seq_len:
+                        row = torch.log_softmax(out[b, t - s].detach().double().cpu(), -1)
+                        self.probs.setdefault(t, []).append((s, row))
+
+
+def ledger_from_plan(ledger: TT.Ledger, plan, version: int = 0) -> None:
+    starts, lo, hi = plan
+    ledger.score([(int(s + a), int(s + b)) for s, a, b in zip(starts, lo, hi, strict=True)],
+                 version)  # fmt: skip
+
+
+@dataclass
+class Evaluator:
+    """One evaluation mode on the core's entry points (module docstring)."""
+
+    mode: str
+    cfg: RunConfig
+    tables: ByteTables
+    device: str = "cpu"
+
+    @property
+    def per_document(self) -> bool:
+        """Claims per-document scoring: LoRA TTT always, any mode on a doc-masked model."""
+        return self.mode == "lora" or self.cfg.model.doc_mask
+
+    def with_batch(self, n: int) -> Evaluator:
+        c = self.cfg
+        return replace(self, cfg=replace(c, eval=replace(c.eval, val_batch_seqs=n),
+                                          ttt=replace(c.ttt, lora_batch_docs=n)))  # fmt: skip
+
+    def score(self, model: nn.Module, tokens: torch.Tensor, nll: torch.Tensor,
+              ledger: TT.Ledger, tap: Tap) -> tuple[float, int, nn.Module]:  # fmt: skip
+        """Run the mode; fills `nll` and `ledger`; returns (reported sum, count, scoring model)."""
+        e, dev = self.cfg.eval, torch.device(self.device)
+        if self.mode == "prequant":
+            model = TT.prequant_ttt(self.cfg, model, tokens, dev, ledger=ledger)
+        h = model.register_forward_hook(tap)
+        try:
+            n = tokens.numel() - 1
+            if self.mode == "plain":
+                r = eval_plain(model, tokens, e.eval_seq_len, e.val_batch_seqs, self.tables, dev,
+                               token_nll=nll)  # fmt: skip
+                ledger_from_plan(ledger, plain_windows(n, e.eval_seq_len))
+            elif self.mode in ("sliding", "prequant"):
+                r = eval_sliding(model, tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs,
+                                 self.tables, dev, token_nll=nll)  # fmt: skip
+                v = max((ev["version"] for ev in ledger.events), default=0)
+                ledger_from_plan(ledger, sliding_windows(n, e.eval_seq_len, e.eval_stride), v)
+            elif self.mode in ("score_first", "lora"):
+                c = replace(self.cfg, ttt=replace(self.cfg.ttt, mode=self.mode))
+                r, led = TT.run_ttt(c, model, tokens, self.tables, dev, token_nll=nll)
+                ledger.events.extend(led.events)
+            else:
+                raise ValueError(f"audit: unknown mode {self.mode!r}; use one of {MODES}")
+        finally:
+            h.remove()
+        return r.nll_sum, r.tokens, model
+
+    def run(self, model: nn.Module, tokens: torch.Tensor, probes: list[int] = ()) -> EvalOut:
+        tokens = torch.as_tensor(tokens).to(torch.int64).cpu()
+        nll = torch.zeros(tokens.numel() - 1, dtype=torch.float64)
+        ledger, tap = TT.Ledger(), Tap(tokens, list(probes), self.cfg.eval.eval_seq_len)
+        total, count, scorer = self.score(copy.deepcopy(model), tokens, nll, ledger, tap)
+        return EvalOut(nll, total, count, ledger, tap.probs, scorer)
+
+
+def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
+    """TTT geometry scaled to a short audit stream (several chunks, >= 1 pre-quant batch);
+    at most 4 windows per batch (short streams need no more, and padding costs time)."""
+    L, t = cfg.eval.eval_seq_len, cfg.ttt
+    chunk = max(cfg.eval.eval_stride, min(t.chunk_tokens, n_targets // 4))
+    ttt = replace(t, chunk_tokens=chunk, lora_chunk=min(t.lora_chunk, max(1, L // 2)),
+                  prequant_seq_len=min(t.prequant_seq_len, L), prequant_epochs=1,
+                  prequant_batch_seqs=max(1, min(t.prequant_batch_seqs,
+                                                 n_targets // (2 * min(t.prequant_seq_len, L)))))
+    ev = replace(cfg.eval, val_batch_seqs=min(cfg.eval.val_batch_seqs, 4))
+    return replace(cfg, eval=ev, ttt=ttt)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+_TRACE: list[list[str]] = []
+
+
+def _hook(event: str, args: tuple) -> None:
+    if _TRACE and event in ("open", "socket.connect", "socket.getaddrinfo"):
+        _TRACE[-1].append(f"{event}:{args[0] if args else ''}")
+
+
+_HOOKED: list[bool] = []
+
+
+def traced(fn, *a):
+    """fn(*a) with file opens and network calls recorded -> (result, events)."""
+    if not _HOOKED:
+        sys.addaudithook(_hook)  # cannot be removed; inert while _TRACE is empty
+        _HOOKED.append(True)
+    _TRACE.append([])
+    try:
+        return fn(*a), _TRACE[-1]
+    finally:
+        _TRACE.pop()
+
+
+def scoring_row(out: EvalOut, t: int, y: int) -> tuple[int, torch.Tensor] | None:
+    """(window start, log-probs) of the recorded row that matches the reported NLL of t (a
+    position may sit in several eval-mode windows, e.g. under successive TTT states)."""
+    rows = out.probs.get(t, [])
+    if not rows:
+        return None
+    return min(rows, key=lambda kv: abs(-float(kv[1][y]) - float(out.nll[t])))
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
+    if a.numel() == 0:
+        return 0.0, -1
+    d = (a - b).abs()
+    return float(d.max()), int(d.argmax())
+
+
+def _random_tail(tokens: torch.Tensor, c: int, g: torch.Generator) -> torch.Tensor:
+    out = tokens.clone()
+    tail = tokens[c:]
+    out[c:] = tail[torch.randperm(tail.numel(), generator=g)]
+    if torch.equal(out[c:], tail):  # a constant tail: shift the values instead
+        out[c:] = (tail + 1) % int(tokens.max() + 1)
+    return out
+
+
+def cut_points(ev: Evaluator, tokens: torch.Tensor, bos: int) -> dict[str, int]:
+    """Token cut points c (tokens[c:] perturbed): inside a chunk, at a boundary, at a BOS."""
+    n = tokens.numel() - 1
+    L = ev.cfg.eval.eval_seq_len
+    unit = ev.cfg.ttt.chunk_tokens if ev.mode == "score_first" else (
+        ev.cfg.ttt.lora_chunk if ev.mode == "lora" else L)  # fmt: skip
+    cuts = {"inside_chunk": min(n - 1, unit // 2 + 3), "chunk_boundary": min(n - 1, unit + 1)}
+    bos_at = [int(i) for i in torch.nonzero(tokens[: n - 1] == bos).flatten() if 4 < i < n - 1]
+    if bos_at:
+        cuts["document_boundary"] = bos_at[len(bos_at) // 2]
+    return {k: max(2, v) for k, v in cuts.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Arithmetic coding (T2.3): exact big-integer interval coder over integer frequencies
+
+
+def round_trip(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, k: int, tol: float) -> Row:
+    """T2.3 on the first k targets: encode with the full-stream distributions, decode with a
+    fresh evaluator per step on the decoded prefix plus a dummy next token. Where the two
+    distributions agree within `tol` (the noise floor: CPU kernels are not bitwise invariant to
+    the stream length) the decoder uses the encoder's table, so float noise cannot derail it;
+    any larger difference decodes with the decoder's own table."""
+    test = "T2.3 arithmetic-coding round trip"
+    k = min(k, tokens.numel() - 1)
+    sl = tokens[: k + 1]
+    enc = ev.run(model, sl, list(range(k)))
+    rows = [scoring_row(enc, j, int(sl[j + 1])) for j in range(k)]
+    if any(r is None for r in rows):
+        return Row("C2", test, "fail", "the evaluator exposed no distribution at some positions")
+    tabs = [freqs(r[1]) for r in rows]
+    m, b = encode([int(x) for x in sl[1:]], tabs)
+    dec, got, noisy, worst = Decoder(m, b), [int(sl[0])], 0, 0.0
+    dummy = int(torch.nonzero(ev.tables.base_bytes > 0)[0])  # any token with bytes
+    for j in range(k):
+        stream = torch.tensor([*got, dummy], dtype=torch.int64)
+        try:
+            row = scoring_row(ev.run(model, stream, [j]), j, dummy)
+        except (ValueError, RuntimeError) as e:
+            row, why = None, f"the evaluator cannot score the decoded prefix alone ({e})"
+        else:
+            why = f"no distribution for target {j} on the decoded prefix"
+        if row is None:
+            return Row("C2", test, "fail", why[:160])
+        d = float((row[1] - rows[j][1]).abs().max())
+        worst = max(worst, d)
+        noisy += 0 < d <= tol
+        got.append(dec.next(tabs[j] if d <= tol else freqs(row[1])))
+    nll_bits = float(enc.nll.sum()) / math.log(2)
+    bad = [j for j in range(k) if got[j + 1] != int(sl[j + 1])]
+    ok = not bad and b <= 1.005 * nll_bits + 2
+    txt = (
+        f"{k} tokens: decoded {'exactly' if not bad else f'wrong from target {bad[0]}'}; "
+        f"code {b} bits vs sum NLL {nll_bits:.1f} bits ({100 * (b / nll_bits - 1):+.2f}%); "
+        f"max|dlog p| enc/dec {worst:.1e} ({noisy} steps within noise)"
+    )
+    return Row("C2", test, "pass" if ok else "fail", txt)
+
+
+# ----------------------------------------------------------------------------------------------
+# The audit
+
+
+def inference_tensors(model: nn.Module) -> list[str]:
+    """Names of inference-mode tensors in parameters, buffers and tensor attributes (T3.5)."""
+    out = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
+    for name, mod in model.named_modules():
+        for k, v in vars(mod).items():
+            vals = v if isinstance(v, list | tuple) else [v]
+            if any(isinstance(x, torch.Tensor) and x.is_inference() for x in vals):
+                out.append(f"{name}.{k}" if name else k)
+    return out
+
+
+def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool = False,
+          seed: int = 0, coder_tokens: int | None = None) -> list[Row]:  # fmt: skip
+    """All empirical tests of `ev` on (model, tokens); see the module docstring."""
+    tokens = torch.as_tensor(tokens).to(torch.int64).cpu()
+    n, bos = tokens.numel() - 1, ev.cfg.model.bos_id
+    g = torch.Generator().manual_seed(seed)
+    flips = sorted(int(x) for x in torch.randperm(n - 2, generator=g)[: 2 if quick else 4] + 1)
+    sample = torch.randperm(n, generator=g)[: 4 if quick else 16]
+    probes = sorted({*flips, *(int(x) for x in sample)})
+    base, opened = traced(ev.run, model, tokens, probes)
+    again = ev.run(model, tokens, probes)
+    floor, _ = _maxdiff(base.nll, again.nll)
+    tol = max(100 * floor, 1e-5)
+    rows: list[Row] = []
+
+    def add(cond: str, test: str, ok: bool | None, evidence: str) -> None:
+        verdict = "n.a." if ok is None else ("pass" if ok else "fail")
+        rows.append(Row(cond, test, verdict, evidence))
+
+    # C1 -------------------------------------------------------------------------------------
+    for label, c in cut_points(ev, tokens, bos).items():
+        pert = ev.run(model, _random_tail(tokens, c, g))
+        d, j = _maxdiff(base.nll[: c - 1], pert.nll[: c - 1])
+        add("C1", f"T1.1 prefix invariance ({label}, cut {c})", d <= tol,
+            f"max|dNLL| over {c - 1} earlier targets {d:.2e} (tol {tol:.0e})"
+            + (f", first at target {j}" if d > tol else ""))
+    worst, where = 0.0, ""
+    for t in flips:
+        x = tokens.clone()
+        x[t + 1] = (int(x[t + 1]) + 1 + int(torch.randint(0, 7, (1,), generator=g))) % \
+            ev.cfg.model.vocab_size  # fmt: skip
+        if int(x[t + 1]) == bos:
+            x[t + 1] = (bos + 1) % ev.cfg.model.vocab_size
+        out = ev.run(model, x, [t])
+        d, _ = _maxdiff(base.nll[:t], out.nll[:t])
+        r0, r1 = scoring_row(base, t, int(tokens[t + 1])), scoring_row(out, t, int(x[t + 1]))
+        dp = float((r0[1] - r1[1]).abs().max()) if r0 and r1 else float("inf")
+        if max(d, dp) > worst:
+            worst, where = max(d, dp), f" (target {t}: earlier {d:.2e}, p_t {dp:.2e})"
+    add("C1", "T1.2 target-flip invariance", worst <= tol,
+        f"{len(flips)} flips at {flips}: max change {worst:.2e}{where}")
+    if ev.per_document:
+        docs = documents(tokens, bos)
+        if len(docs) >= 3:
+            i = len(docs) // 2
+            (a0, _), (a, b), (_, b1) = docs[i - 1], docs[i], docs[i + 1]
+            x = tokens.clone()
+            for lo_, hi_ in ((a0 + 1, a), (b + 1, b1)):  # neighbours' content, BOS kept
+                seg = x[lo_:hi_]
+                new = torch.randint(0, ev.cfg.model.vocab_size, seg.shape, generator=g)
+                new[new == bos] = (bos + 1) % ev.cfg.model.vocab_size
+                x[lo_:hi_] = torch.where(seg == bos, seg, new)
+            d1, _ = _maxdiff(base.nll[a:b], ev.run(model, x).nll[a:b])
+            d2, _ = _maxdiff(base.nll, ev.with_batch(1).run(model, tokens).nll)
+            add("C1", "T1.4 document isolation / batch composition", max(d1, d2) <= tol,
+                f"doc [{a},{b}) with neighbours replaced: {d1:.2e}; batch size 1: {d2:.2e}")
+        else:
+            add("C1", "T1.4 document isolation / batch composition", None, "fewer than 3 docs")
+    else:
+        add("C1", "T1.4 document isolation / batch composition", None,
+            f"mode {ev.mode} does not claim per-document scoring")
+    bad = [o for o in opened if "train" in o.rsplit("/", 1)[-1] or o.startswith("socket")]
+    add("C1", "T1.5 no training data / network at eval", not bad,
+        f"{len(opened)} file/network events during evaluation" + (f": {bad[:2]}" if bad else ""))
+
+    # C2 -------------------------------------------------------------------------------------
+    worst_sum, worst_nll, missing = 0.0, 0.0, []
+    for t in probes:
+        r = scoring_row(base, t, int(tokens[t + 1]))
+        if r is None:
+            missing.append(t)
+            continue
+        p = r[1]
+        s = float(torch.logsumexp(p, 0).exp()) if torch.isfinite(p).all() else float("inf")
+        worst_sum = max(worst_sum, abs(s - 1))
+        worst_nll = max(worst_nll, abs(-float(p[int(tokens[t + 1])]) - float(base.nll[t])))
+    add("C2", "T2.1 normalization and NLL = -log p", not missing and worst_sum < 1e-5
+        and worst_nll < 1e-4, f"{len(probes)} positions: max|sum p - 1| {worst_sum:.1e}, "
+        f"max|NLL + log p| {worst_nll:.1e}" + (f"; no distribution at {missing[:3]}" if missing
+                                                else ""))  # fmt: skip
+    k = coder_tokens if coder_tokens is not None else (24 if quick else 64)
+    if k > 0:
+        rows.append(round_trip(ev, model, tokens, k, tol))
+
+    # C3 -------------------------------------------------------------------------------------
+    led = base.ledger
+    n_up = sum(e["kind"] == "update" for e in led.events)
+    v = TT.score_before_update(led)
+    add("C3", "T3.1/T3.2 score before update (ledger)", not v,
+        f"{n_up} updates, {len(led.events) - n_up} score events" + (f"; {v[0]}" if v else ""))
+    dsum = abs(base.total - float(base.nll.sum()))
+    add("C3", "T3.3 reported total = sum of per-target scores", dsum <= 1e-6 * max(1.0, base.total)
+        and base.tokens == n, f"reported {base.total:.6f} over {base.tokens} targets, per-target "
+        f"sum {float(base.nll.sum()):.6f} over {n}")  # fmt: skip
+    inf = inference_tensors(base.model)
+    add("C3", "T3.5 no inference-mode tensors", not inf,
+        f"{len(inf)} inference tensors" + (f": {inf[:3]}" if inf else ""))
+
+    # C4 -------------------------------------------------------------------------------------
+    v = TT.single_pass(led, n)
+    add("C4", "T4.1 every target scored exactly once", not v and base.tokens == n,
+        f"{n} targets, reported {base.tokens}" + (f"; {v[0]}" if v else ""))
+    dt = abs(base.total - again.total)
+    add("C4", "T4.3 one sweep, reproducible", dt <= max(100 * floor * n, 1e-9 * abs(base.total)),
+        f"re-run total differs by {dt:.2e} nats (noise floor {floor:.1e}/target)")
+    return rows
+
+
+def format_rows(rows: list[Row]) -> list[str]:
+    w = max(len(r.test) for r in rows)
+    return [f"{r.condition}  {r.test:<{w}}  {r.verdict:<4}  {r.evidence}" for r in rows]

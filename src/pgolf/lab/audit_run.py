@@ -1,0 +1,190 @@
+"""`pgolf audit ARTIFACT`: load an artifact in this process, take a slice of its validation
+stream and run the empirical tests of `pgolf.lab.audit` with an evaluation mode, plus the
+artifact-level rows: T1.3 from the metadata (weights adapted on validation tokens: PR #1550's
+pre-quant TTT) and the T4.4 budget checks (artifact + code bytes, train and eval time from the
+run's result.json when it sits next to the artifact). Everything runs on the CPU, seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pgolf.lab.audit import MODES, Evaluator, Row, audit, audit_scale
+
+LIMIT_BYTES, LIMIT_SECONDS = 16_000_000, 600.0
+
+
+def default_mode(ttt_mode: str) -> str:
+    return {"score_first": "score_first", "lora": "lora"}.get(ttt_mode, "sliding")
+
+
+def artifact_rows(path: Path, cfg, meta: dict) -> list[Row]:
+    """T1.3 (metadata) and T4.4 (budget) rows for an artifact file."""
+    rows = []
+    res_file = path.parent / "result.json"
+    res = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    if cfg.ttt.mode == "prequant" or res.get("non_record"):
+        rows.append(Row("C1", "T1.3 artifact independent of validation data", "fail",
+                        "the weights were trained on the validation stream before quantization "
+                        "(ttt.mode=prequant, non-record)"))  # fmt: skip
+        rows.append(Row("C3", "T3.2 no training on unscored validation tokens", "fail",
+                        "pre-quant TTT read every validation token with grad before any score"))
+    else:
+        rows.append(Row("C1", "T1.3 artifact independent of validation data", "n.a.",
+                        "no validation-trained stage in the metadata; the empirical test is "
+                        "`pgolf audit --train`"))  # fmt: skip
+    code = meta.get("code_bytes", res.get("code_bytes"))
+    size = path.stat().st_size
+    if code is None:
+        rows.append(Row("C4", "T4.4 artifact bytes (model + code)", "n.a.",
+                        f"model {size} bytes; code bytes unknown"))  # fmt: skip
+    else:
+        total = size + int(code)
+        rows.append(Row("C4", "T4.4 artifact bytes (model + code)",
+                        "pass" if total <= LIMIT_BYTES else "fail",
+                        f"{size} + {int(code)} code = {total} <= {LIMIT_BYTES}"))  # fmt: skip
+    for key, what in (("train_seconds", "train"), ("eval_seconds", "eval")):
+        if key in res:
+            s = float(res[key])
+            rows.append(Row("C4", f"T4.4 {what} time", "pass" if s <= LIMIT_SECONDS else "fail",
+                            f"{s:.1f}s from {res_file.name} (limit {LIMIT_SECONDS:.0f}s; "
+                            "hardware of that run)"))  # fmt: skip
+        else:
+            rows.append(Row("C4", f"T4.4 {what} time", "n.a.", f"no {key} in a result.json"))
+    return rows
+
+
+def audit_artifact(
+    path: str | Path, mode: str | None = None, data: str | None = None, quick: bool = False,
+    n_tokens: int | None = None,
+) -> tuple[list[Row], dict]:  # fmt: skip
+    """(rows, info) for the artifact at `path` with evaluation `mode` (default: its own)."""
+    from pgolf import bpb
+    from pgolf.data import find_tokenizer, load_val_tokens
+    from pgolf.pipeline import load_artifact_model
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    path = Path(path)
+    cfg, model, meta = load_artifact_model(path, torch.device("cpu"))
+    mode = mode or default_mode(cfg.ttt.mode)
+    if mode not in MODES:
+        raise ValueError(f"--ttt {mode!r}: use one of {', '.join(MODES)}")
+    data_dir = Path(data) if data else Path(cfg.data.data_path)
+    tok = find_tokenizer(data_dir) if data else Path(cfg.data.tokenizer_path)
+    n = n_tokens or (512 if quick else 4096)
+    val = load_val_tokens(data_dir, 1, n + 1, cfg.model.vocab_size)
+    tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
+    ev = Evaluator(mode, audit_scale(cfg, val.numel() - 1), tables, "cpu")
+    rows = audit(ev, model, val, quick=quick)
+    rows += artifact_rows(path, cfg, meta)
+    info = {"artifact": str(path), "mode": mode, "targets": val.numel() - 1,
+            "seconds": time.perf_counter() - t0, "quick": quick,
+            "failures": sum(r.verdict == "fail" for r in rows)}  # fmt: skip
+    return rows, info
+
+
+TRAIN_DEFAULTS = ["iterations=3", "max_val_tokens=8192", "warmup_steps=0", "val_loss_every=0"]
+
+
+def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
+         static: str | None = None, train: str | None = None,
+         overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
+    """The CLI's `pgolf audit`: (text to print, exit code: 1 on any failure)."""
+    import tempfile
+    from dataclasses import asdict
+
+    from pgolf.lab.audit import format_rows
+
+    if train:
+        ov = TRAIN_DEFAULTS + ([f"data.data_path={data}"] if data else []) + list(overrides)
+        with tempfile.TemporaryDirectory(prefix="pgolf-audit-") as tmp:
+            rows = audit_train(train, ov, Path(tmp))
+        fails = sum(r.verdict == "fail" for r in rows)
+        if as_json:
+            return json.dumps([asdict(r) for r in rows]), int(bool(fails))
+        return "\n".join([f"audit --train {train} ({' '.join(ov)})", *format_rows(rows),
+                          f"audit: {fails} failure(s)"]), int(bool(fails))  # fmt: skip
+
+    if static:
+        from pgolf.lab.audit_static import format_findings, screen
+
+        found = screen(static)
+        text = json.dumps([asdict(f) for f in found]) if as_json else format_findings(static, found)
+        return text, 0
+    if not artifact:
+        raise ValueError("pgolf audit: give an ARTIFACT (or --static SCRIPT)")
+    rows, info = audit_artifact(artifact, ttt, data, quick)
+    if as_json:
+        return json.dumps({**info, "rows": [asdict(r) for r in rows]}, indent=1), int(
+            bool(info["failures"]))
+    head = (f"audit {info['artifact']} mode:{info['mode']} targets:{info['targets']} "
+            f"({info['seconds']:.1f}s, CPU)")  # fmt: skip
+    lines = [head, *format_rows(rows), f"audit: {info['failures']} failure(s)"]
+    return "\n".join(lines), int(bool(info["failures"]))
+
+
+def decoy_data(data_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A copy of `data_dir` whose validation shards hold the same tokens permuted (same shape,
+    same token counts); train shards and tokenizer are symlinks to the originals."""
+    import numpy as np
+
+    from pgolf.data import find_shards, read_shard, write_shard
+
+    out.mkdir(parents=True, exist_ok=True)
+    vals = set(find_shards(data_dir, "val"))
+    for f in data_dir.iterdir():
+        if f in vals:
+            arr = np.asarray(read_shard(f))
+            write_shard(out / f.name, np.random.default_rng(seed).permutation(arr))
+        elif not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    return out
+
+
+def _fingerprint(path: Path) -> tuple[bytes, dict]:
+    """(tensor payload bytes, metadata without data paths) of an artifact."""
+    from pgolf import artifact
+
+    tensors, meta = artifact.load_artifact(path)
+    blob = artifact.build_payload(tensors, {})
+    meta = dict(meta)
+    cfg = dict(meta.pop("config", {}))
+    cfg.pop("data", None)
+    return blob, {**meta, "config": cfg}
+
+
+def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Row]:
+    """T1.3: two short deterministic runs, real validation shard vs a permuted decoy; the
+    artifacts (tensors and metadata, data paths aside) must be byte-identical."""
+    from dataclasses import replace
+
+    from pgolf import config as C
+    from pgolf import pipeline
+    from pgolf.lab.bundle import code_size
+
+    src = Path(config_or_run)
+    if src.is_dir():
+        cfg = C.from_dict(json.loads((src / "config.json").read_text()))
+        cfg = C.apply_overrides(cfg, overrides) if overrides else cfg
+    else:
+        cfg = C.load(config_or_run, overrides)
+    cfg, data_dir, _ = pipeline.resolve_data(cfg)
+    decoy = decoy_data(data_dir, work / "decoy_data")
+    arts = []
+    for name, d in (("real", data_dir), ("decoy", decoy)):
+        c = replace(cfg, data=replace(cfg.data, data_path=str(d), tokenizer_path=""))
+        res = pipeline.run(c, str(work / name), quantize=True, code_size=code_size)
+        arts.append(Path(res["artifact_path"]))
+    (a, ma), (b, mb) = _fingerprint(arts[0]), _fingerprint(arts[1])
+    same = a == b and ma == mb
+    why = "identical" if same else ("tensors differ" if a != b else "metadata differs")
+    note = " (ttt.mode=prequant trains on the validation stream)" if cfg.ttt.mode == "prequant" \
+        else ""  # fmt: skip
+    return [Row("C1", "T1.3 artifact independent of validation data", "pass" if same else "fail",
+                f"real vs permuted-decoy validation shard: artifacts {why} ({len(a)} payload "
+                f"bytes){note}")]  # fmt: skip
