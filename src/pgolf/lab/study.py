@@ -3,7 +3,8 @@ memorization of the very tokens later scored, and how much is generalization (sp
 rules-and-compliance.md, "Quantifying memorization vs generalization"). NON-RECORD throughout.
 
 REDUCED protocol (what this module does, and what it leaves out):
-* Validation documents (split at BOS, `pgolf.ttt_lora.documents`) are sorted by length and taken
+* Validation documents (split at BOS, `pgolf.ttt_lora.documents`; a corpus with fewer than 8
+  uses fixed-length segments instead) are sorted by length and taken
   in consecutive pairs; a fixed hash of the pair index decides which one goes to half A and which
   to B (a split stratified by length). M canary documents of uniformly random tokens are added to
   each half (audit-only data, never part of any official number).
@@ -35,16 +36,21 @@ from pgolf.ttt import NON_RECORD_REASON, prequant_ttt
 from pgolf.ttt_lora import documents
 
 
-def split_halves(tokens: torch.Tensor, bos: int) -> tuple[list, list]:
-    """Documents (token ranges incl. their BOS) into halves A, B: pairs by length, hashed."""
+def split_halves(tokens: torch.Tensor, bos: int, seg: int) -> tuple[list, list, str]:
+    """Documents (token ranges incl. their BOS) into halves A, B: pairs by length, hashed.
+    Fewer than 8 documents (a corpus of long texts): segments of `seg` tokens instead."""
     docs = [(a, b + 1) for a, b in documents(tokens, bos)]
+    unit = "documents"
+    if len(docs) < 8:
+        n = tokens.numel() - 1
+        docs, unit = [(a, min(a + seg, n) + 1) for a in range(0, n, seg)], f"{seg}-token segments"
     docs.sort(key=lambda d: (d[1] - d[0], d[0]))
     A, B = [], []
     for i in range(0, len(docs) - 1, 2):
         flip = hashlib.sha256(f"pgolf-study-{i}".encode()).digest()[0] & 1
         A.append(docs[i + flip])
         B.append(docs[i + 1 - flip])
-    return A, B
+    return A, B, unit
 
 
 def build_stream(tokens, docs, canaries: list[torch.Tensor]) -> tuple[torch.Tensor, list, int]:
@@ -87,7 +93,7 @@ def run_study(run_dir: str | Path, epochs: list[int], max_tokens: int = 16384, c
     model = load_run_model(cfg, run_dir / "final_model.safetensors", dev)
     val = load_val_tokens(cfg.data.data_path, 1, max_tokens + 1, cfg.model.vocab_size)
     tables = bpb.build_byte_tables(cfg.data.tokenizer_path, cfg.model.vocab_size)
-    A, B = split_halves(val, cfg.model.bos_id)
+    A, B, unit = split_halves(val, cfg.model.bos_id, cfg.eval.eval_seq_len)
     g = torch.Generator().manual_seed(seed + 1)
     L, V, bos = cfg.eval.eval_seq_len, cfg.model.vocab_size, cfg.model.bos_id
     lens = sorted(b - a for a, b in A)
@@ -144,6 +150,7 @@ def run_study(run_dir: str | Path, epochs: list[int], max_tokens: int = 16384, c
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"non_record": True, "non_record_reason": NON_RECORD_REASON, "reduced": True,
               "protocol": __doc__.split("REDUCED protocol")[1].strip(), "docs_A": nA, "docs_B": nB,
+              "unit": unit,
               "tokens_A": int(sA.numel()), "tokens_B": int(sB.numel()), "canaries": canaries,
               "rows": rows}  # fmt: skip
     (out_dir / "study.json").write_text(json.dumps(result, indent=1))
