@@ -173,11 +173,11 @@ def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Ro
         cfg = C.apply_overrides(cfg, overrides) if overrides else cfg
     else:
         cfg = C.load(config_or_run, overrides)
-    cfg, data_dir, _ = pipeline.resolve_data(cfg)
+    cfg, data_dir, tok = pipeline.resolve_data(cfg)
     decoy = decoy_data(data_dir, work / "decoy_data")
     arts = []
     for name, d in (("real", data_dir), ("decoy", decoy)):
-        c = replace(cfg, data=replace(cfg.data, data_path=str(d), tokenizer_path=""))
+        c = replace(cfg, data=replace(cfg.data, data_path=str(d), tokenizer_path=str(tok)))
         res = pipeline.run(c, str(work / name), quantize=True, code_size=code_size)
         arts.append(Path(res["artifact_path"]))
     (a, ma), (b, mb) = _fingerprint(arts[0]), _fingerprint(arts[1])
