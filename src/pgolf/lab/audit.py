@@ -239,7 +239,11 @@ def round_trip(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, k: int, to
     test = "T2.3 arithmetic-coding round trip"
     k = min(k, tokens.numel() - 1)
     sl = tokens[: k + 1]
-    enc = ev.run(model, sl, list(range(k)))
+    try:
+        enc = ev.run(model, sl, list(range(k)))
+    except (ValueError, RuntimeError) as e:
+        why = f"the evaluator cannot score a {k}-target prefix ({e})"
+        return Row("C2", test, "fail", why[:160])
     rows = [scoring_row(enc, j, int(sl[j + 1])) for j in range(k)]
     if any(r is None for r in rows):
         return Row("C2", test, "fail", "the evaluator exposed no distribution at some positions")
