@@ -166,14 +166,12 @@ def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
 
 
 _TRACE: list[list[str]] = []
+_HOOKED: list[bool] = []
 
 
 def _hook(event: str, args: tuple) -> None:
     if _TRACE and event in ("open", "socket.connect", "socket.getaddrinfo"):
         _TRACE[-1].append(f"{event}:{args[0] if args else ''}")
-
-
-_HOOKED: list[bool] = []
 
 
 def traced(fn, *a):
@@ -198,10 +196,8 @@ def scoring_row(out: EvalOut, t: int, y: int) -> tuple[int, torch.Tensor] | None
 
 
 def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
-    if a.numel() == 0:
-        return 0.0, -1
     d = (a - b).abs()
-    return float(d.max()), int(d.argmax())
+    return (float(d.max()), int(d.argmax())) if d.numel() else (0.0, -1)
 
 
 def _random_tail(tokens: torch.Tensor, c: int, g: torch.Generator) -> torch.Tensor:
