@@ -23,13 +23,6 @@ from pgolf.ttt_lora import sgd_on_ranges
 N = 241
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def evaluator(mode: str, cls=AU.Evaluator, model_cfg=MCFG) -> AU.Evaluator:
     c = AU.audit_scale(replace(cfg(), model=model_cfg), N - 1)

@@ -30,14 +30,6 @@ V = 32
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread avoids spin contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class CumMean(nn.Module):
     """Tiny causal LM stand-in: embedding, running mean over the prefix, linear head."""

@@ -25,13 +25,6 @@ MCFG = ModelConfig(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tables() -> ByteTables:
     g = torch.Generator().manual_seed(0)
