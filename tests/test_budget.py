@@ -95,6 +95,11 @@ def test_what_if_same_bits_and_k_reproduces_size() -> None:
     assert from_weights["bytes"] == from_weights["baseline_bytes"]  # the very same codes
     text = "\n".join(format_what_if(from_codes))
     assert "3 tensors from dequantised codes" in text and "int6 -> int6, k=12.85" in text
+    assert "total" not in text  # without the code bytes there is no total to state
+    with_code = format_what_if(from_codes, code=1000, cap=from_codes["bytes"] + 1500)
+    assert with_code[-1].startswith(f"what-if: total {from_codes['bytes'] + 1000:,} bytes")
+    last = with_code[-1]
+    assert "margin to" in last and "+500" in last and "not stacked" in last
 
 
 def test_packing_follows_run_config_in_meta() -> None:

@@ -283,12 +283,16 @@ def cmd_budget(
     lines = B.format_budget(rep)
     w = B.load_weights(weights) if weights else None
     for kw in B.parse_what_ifs(tensors, bits, clip_k):  # checked before any work
-        lines += B.format_what_if(B.what_if(tensors, meta, codec, weights=w, **kw))
+        lines += B.format_what_if(B.what_if(tensors, meta, codec, weights=w, **kw), code=code)
     if ve_dim is not None:
-        lines += B.format_what_if(B.what_if(tensors, meta, codec, ve_dim=ve_dim, weights=w))
+        lines += B.format_what_if(
+            B.what_if(tensors, meta, codec, ve_dim=ve_dim, weights=w), code=code
+        )
     if prune_to is not None:
         # --prune-to is the whole artifact (model + code); budget.what_if targets model bytes.
-        lines += B.format_what_if(B.what_if(tensors, meta, codec, prune_to=prune_to - code))
+        lines += B.format_what_if(
+            B.what_if(tensors, meta, codec, prune_to=prune_to - code), code=code
+        )
     print(json.dumps(rep, sort_keys=True, default=str) if as_json else "\n".join(lines))
     return rep
 

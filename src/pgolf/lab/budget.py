@@ -249,8 +249,11 @@ def what_if(
     return out
 
 
-def format_what_if(r: Mapping[str, Any], limit: int = 6) -> list[str]:
-    """Log lines for a `what_if` result (at most `limit` change lines, then a count)."""
+def format_what_if(r: Mapping[str, Any], limit: int = 6, code: int | None = None,
+                   cap: int = BYTE_BUDGET) -> list[str]:  # fmt: skip
+    """Log lines for a `what_if` result (at most `limit` change lines, then a count); with the
+    code bytes, the new submission total and its margin to `cap` too. What-ifs do not stack:
+    each starts from the artifact as it is."""
     lines = [f"what-if: {c}" for c in r["changes"][:limit]]
     if len(r["changes"]) > limit:
         lines.append(f"what-if: ... and {len(r['changes']) - limit} more changes")
@@ -260,6 +263,10 @@ def format_what_if(r: Mapping[str, Any], limit: int = 6) -> list[str]:
     flag = "" if r["reached"] else " (target NOT reached: pruning alone cannot get there)"
     lines.append(f"what-if: model {r['baseline_bytes']:,} -> {r['bytes']:,} bytes "
                  f"({r['delta']:+,}){flag}")  # fmt: skip
+    if code is not None:
+        total = r["bytes"] + code
+        lines.append(f"what-if: total {total:,} bytes (model + code {code:,}), margin to "
+                     f"{cap:,}: {cap - total:+,} (from the artifact as it is; not stacked)")
     return lines
 
 
