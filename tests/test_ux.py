@@ -101,3 +101,20 @@ def test_help_and_version_do_not_import_torch():
     assert "Parameter Golf" in r.stdout and "pgolf config show" in r.stdout
     v = subprocess.run([sys.executable, "-m", "pgolf", "--version"], capture_output=True, text=True)
     assert v.stdout.startswith("pgolf ")
+
+
+def test_resume_refuses_another_config_or_seed_but_not_another_budget(tmp_path):
+    import torch
+
+    from pgolf import config as C
+    from pgolf.checkpoint import save_checkpoint
+    from pgolf.cli import _check_resume
+
+    cfg = C.load("cpu-tiny", ["seed=7"])
+    ck = save_checkpoint(tmp_path / "ck.safetensors", {"w": torch.zeros(1)}, None, {},
+                         {"config": C.to_dict(cfg), "step": 1})  # fmt: skip
+    _check_resume(ck, C.load("cpu-tiny", ["seed=7", "iterations=900", "run_dir=elsewhere"]))
+    with pytest.raises(ValueError, match="seed 7"):
+        _check_resume(ck, C.load("cpu-tiny", ["seed=8"]))
+    with pytest.raises(ValueError, match=r"optim\.matrix_lr"):
+        _check_resume(ck, C.load("cpu-tiny", ["seed=7", "matrix_lr=0.5"]))

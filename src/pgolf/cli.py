@@ -94,7 +94,9 @@ def cmd_train(
     cfg, _, tok = pipeline.resolve_data(cfg)
     pipeline.check_vocab(cfg, tok)
     if resume and not any_seed:
-        _check_resume_seed(Path(resume), cfg.train.seed)
+        _check_resume(Path(resume), cfg)
+    if resume and not run_dir:  # resuming continues the checkpoint's own run folder
+        run_dir = str(Path(resume).resolve().parent)
     run = new_run(cfg, run_dir)  # a generated name is never shared
     try:
         res = train.train(cfg, run, resume=resume)
@@ -113,14 +115,34 @@ def cmd_train(
     return out
 
 
-def _check_resume_seed(ckpt: Path, seed: int) -> None:
+RESUME_FREE = {("train", "run_dir"), ("data", "data_path"), ("data", "tokenizer_path"),
+               ("train", "iterations"), ("train", "max_wallclock_seconds"),
+               ("train", "val_loss_every"), ("train", "train_log_every")}  # fmt: skip
+"""Fields a resumed run may change: where things are and how long/loud it runs."""
+
+
+def _check_resume(ckpt: Path, cfg: C.RunConfig) -> None:
+    """Refuse a checkpoint from another seed or config (every field but RESUME_FREE)."""
     from pgolf.checkpoint import load_checkpoint
 
-    old = load_checkpoint(ckpt).meta.get("config", {}).get("train", {}).get("seed")
-    if old is not None and old != seed:
+    old = load_checkpoint(ckpt).meta.get("config", {})
+    new = C.to_dict(cfg)
+    seed = old.get("train", {}).get("seed")
+    if seed is not None and seed != cfg.train.seed:
         raise ValueError(
-            f"checkpoint {ckpt} was trained with seed {old}, this run has seed {seed}: set "
-            f"--set seed={old} (or SEED={old}), or pass --resume-any-seed to continue anyway"
+            f"checkpoint {ckpt} was trained with seed {seed}, this run has seed "
+            f"{cfg.train.seed}: set --set seed={seed} (or SEED={seed}), or pass "
+            "--resume-any-seed to continue anyway"
+        )
+    diff = [f"{s}.{k}: {v!r} -> {new[s].get(k)!r}" for s, sec in old.items()
+            if isinstance(sec, dict) for k, v in sec.items()
+            if (s, k) not in RESUME_FREE and new.get(s, {}).get(k) != v
+            and not (isinstance(v, list) and tuple(v) == new.get(s, {}).get(k))]  # fmt: skip
+    if diff:
+        raise ValueError(
+            f"checkpoint {ckpt} was trained with another config ({'; '.join(diff[:5])}): resume "
+            "with its run folder's config.json settings, or pass --resume-any-seed to continue "
+            "anyway"
         )
 
 

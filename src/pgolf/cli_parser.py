@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="run folder (default out/TIME_PRESET_sSEED)")
     p.add_argument("--resume", default=None, help="checkpoint (.safetensors) to resume from")
     p.add_argument("--resume-any-seed", action="store_true",
-                   help="resume a checkpoint trained with another seed")  # fmt: skip
+                   help="resume a checkpoint trained with another seed or config (the run "
+                   "folder and step/time budgets may always differ)")  # fmt: skip
 
     p = _sub(sub, "params", "parameter count of a preset (built on the meta device)")
     _common(p, None)
