@@ -65,6 +65,9 @@ def test_bundle_forms_compile_and_name_their_generator():
     blob, rep = bundle.build(cfg)
     assert rep["bytes"] == len(blob) == min(rep["sizes"].values())
     assert bundle.code_size(cfg)[0] == len(blob)
+    # one script (and one code-byte count) for every seed of a record; SEED picks the seed
+    assert bundle.build(C.load("cpu-tiny", [*TINY, "seed=4242"]))[0] == blob
+    assert bundle.build(C.load("cpu-tiny", [*TINY, "matrix_lr=0.01"]))[0] != blob
 
 
 def test_core_sources_have_no_pgolf_import_left_and_a_lab_import_is_refused():

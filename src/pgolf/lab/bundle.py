@@ -141,8 +141,12 @@ def _unannotate(s: ast.stmt) -> ast.stmt:
 
 
 def bundle_config(cfg: C.RunConfig) -> dict[str, Any]:
-    """The config frozen into the bundle: everything but this machine's data/tokenizer paths."""
-    cfg = replace(cfg, data=replace(cfg.data, data_path="", tokenizer_path=""))
+    """The config frozen into the bundle: everything but what varies between the runs of one
+    record (this machine's data/tokenizer paths, the run folder, and the seed, which `SEED`
+    sets), so every seed of a record has the same script and the same code bytes."""
+    seed = C.TrainConfig().seed
+    cfg = replace(cfg, data=replace(cfg.data, data_path="", tokenizer_path=""),
+                  train=replace(cfg.train, seed=seed, run_dir=""))  # fmt: skip
     return C.to_dict(cfg)
 
 
