@@ -96,7 +96,7 @@ def main() -> None:
     brot = {s: len(A.compress(A.byte_shuffle(raw, s), "brotli")) for s in (1, 2, 4)}
     best_s = min(brot, key=brot.get)
     bstream = A.compress(A.byte_shuffle(raw, best_s), "brotli")
-    _, bdec_s, bdec_cpu = timed(lambda: A._decompress(bstream, "brotli", len(raw)))
+    _, bdec_s, bdec_cpu = timed(lambda: A.decompress(bstream, "brotli", len(raw)))
     lz = len(lzma.compress(raw, format=lzma.FORMAT_RAW, filters=A._LZMA_FILTERS))
     zs = len(A.compress(raw, "zstd"))
     res = dict(source=src, codes=n, tensors=len(ints), bound=round(bound), tables=tables,

@@ -30,6 +30,7 @@ from pgolf.data import load_val_tokens
 from pgolf.dist import init
 from pgolf.lab import budget as B
 from pgolf.lab.bundle import code_size
+from pgolf.model import graph_state
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
     cfg = replace(cfg, quant=replace(cfg.quant, matrix_bits=a.bits))
     cfg, data_dir, tok = P.resolve_data(cfg)
     model = P.load_run_model(cfg, run / "final_model.safetensors", di.device)
-    recurrence = model.recurrence_active
+    graph = graph_state(model)
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size).to(di.device)
     mvt = a.max_val_tokens or cfg.data.max_val_tokens
     val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
@@ -61,7 +62,7 @@ def main() -> None:
         t0 = time.perf_counter()
         tensors = P.quantize_model(qc, model, data_dir)
         secs = time.perf_counter() - t0
-        qmodel = P._model_from_state(qc, A_roundtrip(tensors), di.device, recurrence)
+        qmodel = P._model_from_state(qc, A_roundtrip(tensors), di.device, graph, "quant_compare")
         post = bpb_of(qmodel)
         rows[method] = {"bpb": post, "gap": post - pre, "quant_seconds": secs, "tensors": tensors}
 
