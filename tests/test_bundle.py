@@ -135,3 +135,26 @@ def test_bundle_over_budget_writes_its_artifact_and_fails_closed(corpus, tmp_pat
     assert r.returncode != 0 and "over budget by" in r.stderr, r.stderr[-2000:]
     assert (folder / "run" / "artifact.pgolf").stat().st_size > 1000  # written, kept
     assert "RUN_COMPLETE" in r.stdout
+
+
+@pytest.mark.parametrize("mode", ["prequant", "score_first"])
+def test_bundle_runs_the_configured_ttt_mode_and_labels_prequant_non_record(corpus, tmp_path, mode):
+    folder = tmp_path / "record"
+    folder.mkdir()
+    ttt = [f"ttt.mode={mode}", "prequant_seq_len=32", "prequant_batch_seqs=2",
+           "prequant_epochs=1", "chunk_tokens=256", "ttt.epochs=1"]  # fmt: skip
+    bundle.write_bundle(C.load("cpu-tiny", [*TINY, *ttt]), folder / "train_gpt.py")
+    env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"))
+    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env,
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads((folder / "run" / "result.json").read_text())
+    log = (folder / "run" / "log.txt").read_text()
+    if mode == "prequant":
+        assert res["non_record"] is True and "Condition 3" in res["non_record_reason"]
+        assert "non_record:true" in log and "ttt:epoch 1/1" in log
+        assert res["val_bpb_source"] == "sliding"
+    else:
+        assert not res.get("non_record")
+        assert res["val_bpb_source"] == "ttt" and res["val_bpb"] == res["val_bpb_ttt"]
+        assert "quantized_ttt val_loss:" in log and "condition3:True condition4:True" in log
