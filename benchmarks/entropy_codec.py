@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pgolf import artifact as A
+from pgolf import artifact_check as AC
 from pgolf import config as C
 from pgolf import rans
 from pgolf.model import GPT
@@ -97,7 +98,7 @@ def main() -> None:
     best_s = min(brot, key=brot.get)
     bstream = A.compress(A.byte_shuffle(raw, best_s), "brotli")
     _, bdec_s, bdec_cpu = timed(lambda: A.decompress(bstream, "brotli", len(raw)))
-    lz = len(lzma.compress(raw, format=lzma.FORMAT_RAW, filters=A._LZMA_FILTERS))
+    lz = len(lzma.compress(raw, format=lzma.FORMAT_RAW, filters=AC._LZMA_FILTERS))
     zs = len(A.compress(raw, "zstd"))
     res = dict(source=src, codes=n, tensors=len(ints), bound=round(bound), tables=tables,
                lane_states=states, rans=len(blob), brotli11=brot[best_s], brotli_stride=best_s,
