@@ -69,15 +69,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Deterministic and fast on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def run_train(cfg: RunConfig, path: Path, data_dir: Path, **kw: object) -> T.TrainResult:
     run = RunDir(path)
     try:
