@@ -46,6 +46,7 @@ from pgolf.evaluate import (
     score_windows,
     sliding_windows,
 )
+from pgolf.model import graph_state, restore_graph_state
 from pgolf.ttt_lora import sgd_on_ranges
 
 NON_RECORD_REASON = (
@@ -284,8 +285,7 @@ def fresh_copy(model: nn.Module) -> nn.Module:
     new = type(model)(model.cfg).to(next(model.parameters()).device)
     with torch.inference_mode(False):
         new.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()})
-    if getattr(model, "recurrence_active", False):
-        new.set_recurrence(True)
+    restore_graph_state(new, graph_state(model), "fresh_copy")
     return new
 
 

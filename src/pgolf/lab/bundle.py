@@ -23,7 +23,6 @@ import base64
 import hashlib
 import lzma
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +139,20 @@ def _unannotate(s: ast.stmt) -> ast.stmt:
     return s
 
 
+PER_RUN = {("train", "seed"), ("train", "run_dir"), ("data", "data_path"),
+           ("data", "tokenizer_path")}  # fmt: skip
+"""Config fields that differ between the runs of one record: the seed (`SEED` sets it), the run
+folder and this machine's paths. The bundle leaves them at their defaults; export ignores them
+when it checks that runs share one config."""
+
+
 def bundle_config(cfg: C.RunConfig) -> dict[str, Any]:
-    """The config frozen into the bundle: everything but what varies between the runs of one
-    record (this machine's data/tokenizer paths, the run folder, and the seed, which `SEED`
-    sets), so every seed of a record has the same script and the same code bytes."""
-    seed = C.TrainConfig().seed
-    cfg = replace(cfg, data=replace(cfg.data, data_path="", tokenizer_path=""),
-                  train=replace(cfg.train, seed=seed, run_dir=""))  # fmt: skip
-    return C.to_dict(cfg)
+    """The config frozen into the bundle: everything but PER_RUN (at its defaults), so every seed
+    of a record has the same script and the same code bytes."""
+    d = C.to_dict(cfg)
+    for section, name in PER_RUN:
+        d[section][name] = C.to_dict(C.RunConfig())[section][name]
+    return d
 
 
 def header(cfg: C.RunConfig) -> str:

@@ -22,11 +22,10 @@ from typing import Any
 
 from pgolf.lab import results as R
 from pgolf.lab import stats as S
+from pgolf.lab.bundle import PER_RUN
 
 CAP_BYTES = 16_000_000
 RECORD_TRACK = "10min_16mb"
-_VOLATILE = {("train", "seed"), ("train", "run_dir"), ("data", "data_path"),
-             ("data", "tokenizer_path")}  # fmt: skip
 
 
 class ExportError(ValueError):
@@ -35,7 +34,7 @@ class ExportError(ValueError):
 
 def _config_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
-        sec: {k: v for k, v in vals.items() if (sec, k) not in _VOLATILE}
+        sec: {k: v for k, v in vals.items() if (sec, k) not in PER_RUN}
         if isinstance(vals, dict) else vals
         for sec, vals in cfg.items()
     }  # fmt: skip
