@@ -267,3 +267,56 @@ def test_quantize_and_eval_from_another_directory(tiny_run, tmp_path):
         tok.with_suffix(".gone").rename(tok)
     assert m.returncode == 2 and f"tokenizer {tok} is missing" in m.stderr, m.stderr[-2000:]
     assert "Traceback" not in m.stderr
+
+
+def _exact(label: str, text: str) -> tuple[str, str]:
+    m = re.search(rf"^{label}_exact val_loss:(\S+) val_bpb:(\S+)$", text, re.M)
+    assert m, f"no {label}_exact line in:\n{text[-2000:]}"
+    return m.groups()
+
+
+def test_eval_of_the_unquantized_weights_reproduces_the_runs_post_ema_score(tiny_run, tmp_path):
+    """Differential: the final weights (EMA applied), reloaded in a fresh process and scored by
+    `pgolf eval RUN --weights final`, give the run's own pre-quant line to the last digit; so does
+    the last checkpoint's EMA copy. The scores land in the run's log and result (its own keys),
+    the headline stays the artifact's, and the forced progress bar stays out of the log."""
+    import shutil
+
+    root, env, r = tiny_run
+    assert not any(b in r.stderr for b in ("%|", "it/s", "s/it"))  # captured: no bar by default
+    in_run = _exact("pre_quant_roundtrip", r.stdout)
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    before = json.loads((run / "result.json").read_text())
+    e = pgolf("--progress", "on", "eval", str(run), "--weights", "final", env=env)
+    assert e.returncode == 0, e.stderr[-3000:]
+    assert _exact("pre_quant_roundtrip", e.stdout) == in_run
+    assert "eval plain" in e.stderr and "eval sliding" in e.stderr  # the bars, on stderr
+    log = (run / "log.txt").read_text()
+    assert log.count("pre_quant_roundtrip_exact") == 2 and "pre_quant_sliding_window" in log
+    assert not any(b in log for b in ("%|", "it/s", "s/it")) and "\r" not in log
+    res = json.loads((run / "result.json").read_text())
+    assert f"{res['val_bpb_prequant']:.8f}" == in_run[1]
+    assert res["val_bpb_prequant_sliding"] > 0
+    assert (res["val_bpb"], res["val_bpb_source"]) == (before["val_bpb"], before["val_bpb_source"])
+    ck = pgolf("eval", str(run / "checkpoint.safetensors"), "--no-sliding", env=env)
+    assert ck.returncode == 0, ck.stderr[-3000:]
+    assert _exact("checkpoint_ema_roundtrip", ck.stdout) == in_run  # saved at the last step
+    assert json.loads((run / "result.json").read_text()) == res  # a checkpoint: logged only
+
+
+def test_eval_refuses_weights_that_do_not_fit_the_runs_config(tiny_run, tmp_path):
+    import shutil
+
+    root, env, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["mlp_mult"] = 3
+    (run / "config.json").write_text(json.dumps(cfg))
+    r = pgolf("eval", str(run), "--weights", "final", "--no-sliding", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "final_model.safetensors does not fit the config" in r.stderr
+    assert "config.json" in r.stderr and "Traceback" not in r.stderr
+    missing = pgolf("eval", str(tmp_path), "--weights", "checkpoint", env=env)
+    assert missing.returncode == 2 and "checkpoint.safetensors not found" in missing.stderr

@@ -5,7 +5,8 @@
     pgolf params --preset NAME                                           parameter count (meta)
     pgolf data default|corpus|fineweb|inspect ...                        datasets
     pgolf quantize RUN_DIR [--set quant.key=value ...]                   → artifact
-    pgolf eval ARTIFACT [--stride 64] [--data DIR]                       round trip + sliding
+    pgolf eval ARTIFACT|RUN_DIR [--stride 64] [--data DIR]               round trip + sliding
+    pgolf eval RUN_DIR --weights final|checkpoint                        the unquantized weights
     pgolf audit ARTIFACT [--ttt MODE] [--quick] | --static SCRIPT | --train CFG   compliance
     pgolf study ttt-memorization RUN_DIR [--epochs 0,1,2,4]          NON-RECORD study
     pgolf budget ARTIFACT [--bits GROUP=N] [--clip-k GROUP=K] [--ve-dim N] [--prune-to BYTES]
@@ -247,11 +248,15 @@ def cmd_quantize(
 
 def cmd_eval(
     artifact: str, stride: int | None, data: str | None, sliding: bool, ttt: str | None = None,
-    allow_over: bool = False,
+    allow_over: bool = False, weights: str | None = None,
 ) -> dict:
     from pgolf import pipeline
     from pgolf.dist import log0
 
+    if weights or artifact.endswith(".safetensors"):
+        return _eval_weights(artifact, weights, stride, data, sliding, ttt)
+    if Path(artifact).is_dir():  # a run folder: its artifact
+        artifact = str(Path(artifact) / "artifact.pgolf")
     run = _run_folder(Path(artifact))
     try:
         log0(f"eval:{artifact} stride:{stride} data:{data} sliding:{sliding} ttt:{ttt}")
@@ -266,6 +271,28 @@ def cmd_eval(
         if run is not None:
             run.close()
     return _check_budget(res, allow_over)
+
+
+def _eval_weights(
+    target: str, weights: str | None, stride: int | None, data: str | None, sliding: bool,
+    ttt: str | None,
+) -> dict:
+    """`pgolf eval RUN_DIR --weights ...`: the unquantized weights (pgolf.lab.evalweights); the
+    final weights' scores go to the run's result.json under its `val_bpb_prequant` keys."""
+    from pgolf.dist import log0
+    from pgolf.lab.evalweights import eval_weights
+
+    run = _run_folder(Path(target))
+    try:
+        log0(f"eval:{target} weights:{weights or 'file'} stride:{stride} data:{data} "
+             f"sliding:{sliding} ttt:{ttt}")  # fmt: skip
+        res = eval_weights(target, weights, data, stride, sliding, ttt)
+        if run is not None and data is None and res["weights_label"] == "pre_quant":
+            run.write_result({k: v for k, v in res.items() if k.startswith("val_")})
+    finally:
+        if run is not None:
+            run.close()
+    return res
 
 
 def cmd_audit(
@@ -290,6 +317,7 @@ def cmd_budget(
     as_json: bool,
 ) -> dict:
     from pgolf import artifact as A
+    from pgolf.dist import progress
     from pgolf.lab import budget as B
 
     tensors, meta = A.load_artifact(Path(artifact))
@@ -304,17 +332,13 @@ def cmd_budget(
     rep = B.budget_report(tensors, meta, codec, code)
     lines = B.format_budget(rep)
     w = B.load_weights(weights) if weights else None
-    for kw in B.parse_what_ifs(tensors, bits, clip_k):  # checked before any work
-        lines += B.format_what_if(B.what_if(tensors, meta, codec, weights=w, **kw), code=code)
+    jobs = [{**kw, "weights": w} for kw in B.parse_what_ifs(tensors, bits, clip_k)]  # checked
     if ve_dim is not None:
-        lines += B.format_what_if(
-            B.what_if(tensors, meta, codec, ve_dim=ve_dim, weights=w), code=code
-        )
-    if prune_to is not None:
-        # --prune-to is the whole artifact (model + code); budget.what_if targets model bytes.
-        lines += B.format_what_if(
-            B.what_if(tensors, meta, codec, prune_to=prune_to - code), code=code
-        )
+        jobs.append({"ve_dim": ve_dim, "weights": w})
+    if prune_to is not None:  # the whole artifact (model + code); what_if targets model bytes
+        jobs.append({"prune_to": prune_to - code})
+    for kw in progress(jobs, desc="budget what-ifs"):  # each from the artifact, not stacked
+        lines += B.format_what_if(B.what_if(tensors, meta, codec, **kw), code=code)
     print(json.dumps(rep, sort_keys=True, default=str) if as_json else "\n".join(lines))
     return rep
 
@@ -439,7 +463,7 @@ def dispatch(a: argparse.Namespace):
         return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out, a.allow_over_budget)
     if a.cmd == "eval":
         return cmd_eval(
-            a.artifact, a.stride, a.data, not a.no_sliding, a.ttt, a.allow_over_budget
+            a.artifact, a.stride, a.data, not a.no_sliding, a.ttt, a.allow_over_budget, a.weights
         )
     if a.cmd == "audit":
         sys.exit(cmd_audit(a.artifact, a.ttt, a.data, a.json, a.quick, a.static, a.train,
@@ -488,6 +512,8 @@ def describe_error(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.progress != "auto":  # read by pgolf.dist.progress
+        os.environ["PGOLF_PROGRESS"] = "1" if args.progress == "on" else "0"
     ok = False
     try:
         dispatch(args)

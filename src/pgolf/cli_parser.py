@@ -37,6 +37,12 @@ examples:
   pgolf train --preset cpu-tiny --run-dir out/mine --resume out/mine/checkpoint.safetensors
   pgolf quantize out/mine && pgolf eval out/mine/artifact.pgolf"""
 
+EVAL_EXAMPLES = """\
+examples:
+  pgolf eval out/mine/artifact.pgolf             # round trip + sliding window (+ the run's TTT)
+  pgolf eval out/mine --weights final            # the unquantized EMA weights, same evaluator
+  pgolf eval out/mine/checkpoint.safetensors --no-sliding --ttt none"""
+
 BUNDLE_EXAMPLES = """\
 examples:
   pgolf bundle --preset pr1550 --out records/x/train_gpt.py
@@ -74,6 +80,9 @@ def _budget_flag(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pgolf", description=DESCRIPTION, formatter_class=_Formatter)
     ap.add_argument("--version", action="version", version=f"pgolf {pgolf.__version__}")
+    ap.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                    help="progress bars of long stages, on stderr only (never in log.txt), rank "
+                    "0 only: auto = when stderr is a terminal; or PGOLF_PROGRESS=1/0")  # fmt: skip
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = _sub(sub, "run", "the main job: data -> train -> quantize -> eval -> summary", RUN_EXAMPLES)
@@ -136,8 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="artifact path (default RUN_DIR/artifact.pgolf)")
     _budget_flag(p)
 
-    p = _sub(sub, "eval", "score an artifact in a fresh process (logged in its run folder)")
-    p.add_argument("artifact", help="artifact.pgolf written by quantize/run")
+    p = _sub(sub, "eval", "score an artifact, or a run's unquantized weights, in a fresh process "
+             "(logged in its run folder)", EVAL_EXAMPLES)  # fmt: skip
+    p.add_argument("artifact", metavar="ARTIFACT|RUN_DIR|WEIGHTS",
+                   help="artifact.pgolf written by quantize/run, a run folder (its artifact, or "
+                   "with --weights its weights), or a run's .safetensors weights")  # fmt: skip
+    p.add_argument("--weights", default=None, choices=["final", "checkpoint"],
+                   help="score the run's unquantized weights instead of its artifact: final = "
+                   "final_model.safetensors (its plain score is the run's val_bpb_prequant), "
+                   "checkpoint = checkpoint.safetensors (its EMA copy if kept)")  # fmt: skip
     p.add_argument("--stride", type=int, default=None, help="sliding stride (default: the run's)")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
     p.add_argument("--no-sliding", action="store_true", help="round trip only")

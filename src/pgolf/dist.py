@@ -3,14 +3,16 @@
 `init()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts a process group:
 NCCL on CUDA, gloo on CPU. Everything works without a process group (world size 1): the helpers
 below then do nothing. The library never prints; it calls `log0`, which writes on rank 0 only, to
-stdout and to the log file set by `set_log_file` (the challenge's `key:value` lines).
-Nothing here runs at import time.
+stdout and to the log file set by `set_log_file` (the challenge's `key:value` lines). Long stages
+wrap their loops in `progress`: a tqdm bar on stderr, never in the log (tqdm imported lazily, so
+the core runs without it). Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -33,6 +35,7 @@ class DistInfo:
 _INFO = DistInfo()
 _LOG_FILE: TextIO | None = None
 _QUIET = False
+_BARS = None  # the tqdm class once `progress` showed a bar: console lines then go around bars
 
 
 def info() -> DistInfo:
@@ -135,8 +138,26 @@ def log0(msg: str, console: bool = True) -> None:
     if _INFO.rank != 0:
         return
     if console and not _QUIET:
-        sys.stdout.write(msg + "\n")
+        if _BARS is not None:
+            _BARS.write(msg, file=sys.stdout)
+        else:
+            sys.stdout.write(msg + "\n")
         sys.stdout.flush()
     if _LOG_FILE is not None:
         _LOG_FILE.write(msg + "\n")
         _LOG_FILE.flush()
+
+
+def progress(it: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
+    """`it`, with a tqdm bar on stderr on rank 0 when stderr is a TTY or PGOLF_PROGRESS=1 (never
+    with PGOLF_PROGRESS=0, desc None, or tqdm missing); else `it` itself. Never in the log file."""
+    on = os.environ.get("PGOLF_PROGRESS", "")
+    off = on == "0" or (on != "1" and not sys.stderr.isatty())
+    if off or desc is None or _INFO.rank or os.environ.get("RANK", "0") != "0":
+        return it
+    global _BARS
+    try:
+        from tqdm import tqdm as _BARS
+    except ImportError:
+        return it
+    return _BARS(it, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)

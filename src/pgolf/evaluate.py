@@ -144,12 +144,14 @@ def score_windows(
     *,
     shard: bool = True,
     reduce: bool = True,
+    bar: str | None = "eval",
 ) -> EvalResult:
     """Score the windows `plan` = (starts, lo, hi) of the stream without grad, in eval mode.
 
     Target `start + o` is scored for o in [lo, hi). `shard`: split the windows contiguously
     across ranks; `reduce`: all-reduce the sums (and check their count). With shard and reduce
-    off (a rank scoring its own windows) the result holds this rank's sums only."""
+    off (a rank scoring its own windows) the result holds this rank's sums only. `bar`: the
+    progress bar's label (`pgolf.dist.progress`; None: no bar)."""
     device = torch.device(device)
     if batch_seqs < 1:
         raise ValueError(f"evaluate: batch_seqs must be >= 1, got {batch_seqs}")
@@ -178,7 +180,7 @@ def score_windows(
     model.eval()
     try:
         with torch.no_grad():
-            for i in range(0, starts.numel(), batch_seqs):
+            for i in pdist.progress(range(0, starts.numel(), batch_seqs), desc=bar):
                 sl = slice(i, i + batch_seqs)
                 s, lo_b, hi_b = starts[sl], lo[sl], hi[sl]
                 n_pad = batch_seqs - s.numel() if pad_batches else 0
@@ -241,7 +243,7 @@ def eval_plain(
     plan = plain_windows(torch.as_tensor(val_tokens).numel() - 1, seq_len)
     return score_windows(
         model, val_tokens, plan, seq_len, batch_seqs, tables, device, autocast_dtype,
-        token_nll, pad_batches,
+        token_nll, pad_batches, bar="eval plain",
     )  # fmt: skip
 
 
@@ -267,7 +269,7 @@ def eval_sliding(
     plan = sliding_windows(n_targets, seq_len, stride)
     r = score_windows(
         model, val_tokens, plan, seq_len, batch_seqs, tables, device, autocast_dtype,
-        token_nll, pad_batches,
+        token_nll, pad_batches, bar="eval sliding",
     )  # fmt: skip
     pdist.log0(
         f"eval_sliding windows:{plan[0].numel()} seq_len:{seq_len} stride:{stride} "

@@ -68,7 +68,7 @@ def check_vocab(cfg: C.RunConfig, tok: Path) -> None:
 # Quantization
 
 
-def _model_from_state(
+def model_from_state(
     cfg: C.RunConfig, state: dict[str, torch.Tensor], device: torch.device, meta, source: str
 ):
     """Rebuild the model with the layer graph the weights were trained and measured with."""
@@ -204,7 +204,7 @@ def load_artifact_model(path: Path, device: torch.device):
     cfg = artifact_check.config_from_meta(meta, str(path))
     artifact_check.check_shapes(cfg, tensors, str(path))
     state = lqer.add_back(quant.dequantize_state(tensors))
-    return cfg, _model_from_state(cfg, state, device, meta, str(path)), meta
+    return cfg, model_from_state(cfg, state, device, meta, str(path)), meta
 
 
 def evaluate_model(
@@ -351,7 +351,7 @@ def load_run_model(cfg: C.RunConfig, weights: Path, device: torch.device):
 
     with safe_open(str(weights), "pt") as f:
         wmeta = json.loads((f.metadata() or {}).get("meta", "{}"))
-    return _model_from_state(cfg, load_file(str(weights)), device, wmeta, str(weights))
+    return model_from_state(cfg, load_file(str(weights)), device, wmeta, str(weights))
 
 
 def quantize_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),

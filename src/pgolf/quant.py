@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig, QuantConfig
-from pgolf.dist import all_reduce_, log0
+from pgolf.dist import all_reduce_, log0, progress
 from pgolf.model import param_role
 
 SCALE_MIN = 2.0**-24  # smallest positive fp16
@@ -263,7 +263,7 @@ def collect_hessians(
     was_training = model.training
     model.eval()
     try:
-        for batch in batches:
+        for batch in progress(batches, desc="calibration (Hessians)"):
             x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
             model(x)
             n_tokens += x.numel()
@@ -294,7 +294,7 @@ def selfgen_batches(
     vocab = model.tok_emb.weight.shape[0]
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for start in range(0, n_seqs, batch):
+    for start in progress(range(0, n_seqs, batch), desc="calibration (self-generated)"):
         b = min(batch, n_seqs - start)
         prompt = torch.randint(vocab, (b, 1), generator=gen, device=device)
         seqs = generate(model, prompt, seq_len - 1, temperature, gen)
@@ -348,7 +348,7 @@ def quantize_state(
 
     t0 = time.perf_counter()
     out, stats = [], {}
-    for e in plan:
+    for e in progress(plan, desc="quantize (per tensor)" if log else None):
         t = state_dict[e.name].detach()
         shape = tuple(t.shape)
         if e.method == "fp16":

@@ -218,13 +218,13 @@ def score_first(
     opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum)
     acc = np.zeros(3)  # nll, tokens, bytes (already all-reduced by score_windows)
     version, t0 = 0, time.perf_counter()
-    for c in range(n_chunks):
+    for c in pdist.progress(range(n_chunks), desc="ttt chunks"):
         sel = chunk_of == c
         if not bool(sel.any()):
             continue
         plan = (starts[sel], lo[sel], hi[sel])
         r = score_windows(model, tokens, plan, e.eval_seq_len, e.val_batch_seqs, tables, device,
-                          amp, token_nll)  # fmt: skip
+                          amp, token_nll, bar=None)  # fmt: skip
         acc += (r.nll_sum, r.tokens, r.bytes)
         a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())
         ledger.score([(a, b)], version)
@@ -270,7 +270,7 @@ def run_ttt(
         plan = sliding_windows(n, e.eval_seq_len, e.eval_stride)
         amp = torch.bfloat16 if device.type == "cuda" else None
         r = score_windows(model, val_tokens, plan, e.eval_seq_len, e.val_batch_seqs, tables,
-                          device, amp, token_nll)  # fmt: skip
+                          device, amp, token_nll, bar="eval sliding")  # fmt: skip
         ledger.score([(0, n)], 0)
         return r, ledger
     raise ValueError(
@@ -329,7 +329,7 @@ def prequant_ttt(
     ar = torch.arange(L + 1)
     version, t0 = 0, time.perf_counter()
     net.train()
-    for ep in range(t.prequant_epochs):
+    for ep in pdist.progress(range(t.prequant_epochs), desc="prequant ttt epochs"):
         lr = t.prequant_min_lr + (t.prequant_lr - t.prequant_min_lr) * 0.5 * (
             1 + math.cos(math.pi * ep / t.prequant_epochs))  # fmt: skip
         for g in opt.param_groups:

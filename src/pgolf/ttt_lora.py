@@ -122,7 +122,7 @@ def lora_ttt(
     base_opt: torch.optim.Optimizer | None = None
     warm: list[tuple[Tensor, Tensor]] | None = None
     version, done, phased, t0 = 0, 0, t.phased_docs <= 0, time.perf_counter()
-    for bi, batch in enumerate(batches):
+    for bi, batch in pdist.progress(enumerate(batches), len(batches), "ttt lora batches"):
         if bi % di.world_size == di.rank:
             n_ev = len(ledger.events)
             warm = _run_batch(model, batch, tokens, targets, t, L, ar, tab, device, amp, acc,

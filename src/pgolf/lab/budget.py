@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from pgolf.artifact import (
     tensor_parts,
     wrap,
 )
+from pgolf.dist import progress
 from pgolf.model import param_role
 
 __all__ = ["budget_report", "compare_codecs", "format_budget", "format_what_if",
@@ -303,7 +305,10 @@ def _prune(tensors: list[QTensor], groups: tuple[str, ...], target: int, size: A
     if size(apply(n)) > target:
         return apply(n), n, n  # cannot reach the target by pruning alone; `reached` says so
     lo, hi, step = 0, n, max(1, int(tol * n))
-    while hi - lo > step:  # invariant: lo does not fit, hi fits
+    rounds = range(2 + math.ceil(math.log2(n / step)))  # more than the bisection needs
+    for _ in progress(rounds, desc="what-if prune (bisection)"):
+        if hi - lo <= step:  # invariant: lo does not fit, hi fits
+            break
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if size(apply(mid)) <= target else (mid, hi)
     return apply(hi), hi, n

@@ -30,7 +30,7 @@ import numpy as np
 
 from pgolf import data as D
 from pgolf.bpb import StreamCounter, check_tokenizer, load_sp
-from pgolf.dist import log0
+from pgolf.dist import log0, progress
 from pgolf.lab.tokenizer import SP_TRAINER_ARGS, train_tokenizer
 
 BOS_ID = 1
@@ -128,7 +128,7 @@ def _write_split(sp, texts: list[str], folder: Path, prefix, split, shard_tokens
         buf, held = ([arr[n:]] if arr.size > n else []), arr.size - n
         log0(f"data: wrote {path} ({n} tokens)")
 
-    for i in range(0, len(texts), 256):
+    for i in progress(range(0, len(texts), 256), desc=f"tokenize {split} (x256 documents)"):
         for ids in sp.encode(texts[i : i + 256]):
             buf.append(np.array([BOS_ID, *ids], dtype=np.int64))
             held += buf[-1].size
@@ -341,7 +341,7 @@ def download_fineweb(
     if not 0 <= train_shards <= n_train:
         raise ValueError(f"{name} has {n_train} train shards on {repo}; asked for {train_shards}")
     for split, n in (("val", n_val), ("train", train_shards)):
-        for i in range(n):
+        for i in progress(range(n), desc=f"fetch {split} shards"):
             rel = f"datasets/{name}/fineweb_{split}_{i:06d}.bin"
             get(rel, _expected_sha(entry, rel))
     tok_name = entry.get("tokenizer_name")
