@@ -179,6 +179,7 @@ def test_checkpoint_resumes_through_the_cli(tiny_run, tmp_path):
     r = pgolf(*args, env=env, cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "resumed" / "final_model.safetensors").exists()
+    assert (tmp_path / "resumed" / "loss.png").stat().st_size > 1000  # `pgolf train` plots too
 
 
 def test_quantize_with_a_plan_override_shrinks_the_artifact(tiny_run, tmp_path):

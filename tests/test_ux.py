@@ -118,3 +118,43 @@ def test_resume_refuses_another_config_or_seed_but_not_another_budget(tmp_path):
         _check_resume(ck, C.load("cpu-tiny", ["seed=8"]))
     with pytest.raises(ValueError, match=r"optim\.matrix_lr"):
         _check_resume(ck, C.load("cpu-tiny", ["seed=7", "matrix_lr=0.5"]))
+
+
+def test_loss_plot_has_a_legend_units_and_a_wall_clock_axis(tmp_path, monkeypatch):
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from pgolf.lab.report import plot_losses
+
+    rows = [{"step": s, "train_loss": 6.0 - s / 10, "elapsed_s": 0.5 * s} for s in range(1, 21)]
+    rows.append({"step": 20, "val_loss": 3.1, "val_bpb": 2.1, "elapsed_s": 10.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)  # keep the figure to read it back
+    out = plot_losses(tmp_path)
+    assert out == tmp_path / "loss.png" and out.stat().st_size > 1000
+    (fig,) = figs
+    labels = [a.get_xlabel() + "|" + a.get_ylabel() for a in fig.axes]
+    legend = [t.get_text() for a in fig.axes if a.get_legend() for t in a.get_legend().texts]
+    assert legend == ["train loss (nats/token)", "val (bits/byte)"]
+    assert any("nats/token" in lb for lb in labels) and any("bits per byte" in lb for lb in labels)
+    wall = [c for a in fig.axes for c in a.child_axes if "wall clock (s" in c.get_xlabel()]
+    assert len(wall) == 1  # seconds on top: 20 steps in 10 s, so the limits are halved
+    assert wall[0].get_xlim() == pytest.approx([0.5 * x for x in fig.axes[0].get_xlim()])
+    plt.close(fig)
+
+
+def test_params_does_not_pay_for_torch_dynamo():
+    """`pgolf params` builds on the meta device without running initialisers: torch's meta refs
+    (normal_, stack) import torch._dynamo on first use, seconds of a command meant to be quick."""
+    code = ("import sys, io, contextlib\nimport torch\n"
+            "if 'torch._dynamo' in sys.modules:\n    sys.exit(77)\n"
+            "from pgolf import cli\nwith contextlib.redirect_stdout(io.StringIO()) as f:\n"
+            "    cli.main(['params', '--preset', 'pr1550'])\n"
+            "assert f.getvalue().split()[-1] == '36311132', f.getvalue()\n"
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode == 77:
+        pytest.skip("this torch imports torch._dynamo at `import torch`")
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -72,10 +72,23 @@ def _run_folder(artifact_or_dir: Path):
 
 
 def cmd_params(preset: str, overrides: list[str]) -> int:
+    import torch
+
     from pgolf.model import count_params
 
+    class SkipInit(torch.overrides.TorchFunctionMode):
+        """`torch.nn.init` skipped on the meta device: it changes no shape, and torch's meta
+        `normal_` is a Python ref whose first call imports torch._dynamo (seconds)."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if getattr(func, "__module__", None) == "torch.nn.init":
+                return args[0] if args else kwargs["tensor"]
+            return func(*args, **kwargs)
+
     cfg = C.load(preset, overrides)
-    n = count_params(cfg.model)
+    with SkipInit():
+        n = count_params(cfg.model)
     m = cfg.model
     print(f"preset:{cfg.preset} layers:{m.num_layers} dim:{m.model_dim} vocab:{m.vocab_size}")
     print(n)

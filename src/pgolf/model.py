@@ -177,7 +177,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.attn_scale = nn.Parameter(torch.ones(D))
         self.mlp_scale = nn.Parameter(torch.ones(D))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(D), torch.zeros(D))))  # [2,D]
+        self.resid_mix = nn.Parameter(torch.ones(2, D))  # [2,D]; init_weights: rows 1, 0
         self.ln = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0  # physical index
 
     def _norm(self, x: Tensor) -> Tensor:
