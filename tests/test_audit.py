@@ -17,6 +17,7 @@ from test_ttt import MCFG, cfg, stream, tables
 from pgolf.evaluate import eval_sliding, score_windows, sliding_windows
 from pgolf.lab import audit as AU
 from pgolf.lab.arith import Decoder, encode
+from pgolf.lab.audit_c3 import inference_tensors
 from pgolf.model import GPT
 from pgolf.ttt_lora import sgd_on_ranges
 
@@ -103,7 +104,7 @@ class TwoPass(AU.Evaluator):
                          token_nll=nll)  # fmt: skip
         h.remove()
         AU.ledger_from_plan(ledger, plan, 1)
-        return r.nll_sum, r.tokens, model
+        return r, model
 
 
 class DoubleTail(AU.Evaluator):
@@ -120,7 +121,7 @@ class DoubleTail(AU.Evaluator):
                           token_nll=nll)  # fmt: skip
         h.remove()
         AU.ledger_from_plan(ledger, plan)
-        return r.nll_sum, r.tokens, model
+        return r, model
 
 
 class LeakySmear(GPT):
@@ -187,10 +188,10 @@ def test_lora_passes_everything() -> None:
 
 def test_inference_tensors_are_found() -> None:
     m = perturbed_gpt(MCFG, True, 0)
-    assert AU.inference_tensors(m) == []
+    assert inference_tensors(m) == []
     with torch.inference_mode():
         m.rope_cache = torch.ones(3)  # a cache made while scoring under inference_mode
-    assert AU.inference_tensors(m) == ["rope_cache"]
+    assert inference_tensors(m) == ["rope_cache"]
 
 
 def test_arithmetic_coder_round_trips() -> None:

@@ -10,26 +10,27 @@ log-distribution that scored them: a forward hook (`Tap`) on the scoring model r
 log-softmax of every eval-mode window that contains a probed position, keyed by window start.
 Every run works on a deep copy of the model, so TTT never leaks from one run into the next.
 
-Tests (rows: condition, test, verdict pass / fail / n.a., evidence):
-C1 T1.1 future-perturbation prefix invariance at cut points (inside a chunk, at a window/chunk
+Tests (rows: condition, test, verdict pass / fail / n.a., evidence), C1 here:
+T1.1 future-perturbation prefix invariance at cut points (inside a chunk, at a window/chunk
 boundary, at a document boundary); T1.2 target-flip invariance of p_t and every earlier score;
 T1.4 neighbour-replacement and batch-size invariance for modes that claim per-document scoring;
-T1.5 no training-data reads / network during evaluation (`sys.addaudithook`).
-C2 T2.1 normalization of the scoring distribution and NLL = -log p(target) of that vector;
-T2.3 arithmetic-coding round trip (exact big-integer coder; the decoder re-runs the evaluator on
-the decoded prefix plus a dummy next token). C3 T3.1 score-before-update from the ledger
-(`pgolf.ttt.score_before_update`); T3.3 reported total = sum of per-target scores; T3.5 no
-inference-mode tensors left in the model. C4 T4.1 every target scored exactly once
-(`pgolf.ttt.single_pass`); T4.3 a re-run reproduces the number. The noise floor is measured by
-running the identical input twice; "unchanged" means within max(100 x floor, 1e-5) nats.
+T1.5 no training-data reads / network during evaluation (`sys.addaudithook`). C2 (T2.1
+normalization, T2.3 arithmetic-coding round trip, T2.4 byte oracle, T2.5 coverage) lives in
+`pgolf.lab.audit_c2`, C3/C4 (T3.1-T3.5, T4.1-T4.3) in `pgolf.lab.audit_c3`. Each run counts
+the optimizer steps (`Steps`, global optimizer hooks) and stamps every ledger event with that
+count (`StampLedger`), which T3.4 uses to undo the steps that consumed one chunk. The noise floor
+is measured by running the identical input twice; "unchanged" means within max(100 x floor,
+1e-5) nats. T1.3 (artifact independence) needs training runs: `pgolf.lab.audit_run`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,9 +38,14 @@ from torch import nn
 from pgolf import ttt as TT
 from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
-from pgolf.evaluate import eval_plain, eval_sliding, plain_windows, sliding_windows
-from pgolf.lab.arith import Decoder, encode, freqs
-from pgolf.ttt_lora import documents
+from pgolf.evaluate import (
+    EvalResult,
+    eval_plain,
+    eval_sliding,
+    plain_windows,
+    sliding_windows,
+)
+from pgolf.ttt_lora import documents, lora_ttt
 
 MODES = ("plain", "sliding", "score_first", "lora", "prequant")
 
@@ -60,6 +66,63 @@ class EvalOut:
     ledger: TT.Ledger
     probs: dict[int, list[tuple[int, torch.Tensor]]]  # target -> [(window start, log-probs)]
     model: nn.Module  # the model as the evaluation left it (T3.5)
+    bytes: int = 0  # reported byte denominator
+    steps: int = 0  # optimizer steps taken (T3.4)
+
+
+class Steps:
+    """Global optimizer-step hooks while `active`: counts every `optimizer.step()` of any
+    optimizer (pre-quant TTT's fresh model included) and undoes the steps whose index is in
+    `off` (the parameters are restored after the step: the update is disabled, T3.4)."""
+
+    def __init__(self, off: frozenset[int] = frozenset()) -> None:
+        self.n, self.off, self.saved = 0, off, None
+
+    @staticmethod
+    def _params(opt) -> list[torch.Tensor]:
+        return [p for g in opt.param_groups for p in g["params"]]
+
+    def _pre(self, opt, args, kwargs) -> None:
+        if self.n in self.off:
+            self.saved = [p.detach().clone() for p in self._params(opt)]
+
+    def _post(self, opt, args, kwargs) -> None:
+        if self.saved is not None:
+            with torch.no_grad():
+                for p, s in zip(self._params(opt), self.saved, strict=True):
+                    p.copy_(s)
+            self.saved = None
+        self.n += 1
+
+    @contextmanager
+    def active(self) -> Iterator[Steps]:
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
+
+        hs = [register_optimizer_step_pre_hook(self._pre),
+              register_optimizer_step_post_hook(self._post)]  # fmt: skip
+        try:
+            yield self
+        finally:
+            for h in hs:
+                h.remove()
+
+
+@dataclass
+class StampLedger(TT.Ledger):
+    """A ledger whose every event also records how many optimizer steps preceded it."""
+
+    steps: Steps | None = None
+
+    def score(self, positions, weights_version) -> None:
+        super().score(positions, weights_version)
+        self.events[-1]["steps"] = self.steps.n if self.steps else 0
+
+    def update(self, positions, new_version) -> None:
+        super().update(positions, new_version)
+        self.events[-1]["steps"] = self.steps.n if self.steps else 0
 
 
 class Tap:
@@ -95,12 +158,14 @@ def ledger_from_plan(ledger: TT.Ledger, plan, version: int = 0) -> None:
 
 @dataclass
 class Evaluator:
-    """One evaluation mode on the core's entry points (module docstring)."""
+    """One evaluation mode on the core's entry points (module docstring). `sp`: the
+    SentencePiece processor of the tokenizer (the byte oracle T2.4; None: not applicable)."""
 
     mode: str
     cfg: RunConfig
     tables: ByteTables
     device: str = "cpu"
+    sp: Any = None
 
     @property
     def per_document(self) -> bool:
@@ -113,11 +178,12 @@ class Evaluator:
                                           ttt=replace(c.ttt, lora_batch_docs=n)))  # fmt: skip
 
     def score(self, model: nn.Module, tokens: torch.Tensor, nll: torch.Tensor,
-              ledger: TT.Ledger, tap: Tap) -> tuple[float, int, nn.Module]:  # fmt: skip
-        """Run the mode; fills `nll` and `ledger`; returns (reported sum, count, scoring model)."""
+              ledger: TT.Ledger, tap: Tap) -> tuple[EvalResult, nn.Module]:  # fmt: skip
+        """Run the mode; fills `nll` and `ledger`; returns (reported totals, scoring model)."""
         e, dev = self.cfg.eval, torch.device(self.device)
+        c = replace(self.cfg, ttt=replace(self.cfg.ttt, mode=self.mode))
         if self.mode == "prequant":
-            model = TT.prequant_ttt(self.cfg, model, tokens, dev, ledger=ledger)
+            model = TT.prequant_ttt(c, model, tokens, dev, ledger=ledger)
         h = model.register_forward_hook(tap)
         try:
             n = tokens.numel() - 1
@@ -130,22 +196,29 @@ class Evaluator:
                                  self.tables, dev, token_nll=nll)  # fmt: skip
                 v = max((ev["version"] for ev in ledger.events), default=0)
                 ledger_from_plan(ledger, sliding_windows(n, e.eval_seq_len, e.eval_stride), v)
-            elif self.mode in ("score_first", "lora"):
-                c = replace(self.cfg, ttt=replace(self.cfg.ttt, mode=self.mode))
-                r, led = TT.run_ttt(c, model, tokens, self.tables, dev, token_nll=nll)
-                ledger.events.extend(led.events)
+            elif self.mode == "score_first":  # run_ttt's branches, with the auditor's ledger
+                r = TT.score_first(c, model, tokens, self.tables, dev, ledger, nll)
+            elif self.mode == "lora":
+                r = lora_ttt(c, model, tokens, self.tables, dev, ledger, nll)
             else:
                 raise ValueError(f"audit: unknown mode {self.mode!r}; use one of {MODES}")
         finally:
             h.remove()
-        return r.nll_sum, r.tokens, model
+        return r, model
 
-    def run(self, model: nn.Module, tokens: torch.Tensor, probes: list[int] = ()) -> EvalOut:
+    def run(self, model: nn.Module, tokens: torch.Tensor, probes: list[int] = (),
+            off: frozenset[int] = frozenset()) -> EvalOut:  # fmt: skip
+        """One evaluation on a copy of `model` (no copy for the stateless base modes);
+        optimizer steps numbered in `off` are undone (T3.4)."""
         tokens = torch.as_tensor(tokens).to(torch.int64).cpu()
         nll = torch.zeros(tokens.numel() - 1, dtype=torch.float64)
-        ledger, tap = TT.Ledger(), Tap(tokens, list(probes), self.cfg.eval.eval_seq_len)
-        total, count, scorer = self.score(copy.deepcopy(model), tokens, nll, ledger, tap)
-        return EvalOut(nll, total, count, ledger, tap.probs, scorer)
+        stateless = type(self) is Evaluator and self.mode in ("plain", "sliding")
+        with Steps(off).active() as steps:
+            ledger = StampLedger(steps=steps)
+            tap = Tap(tokens, list(probes), self.cfg.eval.eval_seq_len)
+            r, scorer = self.score(model if stateless else copy.deepcopy(model), tokens, nll,
+                                   ledger, tap)  # fmt: skip
+        return EvalOut(nll, r.nll_sum, r.tokens, ledger, tap.probs, scorer, r.bytes, steps.n)
 
 
 def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
@@ -195,7 +268,7 @@ def scoring_row(out: EvalOut, t: int, y: int) -> tuple[int, torch.Tensor] | None
     return min(rows, key=lambda kv: abs(-float(kv[1][y]) - float(out.nll[t])))
 
 
-def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
+def maxdiff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
     d = (a - b).abs()
     return (float(d.max()), int(d.argmax())) if d.numel() else (0.0, -1)
 
@@ -222,71 +295,6 @@ def cut_points(ev: Evaluator, tokens: torch.Tensor, bos: int) -> dict[str, int]:
     return {k: max(2, v) for k, v in cuts.items()}
 
 
-# ----------------------------------------------------------------------------------------------
-# Arithmetic coding (T2.3): exact big-integer interval coder over integer frequencies
-
-
-def round_trip(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, k: int, tol: float) -> Row:
-    """T2.3 on the first k targets: encode with the full-stream distributions, decode with a
-    fresh evaluator per step on the decoded prefix plus a dummy next token. Where the two
-    distributions agree within `tol` (the noise floor: CPU kernels are not bitwise invariant to
-    the stream length) the decoder uses the encoder's table, so float noise cannot derail it;
-    any larger difference decodes with the decoder's own table."""
-    test = "T2.3 arithmetic-coding round trip"
-    k = min(k, tokens.numel() - 1)
-    sl = tokens[: k + 1]
-    try:
-        enc = ev.run(model, sl, list(range(k)))
-    except (ValueError, RuntimeError) as e:
-        why = f"the evaluator cannot score a {k}-target prefix ({e})"
-        return Row("C2", test, "fail", why[:160])
-    rows = [scoring_row(enc, j, int(sl[j + 1])) for j in range(k)]
-    if any(r is None for r in rows):
-        return Row("C2", test, "fail", "the evaluator exposed no distribution at some positions")
-    tabs = [freqs(r[1]) for r in rows]
-    m, b = encode([int(x) for x in sl[1:]], tabs)
-    dec, got, noisy, worst = Decoder(m, b), [int(sl[0])], 0, 0.0
-    dummy = int(torch.nonzero(ev.tables.base_bytes > 0)[0])  # any token with bytes
-    for j in range(k):
-        stream = torch.tensor([*got, dummy], dtype=torch.int64)
-        try:
-            row = scoring_row(ev.run(model, stream, [j]), j, dummy)
-        except (ValueError, RuntimeError) as e:
-            row, why = None, f"the evaluator cannot score the decoded prefix alone ({e})"
-        else:
-            why = f"no distribution for target {j} on the decoded prefix"
-        if row is None:
-            return Row("C2", test, "fail", why[:160])
-        d = float((row[1] - rows[j][1]).abs().max())
-        worst = max(worst, d)
-        noisy += 0 < d <= tol
-        got.append(dec.next(tabs[j] if d <= tol else freqs(row[1])))
-    nll_bits = float(enc.nll.sum()) / math.log(2)
-    bad = [j for j in range(k) if got[j + 1] != int(sl[j + 1])]
-    ok = not bad and b <= 1.005 * nll_bits + 2
-    txt = (
-        f"{k} tokens: decoded {'exactly' if not bad else f'wrong from target {bad[0]}'}; "
-        f"code {b} bits vs sum NLL {nll_bits:.1f} bits ({100 * (b / nll_bits - 1):+.2f}%); "
-        f"max|dlog p| enc/dec {worst:.1e} ({noisy} steps within noise)"
-    )
-    return Row("C2", test, "pass" if ok else "fail", txt)
-
-
-# ----------------------------------------------------------------------------------------------
-# The audit
-
-
-def inference_tensors(model: nn.Module) -> list[str]:
-    """Names of inference-mode tensors in parameters, buffers and tensor attributes (T3.5)."""
-    out = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
-    for name, mod in model.named_modules():
-        for k, v in vars(mod).items():
-            vals = v if isinstance(v, list | tuple) else [v]
-            if any(isinstance(x, torch.Tensor) and x.is_inference() for x in vals):
-                out.append(f"{name}.{k}" if name else k)
-    return out
-
-
 def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool = False,
           seed: int = 0, coder_tokens: int | None = None) -> list[Row]:  # fmt: skip
     """All empirical tests of `ev` on (model, tokens); see the module docstring."""
@@ -298,7 +306,7 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
     probes = sorted({*flips, *(int(x) for x in sample)})
     base, opened = traced(ev.run, model, tokens, probes)
     again = ev.run(model, tokens, probes)
-    floor, _ = _maxdiff(base.nll, again.nll)
+    floor, _ = maxdiff(base.nll, again.nll)
     tol = max(100 * floor, 1e-5)
     rows: list[Row] = []
 
@@ -309,7 +317,7 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
     # C1 -------------------------------------------------------------------------------------
     for label, c in cut_points(ev, tokens, bos).items():
         pert = ev.run(model, _random_tail(tokens, c, g))
-        d, j = _maxdiff(base.nll[: c - 1], pert.nll[: c - 1])
+        d, j = maxdiff(base.nll[: c - 1], pert.nll[: c - 1])
         add("C1", f"T1.1 prefix invariance ({label}, cut {c})", d <= tol,
             f"max|dNLL| over {c - 1} earlier targets {d:.2e} (tol {tol:.0e})"
             + (f", first at target {j}" if d > tol else ""))
@@ -321,7 +329,7 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
         if int(x[t + 1]) == bos:
             x[t + 1] = (bos + 1) % ev.cfg.model.vocab_size
         out = ev.run(model, x, [t])
-        d, _ = _maxdiff(base.nll[:t], out.nll[:t])
+        d, _ = maxdiff(base.nll[:t], out.nll[:t])
         r0, r1 = scoring_row(base, t, int(tokens[t + 1])), scoring_row(out, t, int(x[t + 1]))
         dp = float((r0[1] - r1[1]).abs().max()) if r0 and r1 else float("inf")
         if max(d, dp) > worst:
@@ -339,8 +347,8 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
                 new = torch.randint(0, ev.cfg.model.vocab_size, seg.shape, generator=g)
                 new[new == bos] = (bos + 1) % ev.cfg.model.vocab_size
                 x[lo_:hi_] = torch.where(seg == bos, seg, new)
-            d1, _ = _maxdiff(base.nll[a:b], ev.run(model, x).nll[a:b])
-            d2, _ = _maxdiff(base.nll, ev.with_batch(1).run(model, tokens).nll)
+            d1, _ = maxdiff(base.nll[a:b], ev.run(model, x).nll[a:b])
+            d2, _ = maxdiff(base.nll, ev.with_batch(1).run(model, tokens).nll)
             add("C1", "T1.4 document isolation / batch composition", max(d1, d2) <= tol,
                 f"doc [{a},{b}) with neighbours replaced: {d1:.2e}; batch size 1: {d2:.2e}")
         else:
@@ -352,46 +360,15 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
     add("C1", "T1.5 no training data / network at eval", not bad,
         f"{len(opened)} file/network events during evaluation" + (f": {bad[:2]}" if bad else ""))
 
-    # C2 -------------------------------------------------------------------------------------
-    worst_sum, worst_nll, missing = 0.0, 0.0, []
-    for t in probes:
-        r = scoring_row(base, t, int(tokens[t + 1]))
-        if r is None:
-            missing.append(t)
-            continue
-        p = r[1]
-        s = float(torch.logsumexp(p, 0).exp()) if torch.isfinite(p).all() else float("inf")
-        worst_sum = max(worst_sum, abs(s - 1))
-        worst_nll = max(worst_nll, abs(-float(p[int(tokens[t + 1])]) - float(base.nll[t])))
-    add("C2", "T2.1 normalization and NLL = -log p", not missing and worst_sum < 1e-5
-        and worst_nll < 1e-4, f"{len(probes)} positions: max|sum p - 1| {worst_sum:.1e}, "
-        f"max|NLL + log p| {worst_nll:.1e}" + (f"; no distribution at {missing[:3]}" if missing
-                                                else ""))  # fmt: skip
+    # C2, C3, C4 -----------------------------------------------------------------------------
+    from pgolf.lab import audit_c2, audit_c3
+
+    rows.append(audit_c2.normalization(base, tokens, probes))
     k = coder_tokens if coder_tokens is not None else (24 if quick else 64)
     if k > 0:
-        rows.append(round_trip(ev, model, tokens, k, tol))
-
-    # C3 -------------------------------------------------------------------------------------
-    led = base.ledger
-    n_up = sum(e["kind"] == "update" for e in led.events)
-    v = TT.score_before_update(led)
-    add("C3", "T3.1/T3.2 score before update (ledger)", not v,
-        f"{n_up} updates, {len(led.events) - n_up} score events" + (f"; {v[0]}" if v else ""))
-    dsum = abs(base.total - float(base.nll.sum()))
-    add("C3", "T3.3 reported total = sum of per-target scores", dsum <= 1e-6 * max(1.0, base.total)
-        and base.tokens == n, f"reported {base.total:.6f} over {base.tokens} targets, per-target "
-        f"sum {float(base.nll.sum()):.6f} over {n}")  # fmt: skip
-    inf = inference_tensors(base.model)
-    add("C3", "T3.5 no inference-mode tensors", not inf,
-        f"{len(inf)} inference tensors" + (f": {inf[:3]}" if inf else ""))
-
-    # C4 -------------------------------------------------------------------------------------
-    v = TT.single_pass(led, n)
-    add("C4", "T4.1 every target scored exactly once", not v and base.tokens == n,
-        f"{n} targets, reported {base.tokens}" + (f"; {v[0]}" if v else ""))
-    dt = abs(base.total - again.total)
-    add("C4", "T4.3 one sweep, reproducible", dt <= max(100 * floor * n, 1e-9 * abs(base.total)),
-        f"re-run total differs by {dt:.2e} nats (noise floor {floor:.1e}/target)")
+        rows.append(audit_c2.round_trip(ev, model, tokens, k, tol))
+    rows += [audit_c2.byte_oracle(ev, tokens), audit_c2.coverage(ev, tokens, base)]
+    rows += audit_c3.rows(ev, model, tokens, base, again, floor, tol)
     return rows
 
 
