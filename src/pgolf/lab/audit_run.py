@@ -2,7 +2,17 @@
 stream and run the empirical tests of `pgolf.lab.audit` with an evaluation mode, plus the
 artifact-level rows: T1.3 from the metadata (weights adapted on validation tokens: PR #1550's
 pre-quant TTT) and the T4.4 budget checks (artifact + code bytes, train and eval time from the
-run's result.json when it sits next to the artifact). Everything runs on the CPU, seeded.
+run's result.json when it sits next to the artifact) and T2.5 for the run's own evaluation (the
+validation targets its config scores against the canonical count of the shards; a run log's
+`targets:` line must agree). Everything runs on the CPU, seeded.
+
+`pgolf audit --train CONFIG_OR_RUN` (`audit_train`, T1.3): two short deterministic runs of the
+config (TRAIN_DEFAULTS shrink it: 2 steps, 8,192 validation tokens, one small pre-quant epoch),
+one on the real validation shards and one on a decoy of the same shape - random tokens drawn
+from the ids the shard uses, BOS kept at the same positions (same documents and lengths). The
+artifacts (tensors and metadata, data paths aside) must be byte-identical; opens of the
+validation shards during each run are counted as evidence (reads alone are allowed: periodic
+validation logging is legal when the artifact does not depend on it).
 """
 
 from __future__ import annotations
@@ -22,9 +32,41 @@ def default_mode(ttt_mode: str) -> str:
     return {"score_first": "score_first", "lora": "lora"}.get(ttt_mode, "sliding")
 
 
-def artifact_rows(path: Path, cfg, meta: dict) -> list[Row]:
-    """T1.3 (metadata) and T4.4 (budget) rows for an artifact file."""
-    rows = []
+def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
+    """T2.5 for the run's evaluation: the targets its config scores on the full validation shards
+    against their canonical count (all tokens of every val shard, minus one)."""
+    import re
+
+    from pgolf.data import find_shards, load_val_tokens, read_shard
+
+    test = "T2.5 run scores the whole validation set"
+    try:
+        canon = sum(int(read_shard(f).size) for f in find_shards(data_dir, "val")) - 1
+        scored = load_val_tokens(data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens,
+                                 cfg.model.vocab_size).numel() - 1  # fmt: skip
+    except (OSError, ValueError) as e:
+        return Row("C2", test, "n.a.", f"validation shards unreadable ({e})"[:160])
+    log = path.parent / "log.txt"
+    own = Path(cfg.data.data_path or ".").resolve() == data_dir.resolve()  # the run's shards
+    hits = re.findall(r"targets:(\d+)", log.read_text()) if own and log.is_file() else []
+    said = f"; {log.name} says {hits[-1]}" if hits else ""
+    if hits and int(hits[-1]) != scored:
+        return Row("C2", test, "fail", f"config scores {scored} targets{said}")
+    short = canon - scored
+    full = load_val_tokens(data_dir, cfg.eval.eval_seq_len, 0, cfg.model.vocab_size).numel() - 1
+    if scored < full:
+        return Row("C2", test, "fail", f"data.max_val_tokens={cfg.data.max_val_tokens}: scores "
+                   f"{scored} of {canon} canonical targets (subset evaluation){said}")  # fmt: skip
+    ok = short < cfg.eval.eval_seq_len
+    why = (f" - the loader's documented cut to k x eval_seq_len + 1 tokens drops the last {short}"
+           if 0 < short < cfg.eval.eval_seq_len else "")  # fmt: skip
+    return Row("C2", test, "pass" if ok else "fail",
+               f"{scored} of {canon} canonical targets{why}{said}")  # fmt: skip
+
+
+def artifact_rows(path: Path, cfg, meta: dict, data_dir: Path | None = None) -> list[Row]:
+    """T1.3 (metadata), T2.5 (the run's coverage) and T4.4 (budget) rows for an artifact."""
+    rows = [] if data_dir is None else [run_coverage(path, cfg, data_dir)]
     res_file = path.parent / "result.json"
     res = json.loads(res_file.read_text()) if res_file.is_file() else {}
     if cfg.ttt.mode == "prequant" or res.get("non_record"):
@@ -79,17 +121,17 @@ def audit_artifact(
     n = n_tokens or (512 if quick else 4096)
     val = load_val_tokens(data_dir, 1, n + 1, cfg.model.vocab_size)
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
-    ev = Evaluator(mode, audit_scale(cfg, val.numel() - 1), tables, "cpu")
+    ev = Evaluator(mode, audit_scale(cfg, val.numel() - 1), tables, "cpu", bpb.load_sp(tok))
     rows = audit(ev, model, val, quick=quick)
-    rows += artifact_rows(path, cfg, meta)
+    rows += artifact_rows(path, cfg, meta, data_dir)
     info = {"artifact": str(path), "mode": mode, "targets": val.numel() - 1,
             "seconds": time.perf_counter() - t0, "quick": quick,
             "failures": sum(r.verdict == "fail" for r in rows)}  # fmt: skip
     return rows, info
 
 
-TRAIN_DEFAULTS = ["iterations=3", "max_val_tokens=8192", "warmup_steps=0", "val_loss_every=0"]
-
+TRAIN_DEFAULTS = ["iterations=2", "max_val_tokens=8192", "warmup_steps=0", "val_loss_every=0",
+                  "ttt.prequant_epochs=1", "ttt.prequant_batch_seqs=4"]
 
 def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
          static: str | None = None, train: str | None = None,
@@ -128,19 +170,23 @@ def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool,
     return "\n".join(lines), int(bool(info["failures"]))
 
 
-def decoy_data(data_dir: Path, out: Path, seed: int = 0) -> Path:
-    """A copy of `data_dir` whose validation shards hold the same tokens permuted (same shape,
-    same token counts); train shards and tokenizer are symlinks to the originals."""
+def decoy_data(data_dir: Path, out: Path, bos: int, seed: int = 0) -> Path:
+    """A copy of `data_dir` whose validation shards hold random tokens of the same shape: the
+    ids the shard uses, drawn uniformly, BOS kept where it was; other files are symlinks."""
     import numpy as np
 
     from pgolf.data import find_shards, read_shard, write_shard
 
     out.mkdir(parents=True, exist_ok=True)
     vals = set(find_shards(data_dir, "val"))
+    rng = np.random.default_rng(seed)
     for f in data_dir.iterdir():
         if f in vals:
-            arr = np.asarray(read_shard(f))
-            write_shard(out / f.name, np.random.default_rng(seed).permutation(arr))
+            arr = np.asarray(read_shard(f)).astype(np.int64)
+            ids = np.unique(arr[arr != bos])
+            new = ids[rng.integers(0, max(1, ids.size), arr.size)] if ids.size else arr.copy()
+            new[arr == bos] = bos
+            write_shard(out / f.name, new)
         elif not (out / f.name).exists():
             (out / f.name).symlink_to(f.resolve())
     return out
@@ -159,32 +205,40 @@ def _fingerprint(path: Path) -> tuple[bytes, dict]:
 
 
 def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Row]:
-    """T1.3: two short deterministic runs, real validation shard vs a permuted decoy; the
-    artifacts (tensors and metadata, data paths aside) must be byte-identical."""
+    """T1.3 (module docstring): real vs decoy validation shards -> one row."""
     from dataclasses import replace
+    from functools import partial
 
     from pgolf import config as C
     from pgolf import pipeline
+    from pgolf.data import find_shards
+    from pgolf.lab.audit import traced
     from pgolf.lab.bundle import code_size
 
     src = Path(config_or_run)
     if src.is_dir():
+        if not (src / "config.json").is_file():
+            raise FileNotFoundError(f"{src / 'config.json'} not found: --train takes a preset "
+                                    "name or a run folder")  # fmt: skip
         cfg = C.from_dict(json.loads((src / "config.json").read_text()))
         cfg = C.apply_overrides(cfg, overrides) if overrides else cfg
+        C.validate(cfg)
     else:
         cfg = C.load(config_or_run, overrides)
     cfg, data_dir, tok = pipeline.resolve_data(cfg)
-    decoy = decoy_data(data_dir, work / "decoy_data")
-    arts = []
+    decoy = decoy_data(data_dir, work / "decoy_data", cfg.model.bos_id)
+    arts, reads = [], []
     for name, d in (("real", data_dir), ("decoy", decoy)):
         c = replace(cfg, data=replace(cfg.data, data_path=str(d), tokenizer_path=str(tok)))
-        res = pipeline.run(c, str(work / name), quantize=True, code_size=code_size)
+        vals = {f.name for f in find_shards(d, "val")}
+        res, opened = traced(partial(pipeline.run, code_size=code_size), c, str(work / name))
         arts.append(Path(res["artifact_path"]))
+        reads.append(sum(o.startswith("open:") and o.rsplit("/", 1)[-1] in vals for o in opened))
     (a, ma), (b, mb) = _fingerprint(arts[0]), _fingerprint(arts[1])
     same = a == b and ma == mb
     why = "identical" if same else ("tensors differ" if a != b else "metadata differs")
     note = " (ttt.mode=prequant trains on the validation stream)" if cfg.ttt.mode == "prequant" \
         else ""  # fmt: skip
     return [Row("C1", "T1.3 artifact independent of validation data", "pass" if same else "fail",
-                f"real vs permuted-decoy validation shard: artifacts {why} ({len(a)} payload "
-                f"bytes){note}")]  # fmt: skip
+                f"real vs random-token decoy validation shards: artifacts {why} ({len(a)} payload "
+                f"bytes; val shards opened {reads[0]}/{reads[1]} times){note}")]  # fmt: skip
