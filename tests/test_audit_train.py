@@ -6,12 +6,15 @@ score-first passes every test."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import tiny_corpus
 
 from pgolf.data import read_shard
-from pgolf.lab.audit_run import TRAIN_DEFAULTS, audit_artifact, audit_train, decoy_data
+from pgolf.lab.audit import Row
+from pgolf.lab.audit_run import TRAIN_DEFAULTS, audit_artifact, audit_train, decoy_data, main
 
 TINY = [
     "num_layers=2", "model_dim=32", "num_heads=2", "num_kv_heads=1", "mlp_mult=2",
@@ -52,11 +55,13 @@ def test_train_audit_passes_score_first_and_fails_prequant(runs):
     assert "tensors differ" in pre["T1.3"].evidence and "prequant" in pre["T1.3"].evidence
 
 
-def test_run_artifacts_audit_prequant_fails_condition_3_score_first_passes(runs):
+def test_run_artifacts_audit_prequant_fails_condition_3_score_first_passes(runs, capsys):
     root, _, _ = runs
-    rows, info = audit_artifact(root / "pre" / "real" / "artifact.pgolf", quick=True, n_tokens=128)
+    text, rc = main(str(root / "pre" / "real" / "artifact.pgolf"), None, None, True, True)
+    assert rc == 1 and capsys.readouterr().out == ""  # --json: no log line on stdout
+    rows = [Row(**r) for r in json.loads(text)["rows"]]
     bad = {r.test.split()[0] for r in rows if r.verdict == "fail"}
-    assert {"T1.3", "T3.2"} <= bad and info["failures"] >= 2
+    assert {"T1.3", "T3.2"} <= bad
     assert any(r.condition == "C3" and r.verdict == "fail" for r in rows)
     rows, info = audit_artifact(root / "sf" / "real" / "artifact.pgolf", quick=True, n_tokens=128)
     assert info["mode"] == "score_first"

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,6 +28,19 @@ import torch
 from pgolf.lab.audit import MODES, Evaluator, Row, audit, audit_scale
 
 LIMIT_BYTES, LIMIT_SECONDS = 16_000_000, 600.0
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread while auditing: the audit's shapes are small, single-threaded runs
+    are bitwise repeatable, and on a shared 2-core machine two OpenMP threads waiting on each
+    other made a --quick audit 16x slower (109 s against 6.6 s, docs/benchmarks.md "Audit")."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def default_mode(ttt_mode: str) -> str:
@@ -112,7 +127,8 @@ def audit_artifact(
     t0 = time.perf_counter()
     torch.manual_seed(0)
     path = Path(path)
-    cfg, model, meta = load_artifact_model(path, torch.device("cpu"))
+    with one_thread():  # the model's construction too (init, the meta-device shape check)
+        cfg, model, meta = load_artifact_model(path, torch.device("cpu"))
     mode = mode or default_mode(cfg.ttt.mode)
     if mode not in MODES:
         raise ValueError(f"--ttt {mode!r}: use one of {', '.join(MODES)}")
@@ -122,7 +138,8 @@ def audit_artifact(
     val = load_val_tokens(data_dir, 1, n + 1, cfg.model.vocab_size)
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
     ev = Evaluator(mode, audit_scale(cfg, val.numel() - 1), tables, "cpu", bpb.load_sp(tok))
-    rows = audit(ev, model, val, quick=quick)
+    with one_thread():
+        rows = audit(ev, model, val, quick=quick)
     rows += artifact_rows(path, cfg, meta, data_dir)
     info = {"artifact": str(path), "mode": mode, "targets": val.numel() - 1,
             "seconds": time.perf_counter() - t0, "quick": quick,
@@ -136,7 +153,20 @@ TRAIN_DEFAULTS = ["iterations=2", "max_val_tokens=8192", "warmup_steps=0", "val_
 def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
          static: str | None = None, train: str | None = None,
          overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
-    """The CLI's `pgolf audit`: (text to print, exit code: 1 on any failure)."""
+    """The CLI's `pgolf audit`: (text to print, exit code: 1 on any failure); with --json the
+    runs' log lines stay off stdout, so the printed text is JSON alone."""
+    from pgolf import dist
+
+    dist.set_quiet(as_json)
+    try:
+        return _main(artifact, ttt, data, as_json, quick, static, train, overrides)
+    finally:
+        dist.set_quiet(False)
+
+
+def _main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
+         static: str | None = None, train: str | None = None,
+         overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
     import tempfile
     from dataclasses import asdict
 
@@ -227,11 +257,14 @@ def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Ro
         cfg = C.load(config_or_run, overrides)
     cfg, data_dir, tok = pipeline.resolve_data(cfg)
     decoy = decoy_data(data_dir, work / "decoy_data", cfg.model.bos_id)
+    code = code_size(cfg)  # built once: the bundle does not depend on the data folder
     arts, reads = [], []
     for name, d in (("real", data_dir), ("decoy", decoy)):
         c = replace(cfg, data=replace(cfg.data, data_path=str(d), tokenizer_path=str(tok)))
         vals = {f.name for f in find_shards(d, "val")}
-        res, opened = traced(partial(pipeline.run, code_size=code_size), c, str(work / name))
+        with one_thread():
+            res, opened = traced(partial(pipeline.run, code_size=lambda _c: code), c,
+                                 str(work / name))  # fmt: skip
         arts.append(Path(res["artifact_path"]))
         reads.append(sum(o.startswith("open:") and o.rsplit("/", 1)[-1] in vals for o in opened))
     (a, ma), (b, mb) = _fingerprint(arts[0]), _fingerprint(arts[1])
