@@ -3,12 +3,14 @@ the stream, and check the four conditions of issue #1017 (spec rules-and-complia
 
 An `Evaluator` is a mode (plain, sliding, score_first, lora, prequant) built on the core's own
 entry points - `pgolf.evaluate.eval_plain` / `eval_sliding` (per-target NLL through their
-`token_nll` hook), `pgolf.ttt.run_ttt`, `pgolf.ttt.prequant_ttt` - never a copy of them. A run
-returns the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported totals, the
-ledger of score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full
+`token_nll` hook), `pgolf.ttt.score_first` and `pgolf.ttt_lora.lora_ttt` (the branches of
+`pgolf.ttt.run_ttt`, given the auditor's ledger), `pgolf.ttt.prequant_ttt` - never a copy of
+them. A run returns the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported
+totals, the ledger of score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full
 log-distribution that scored them: a forward hook (`Tap`) on the scoring model records the
 log-softmax of every eval-mode window that contains a probed position, keyed by window start.
-Every run works on a deep copy of the model, so TTT never leaks from one run into the next.
+Every run of a stateful mode (or of a subclass) works on a deep copy of the model, so TTT never
+leaks from one run into the next; plain and sliding scoring change nothing and skip the copy.
 
 Tests (rows: condition, test, verdict pass / fail / n.a., evidence), C1 here:
 T1.1 future-perturbation prefix invariance at cut points (inside a chunk, at a window/chunk

@@ -150,6 +150,7 @@ def audit_artifact(
 TRAIN_DEFAULTS = ["iterations=2", "max_val_tokens=8192", "warmup_steps=0", "val_loss_every=0",
                   "ttt.prequant_epochs=1", "ttt.prequant_batch_seqs=4"]
 
+
 def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
          static: str | None = None, train: str | None = None,
          overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
@@ -165,8 +166,8 @@ def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool,
 
 
 def _main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
-         static: str | None = None, train: str | None = None,
-         overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
+          static: str | None = None, train: str | None = None,
+          overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
     import tempfile
     from dataclasses import asdict
 
