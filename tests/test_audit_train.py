@@ -90,3 +90,22 @@ def test_run_coverage_fails_a_subset_and_passes_the_documented_tail_cut(tmp_path
     (tmp_path / "log.txt").write_text("eval_sliding windows:3 targets:64\n")
     cfg = replace(cfg, data=replace(cfg.data, data_path=str(data)))
     assert run_coverage(art, cfg, data).verdict == "fail"  # the log disagrees with the config
+
+
+def test_audit_stream_takes_document_heads_when_documents_are_long(tmp_path):
+    import torch
+
+    from pgolf.lab.audit_run import audit_stream
+
+    data, _, sp = tiny_corpus(tmp_path / "d")
+    val = torch.from_numpy(read_shard(data / "tiny_val_000000.bin").astype("int64"))
+    first, how = audit_stream(data, 400, 320, 1, sp)
+    assert torch.equal(first, val[:401]) and how.startswith("first")  # enough BOS already
+    heads, how = audit_stream(data, 60, 320, 1, sp)
+    assert how.startswith("heads of 4") and 50 <= heads.numel() <= 61
+    at = torch.nonzero(heads == 1).flatten().tolist()
+    assert len(at) == 4 and at[0] == 0
+    starts = torch.nonzero(val == 1).flatten().tolist()
+    for i, a in enumerate(at):  # each head is a prefix of its document
+        b = at[i + 1] if i + 1 < len(at) else heads.numel()
+        assert torch.equal(heads[a:b], val[starts[i] : starts[i] + b - a])

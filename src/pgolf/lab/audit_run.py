@@ -79,6 +79,36 @@ def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
                f"{scored} of {canon} canonical targets{why}{said}")  # fmt: skip
 
 
+def audit_stream(data_dir: Path, n: int, vocab: int, bos: int, sp, docs: int = 4):
+    """(stream of about n + 1 validation tokens, how it was picked): the first n + 1 tokens when
+    they open at least 3 documents, else the heads of the first `docs` documents - each its BOS
+    and first pieces (the first a third longer: boundaries off the window grid), cut before a
+    trailing run of byte pieces (no character split) - so T1.1's document-boundary cut, T1.4 and
+    T2.4 see several documents even when documents are long (the default corpus: ~30k tokens each).
+    Searches the first max(64 (n + 1), 2^20) validation tokens."""
+    from pgolf.data import load_val_tokens
+
+    head = load_val_tokens(data_dir, 1, n + 1, vocab)
+    if int((head == bos).sum()) >= 3:
+        return head, f"first {head.numel()} validation tokens"
+    pool = load_val_tokens(data_dir, 1, max(64 * (n + 1), 1 << 20), vocab)
+    starts = torch.nonzero(pool == bos).flatten().tolist()
+    if len(starts) < 3:
+        return head, f"first {head.numel()} validation tokens ({len(starts)} documents found)"
+    k = min(docs, len(starts))
+    ends = [*starts[1:], pool.numel()]
+    parts, left, per = [], n + 1, (n + 1) // k
+    for i in range(k):
+        s, end = starts[i], ends[i]
+        e = min(end, s + (left if i == k - 1 else per + (per // 3 if i == 0 else 0)))
+        while e < end and e > s + 1 and sp.is_byte(int(pool[e - 1])):
+            e -= 1
+        parts.append(pool[s:e])
+        left -= e - s
+    out = torch.cat(parts)
+    return out, f"heads of {k} validation documents, {out.numel()} tokens"
+
+
 def artifact_rows(path: Path, cfg, meta: dict, data_dir: Path | None = None) -> list[Row]:
     """T1.3 (metadata), T2.5 (the run's coverage) and T4.4 (budget) rows for an artifact."""
     rows = [] if data_dir is None else [run_coverage(path, cfg, data_dir)]
@@ -121,7 +151,7 @@ def audit_artifact(
 ) -> tuple[list[Row], dict]:  # fmt: skip
     """(rows, info) for the artifact at `path` with evaluation `mode` (default: its own)."""
     from pgolf import bpb
-    from pgolf.data import find_tokenizer, load_val_tokens
+    from pgolf.data import find_tokenizer
     from pgolf.pipeline import load_artifact_model
 
     t0 = time.perf_counter()
@@ -135,13 +165,14 @@ def audit_artifact(
     data_dir = Path(data) if data else Path(cfg.data.data_path)
     tok = find_tokenizer(data_dir) if data else Path(cfg.data.tokenizer_path)
     n = n_tokens or (512 if quick else 4096)
-    val = load_val_tokens(data_dir, 1, n + 1, cfg.model.vocab_size)
+    sp = bpb.load_sp(tok)
+    val, picked = audit_stream(data_dir, n, cfg.model.vocab_size, cfg.model.bos_id, sp)
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
-    ev = Evaluator(mode, audit_scale(cfg, val.numel() - 1), tables, "cpu", bpb.load_sp(tok))
+    ev = Evaluator(mode, audit_scale(cfg, val.numel() - 1), tables, "cpu", sp)
     with one_thread():
         rows = audit(ev, model, val, quick=quick)
     rows += artifact_rows(path, cfg, meta, data_dir)
-    info = {"artifact": str(path), "mode": mode, "targets": val.numel() - 1,
+    info = {"artifact": str(path), "mode": mode, "targets": val.numel() - 1, "stream": picked,
             "seconds": time.perf_counter() - t0, "quick": quick,
             "failures": sum(r.verdict == "fail" for r in rows)}  # fmt: skip
     return rows, info
@@ -196,7 +227,7 @@ def _main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool
         return json.dumps({**info, "rows": [asdict(r) for r in rows]}, indent=1), int(
             bool(info["failures"]))
     head = (f"audit {info['artifact']} mode:{info['mode']} targets:{info['targets']} "
-            f"({info['seconds']:.1f}s, CPU)")  # fmt: skip
+            f"({info['stream']}; {info['seconds']:.1f}s, CPU)")  # fmt: skip
     lines = [head, *format_rows(rows), f"audit: {info['failures']} failure(s)"]
     return "\n".join(lines), int(bool(info["failures"]))
 
