@@ -13,6 +13,7 @@ CORE_MODULES = (
     "model",
     "optim",
     "rans",
+    "crans",
     "artifact_check",
     "artifact",
     "quant",

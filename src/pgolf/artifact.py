@@ -9,7 +9,9 @@ File = 32-byte wrapper header + compressed stream (all integers little-endian):
 
     0   8  magic b"\\x89PGOLF\\r\\n"
     8   1  wrapper version (1)
-    9   1  codec id: 1 brotli-11, 2 lzma (raw LZMA2, 9|EXTREME), 3 zstd-22, 4 rans (rans.wrap_split)
+    9   1  codec id: 1 brotli-11, 2 lzma (raw LZMA2, 9|EXTREME), 3 zstd-22, 4 rans
+           (rans.wrap_split),
+           5 crans (rans.wrap_split with the context-modelled coder of crans.py)
     10  1  byte-shuffle stride S (1 = none, up to 8)
     11  1  reserved (0)
     12  8  u64 payload length P (before shuffling)
@@ -52,10 +54,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgolf import rans
+from pgolf import crans, rans
 from pgolf.artifact_check import (
     CODEC_IDS,
     CODECS,
+    ENTROPY_CODECS,
     MAX_ELEMENTS,
     MAX_META_BYTES,
     MAX_RAW_BYTES,
@@ -214,11 +217,15 @@ def wrap(payload: bytes, codec: str = "brotli", shuffle: int = DEFAULT_SHUFFLE) 
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     if not 1 <= shuffle <= 8:
         raise ValueError(f"shuffle stride must be within 1..8, got {shuffle}")
-    if codec == "rans":  # int8 codes section by rANS (one table per int tensor), the rest brotli
+    if codec in ENTROPY_CODECS:  # int8 codes section by (c)rANS, the rest brotli
         lens, packed = struct.unpack_from("<5Q", payload, 16), payload[10] & 1
-        sizes = [t.numel for t in parse_payload(payload)[0] if t.kind == "int" and not packed]
+        ints = [t for t in parse_payload(payload)[0] if t.kind == "int" and not packed]
+        rows = [t.shape[0] if t.shape else 1 for t in ints]
+        shapes = [(r, t.numel // r if r else math.prod(t.shape[1:])) for r, t in zip(rows, ints)]
+        coder = (lambda c: crans.encode(c, shapes)) if codec == "crans" else None
         squeeze = lambda b: compress(byte_shuffle(b, shuffle), "brotli")  # noqa: E731
-        stream = rans.wrap_split(payload, 56 + lens[0], 56 + sum(lens[:2]), sizes, squeeze)
+        stream = rans.wrap_split(payload, 56 + lens[0], 56 + sum(lens[:2]),
+                                 [t.numel for t in ints], squeeze, coder, codec)  # fmt: skip
     else:
         stream = compress(byte_shuffle(payload, shuffle), codec)
     head = _WRAP.pack(
@@ -268,8 +275,9 @@ def unwrap(blob: bytes, source: str = "<bytes>", max_raw: int = MAX_RAW_BYTES) -
     if zlib.crc32(view[32:], zlib.crc32(view[:28])) != crc:
         raise ArtifactError(f"{source}: bad checksum (CRC-32): the file is corrupted or modified")
     try:
-        if codec == "rans":
-            return rans.unwrap_split(view[32:], plen, lambda b, n: inflate(b, stride, n))
+        if codec in ENTROPY_CODECS:
+            dec = crans.decode if codec == "crans" else rans.decode
+            return rans.unwrap_split(view[32:], plen, lambda b, n: inflate(b, stride, n), dec)
         return inflate(view[32:], stride, plen, codec)
     except Exception as e:  # every codec has its own error type; all mean a bad stream
         raise ArtifactError(f"{source}: {codec} stream does not decode: {e}") from None

@@ -37,7 +37,8 @@ MAX_LAYERS = 128  # physical layers; records use 9-11 (a meta-device build costs
 MAX_TUPLE = 256
 MAX_EVAL_TOKENS = 1 << 21  # eval_seq_len * val_batch_seqs (PR #1550 uses 2048 * 32 = 2^16)
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-CODEC_IDS = {"brotli": 1, "lzma": 2, "zstd": 3, "rans": 4}  # rans: artifact.py + rans.py
+CODEC_IDS = {"brotli": 1, "lzma": 2, "zstd": 3, "rans": 4, "crans": 5}  # rans/crans: artifact.py
+ENTROPY_CODECS = ("rans", "crans")  # int8 codes entropy-coded (rans.py, crans.py), the rest brotli
 CODECS = tuple(CODEC_IDS)
 
 

@@ -136,7 +136,7 @@ class QuantConfig:
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = True
-    codec: str = "brotli"  # 'brotli', 'lzma', 'zstd' or 'rans' (codes entropy-coded, rest brotli)
+    codec: str = "brotli"  # brotli/lzma/zstd; rans/crans: codes entropy-coded, the rest brotli
     pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
     lqer: str = ""  # low-rank GPTQ-error terms: group:rank list, e.g. "mlp:8,attn:4" (pgolf.lqer)
     byte_budget: int = 16_000_000
@@ -493,7 +493,7 @@ CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `valid
     "model.attn_backend": ("auto", "sdpa", "fa3", "naive", *SDPA_PLANS),
     "quant.method": ("gptq", "rtn"),
     "train.device": ("auto", "cpu", "cuda", "mps"), "quant.embed_method": ("gptq", "rtn"),
-    "quant.calib": ("train", "selfgen"), "quant.codec": ("brotli", "lzma", "zstd", "rans"),
+    "quant.calib": ("train", "selfgen"), "quant.codec": ("brotli", "lzma", "zstd", "rans", "crans"),
     "ttt.mode": ("none", "score_first", "lora", "prequant"), "ttt.lora_init": ("reset", "warm"),
 }  # fmt: skip
 

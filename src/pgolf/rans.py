@@ -137,9 +137,19 @@ def encode(codes: np.ndarray, sizes: list[int], prec: int = DEFAULT_PREC, lanes:
     sym = np.concatenate(segs) if segs else np.zeros(0, np.uint8)
     seg_id = np.repeat(np.arange(len(segs)), sizes) if segs else np.zeros(0, np.int64)
     flat = seg_id.astype(np.int64) * 256 + sym
-    fq, cm = freqs.reshape(-1)[flat], cums.reshape(-1)[flat]
-    x = np.full(lanes, L, dtype=np.int64)
-    chunks = []
+    x, words = code(freqs.reshape(-1)[flat], cums.reshape(-1)[flat], lanes, prec)
+    crc = zlib.crc32(np.ascontiguousarray(codes, dtype=np.int8).tobytes())
+    out = bytearray(struct.pack("<BBIII", VERSION, prec, lanes, len(segs), crc) + table_bytes)
+    _put_varint(out, int(words.size))
+    if n:
+        out += x.astype("<u4").tobytes()
+    return bytes(out) + words.astype("<u2").tobytes()
+
+
+def code(fq: np.ndarray, cm: np.ndarray, lanes: int, prec: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-symbol freqs/cums (symbol i on lane i mod lanes) -> (final lane states, u16 words in
+    the decoder's reading order); the decoder starts from the states and reads words forward."""
+    n, x, chunks = fq.size, np.full(lanes, L, dtype=np.int64), []
     for t in range((n + lanes - 1) // lanes - 1, -1, -1):
         a, b = t * lanes, min(n, t * lanes + lanes)
         k, f, c, xs = b - a, fq[a:b], cm[a:b], x[: b - a]
@@ -148,13 +158,7 @@ def encode(codes: np.ndarray, sizes: list[int], prec: int = DEFAULT_PREC, lanes:
             chunks.append((xs[emit] & 0xFFFF)[::-1].astype(np.uint16))
             xs[emit] >>= 16
         x[:k] = ((xs // f) << prec) + xs % f + c
-    words = np.concatenate(chunks)[::-1] if chunks else np.zeros(0, np.uint16)
-    crc = zlib.crc32(np.ascontiguousarray(codes, dtype=np.int8).tobytes())
-    out = bytearray(struct.pack("<BBIII", VERSION, prec, lanes, len(segs), crc) + table_bytes)
-    _put_varint(out, int(words.size))
-    if n:
-        out += x.astype("<u4").tobytes()
-    return bytes(out) + words.astype("<u2").tobytes()
+    return x, (np.concatenate(chunks)[::-1] if chunks else np.zeros(0, np.uint16))
 
 
 def _decode_tables(buf: bytes, pos: int, nseg: int, prec: int) -> tuple[list[int], list, int]:
@@ -271,26 +275,31 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
 
 
 def wrap_split(
-    data: bytes, a: int, b: int, sizes: list[int], squeeze: Callable[[bytes], bytes]
+    data: bytes, a: int, b: int, sizes: list[int], squeeze: Callable[[bytes], bytes],
+    coder: Callable[[np.ndarray], bytes] | None = None, name: str = "rans",
 ) -> bytes:  # fmt: skip
-    """data[a:b] (int8 codes in segments of `sizes`) by rANS, the rest by `squeeze` ->
-    u64 len(rest) + u64 a + u64 len(squeezed) + squeezed + rANS stream."""
+    """data[a:b] (int8 codes in segments of `sizes`) by rANS (or `coder`), the rest by `squeeze`
+    -> u64 len(rest) + u64 a + u64 len(squeezed) + squeezed + coded stream."""
     if sum(sizes) != b - a:
-        raise ValueError(f"codec 'rans' needs one int8 byte per code ({sum(sizes)}), got {b - a}"
+        raise ValueError(f"codec {name!r} needs one int8 byte per code ({sum(sizes)}), got {b - a}"
                          " bytes: bit-packed codes cannot be entropy-coded, use pack_bits=False")
     rest = data[:a] + data[b:]
     sq = squeeze(rest)
-    coded = encode(np.frombuffer(data, dtype=np.int8, count=b - a, offset=a), sizes)
+    coded = (coder or (lambda c: encode(c, sizes)))(
+        np.frombuffer(data, dtype=np.int8, count=b - a, offset=a))
     return struct.pack("<QQQ", len(rest), a, len(sq)) + sq + coded
 
 
-def unwrap_split(stream: bytes, total: int, unsqueeze: Callable[[bytes, int], bytes]) -> bytes:
-    """Inverse of `wrap_split` for `total` data bytes; unsqueeze(bytes, n) must return n bytes."""
+def unwrap_split(
+    stream: bytes, total: int, unsqueeze: Callable[[bytes, int], bytes], dec: Callable = decode
+) -> bytes:  # fmt: skip
+    """Inverse of `wrap_split` for `total` data bytes; unsqueeze(bytes, n) must return n bytes;
+    `dec(stream, expect=n)` decodes the codes (rANS `decode` or `crans.decode`)."""
     if len(stream) < 24:
         raise ValueError("rans wrapper shorter than its 24-byte header")
     rlen, a, slen = struct.unpack_from("<QQQ", stream)
     if not a <= rlen <= total or 24 + slen > len(stream):
         raise ValueError(f"rans wrapper declares {rlen}/{a}/{slen} bytes of {total}")
     rest = unsqueeze(stream[24 : 24 + slen], rlen)
-    codes = decode(stream[24 + slen :], expect=total - rlen)
+    codes = dec(stream[24 + slen :], expect=total - rlen)
     return b"".join((rest[:a], codes.tobytes(), rest[a:]))  # rest may be a memoryview

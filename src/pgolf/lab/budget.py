@@ -92,7 +92,7 @@ def budget_report(
     container = len(payload) - body + 32  # headers, table, meta, SHA-256 + the wrapper header
     names = sorted(comps, key=lambda k: (k in ("scales", "passthrough"), k))
     raw = [sum(len(b) for b in comps[k][1]) for k in names] + [container]
-    est = "brotli" if codec == "rans" else codec  # rans codes only whole artifacts: weights only
+    est = "brotli" if codec in ("rans", "crans") else codec  # they code whole artifacts only
     alone = [len(compress(byte_shuffle(b"".join(comps[k][1]), shuffle), est)) for k in names]
     head = payload[: 56 + int.from_bytes(payload[16:24], "little")]  # headers + tensor table
     box = head + meta_bytes(meta) + payload[-32:]
@@ -330,7 +330,7 @@ def compare_codecs(
     for codec in codecs:
         for s in strides:
             for p, pl in payloads.items():
-                if codec == "rans" and p == "packed":
+                if codec in ("rans", "crans") and p == "packed":
                     continue  # rans entropy-codes one byte per code
                 sizes[(codec, s, p)] = len(wrap(pl, codec, s))
     best = min(sizes.items(), key=lambda kv: kv[1])

@@ -1,0 +1,259 @@
+"""Context-modelled rANS for the artifact's int8 codes (codec 'crans').
+
+Trained codes are not independent draws from one per-tensor table: the rows of a small-vocabulary
+embedding for tokens the data rarely shows (byte-fallback pieces) stay nearly equal to one shared
+vector, and the columns of an MLP output projection differ in spread (its hidden units do). Per
+tensor [R, C] (R = shape[0]) the encoder picks, by exact estimated cost, a model of two parts:
+
+* a **prototype** row P (C int8 codes) and a row flag: flagged rows are coded as the residual
+  code - P (mod 256), which is near 0 for rows close to P; P = rounded mean of the rows whose
+  cosine with the codes' leading singular vector is above 0.9 (the larger-signed group);
+* **column classes**: 1, 2, 4 or 8 groups of columns (quantiles of the mean |residual|).
+
+Context = row flag x column class; one static frequency table per context (sum 2^M), coded
+by `pgolf.rans.code` (interleaved rANS, symbol i on lane i mod N). Every context is known before
+decoding (flags, classes and P are side information), so decoding is the same lane-parallel
+loop as order-0 plus one `searchsorted` over all tables, and the residual is undone per tensor.
+Credits: rANS (Duda, arXiv:1311.2540), interleaving (Giesen, arXiv:1402.3392), rANS for
+Parameter Golf weights (PR #1510); the models and stream are ours.
+
+Stream (little-endian): u8 version, u8 M, u32 lanes N, u32 tensors T, u32 CRC-32 of the codes;
+per tensor: varint R, varint C, u8 mode (bit 0 prototype, bits 1-2 log2 classes); with a
+prototype ceil(R/8) bytes row flags (packbits) + C bytes P; with classes ceil(C*b/8) bytes of
+b-bit classes (packbits); then for each context in use (row flag major): u8 lo, u8 hi and varint
+freqs of symbols lo..hi; then varint W words, N u32 states (if any codes), W u16 words.
+The decoder checks sizes, table sums, states, the word count and the CRC-32: a corrupted
+stream raises ValueError.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from pgolf import rans
+from pgolf.rans import MAX_LANES, L, _get_varint, _put_varint, default_lanes, normalize_freqs
+
+VERSION = 1
+CLASSES = (1, 2, 4, 8)
+
+
+def _prototype(c: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(row flags, P) of the larger group of rows within cosine 0.9 of the leading direction."""
+    x = c.astype(np.float64)
+    v = x[int(np.argmax((x * x).sum(1)))].copy()
+    for _ in range(12):  # power iteration for the leading right singular vector
+        v = x.T @ (x @ v)
+        v /= max(float(np.linalg.norm(v)), 1e-30)
+    cos = (x @ v) / np.maximum(np.linalg.norm(x, axis=1), 1e-30)
+    flags = cos > 0.9 if (cos > 0.9).sum() >= (cos < -0.9).sum() else cos < -0.9
+    if flags.sum() < 2:
+        return None
+    return flags, np.clip(np.round(x[flags].mean(0)), -128, 127).astype(np.int8)
+
+
+def _classes(d: np.ndarray, k: int) -> np.ndarray:
+    if k == 1:
+        return np.zeros(d.shape[1], np.int64)
+    m = np.abs(d.astype(np.int64)).mean(0)
+    return np.searchsorted(np.quantile(m, np.linspace(0, 1, k + 1)[1:-1]), m, side="right")
+
+
+def _cost(sym: np.ndarray, ctx: np.ndarray, nctx: int) -> float:
+    """Bytes: static empirical entropy per context + ~table bytes."""
+    cnt = np.bincount(ctx * 256 + sym, minlength=nctx * 256).reshape(nctx, 256)
+    tot, bits, tab = cnt.sum(1), 0.0, 0.0
+    for j in np.flatnonzero(tot):
+        h = cnt[j][cnt[j] > 0]
+        bits += float(tot[j] * np.log2(tot[j]) - (h * np.log2(h)).sum())
+        nz = np.flatnonzero(cnt[j])
+        tab += 2 + 1.6 * (nz[-1] - nz[0] + 1)
+    return bits / 8 + tab
+
+
+def _symbols(c: np.ndarray, flags, proto) -> np.ndarray:
+    u = c.astype(np.int64)
+    if proto is not None:
+        u[flags] -= proto.astype(np.int64)
+    return (u + 128) & 255
+
+
+def plan(c: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, int]:
+    """[R, C] int8 codes -> (row flags or None, P or None, column classes, k) of least cost."""
+    best, out = float("inf"), None
+    cands: list = [(np.zeros(c.shape[0], bool), None)]
+    if c.shape[0] >= 8 and c.shape[1] >= 2:
+        cands += [p for p in [_prototype(c)] if p is not None]
+    for flags, proto in cands:
+        sym = _symbols(c, flags, proto)
+        side = 0 if proto is None else (c.shape[0] + 7) // 8 + c.shape[1]
+        for k in CLASSES if c.shape[0] >= 8 else (1,):
+            cls = _classes(sym - 128, k)
+            ctx = (flags.astype(np.int64)[:, None] * k + cls[None, :]).reshape(-1)
+            side_k = side + c.shape[1] * (k.bit_length() - 1) / 8
+            cost = _cost(sym.reshape(-1), ctx, 2 * k) + side_k
+            if cost < best:
+                best, out = cost, (None if proto is None else flags, proto, cls, k)
+    return out if out is not None else (None, None, np.zeros(c.shape[1], np.int64), 1)
+
+
+def _ctx_ids(flags, cls: np.ndarray, k: int, rows: int) -> np.ndarray:
+    f = np.zeros(rows, np.int64) if flags is None else flags.astype(np.int64)
+    return (f[:, None] * k + cls[None, :]).reshape(-1)
+
+
+def encode(codes: np.ndarray, shapes: list[tuple[int, int]], prec: int = rans.DEFAULT_PREC,
+           lanes: int = 0) -> bytes:  # fmt: skip
+    """Flat int8 codes of tensors shaped `shapes` ([rows, cols] each, in order) -> stream."""
+    codes = np.ascontiguousarray(codes, dtype=np.int8).reshape(-1)
+    n = sum(r * c for r, c in shapes)
+    if n != codes.size or any(r < 0 or c < 0 for r, c in shapes):
+        raise ValueError(f"crans: shapes hold {n} codes, got {codes.size}")
+    if not 8 <= prec <= 15:
+        raise ValueError(f"crans: precision must be within 8..15 bits, got {prec}")
+    lanes = lanes or default_lanes(n)
+    if not 1 <= lanes <= MAX_LANES:
+        raise ValueError(f"crans: lanes must be within 1..{MAX_LANES}, got {lanes}")
+    head, syms, tids, freqs, pos = bytearray(), [], [], [], 0
+    for r, cc in shapes:
+        c = codes[pos : pos + r * cc].reshape(r, cc)
+        pos += r * cc
+        _put_varint(head, r)
+        _put_varint(head, cc)
+        flags, proto, cls, k = plan(c) if r * cc else (None, None, np.zeros(cc, np.int64), 1)
+        b = k.bit_length() - 1
+        head.append(int(proto is not None) | b << 1)
+        if proto is not None:
+            head += np.packbits(flags).tobytes() + proto.tobytes()
+        if b:
+            bits = (cls[:, None] >> np.arange(b - 1, -1, -1)) & 1
+            head += np.packbits(bits.reshape(-1).astype(np.uint8)).tobytes()
+        sym, tid = _symbols(c, flags, proto).reshape(-1), _ctx_ids(flags, cls, k, r)
+        cnt = np.bincount(tid * 256 + sym, minlength=2 * k * 256).reshape(2 * k, 256)
+        for j in range(2 * k):
+            if cnt[j].any():
+                f = normalize_freqs(cnt[j], prec)
+                nz = np.flatnonzero(f)
+                head += bytes((int(nz[0]), int(nz[-1])))
+                for v in f[nz[0] : nz[-1] + 1].tolist():
+                    _put_varint(head, v)
+            else:
+                f = np.zeros(256, np.int64)
+            freqs.append(f)
+        syms.append(sym)
+        tids.append(tid + len(freqs) - 2 * k)
+    fr = np.array(freqs, np.int64).reshape(-1, 256)
+    cum = np.concatenate([np.zeros((len(fr), 1), np.int64), np.cumsum(fr, 1)[:, :-1]], 1)
+    flat = (np.concatenate(tids) * 256 + np.concatenate(syms)) if syms else np.zeros(0, np.int64)
+    x, words = rans.code(fr.reshape(-1)[flat], cum.reshape(-1)[flat], lanes, prec)
+    out = bytearray(struct.pack("<BBIII", VERSION, prec, lanes, len(shapes), zlib.crc32(codes)))
+    out += head
+    _put_varint(out, int(words.size))
+    if n:
+        out += x.astype("<u4").tobytes()
+    return bytes(out) + words.astype("<u2").tobytes()
+
+
+def _take(buf: bytes, pos: int, k: int) -> tuple[bytes, int]:
+    if pos + k > len(buf):
+        raise ValueError("crans: stream ends inside a tensor's side information")
+    return buf[pos : pos + k], pos + k
+
+
+def _read_head(buf: bytes, pos: int, nt: int, prec: int, expect: int | None):
+    """-> per-tensor (rows, cols, flags, P, classes, k), per-context freqs [*, 256], pos."""
+    models, freqs, n = [], [], 0
+    for i in range(nt):
+        r, pos = _get_varint(buf, pos)
+        cc, pos = _get_varint(buf, pos)
+        n += r * cc
+        if max(n, r, cc) > (expect if expect is not None else 1 << 31):
+            raise ValueError(f"crans: tensor {i} takes the codes past the expected {expect}")
+        mode, pos = _take(buf, pos, 1)
+        if mode[0] > 7:
+            raise ValueError(f"crans: tensor {i} has a bad mode byte {mode[0]}")
+        b, flags, proto = mode[0] >> 1, None, None
+        if mode[0] & 1:
+            fb, pos = _take(buf, pos, (r + 7) // 8)
+            flags = np.unpackbits(np.frombuffer(fb, np.uint8))[:r].astype(bool)
+            pb, pos = _take(buf, pos, cc)
+            proto = np.frombuffer(pb, np.int8)
+        cls = np.zeros(cc, np.int64)
+        if b:
+            cb, pos = _take(buf, pos, (cc * b + 7) // 8)
+            bits = np.unpackbits(np.frombuffer(cb, np.uint8))[: cc * b].reshape(cc, b)
+            cls = (bits.astype(np.int64) << np.arange(b - 1, -1, -1)).sum(1)
+        k = 1 << b
+        cnt = np.bincount(_ctx_ids(flags, cls, k, r), minlength=2 * k) if r * cc else [0] * 2 * k
+        for j in range(2 * k):
+            f = np.zeros(256, np.int64)
+            if cnt[j]:
+                lh, pos = _take(buf, pos, 2)
+                if lh[0] > lh[1]:
+                    raise ValueError(f"crans: tensor {i} has a bad symbol range")
+                for s in range(lh[0], lh[1] + 1):
+                    f[s], pos = _get_varint(buf, pos)
+                if int(f.sum()) != 1 << prec or not f[lh[0]] or not f[lh[1]]:
+                    raise ValueError(f"crans: tensor {i} has a table that does not sum to 2^{prec}")
+            freqs.append(f)
+        models.append((r, cc, flags, proto, cls, k))
+    return models, np.array(freqs, np.int64).reshape(-1, 256), n, pos
+
+
+def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
+    """Stream -> flat int8 codes; ValueError for anything that is not a consistent stream."""
+    buf = bytes(stream)
+    if len(buf) < 14:
+        raise ValueError("crans: stream shorter than its 14-byte header")
+    ver, prec, lanes, nt, crc = struct.unpack_from("<BBIII", buf)
+    if ver != VERSION or not 8 <= prec <= 15 or not 1 <= lanes <= MAX_LANES or nt > len(buf):
+        raise ValueError(f"crans: bad header (version {ver}, precision {prec}, lanes {lanes})")
+    models, fr, n, pos = _read_head(buf, 14, nt, prec, expect)
+    if expect is not None and n != expect:
+        raise ValueError(f"crans: stream holds {n} codes, the header expects {expect}")
+    nwords, pos = _get_varint(buf, pos)
+    sb = 4 * lanes if n else 0
+    if len(buf) - pos != sb + 2 * nwords or nwords > n:
+        raise ValueError(f"crans: {len(buf) - pos} bytes left after the tables, counts disagree")
+    tid, base = [], 0
+    for r, _, flags, _, cls, k in models:
+        tid.append(_ctx_ids(flags, cls, k, r) + base)
+        base += 2 * k
+    tid = np.concatenate(tid) if tid else np.zeros(0, np.int64)
+    live = np.nonzero(fr)  # every (context, symbol) in use, context-major, symbol ascending
+    cum = np.cumsum(fr, 1) - fr
+    keys, fs, cs = (live[0] << prec) + cum[live], fr[live], cum[live]
+    sym = np.empty(n, np.int64)
+    if n:
+        x = np.frombuffer(buf, "<u4", lanes, pos).astype(np.int64)
+        words = np.frombuffer(buf, "<u2", nwords, pos + sb).astype(np.int64)
+        if (x < L).any():
+            raise ValueError("crans: a lane's start state is below 2^16")
+        mask, ptr = (1 << prec) - 1, 0
+        for a in range(0, n, lanes):
+            b = min(n, a + lanes)
+            xs = x[: b - a]
+            j = np.searchsorted(keys, (tid[a:b] << prec) + (xs & mask), side="right") - 1
+            sym[a:b] = live[1][j]
+            xs[:] = fs[j] * (xs >> prec) + (xs & mask) - cs[j]
+            need = xs < L
+            cnt = int(np.count_nonzero(need))
+            if cnt:
+                if ptr + cnt > nwords:
+                    raise ValueError("crans: the stream runs out of words")
+                xs[need] = (xs[need] << 16) | words[ptr : ptr + cnt]
+                ptr += cnt
+        if ptr != nwords or (x != L).any():
+            raise ValueError("crans: final states or word count do not match (corrupted stream)")
+    out, pos = np.empty(n, np.int8), 0
+    for r, cc, flags, proto, _, _ in models:
+        u = sym[pos : pos + r * cc].reshape(r, cc) - 128
+        if proto is not None:
+            u[flags] += proto.astype(np.int64)
+        out[pos : pos + r * cc] = (((u + 128) & 255) - 128).reshape(-1)
+        pos += r * cc
+    if zlib.crc32(out.tobytes()) != crc:
+        raise ValueError("crans: CRC-32 of the decoded codes does not match (corrupted stream)")
+    return out
