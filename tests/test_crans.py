@@ -109,10 +109,11 @@ def test_random_tensor_sets_round_trip(seed: int) -> None:
     ts = []
     for i in range(int(rng.integers(1, 8))):
         shape = (int(rng.integers(0, 200)), int(rng.integers(0, 150)))
-        kind = rng.integers(3)
-        t = (gauss(shape, float(rng.uniform(0.3, 40)), seed * 10 + i, int(rng.integers(1, 128)))
-             if kind == 0 or 0 in shape else embedding_like(i) if kind == 1 else column_scaled(i))  # fmt: skip
-        ts.append(t)
+        kind, sd, q = rng.integers(3), float(rng.uniform(0.3, 40)), int(rng.integers(1, 128))
+        if kind == 0 or 0 in shape:
+            ts.append(gauss(shape, sd, seed * 10 + i, q))
+        else:
+            ts.append(embedding_like(i) if kind == 1 else column_scaled(i))
     codes = np.concatenate([t.reshape(-1) for t in ts])
     lanes, prec = int(rng.choice([1, 3, 64, 1000])), int(rng.integers(8, 16))
     blob = crans.encode(codes, [t.shape for t in ts], prec=prec, lanes=lanes)
