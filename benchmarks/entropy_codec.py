@@ -1,4 +1,4 @@
-"""Entropy-coded weights: the rANS codec against general-purpose compressors on the same codes.
+"""Entropy-coded weights: the rANS and crans codecs against general-purpose compressors.
 
 For the int codes of an artifact (or synthetic `pr1550`-shaped codes) prints: the order-0
 empirical entropy bound (one table per tensor), rANS table + lane-state overhead, rANS bytes,
@@ -26,7 +26,7 @@ import torch
 from pgolf import artifact as A
 from pgolf import artifact_check as AC
 from pgolf import config as C
-from pgolf import rans
+from pgolf import crans, rans
 from pgolf.model import GPT
 from pgolf.quant import make_plan, rtn_quantize
 
@@ -55,6 +55,24 @@ def order0_bytes(segs: list[np.ndarray]) -> float:
             p = np.bincount(s.astype(np.int16) + 128) / s.size
             p = p[p > 0]
             total += float(-(p * np.log2(p)).sum()) * s.size / 8
+    return total
+
+
+def model_bytes(ints: list[A.QTensor]) -> float:
+    """Empirical entropy under the model `crans.plan` picks per tensor (its bound, no tables)."""
+    total = 0.0
+    for t in ints:
+        r = t.shape[0] if t.shape else 1
+        c = t.codes.numpy().astype(np.int8).reshape(r, -1)
+        if not c.size:
+            continue
+        flags, proto, cls, k = crans.plan(c)
+        sym = crans._symbols(c, flags if flags is not None else np.zeros(r, bool), proto)
+        ctx = crans._ctx_ids(flags, cls, k, r)
+        cnt = np.bincount(ctx * 256 + sym.reshape(-1))
+        tot = np.bincount(ctx)
+        h, tt = cnt[cnt > 0], tot[tot > 0]
+        total += float((tt * np.log2(tt)).sum() - (h * np.log2(h)).sum()) / 8
     return total
 
 
@@ -94,6 +112,12 @@ def main() -> None:
     states = 4 * rans.default_lanes(n)
     dec, dec_s, dec_cpu = timed(lambda: rans.decode(blob, expect=n))
     assert np.array_equal(dec, codes)
+    shapes = [(t.shape[0], t.numel // t.shape[0]) if t.shape and t.shape[0] else (1, t.numel)
+              for t in ints]  # fmt: skip
+    cblob, cenc_s, _ = timed(lambda: crans.encode(codes, shapes, prec=a.prec), reps=1)
+    cdec, cdec_s, cdec_cpu = timed(lambda: crans.decode(cblob, expect=n))
+    assert np.array_equal(cdec, codes)
+    mbound = model_bytes(ints)
     brot = {s: len(A.compress(A.byte_shuffle(raw, s), "brotli")) for s in (1, 2, 4)}
     best_s = min(brot, key=brot.get)
     bstream = A.compress(A.byte_shuffle(raw, best_s), "brotli")
@@ -105,10 +129,14 @@ def main() -> None:
                lzma=lz, zstd=zs, ratio_to_brotli=len(blob) / brot[best_s],
                over_bound_plus_tables=len(blob) / (bound + tables + states) - 1,
                rans_decode_s=dec_s, brotli_decode_s=bdec_s, rans_encode_s=enc_s,
-               rans_decode_cpu_s=dec_cpu, brotli_decode_cpu_s=bdec_cpu)  # fmt: skip
-    art = {c: len(A.encode_artifact(tensors, {}, codec=c)) for c in ("brotli", "rans")}
+               rans_decode_cpu_s=dec_cpu, brotli_decode_cpu_s=bdec_cpu,
+               crans=len(cblob), crans_model_bound=round(mbound),
+               crans_ratio_to_brotli=len(cblob) / brot[best_s], crans_encode_s=cenc_s,
+               crans_decode_s=cdec_s, crans_decode_cpu_s=cdec_cpu)  # fmt: skip
+    art = {c: len(A.encode_artifact(tensors, {}, codec=c)) for c in ("brotli", "rans", "crans")}
     res.update(artifact_brotli=art["brotli"], artifact_rans=art["rans"],
-               artifact_ratio=art["rans"] / art["brotli"])  # fmt: skip
+               artifact_crans=art["crans"], artifact_ratio=art["rans"] / art["brotli"],
+               artifact_crans_ratio=art["crans"] / art["brotli"])  # fmt: skip
     print(f"source: {src}: {n:,} codes in {len(ints)} tensors")
     print(f"order-0 bound          {bound:>14,.0f} bytes ({8 * bound / n:.4f} bits/code)")
     print(f"tables + lane states   {tables:>14,} + {states:,} bytes")
@@ -119,10 +147,16 @@ def main() -> None:
     print(f"lzma (9e)              {lz:>14,} bytes")
     print(f"zstd-22                {zs:>14,} bytes")
     print(f"rANS / brotli-11 best  {res['ratio_to_brotli']:>14.4f}")
+    print(f"crans model bound      {mbound:>14,.0f} bytes ({8 * mbound / max(n, 1):.4f} bits/code)")
+    print(f"crans                  {len(cblob):>14,} bytes (side info, tables, states "
+          f"{len(cblob) - mbound:,.0f})")  # fmt: skip
+    print(f"crans / brotli-11 best {res['crans_ratio_to_brotli']:>14.4f}")
     print(f"decode wall/CPU s (best of 3): rANS {dec_s:.3f}/{dec_cpu:.3f}  "
-          f"brotli {bdec_s:.3f}/{bdec_cpu:.3f}; rANS encode {enc_s:.2f}")  # fmt: skip
-    print(f"whole artifact: brotli {art['brotli']:,}  rans {art['rans']:,}  "
-          f"ratio {res['artifact_ratio']:.4f}")  # fmt: skip
+          f"brotli {bdec_s:.3f}/{bdec_cpu:.3f}; crans {cdec_s:.3f}/{cdec_cpu:.3f}; "
+          f"encode rANS {enc_s:.2f} crans {cenc_s:.2f}")  # fmt: skip
+    print(f"whole artifact: brotli {art['brotli']:,}  rans {art['rans']:,} "
+          f"({res['artifact_ratio']:.4f})  crans {art['crans']:,} "
+          f"({res['artifact_crans_ratio']:.4f})")  # fmt: skip
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)

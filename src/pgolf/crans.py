@@ -20,8 +20,10 @@ Parameter Golf weights (PR #1510); the models and stream are ours.
 Stream (little-endian): u8 version, u8 M, u32 lanes N, u32 tensors T, u32 CRC-32 of the codes;
 per tensor: varint R, varint C, u8 mode (bit 0 prototype, bits 1-2 log2 classes); with a
 prototype ceil(R/8) bytes row flags (packbits) + C bytes P; with classes ceil(C*b/8) bytes of
-b-bit classes (packbits); then for each context in use (row flag major): u8 lo, u8 hi and varint
-freqs of symbols lo..hi; then varint W words, N u32 states (if any codes), W u16 words.
+b-bit classes (packbits); then for each context in use (row flag major): varint j > 0 = the j-th
+table stored so far (contexts with similar statistics share one, chosen greedily by the encoder),
+or 0 + a new table: u8 lo, u8 hi, varint freqs of symbols lo..hi; then varint W words, N u32
+states (if any codes), W u16 words.
 The decoder checks sizes, table sums, states, the word count and the CRC-32: a corrupted
 stream raises ValueError.
 """
@@ -99,6 +101,35 @@ def plan(c: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarra
     return out if out is not None else (None, None, np.zeros(c.shape[1], np.int64), 1)
 
 
+def _bits(cnt: np.ndarray) -> float:
+    h = cnt[cnt > 0]
+    return float(h.sum() * np.log2(h.sum()) - (h * np.log2(h)).sum()) if h.size else 0.0
+
+
+def _span(cnt: np.ndarray) -> int:
+    nz = np.flatnonzero(cnt)
+    return int(nz[-1] - nz[0] + 1) if nz.size else 0
+
+
+def _pools(cnts: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy table sharing: a context joins the pool whose table it costs least to share when
+    the extra coded bits are below the bytes of its own table (~2 + 1.6 per symbol of range)."""
+    pool, pooled = [], []
+    for c in cnts:
+        best, arg = 2 + 1.6 * _span(c), -1
+        for i, p in enumerate(pooled):
+            extra = (_bits(p + c) - _bits(p) - _bits(c)) / 8 + 1.6 * (_span(p + c) - _span(p))
+            if extra < best:
+                best, arg = extra, i
+        if arg < 0 or not c.any():
+            arg = len(pooled)
+            pooled.append(c.copy())
+        else:
+            pooled[arg] += c
+        pool.append(arg)
+    return pool, pooled
+
+
 def _ctx_ids(flags, cls: np.ndarray, k: int, rows: int) -> np.ndarray:
     f = np.zeros(rows, np.int64) if flags is None else flags.astype(np.int64)
     return (f[:, None] * k + cls[None, :]).reshape(-1)
@@ -116,35 +147,46 @@ def encode(codes: np.ndarray, shapes: list[tuple[int, int]], prec: int = rans.DE
     lanes = lanes or default_lanes(n)
     if not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"crans: lanes must be within 1..{MAX_LANES}, got {lanes}")
-    head, syms, tids, freqs, pos = bytearray(), [], [], [], 0
+    sides, cnts, syms, tids, pos = [], [], [], [], 0
     for r, cc in shapes:
         c = codes[pos : pos + r * cc].reshape(r, cc)
         pos += r * cc
-        _put_varint(head, r)
-        _put_varint(head, cc)
+        side = bytearray()
+        _put_varint(side, r)
+        _put_varint(side, cc)
         flags, proto, cls, k = plan(c) if r * cc else (None, None, np.zeros(cc, np.int64), 1)
         b = k.bit_length() - 1
-        head.append(int(proto is not None) | b << 1)
+        side.append(int(proto is not None) | b << 1)
         if proto is not None:
-            head += np.packbits(flags).tobytes() + proto.tobytes()
+            side += np.packbits(flags).tobytes() + proto.tobytes()
         if b:
             bits = (cls[:, None] >> np.arange(b - 1, -1, -1)) & 1
-            head += np.packbits(bits.reshape(-1).astype(np.uint8)).tobytes()
+            side += np.packbits(bits.reshape(-1).astype(np.uint8)).tobytes()
         sym, tid = _symbols(c, flags, proto).reshape(-1), _ctx_ids(flags, cls, k, r)
-        cnt = np.bincount(tid * 256 + sym, minlength=2 * k * 256).reshape(2 * k, 256)
-        for j in range(2 * k):
-            if cnt[j].any():
-                f = normalize_freqs(cnt[j], prec)
-                nz = np.flatnonzero(f)
-                head += bytes((int(nz[0]), int(nz[-1])))
-                for v in f[nz[0] : nz[-1] + 1].tolist():
-                    _put_varint(head, v)
-            else:
-                f = np.zeros(256, np.int64)
-            freqs.append(f)
+        tids.append(tid + len(cnts))
+        cnts += list(np.bincount(tid * 256 + sym, minlength=2 * k * 256).reshape(2 * k, 256))
+        sides.append((side, 2 * k))
         syms.append(sym)
-        tids.append(tid + len(freqs) - 2 * k)
-    fr = np.array(freqs, np.int64).reshape(-1, 256)
+    pool, pooled = _pools(cnts)
+    pf = [normalize_freqs(p, prec) for p in pooled]
+    head, stored, g = bytearray(), {}, 0
+    for side, m in sides:
+        head += side
+        for j in range(g, g + m):
+            if not cnts[j].any():
+                continue
+            if pool[j] in stored:  # a table stored before: its 1-based index
+                _put_varint(head, stored[pool[j]])
+                continue
+            stored[pool[j]] = len(stored) + 1
+            f, nz = pf[pool[j]], np.flatnonzero(pf[pool[j]])
+            head += bytes((0, int(nz[0]), int(nz[-1])))
+            for v in f[nz[0] : nz[-1] + 1].tolist():
+                _put_varint(head, v)
+        g += m
+    zero = np.zeros(256, np.int64)
+    fr = np.array([pf[pool[j]] if cnts[j].any() else zero for j in range(len(cnts))], np.int64)
+    fr = fr.reshape(-1, 256)
     cum = np.concatenate([np.zeros((len(fr), 1), np.int64), np.cumsum(fr, 1)[:, :-1]], 1)
     flat = (np.concatenate(tids) * 256 + np.concatenate(syms)) if syms else np.zeros(0, np.int64)
     x, words = rans.code(fr.reshape(-1)[flat], cum.reshape(-1)[flat], lanes, prec)
@@ -164,7 +206,7 @@ def _take(buf: bytes, pos: int, k: int) -> tuple[bytes, int]:
 
 def _read_head(buf: bytes, pos: int, nt: int, prec: int, expect: int | None):
     """-> per-tensor (rows, cols, flags, P, classes, k), per-context freqs [*, 256], pos."""
-    models, freqs, n = [], [], 0
+    models, freqs, stored, n = [], [], [], 0
     for i in range(nt):
         r, pos = _get_varint(buf, pos)
         cc, pos = _get_varint(buf, pos)
@@ -190,13 +232,20 @@ def _read_head(buf: bytes, pos: int, nt: int, prec: int, expect: int | None):
         for j in range(2 * k):
             f = np.zeros(256, np.int64)
             if cnt[j]:
-                lh, pos = _take(buf, pos, 2)
-                if lh[0] > lh[1]:
-                    raise ValueError(f"crans: tensor {i} has a bad symbol range")
-                for s in range(lh[0], lh[1] + 1):
-                    f[s], pos = _get_varint(buf, pos)
-                if int(f.sum()) != 1 << prec or not f[lh[0]] or not f[lh[1]]:
-                    raise ValueError(f"crans: tensor {i} has a table that does not sum to 2^{prec}")
+                ref, pos = _get_varint(buf, pos)
+                if ref:
+                    if ref > len(stored):
+                        raise ValueError(f"crans: tensor {i} refers to a table not stored ({ref})")
+                    f = stored[ref - 1]
+                else:
+                    lh, pos = _take(buf, pos, 2)
+                    if lh[0] > lh[1]:
+                        raise ValueError(f"crans: tensor {i} has a bad symbol range")
+                    for s in range(lh[0], lh[1] + 1):
+                        f[s], pos = _get_varint(buf, pos)
+                    if int(f.sum()) != 1 << prec or not f[lh[0]] or not f[lh[1]]:
+                        raise ValueError(f"crans: tensor {i} has a table not summing to 2^{prec}")
+                    stored.append(f)
             freqs.append(f)
         models.append((r, cc, flags, proto, cls, k))
     return models, np.array(freqs, np.int64).reshape(-1, 256), n, pos
