@@ -484,6 +484,19 @@ def grad_accum_steps(t: TrainConfig, world_size: int) -> int:
     return 8 // world_size
 
 
+OPTIONAL_MODULES = ("sampling", "rans", "crans", "ttt_lora")
+"""Core modules only some configs run; a bundle ships the ones `modules_needed` names."""
+
+
+def modules_needed(cfg: RunConfig) -> set[str]:
+    """The OPTIONAL_MODULES that a run with `cfg` uses (self-generated calibration, an entropy
+    codec, per-document LoRA TTT)."""
+    q = cfg.quant
+    need = {"sampling"} if q.calib == "selfgen" else set()
+    need |= {"rans", "crans"} if q.codec == "crans" else {"rans"} if q.codec == "rans" else set()
+    return need | ({"ttt_lora"} if cfg.ttt.mode == "lora" else set())
+
+
 SDPA_PLANS = tuple(f"sdpa:{k}{r}" for k in ("default", "cudnn", "flash", "efficient", "math")
                    for r in ("", "+repeat"))  # fmt: skip  (pgolf.kernels.parse_sdpa)
 CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `validate` up front

@@ -162,8 +162,17 @@ def header(cfg: C.RunConfig) -> str:
     )
 
 
+def omitted(cfg: C.RunConfig) -> tuple[str, ...]:
+    """The optional core modules (`config.OPTIONAL_MODULES`) the bundle for `cfg` leaves out."""
+    need = C.modules_needed(cfg)
+    return tuple(m for m in C.OPTIONAL_MODULES if m not in need)
+
+
 def assemble(cfg: C.RunConfig, strip: bool) -> str:
-    """The plain bundle: loader, inlined modules, frozen config, `__main__` guard."""
+    """The plain bundle: loader, inlined modules, frozen config, `__main__` guard. A module the
+    config does not use (`omitted`) becomes a stub whose first attribute use raises, and
+    `bundle_main` refuses up front a config (environment included) that needs it."""
+    gone = omitted(cfg)
     parts = [
         "import sys as _s, types as _t\n",
         "_M = {}\n",
@@ -174,12 +183,19 @@ def assemble(cfg: C.RunConfig, strip: bool) -> str:
         '    exec(compile(src, "train_gpt.py:" + n, "exec"), m.__dict__)\n',
     ]
     for name, src in core_sources():
+        if name in gone:  # AttributeError, so hasattr() on the stub stays quiet
+            stub = (f"def __getattr__(a):\n    raise AttributeError(f'{name}.{{a}}: this train_gpt.py "
+                    "was bundled without it (its config does not use it); rebuild it with `pgolf "
+                    "bundle`')\n")  # fmt: skip
+            parts.append(f"_mod({name!r}, {stub!r})\n")
+            continue
         src = rewrite_imports(src, name)
         if strip:
             src = strip_source(src)
         parts.append(f"_mod({name!r}, {src!r})\n")
     parts.append(f"CONFIG = {bundle_config(cfg)!r}\n")
-    parts.append('if __name__ == "__main__":\n    _M["pipeline"].bundle_main(CONFIG, __file__)\n')
+    tail = f", {gone!r}" if gone else ""
+    parts.append(f'if __name__ == "__main__":\n    _M["pipeline"].bundle_main(CONFIG, __file__{tail})\n')
     return "".join(parts)
 
 
