@@ -483,8 +483,12 @@ def dispatch(a: argparse.Namespace):
                            a.overrides))  # fmt: skip
     if a.cmd == "study":
         from pgolf.lab.study import study_main
+        from pgolf.lab.study_report import table
 
-        return study_main(a)
+        res = study_main(a)
+        print("\n".join(table(res)))
+        print(f"wrote {res['out_dir']}/study.json, study.txt, study_delta.png, study_canary.png")
+        return res
     if a.cmd == "budget":
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
     if a.cmd == "bundle":

@@ -339,9 +339,7 @@ def _quantizer(r: Replicate) -> str:
 
 
 def study_main(a) -> dict:
-    """The CLI's `pgolf study ttt-memorization`: arguments -> StudyConfig -> run, print table."""
-    from pgolf.lab.study_report import table
-
+    """The CLI's `pgolf study ttt-memorization`: arguments -> StudyConfig -> run (quietly)."""
     sc = QUICK if a.quick else StudyConfig()
     kw: dict = {"crossfit": not a.no_crossfit and sc.crossfit, "controls": not a.no_controls}
     if a.epochs:
@@ -359,6 +357,4 @@ def study_main(a) -> dict:
         res = run_study(a.run_dir, replace(sc, **kw), a.out)
     finally:
         pdist.set_quiet(False)
-    print("\n".join(table(res)))
-    print(f"wrote {res['out_dir']}/study.json, study.txt, study_delta.png, study_canary.png")
     return res

@@ -111,8 +111,10 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
     can = res["canaries"]
     for arm, lab in (("A", "TTT on A"), ("B", "TTT on B (cross-fit)")):
         if arm in can:
-            ax.plot(ep, can[arm]["nll_A"], marker="o", label=f"{lab}: canaries in A")
-            ax.plot(ep, can[arm]["nll_B"], marker="s", ls="--", label=f"{lab}: canaries in B")
+            for h, mk in (("A", "o"), ("B", "s")):
+                seen = h == arm
+                ax.plot(ep, can[arm][f"nll_{h}"], marker=mk, ls="-" if seen else "--",
+                        label=f"{lab}: canaries in {h} ({'seen' if seen else 'unseen'})")
     ax.set(xlabel="epochs", ylabel="NLL per token (nats)",
            title="NON-RECORD: random-token canaries")  # fmt: skip
     ax.legend(fontsize=7)
