@@ -45,7 +45,6 @@ from pgolf.lab import study_stats as S
 from pgolf.ttt import NON_RECORD_REASON, prequant_ttt
 
 FULL_LADDER = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
-ARMS = ("A", "B", "train", "decoy", "score_first")
 
 
 @dataclass(frozen=True)
