@@ -79,6 +79,13 @@ def test_decoy_shuffle_keeps_each_unit_s_tokens():
         assert sh[a] == 1 and sorted(sh[a:b + 1].tolist()) == sorted(s.tokens[a:b + 1].tolist())
 
 
+def test_canaries_pool_across_seeds_same_lengths_other_tokens():
+    a, b = D.canaries([10, 20, 30, 40], 4, 50, 1, 0), D.canaries([10, 20, 30, 40], 4, 50, 1, 1)
+    assert [x.numel() for x in a] == [x.numel() for x in b]
+    assert all(x[0] == 1 and (x[1:] >= 2).all() for x in a + b)
+    assert any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 # ----------------------------------------------------------------------------------------------
 # Statistics
 

@@ -303,6 +303,10 @@ def run_study(run_dirs, sc: StudyConfig = StudyConfig(), out: str | Path | None 
             reps.append(rep)
             raw.append(rep.run())
     r0 = reps[0]
+    for r in reps[1:]:
+        if (r.spans, r.sA.ranges, r.sB.ranges) != (r0.spans, r0.sA.ranges, r0.sB.ranges):
+            raise ValueError(f"study: {r.run_dir} reads other validation data than "
+                             f"{r0.run_dir}; replicates must share the data and --tokens")
     res = {"non_record": True, "non_record_reason": NON_RECORD_REASON,
            "protocol": __doc__.split("Protocol (pre-registered")[1].strip(),
            "config": {**{k: getattr(sc, k) for k in sc.__dataclass_fields__},

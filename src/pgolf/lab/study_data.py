@@ -89,11 +89,12 @@ def near_duplicates(tokens: torch.Tensor, spans, A: list[int], B: list[int], k: 
 
 
 def canaries(lengths: list[int], m: int, vocab: int, bos: int, seed: int) -> list[torch.Tensor]:
-    """m random-token documents (ids 2..vocab-1, never BOS), lengths drawn from `lengths`."""
-    g = torch.Generator().manual_seed(seed)
+    """m random-token documents (ids 2..vocab-1, never BOS), lengths drawn from `lengths` with a
+    fixed generator (the same for every seed, so replicates pool), tokens drawn with `seed`."""
+    g, gl = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(0)
     out = []
     for _ in range(m):
-        n = max(8, lengths[int(torch.randint(len(lengths), (1,), generator=g))])
+        n = max(8, lengths[int(torch.randint(len(lengths), (1,), generator=gl))])
         c = torch.randint(2, vocab, (n,), generator=g)
         c[0] = bos
         out.append(c)
