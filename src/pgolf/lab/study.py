@@ -134,11 +134,11 @@ class Replicate:
             return net
         from pgolf import lqer, quant
         from pgolf.model import graph_state
-        from pgolf.pipeline import _model_from_state, quantize_model
+        from pgolf.pipeline import model_from_state, quantize_model
 
         tensors = quantize_model(self.cfg, net, Path(self.cfg.data.data_path), batches=self.calib)
         state = lqer.add_back(quant.dequantize_state(tensors))
-        return _model_from_state(self.cfg, state, self.dev, graph_state(net), "study")
+        return model_from_state(self.cfg, state, self.dev, graph_state(net), "study")
 
     def _nll(self, net, s: D.Stream) -> np.ndarray:
         from pgolf.evaluate import eval_sliding
