@@ -8,7 +8,7 @@
     pgolf eval ARTIFACT|RUN_DIR [--stride 64] [--data DIR]               round trip + sliding
     pgolf eval RUN_DIR --weights final|checkpoint                        the unquantized weights
     pgolf audit ARTIFACT [--ttt MODE] [--quick] | --static SCRIPT | --train CFG   compliance
-    pgolf study ttt-memorization RUN_DIR [--epochs 0,1,2,4]          NON-RECORD study
+    pgolf study ttt-memorization RUN_DIR... [--epochs 0,0.5,1,2] [--quick]  NON-RECORD study
     pgolf budget ARTIFACT [--bits GROUP=N] [--clip-k GROUP=K] [--ve-dim N] [--prune-to BYTES]
     pgolf stats RUN_OR_RECORD... [--against DIR | --against-bpb X --against-loss Y] [--json]
     pgolf export RUN_DIR... --out DIR [--name N] [--author A --github-id G] [--track T]
@@ -482,10 +482,12 @@ def dispatch(a: argparse.Namespace):
         sys.exit(cmd_audit(a.artifact, a.ttt, a.data, a.json, a.quick, a.static, a.train,
                            a.overrides))  # fmt: skip
     if a.cmd == "study":
-        from pgolf.lab.study import run_study, table
+        from pgolf.lab.study import study_main
+        from pgolf.lab.study_report import table
 
-        res = run_study(a.run_dir, [int(e) for e in a.epochs.split(",") if int(e) > 0], a.tokens)
+        res = study_main(a)
         print("\n".join(table(res)))
+        print(f"wrote {res['out_dir']}/study.json, study.txt, study_delta.png, study_canary.png")
         return res
     if a.cmd == "budget":
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)

@@ -173,11 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="T1.3: two short runs, real vs decoy validation shard")  # fmt: skip
     _set(p)
 
-    p = _sub(sub, "study", "NON-RECORD studies: ttt-memorization RUN_DIR")
+    p = _sub(sub, "study", "NON-RECORD studies: ttt-memorization RUN_DIR [RUN_DIR...]")
     p.add_argument("study", choices=["ttt-memorization"])
-    p.add_argument("run_dir", help="a run folder with final_model.safetensors")
-    p.add_argument("--epochs", default="0,1,2,4", help="whole-epoch ladder")
-    p.add_argument("--tokens", type=int, default=16384, help="validation tokens used")
+    p.add_argument("run_dir", nargs="+", help="run folder(s) with final_model.safetensors "
+                   "(several: training seeds, an outer random effect)")  # fmt: skip
+    p.add_argument("--epochs", default=None, help="epoch ladder (default 0,0.5,1,2,3,4,6,8,12; "
+                   "fractions stop mid-epoch)")  # fmt: skip
+    p.add_argument("--seeds", default=None, help="study seeds (canaries, calibration), e.g. 0,1,2")
+    p.add_argument("--tokens", type=int, default=None, help="validation tokens used (32768)")
+    p.add_argument("--canaries", type=int, default=None, help="canary documents per half (4)")
+    p.add_argument("--schedule", choices=["separate", "snapshot"], default=None,
+                   help="one TTT run per epoch count (default) or one run read at each")
+    p.add_argument("--quant", choices=["run", "none"], default=None,
+                   help="quantize each result with the run's plan (default) or not")
+    p.add_argument("--reps", type=int, default=None, help="bootstrap replicates (1000)")
+    p.add_argument("--no-crossfit", action="store_true", help="skip TTT on B")
+    p.add_argument("--no-controls", action="store_true", help="skip the three control TTTs")
+    p.add_argument("--quick", action="store_true", help="CI-sized: 4096 tokens, 0,0.5,1,2")
+    p.add_argument("--out", default=None, help="output folder (RUN_DIR/study_ttt_memorization)")
 
     p = _sub(sub, "budget", "byte budget per component, with what-ifs (each from the artifact, "
              "not stacked)")  # fmt: skip

@@ -120,8 +120,9 @@ def calibration_batches(cfg: C.RunConfig, model, data_dir: Path, device: torch.d
     return [b.to(device) for b in batches]
 
 
-def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
-    """Hessians on the model as it really runs, then the plan, then GPTQ/RTN → list[QTensor]."""
+def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None, batches=None):
+    """Hessians on the model as it really runs, then the plan, then GPTQ/RTN → list[QTensor].
+    `batches`: fixed calibration inputs (default: drawn per `quant.calib`)."""
     from pgolf import quant
 
     t0 = time.perf_counter()
@@ -130,7 +131,8 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None):
     plan = quant.make_plan(state, cfg.quant, cfg.model, overrides=overrides)
     hessians: dict[str, torch.Tensor] = {}
     if any(e.method == "gptq" for e in plan):
-        batches = calibration_batches(cfg, model, data_dir, device)
+        if batches is None:
+            batches = calibration_batches(cfg, model, data_dir, device)
         names = [e.name for e in plan if e.method == "gptq"]
         hessians = quant.collect_hessians(model, batches, names)
         secs, reserve = time.perf_counter() - t0, cfg.train.reserve_seconds

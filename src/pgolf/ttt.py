@@ -296,13 +296,15 @@ def prequant_ttt(
     device: torch.device | str,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     ledger: Ledger | None = None,
+    on_batch: Callable[[float, nn.Module], bool] | None = None,
 ) -> nn.Module:
     """PR #1550's pre-quant AdamW TTT on a fresh copy of `model` -> the adapted fresh model.
 
     NON-RECORD (NON_RECORD_REASON). Sequences of `prequant_seq_len` tile the stream; global
     batches of `prequant_batch_seqs` are split across ranks (grads averaged); the ragged last
     batch is dropped so a compiled model sees one shape. lr: cosine from prequant_lr to
-    prequant_min_lr, set per epoch; blocks[:prequant_freeze_blocks] frozen."""
+    prequant_min_lr, set per epoch; blocks[:prequant_freeze_blocks] frozen. `on_batch(epochs done,
+    e.g. 2.5, net)` after every step; True stops training there (fractional epochs)."""
     t = cfg.ttt
     device = torch.device(device)
     di = pdist.info()
@@ -329,6 +331,7 @@ def prequant_ttt(
     ar = torch.arange(L + 1)
     version, t0 = 0, time.perf_counter()
     net.train()
+    stop = False
     for ep in pdist.progress(range(t.prequant_epochs), desc="prequant ttt epochs"):
         lr = t.prequant_min_lr + (t.prequant_lr - t.prequant_min_lr) * 0.5 * (
             1 + math.cos(math.pi * ep / t.prequant_epochs))  # fmt: skip
@@ -352,8 +355,13 @@ def prequant_ttt(
             version += 1
             if ledger is not None:
                 ledger.update([(max(bi * gb * L - 1, 0), (bi + 1) * gb * L)], version)
+            if on_batch is not None and on_batch(ep + (bi + 1) / n_batches, net):
+                stop = True
+                break
         pdist.log0(f"ttt:epoch {ep + 1}/{t.prequant_epochs} loss={total / n_batches:.4f} "
                    f"lr={lr:.2e} time={time.perf_counter() - t0:.1f}s non_record:true")  # fmt: skip
+        if stop:
+            break
         if on_epoch is not None:
             on_epoch(ep + 1, net)
     for p in net.parameters():

@@ -1,193 +1,363 @@
-"""`pgolf study ttt-memorization RUN_DIR`: how much of pre-quant TTT's gain (PR #1550) is
-memorization of the very tokens later scored, and how much is generalization (spec
-rules-and-compliance.md, "Quantifying memorization vs generalization"). NON-RECORD throughout.
+"""`pgolf study ttt-memorization RUN_DIR...`: how much of pre-quant TTT's gain (PR #1550) is
+memorization of the very tokens later scored and how much is generalization -- the protocol of
+spec rules-and-compliance.md, "Quantifying memorization vs generalization". NON-RECORD throughout:
+nothing here is, or may be quoted as, a leaderboard number.
 
-REDUCED protocol (what this module does, and what it leaves out):
-* Validation documents (split at BOS, `pgolf.ttt_lora.documents`; a corpus with fewer than 8
-  uses fixed-length segments instead) are sorted by length and taken
-  in consecutive pairs; a fixed hash of the pair index decides which one goes to half A and which
-  to B (a split stratified by length). M canary documents of uniformly random tokens are added to
-  each half (audit-only data, never part of any official number).
-* From the run's post-EMA weights, `pgolf.ttt.prequant_ttt` trains on stream A only; its
-  `on_epoch` callback scores, after each epoch in the ladder, A and B with the core's sliding
-  evaluator (`eval_sliding`, per-target NLL through `token_nll`). Epoch 0 = no TTT.
-* Per document: NLL and bytes. DeltaA(e) = bpb_A(0) - bpb_A(e), DeltaB(e) likewise, memorization
-  ~ DeltaA - DeltaB; 95% paired bootstrap intervals over documents (resampling documents, the
-  same draw for epoch 0 and e). Canary NLL per epoch on A and B.
-Left out (say so when quoting numbers): quantization of each TTT result (scored unquantized),
-fractional epochs (the ladder is whole epochs: `on_epoch` fires per epoch), cross-fitting A<->B,
-the control TTTs (unseen training docs, score-first, decoy targets), several seeds, near-duplicate
-tagging, curve fits and the per-length breakdown.
+Protocol (pre-registered in this docstring; `study.json` carries it):
+1. Validation documents into halves A and B by a fixed hash, stratified by length; B units that
+   are near-duplicates of A units tagged (token 8-shingle Jaccard >= 0.3). A slice with too few
+   documents falls back to fixed segments, and every output says so (`pgolf.lab.study_data`).
+   M canaries (random-token documents) join each half.
+2. From the run's post-EMA weights (`final_model.safetensors`), the core's pre-quant TTT
+   (`pgolf.ttt.prequant_ttt`: AdamW, cosine lr, frozen first blocks, the run's ttt.prequant_*)
+   trains on A only for each e of the epoch ladder. `--schedule separate` (default): one TTT run
+   per e with the cosine over ceil(e) epochs, stopped at e (fractional e stop mid-epoch);
+   `snapshot`: one run to max(e), read at each e (cheaper, lr schedule differs).
+3. Each result is quantized with the run's own quant plan (GPTQ or RTN as configured, the run's
+   bits/clip; Hessians collected on the TTT'd model from one fixed set of calibration sequences
+   drawn once per replicate) -- `--quant none` skips this -- and A and B are scored with the core's
+   sliding-window evaluator. Epoch 0 = the quantized post-EMA model, no TTT.
+4. Estimands (`pgolf.lab.study_stats`): DeltaA(e), DeltaB(e) (bpb gains), memorization ~ DeltaA -
+   DeltaB, cross-fitted (train on B too) and averaged; generalization = gain on the unseen half.
+5. Controls: (a) TTT on an equal number of tokens from the END of the training shards (flagged
+   if the run may have read them); (b) legal score-first TTT on stream A with the same optimizer
+   (prequant_ttt per chunk, after scoring that chunk, from the quantized model; AdamW state and
+   cosine restart per chunk), e epochs per chunk; (c) decoy TTT on A with the tokens shuffled
+   inside each unit.
+6. Paired bootstrap over units (replicates = runs x seeds drawn as an outer effect), 95 %
+   intervals; saturating fit of the generalization gain, slope of the memorization gap; canary
+   NLL per epoch; short / long / near-duplicate breakdown.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import replace
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pgolf import dist as pdist
-from pgolf.evaluate import eval_sliding
+from pgolf.lab import study_data as D
+from pgolf.lab import study_stats as S
 from pgolf.ttt import NON_RECORD_REASON, prequant_ttt
-from pgolf.ttt_lora import documents
+
+FULL_LADDER = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 
 
-def split_halves(tokens: torch.Tensor, bos: int, seg: int) -> tuple[list, list, str]:
-    """Documents (token ranges incl. their BOS) into halves A, B: pairs by length, hashed.
-    Fewer than 8 documents (a corpus of long texts): segments of `seg` tokens instead."""
-    docs = [(a, b + 1) for a, b in documents(tokens, bos)]
-    unit = "documents"
-    if len(docs) < 8:
-        n = tokens.numel() - 1
-        docs, unit = [(a, min(a + seg, n) + 1) for a in range(0, n, seg)], f"{seg}-token segments"
-    docs.sort(key=lambda d: (d[1] - d[0], d[0]))
-    A, B = [], []
-    for i in range(0, len(docs) - 1, 2):
-        flip = hashlib.sha256(f"pgolf-study-{i}".encode()).digest()[0] & 1
-        A.append(docs[i + flip])
-        B.append(docs[i + 1 - flip])
-    return A, B, unit
+@dataclass(frozen=True)
+class StudyConfig:
+    epochs: tuple[float, ...] = FULL_LADDER
+    seeds: tuple[int, ...] = (0,)
+    tokens: int = 32768  # validation tokens read (the head of the stream)
+    canaries: int = 4  # per half
+    schedule: str = "separate"  # separate | snapshot
+    quant: str = "run"  # run (the run's plan) | none
+    crossfit: bool = True
+    controls: bool = True
+    reps: int = 1000
+    min_docs: int = D.MIN_DOCS
 
 
-def build_stream(tokens, docs, canaries: list[torch.Tensor]) -> tuple[torch.Tensor, list, int]:
-    """Concatenated documents then canaries -> (stream, target ranges per doc, # real docs)."""
-    parts = [tokens[a:b] for a, b in docs] + canaries
-    ranges, pos = [], 0
-    for p in parts:
-        ranges.append((pos, pos + p.numel() - 1))  # targets inside the document
-        pos += p.numel()
-    return torch.cat(parts), ranges, len(docs)
+QUICK = StudyConfig(epochs=(0.0, 0.5, 1.0, 2.0), tokens=4096, canaries=2, reps=200)
 
 
-def per_doc(nll: torch.Tensor, nbytes: torch.Tensor, ranges) -> tuple[np.ndarray, np.ndarray]:
-    n = np.array([float(nll[a:b].sum()) for a, b in ranges])
-    by = np.array([float(nbytes[a:b].sum()) for a, b in ranges])
-    return n, by
+def parse_epochs(text: str) -> tuple[float, ...]:
+    try:
+        e = sorted({float(x) for x in text.split(",") if x.strip()} | {0.0})
+    except ValueError:
+        raise ValueError(f"--epochs {text!r}: give numbers like 0,0.5,1,2,4") from None
+    if e[0] < 0 or len(e) < 2:
+        raise ValueError(f"--epochs {text!r}: need at least one epoch count > 0, none negative")
+    return tuple(e)
 
 
-def bootstrap(n0, n1, by, reps: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Delta bpb = bpb(epoch 0) - bpb(epoch e) with a 95% paired bootstrap interval over docs."""
-    rng = np.random.default_rng(seed)
-    d = (n0.sum() - n1.sum()) / by.sum() / np.log(2)
-    idx = rng.integers(0, len(by), (reps, len(by)))
-    boots = (n0[idx].sum(1) - n1[idx].sum(1)) / by[idx].sum(1) / np.log(2)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return float(d), float(lo), float(hi)
+def ladder(cfg, model, stream: torch.Tensor, epochs, schedule: str, dev, at) -> None:
+    """Pre-quant TTT on `stream` from `model`; at(e, epochs_done, net) at every ladder e > 0."""
+    pos = [e for e in epochs if e > 0]
+    runs = [pos] if schedule == "snapshot" else [[e] for e in pos]
+    for want in runs:
+        pending = list(want)
+
+        def hook(done: float, net, pending=pending) -> bool:
+            while pending and done >= pending[0] - 1e-9:
+                at(pending.pop(0), done, net)
+            return not pending
+
+        c = replace(cfg, ttt=replace(cfg.ttt, prequant_epochs=math.ceil(max(want))))
+        prequant_ttt(c, model, stream, dev, on_batch=hook)
 
 
-def run_study(run_dir: str | Path, epochs: list[int], max_tokens: int = 16384, canaries: int = 4,
-              out: str | Path | None = None, seed: int = 0) -> dict:  # fmt: skip
-    from pgolf import bpb
-    from pgolf import config as C
-    from pgolf.data import load_val_tokens
-    from pgolf.pipeline import load_run_model
+class Replicate:
+    """One trained run x one study seed: model, streams, quantizer, scorer."""
 
-    run_dir = Path(run_dir)
-    cfg = C.from_dict(json.loads((run_dir / "config.json").read_text()))
-    dev = torch.device("cpu")
-    torch.manual_seed(seed)
-    model = load_run_model(cfg, run_dir / "final_model.safetensors", dev)
-    val = load_val_tokens(cfg.data.data_path, 1, max_tokens + 1, cfg.model.vocab_size)
-    tables = bpb.build_byte_tables(cfg.data.tokenizer_path, cfg.model.vocab_size)
-    A, B, unit = split_halves(val, cfg.model.bos_id, cfg.eval.eval_seq_len)
-    g = torch.Generator().manual_seed(seed + 1)
-    L, V, bos = cfg.eval.eval_seq_len, cfg.model.vocab_size, cfg.model.bos_id
-    lens = sorted(b - a for a, b in A)
-    canary = []
-    for i in range(2 * canaries):
-        c = torch.randint(2, V, (max(8, lens[(i * 7) % len(lens)]),), generator=g)
-        c[0] = bos
-        canary.append(c)
-    sA, rA, nA = build_stream(val, A, canary[:canaries])
-    sB, rB, nB = build_stream(val, B, canary[canaries:])
-    t = replace(cfg.ttt, mode="prequant", prequant_epochs=max(epochs),
-                prequant_seq_len=min(cfg.ttt.prequant_seq_len, L),
-                prequant_batch_seqs=max(1, min(cfg.ttt.prequant_batch_seqs,
-                                               sA.numel() // (4 * L))))  # fmt: skip
-    cfg = replace(cfg, ttt=t)
+    def __init__(self, run_dir: Path, seed: int, sc: StudyConfig):
+        from pgolf import bpb
+        from pgolf import config as C
+        from pgolf.data import load_val_tokens
+        from pgolf.pipeline import calibration_batches, load_run_model
 
-    def score(net) -> dict:
-        res = {}
-        for name, s, r in (("A", sA, rA), ("B", sB, rB)):
-            nll = torch.zeros(s.numel() - 1, dtype=torch.float64)
-            e = cfg.eval
-            eval_sliding(net, s, L, e.eval_stride, e.val_batch_seqs, tables, dev, token_nll=nll)
-            nb = bpb.target_bytes(s[:-1][None], s[1:][None], tables)[0].double()
-            res[name] = per_doc(nll, nb, r)
-        return res
+        cfg = C.from_dict(json.loads((run_dir / "config.json").read_text()))
+        self.dev = torch.device("cpu")
+        torch.manual_seed(seed)
+        self.model = load_run_model(cfg, run_dir / "final_model.safetensors", self.dev)
+        m, e = cfg.model, cfg.eval
+        val = load_val_tokens(cfg.data.data_path, 1, sc.tokens + 1, m.vocab_size)
+        self.tables = bpb.build_byte_tables(cfg.data.tokenizer_path, m.vocab_size)
+        self.spans, self.unit = D.units(val, m.bos_id, e.eval_seq_len, sc.min_docs)
+        self.iA, self.iB = D.split_halves(self.spans)
+        self.dups = D.near_duplicates(val, self.spans, self.iA, self.iB)
+        lens = [b - a for a, b in self.spans]
+        can = D.canaries(lens, 2 * sc.canaries, m.vocab_size, m.bos_id, 1000 + seed)
+        self.sA = D.build_stream(val, self.spans, self.iA, can[:sc.canaries])
+        self.sB = D.build_stream(val, self.spans, self.iB, can[sc.canaries:])
+        n_seq = (min(self.sA.tokens.numel(), self.sB.tokens.numel()) - 1) // min(
+            cfg.ttt.prequant_seq_len, e.eval_seq_len)  # fmt: skip
+        t = replace(cfg.ttt, mode="prequant", prequant_seq_len=min(cfg.ttt.prequant_seq_len,
+                    e.eval_seq_len), prequant_batch_seqs=max(1, min(cfg.ttt.prequant_batch_seqs,
+                    n_seq // 8)))  # fmt: skip
+        self.cfg = replace(cfg, ttt=t)
+        self.sc, self.seed, self.run_dir = sc, seed, run_dir
+        self.calib = None
+        if sc.quant == "run" and "gptq" in (cfg.quant.method, cfg.quant.embed_method):
+            c = replace(self.cfg, train=replace(cfg.train, seed=cfg.train.seed + seed))
+            self.calib = calibration_batches(c, self.model, Path(cfg.data.data_path), self.dev)
+        consumed = cfg.train.iterations * cfg.train.train_batch_tokens
+        self.train_tokens, self.train_unseen = D.train_slice(
+            cfg.data.data_path, self.sA.tokens.numel() - 1, consumed, m.vocab_size)
 
-    scores = {0: score(model)}
-    want = set(epochs)
-    prequant_ttt(cfg, model, sA, dev,
-                 on_epoch=lambda ep, net: scores.__setitem__(ep, score(net)) if ep in want
-                 else None)  # fmt: skip
-    rows = []
-    for ep in sorted(scores):
-        row = {"epoch": ep}
-        for h, n_real in (("A", nA), ("B", nB)):
-            n0, by = scores[0][h][0][:n_real], scores[0][h][1][:n_real]
-            n1 = scores[ep][h][0][:n_real]
-            row[f"delta_{h}"] = bootstrap(n0, n1, by, seed=seed)
-            can = (rA if h == "A" else rB)[n_real:]
-            n_can = sum(b - a for a, b in can)
-            row[f"canary_nll_{h}"] = float(scores[ep][h][0][n_real:].sum() / max(1, n_can))
-        nA0, nA1, byA = scores[0]["A"][0][:nA], scores[ep]["A"][0][:nA], scores[0]["A"][1][:nA]
-        nB0, nB1, byB = scores[0]["B"][0][:nB], scores[ep]["B"][0][:nB], scores[0]["B"][1][:nB]
-        rng = np.random.default_rng(seed)
-        boots = []
-        for _ in range(1000):
-            ia, ib = rng.integers(0, nA, nA), rng.integers(0, nB, nB)
-            boots.append(((nA0[ia].sum() - nA1[ia].sum()) / byA[ia].sum()
-                          - (nB0[ib].sum() - nB1[ib].sum()) / byB[ib].sum()) / np.log(2))
-        mem = row["delta_A"][0] - row["delta_B"][0]
-        row["memorization"] = (mem, *map(float, np.percentile(boots, [2.5, 97.5])))
-        rows.append(row)
-    out_dir = Path(out) if out else run_dir / "study_ttt_memorization"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"non_record": True, "non_record_reason": NON_RECORD_REASON, "reduced": True,
-              "protocol": __doc__.split("REDUCED protocol")[1].strip(), "docs_A": nA, "docs_B": nB,
-              "unit": unit,
-              "tokens_A": int(sA.numel()), "tokens_B": int(sB.numel()), "canaries": canaries,
-              "rows": rows}  # fmt: skip
-    (out_dir / "study.json").write_text(json.dumps(result, indent=1))
-    plot(rows, out_dir / "study.png")
-    pdist.log0(f"study: wrote {out_dir}/study.json and study.png", console=False)
-    return result
+    def quantize(self, net):
+        """The run's quant plan on `net` -> a model with the dequantized weights."""
+        if self.sc.quant == "none":
+            return net
+        from pgolf import lqer, quant
+        from pgolf.model import graph_state
+        from pgolf.pipeline import model_from_state, quantize_model
+
+        tensors = quantize_model(self.cfg, net, Path(self.cfg.data.data_path), batches=self.calib)
+        state = lqer.add_back(quant.dequantize_state(tensors))
+        return model_from_state(self.cfg, state, self.dev, graph_state(net), "study")
+
+    def _nll(self, net, s: D.Stream) -> np.ndarray:
+        from pgolf.evaluate import eval_sliding
+
+        e = self.cfg.eval
+        nll = torch.zeros(s.tokens.numel() - 1, dtype=torch.float64)
+        eval_sliding(net, s.tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs, self.tables,
+                     self.dev, token_nll=nll)  # fmt: skip
+        return np.array([float(nll[a:b].sum()) for a, b in s.ranges])
+
+    def score(self, net) -> dict:
+        q = self.quantize(net)
+        return {"A": self._nll(q, self.sA), "B": self._nll(q, self.sB)}
+
+    def nbytes(self, s: D.Stream) -> np.ndarray:
+        from pgolf import bpb
+
+        nb = bpb.target_bytes(s.tokens[:-1][None], s.tokens[1:][None], self.tables)[0].double()
+        return np.array([float(nb[a:b].sum()) for a, b in s.ranges])
+
+    def score_first(self, qmodel, e: float) -> tuple[np.ndarray, float]:
+        """Control (b): legal score-first TTT on stream A with prequant_ttt's AdamW per chunk."""
+        from pgolf.evaluate import score_windows, sliding_windows
+
+        ev, t = self.cfg.eval, self.cfg.ttt
+        tok = self.sA.tokens
+        n = tok.numel() - 1
+        chunk = max(2 * t.prequant_batch_seqs * t.prequant_seq_len, min(t.chunk_tokens, n // 4))
+        starts, lo, hi = sliding_windows(n, ev.eval_seq_len, ev.eval_stride)
+        owner = (starts + lo) // chunk
+        nll = torch.zeros(n, dtype=torch.float64)
+        net, done = qmodel, []
+        last = int(owner.max())
+        for c in range(last + 1):
+            sel = owner == c
+            plan = (starts[sel], lo[sel], hi[sel])
+            score_windows(net, tok, plan, ev.eval_seq_len, ev.val_batch_seqs, self.tables,
+                          self.dev, None, nll)  # fmt: skip
+            if c == last:
+                break
+            a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())
+            seen: list[float] = []
+            cfg = replace(self.cfg, ttt=replace(t, prequant_epochs=math.ceil(e)))
+            net = prequant_ttt(cfg, net, tok[a:b + 1], self.dev,
+                               on_batch=lambda d, _n, s=seen: s.append(d) or d >= e - 1e-9)
+            done.append(seen[-1])
+        return np.array([float(nll[a:b].sum()) for a, b in self.sA.ranges]), float(np.mean(done))
+
+    def run(self) -> dict:
+        """Every arm on the ladder -> {arm: {e: {"A": nll per unit, "B": ..., "done": e'}}}."""
+        sc = self.sc
+        base_q = self.quantize(self.model)
+        base = {"A": self._nll(base_q, self.sA), "B": self._nll(base_q, self.sB), "done": 0.0}
+        streams = {"A": self.sA.tokens, "B": self.sB.tokens}
+        arms = ["A"] + (["B"] if sc.crossfit else [])
+        if sc.controls:
+            streams["train"] = self.train_tokens
+            streams["decoy"] = D.shuffle_within(self.sA, 2000 + self.seed)
+            arms += ["train", "decoy"]
+        out: dict = {}
+        for arm in arms:
+            res = out.setdefault(arm, {0.0: base})
+            pdist.log0(f"study: arm {arm} seed {self.seed} (NON-RECORD)")
+            ladder(self.cfg, self.model, streams[arm], sc.epochs, sc.schedule, self.dev,
+                   lambda e, d, net, res=res: res.__setitem__(e, {**self.score(net), "done": d}))
+        if sc.controls:
+            res = out.setdefault("score_first", {0.0: base})
+            for e in (x for x in sc.epochs if x > 0):
+                nll, d = self.score_first(base_q, e)
+                res[e] = {"A": nll, "done": d}
+        return out
 
 
-def table(result: dict) -> list[str]:
-    out = ["epoch  dA bpb [95% CI]            dB bpb [95% CI]            mem=dA-dB [95% CI]"
-           "          canary NLL A / B   (NON-RECORD, reduced protocol)"]
-    for r in result["rows"]:
-        f = lambda x: f"{x[0]:+.4f} [{x[1]:+.4f},{x[2]:+.4f}]"  # noqa: E731
-        out.append(f"{r['epoch']:>5}  {f(r['delta_A'])}  {f(r['delta_B'])}  "
-                   f"{f(r['memorization'])}  {r['canary_nll_A']:.3f} / {r['canary_nll_B']:.3f}")
+def analyse(reps: list[Replicate], raw: list[dict], sc: StudyConfig) -> dict:
+    """Bootstrap summaries of every arm, curves, canaries and the per-length breakdown."""
+    r0 = reps[0]
+    E = np.array(sc.epochs)
+    nA, nB = r0.sA.n_real, r0.sB.n_real
+    byA, byB = r0.nbytes(r0.sA)[:nA], r0.nbytes(r0.sB)[:nB]
+    rng = np.random.default_rng(sc.seeds[0])
+    cA, cB = S.counts(nA, sc.reps, rng), S.counts(nB, sc.reps, rng)
+    rd = S.rep_draws(len(raw), sc.reps, rng)
+
+    def stack(arm: str, h: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        n0 = np.array([x[arm][0.0][h][:n] for x in raw])
+        ne = np.array([[x[arm][e][h][:n] for e in sc.epochs] for x in raw])
+        return n0, ne
+
+    def g(arm, h, mask_a=None):
+        n = nA if h == "A" else nB
+        n0, ne = stack(arm, h, n)
+        c, by = (cA, byA) if h == "A" else (cB, byB)
+        return S.gains(n0, ne, by, c if mask_a is None else c * mask_a[None], rd)
+
+    arms, G = {}, {}
+    for arm in raw[0]:
+        G[arm] = {"A": g(arm, "A")}
+        if arm != "score_first":
+            G[arm]["B"] = g(arm, "B")
+            arms[arm] = S.summarize_arm(E, G[arm]["A"], G[arm]["B"])
+        else:
+            arms[arm] = {"delta_A": S.interval(G[arm]["A"])}
+        arms[arm]["epochs_done"] = [float(np.mean([x[arm][e]["done"] for x in raw]))
+                                    for e in sc.epochs]  # fmt: skip
+    memA = G["A"]["A"] - G["A"]["B"]
+    gen, mem = G["A"]["B"], memA
+    if "B" in G:  # cross-fit: trained on B, B is the seen half
+        mem = (memA + G["B"]["B"] - G["B"]["A"]) / 2
+        gen = (G["A"]["B"] + G["B"]["A"]) / 2
+    out = {"arms": arms, "memorization_crossfit": S.interval(mem),
+           "generalization_crossfit": S.interval(gen), "curves": S.curves(E, gen, mem)}
+    if "train" in G:
+        out["A_gain_minus_train_control_A_gain"] = S.interval(G["A"]["A"] - G["train"]["A"])
+    out["canaries"] = canary_summary(r0, raw, sc, rng)
+    out["capacity"] = {"bytes_A": float(byA.sum()), "memorized_bits_at_max_epoch":
+                       float(np.array(out["memorization_crossfit"])[-1, 0] * byA.sum()),
+                       "note": "spec step 8: bits saved = memorization gain x scored bytes"}
+    lens = np.array([r0.spans[i][1] - r0.spans[i][0] for i in r0.iA])
+    lensB = np.array([r0.spans[i][1] - r0.spans[i][0] for i in r0.iB])
+    dupB = np.array([i in r0.dups for i in r0.iB])
+    bl = {}
+    for name, (mA, mB) in S.buckets(lens, lensB, dupB).items():
+        if mA.sum() == 0 or mB.sum() == 0:
+            continue
+        dA, dB = g("A", "A", mA.astype(float)), g("A", "B", mB.astype(float))
+        bl[name] = {"units_A": int(mA.sum()), "units_B": int(mB.sum()),
+                    **S.summarize_arm(E, dA, dB)}  # fmt: skip
+    out["by_length"] = bl
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+def canary_summary(r0: Replicate, raw: list[dict], sc: StudyConfig, rng) -> dict:
+    ta = np.array([b - a for a, b in r0.sA.ranges[r0.sA.n_real:]], float)
+    tb = np.array([b - a for a, b in r0.sB.ranges[r0.sB.n_real:]], float)
+    nA, nB = r0.sA.n_real, r0.sB.n_real
+    out: dict = {"per_half": sc.canaries, "tokens_A": int(ta.sum()), "tokens_B": int(tb.sum())}
+    for arm in (a for a in raw[0] if a != "score_first"):
+        A = np.array([[x[arm][e]["A"][nA:] for e in sc.epochs] for x in raw])  # [R, E, m]
+        B = np.array([[x[arm][e]["B"][nB:] for e in sc.epochs] for x in raw])
+        out[arm] = {"nll_A": [S.canary_nll(A[:, k].mean(0), ta) for k in range(len(sc.epochs))],
+                    "nll_B": [S.canary_nll(B[:, k].mean(0), tb) for k in range(len(sc.epochs))],
+                    "gap": [S.canary_gap(A[:, 0], A[:, k], B[:, 0], B[:, k], ta, tb, sc.reps, rng)
+                            for k in range(len(sc.epochs))]}  # fmt: skip
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    ep = [r["epoch"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, lab in (("delta_A", "dA (seen)"), ("delta_B", "dB (unseen)"),
-                     ("memorization", "dA - dB")):  # fmt: skip
-        y = np.array([r[key] for r in rows])
-        a1.errorbar(ep, y[:, 0], yerr=[y[:, 0] - y[:, 1], y[:, 2] - y[:, 0]], label=lab,
-                    capsize=3, marker="o")  # fmt: skip
-    a1.set(xlabel="pre-quant TTT epochs on A", ylabel="bpb gain", title="NON-RECORD study")
-    a1.legend()
-    a2.plot(ep, [r["canary_nll_A"] for r in rows], marker="o", label="canaries in A")
-    a2.plot(ep, [r["canary_nll_B"] for r in rows], marker="o", label="canaries in B")
-    a2.set(xlabel="epochs", ylabel="NLL per token (nats)", title="random-token canaries")
-    a2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def run_study(run_dirs, sc: StudyConfig = StudyConfig(), out: str | Path | None = None) -> dict:
+    """The whole study (module docstring) -> the study.json dict; writes study.json and PNGs."""
+    from pgolf.lab import study_report
+
+    if sc.schedule not in ("separate", "snapshot") or sc.quant not in ("run", "none"):
+        raise ValueError("study: --schedule must be separate|snapshot, --quant run|none")
+    run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, str | Path) else run_dirs)]
+    for r in run_dirs:
+        if not (r / "final_model.safetensors").is_file() or not (r / "config.json").is_file():
+            raise FileNotFoundError(f"{r}: needs config.json and final_model.safetensors "
+                                    "(a finished `pgolf train`/`pgolf run` folder)")  # fmt: skip
+    reps, raw = [], []
+    for r in run_dirs:
+        for seed in sc.seeds:
+            rep = Replicate(r, seed, sc)
+            reps.append(rep)
+            raw.append(rep.run())
+    r0 = reps[0]
+    for r in reps[1:]:
+        if (r.spans, r.sA.ranges, r.sB.ranges) != (r0.spans, r0.sA.ranges, r0.sB.ranges):
+            raise ValueError(f"study: {r.run_dir} reads other validation data than "
+                             f"{r0.run_dir}; replicates must share the data and --tokens")
+    res = {"non_record": True, "non_record_reason": NON_RECORD_REASON,
+           "protocol": __doc__.split("Protocol (pre-registered")[1].strip(),
+           "config": {**{k: getattr(sc, k) for k in sc.__dataclass_fields__},
+                      "quantizer": _quantizer(r0), "ttt": {k: getattr(r0.cfg.ttt, k) for k in (
+                          "prequant_lr", "prequant_min_lr", "prequant_freeze_blocks",
+                          "prequant_seq_len", "prequant_batch_seqs")}},
+           "runs": [str(r) for r in run_dirs], "unit": r0.unit,
+           "units_A": r0.sA.n_real, "units_B": r0.sB.n_real, "tokens_A": int(r0.sA.tokens.numel()),
+           "tokens_B": int(r0.sB.tokens.numel()), "near_duplicates_B": len(r0.dups),
+           "train_control_unseen": all(r.train_unseen for r in reps),
+           "epochs": list(sc.epochs), **analyse(reps, raw, sc),
+           "raw": [{arm: {str(e): {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                   for k, v in d.items()} for e, d in x.items()}
+                    for arm, x in rr.items()} for rr in raw]}  # fmt: skip
+    out_dir = Path(out) if out else run_dirs[0] / "study_ttt_memorization"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "study.json").write_text(json.dumps(res, indent=1))
+    (out_dir / "study.txt").write_text("\n".join(study_report.table(res)) + "\n")
+    study_report.plots(res, out_dir)
+    pdist.log0(f"study: wrote {out_dir}/study.json, study.txt, study_delta.png, study_canary.png",
+               console=False)  # fmt: skip
+    res["out_dir"] = str(out_dir)
+    return res
+
+
+def _quantizer(r: Replicate) -> str:
+    q = r.cfg.quant
+    if r.sc.quant == "none":
+        return "none (scored unquantized)"
+    calib = f"{q.calib} calibration fixed per replicate" if r.calib is not None else "no Hessians"
+    return (f"the run's plan: matrices {q.method} {q.matrix_bits}-bit, embeddings "
+            f"{q.embed_method} {q.embed_bits}-bit, lqer {q.lqer or 'off'}; {calib}")
+
+
+def study_main(a) -> dict:
+    """The CLI's `pgolf study ttt-memorization`: arguments -> StudyConfig -> run (quietly)."""
+    sc = QUICK if a.quick else StudyConfig()
+    kw: dict = {"crossfit": not a.no_crossfit and sc.crossfit, "controls": not a.no_controls}
+    if a.epochs:
+        kw["epochs"] = parse_epochs(a.epochs)
+    if a.seeds:
+        try:
+            kw["seeds"] = tuple(int(x) for x in a.seeds.split(","))
+        except ValueError:
+            raise ValueError(f"--seeds {a.seeds!r}: give integers like 0,1,2") from None
+    for k in ("tokens", "canaries", "schedule", "quant", "reps"):
+        if getattr(a, k) is not None:
+            kw[k] = getattr(a, k)
+    pdist.set_quiet(True)  # the TTT / GPTQ lines of every ladder point: the table says it all
+    try:
+        res = run_study(a.run_dir, replace(sc, **kw), a.out)
+    finally:
+        pdist.set_quiet(False)
+    return res
