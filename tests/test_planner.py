@@ -141,3 +141,43 @@ def test_fit_with_a_cap_below_every_option_exits_2_naming_the_shortfall(tiny, ca
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--fit 5,000" in err and "bytes more than the cap allows" in err
+
+
+def test_plan_file_low_rank_ranks_land_in_the_artifact_and_it_loads(tiny):
+    """A hand-written plan with low-rank terms: every factor has the planned rank, the config in
+    the metadata records them, and the artifact loads for scoring (shape check included)."""
+    import torch
+
+    from pgolf.artifact import load_artifact
+    from pgolf.lqer import SUFFIX_A, SUFFIX_B
+    from pgolf.pipeline import load_artifact_model
+
+    plan = tiny / "ranks.json"
+    choice = {"attn": Option(5, 12.85, 0), "mlp": Option(7, 10.0, 2), "embed": Option(8, 16.0, 3)}
+    P.write_plan(plan, choice, {})
+    art = tiny / "ranks.pgolf"
+    cli.main(["quantize", str(tiny / "run"), "--plan", str(plan), "--out", str(art)])
+    tensors, meta = load_artifact(art)
+    assert meta["config"]["quant"]["lqer"] == "embed:3,mlp:2"
+    group = {t.name: t.group for t in tensors}
+    factors = [t for t in tensors if t.name.endswith((SUFFIX_A, SUFFIX_B))]
+    assert {group[t.name.rsplit(".lqer.", 1)[0]] for t in factors} <= {"mlp", "embed"}
+    assert factors, "no low-rank term was kept"
+    for t in factors:
+        rank = choice[group[t.name.rsplit(".lqer.", 1)[0]]].rank
+        assert (t.shape[1] if t.name.endswith(SUFFIX_A) else t.shape[0]) == rank
+    for t in tensors:
+        if t.kind == "int" and t.group in choice:
+            assert t.bits == choice[t.group].bits, t.name
+    _, model, _ = load_artifact_model(art, torch.device("cpu"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    from types import SimpleNamespace as NS
+
+    from pgolf.artifact_check import ArtifactError, check_shapes, config_from_meta
+
+    cfg = config_from_meta(meta, str(art))
+    a = next(t for t in factors if t.name.endswith(SUFFIX_A))
+    moved = [NS(name=t.name, shape=(t.shape[0] + 1, *t.shape[1:]) if t is a else t.shape)
+             for t in tensors]  # fmt: skip
+    with pytest.raises(ArtifactError, match="low-rank term"):
+        check_shapes(cfg, moved, "x.pgolf")
