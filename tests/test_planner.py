@@ -92,12 +92,14 @@ TINY = ["vocab_size=512", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A trained tiny run (4 steps, zstd codec for speed) and its own artifact."""
     from pgolf.lab.datasets import build_default
 
     root = tmp_path_factory.mktemp("plan")
     data = build_default(root / "data")
     args = ["train", "--preset", "cpu-tiny", "--data", str(data), "--run-dir", str(root / "run")]
     cli.main(args + [a for kv in TINY for a in ("--set", kv)])
+    cli.main(["quantize", str(root / "run")])
     return root
 
 
@@ -106,21 +108,26 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     from pgolf.lqer import SUFFIX_A
 
     run = tiny / "run"
-    bench = P.Bench(run, calib_tokens=512)
-    grid = P.default_grid(bench, bits=(4, 8), ranks=(0, 2), k_scales=())
-    table = P.measure(bench, grid)
-    base = bench.size({})
+    res = json.loads((run / "result.json").read_text())
+    base = res["model_bytes"] + res["code_bytes"]
     cap = base - 3000  # binds: the run's own plan does not fit
-    res = P.fit(bench, table, cap)
-    assert res["predicted"]["bytes_built"] <= cap
-    assert any(o != bench.base[g] for g, o in res["choice"].items())
     plan = tiny / "plan.json"
-    P.write_plan(plan, res["choice"], {"cap": cap})
+    capsys.readouterr()
+    cli.main(["budget", str(run), "--fit", str(cap), "--out", str(plan), "--json",
+              "--fit-bits", "4,8", "--fit-ranks", "0,2", "--calib-tokens", "512"])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == json.loads(plan.read_text())
+    assert doc["baseline"]["bytes"] == base  # the planner's baseline is the artifact, to the byte
+    assert doc["predicted"]["bytes_built"] <= cap
+    assert any(o != doc["baseline"]["options"][g] for g, o in
+               ((g, f"int{v['bits']} k={v['clip_k']:g} r={v['lqer_rank']}")
+                for g, v in doc["groups"].items()))  # fmt: skip
+    assert len(doc["table"]) >= 20 and doc["solver"] == P.SOLVER
     art = tiny / "planned.pgolf"
     cli.main(["quantize", str(run), "--plan", str(plan), "--out", str(art)])
     tensors, meta = load_artifact(art)
-    assert art.stat().st_size + meta["code_bytes"] == res["predicted"]["bytes_built"] <= cap
-    groups = json.loads(plan.read_text())["groups"]
+    assert art.stat().st_size + meta["code_bytes"] == doc["predicted"]["bytes_built"] <= cap
+    groups = doc["groups"]
     seen = set()
     for t in tensors:
         if t.kind == "int" and t.group in groups:
@@ -131,7 +138,7 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     group_of = {t.name: t.group for t in tensors}
     for name, r in ranks.items():
         assert r == groups[group_of[name]]["lqer_rank"]
-    assert meta["config"]["quant"]["lqer"] == P.read_plan(plan)[1]
+    assert meta["config"]["quant"]["lqer"] == doc["lqer"] == P.read_plan(plan)[1]
 
 
 def test_fit_with_a_cap_below_every_option_exits_2_naming_the_shortfall(tiny, capsys):
