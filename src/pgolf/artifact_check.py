@@ -216,6 +216,12 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
             want = {k: tuple(v.shape) for k, v in GPT(cfg.model).state_dict().items()}
     except (AssertionError, RuntimeError, ValueError, TypeError) as e:
         raise ArtifactError(f"{source}: metadata config builds no model: {e}") from None
+    for k in [k for k in got if k.endswith((".lqer.a", ".lqer.b"))]:  # low-rank terms (lqer)
+        shape, w = got.pop(k), want.get(k[:-7])
+        if not (w and len(shape) == 2 and (shape[0] == w[0] if k[-1] == "a" else
+                                           shape[1] == math.prod(w[1:]))):  # fmt: skip
+            raise ArtifactError(f"{source}: low-rank term {k!r} {shape} does not fit "
+                                f"{k[:-7]!r} {w}; re-quantize the run")  # fmt: skip
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if diff:
         k = diff[0]

@@ -10,6 +10,7 @@
     pgolf audit ARTIFACT [--ttt MODE] [--quick] | --static SCRIPT | --train CFG   compliance
     pgolf study ttt-memorization RUN_DIR... [--epochs 0,0.5,1,2] [--quick]  NON-RECORD study
     pgolf budget ARTIFACT [--bits GROUP=N] [--clip-k GROUP=K] [--ve-dim N] [--prune-to BYTES]
+    pgolf budget RUN_DIR --fit BYTES [--out plan.json]      plan bits / k / low-rank to fill BYTES
     pgolf stats RUN_OR_RECORD... [--against DIR | --against-bpb X --against-loss Y] [--json]
     pgolf export RUN_DIR... --out DIR [--name N] [--author A --github-id G] [--track T]
     pgolf verify RECORD_DIR [--artifact A --data DIR] [--against DIR] [--json]   exit 1 on failure
@@ -220,10 +221,20 @@ def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
     return rep
 
 
-def parse_plan(specs: list[str]) -> dict[str, dict]:
-    """`GROUP=key:value[,key:value]` (keys bits, clip_k, method) → quant plan overrides."""
+def parse_plan(specs: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """`GROUP=key:value[,key:value]` (keys bits, clip_k, method) or a plan JSON file (`pgolf
+    budget --fit`) → (quant plan overrides, config overrides: the file's `quant.lqer`)."""
     plan: dict[str, dict] = {}
+    sets: list[str] = []
     for spec in specs:
+        if "=" not in spec and (spec.endswith(".json") or Path(spec).is_file()):
+            from pgolf.lab.planner import read_plan
+
+            groups, lqer = read_plan(spec)
+            for g, ov in groups.items():
+                plan.setdefault(g, {}).update(ov)
+            sets.append(f"quant.lqer={lqer}")
+            continue
         group, sep, body = spec.partition("=")
         if not sep or not body:
             raise ValueError(f"--plan {spec!r}: expected GROUP=key:value[,key:value]")
@@ -235,7 +246,7 @@ def parse_plan(specs: list[str]) -> dict[str, dict]:
                     f"--plan {spec!r}: keys are bits, clip_k, method (e.g. mlp=bits:5)"
                 )
             plan.setdefault(group, {})[key] = conv(val)
-    return plan
+    return plan, sets
 
 
 def cmd_quantize(
@@ -248,8 +259,9 @@ def cmd_quantize(
     run = _run_folder(Path(run_dir))
     try:
         log0(f"quantize:{run_dir} set:{overrides} plan:{plan}")
+        groups, sets = parse_plan(plan)
         res = pipeline.quantize_run(
-            run_dir, overrides, out, plan=parse_plan(plan), code_size=code_size
+            run_dir, [*overrides, *sets], out, plan=groups, code_size=code_size
         )
         if run is not None and out is None:  # the run's own artifact: its result follows
             res = run.write_result(res)
@@ -328,12 +340,20 @@ def cmd_budget(
     prune_to: int | None,
     weights: str | None,
     as_json: bool,
+    fit: int | None = None,
+    out: str | None = None,
+    calib_tokens: int = 65536,
+    fit_bits: str = "4,5,6,7,8",
+    fit_ranks: str = "0,4,8",
 ) -> dict:
     from pgolf import artifact as A
     from pgolf.dist import progress
     from pgolf.lab import budget as B
 
-    tensors, meta = A.load_artifact(Path(artifact))
+    if fit is not None:
+        return cmd_budget_fit(artifact, fit, out, calib_tokens, fit_bits, fit_ranks, as_json)
+    path = Path(artifact)
+    tensors, meta = A.load_artifact(path / "artifact.pgolf" if path.is_dir() else path)
     # The code bytes the run measured (kept in the artifact), else the bundle for its config.
     if "code_bytes" in meta:
         code = int(meta["code_bytes"])
@@ -354,6 +374,39 @@ def cmd_budget(
         lines += B.format_what_if(B.what_if(tensors, meta, codec, **kw), code=code)
     print(json.dumps(rep, sort_keys=True, default=str) if as_json else "\n".join(lines))
     return rep
+
+
+def _ints(flag: str, text: str, lo: int, hi: int) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        vals = ()
+    if not vals or not all(lo <= v <= hi for v in vals):
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers in {lo}..{hi}")
+    return vals
+
+
+def cmd_budget_fit(run: str, cap: int, out: str | None, calib_tokens: int, bits: str,
+                   ranks: str, as_json: bool) -> dict:  # fmt: skip
+    """`pgolf budget RUN --fit BYTES`: measure the options, solve, write the plan (planner)."""
+    from pgolf.lab import planner as P
+
+    if cap <= 0 or calib_tokens <= 0:
+        raise ValueError(f"--fit {cap} / --calib-tokens {calib_tokens}: both must be positive")
+    bits_t, ranks_t = _ints("--fit-bits", bits, 2, 8), _ints("--fit-ranks", ranks, 0, 256)
+    bench = P.Bench(run, calib_tokens)
+    table = P.measure(bench, P.default_grid(bench, bits_t, ranks_t), log=None if as_json else print)
+    res = P.fit(bench, table, cap)
+    result = bench.run / "result.json"
+    base = json.loads(result.read_text()).get("val_bpb_roundtrip") if result.is_file() else None
+    lines, extra = P.plan_report(res, table, base)
+    if out:
+        doc = P.write_plan(out, res["choice"], {"run": str(bench.run), **extra})
+        lines.append(f"plan: wrote {out} (apply: pgolf quantize {bench.run} --plan {out})")
+    else:
+        doc = {"groups": {g: o.label() for g, o in res["choice"].items()}, **extra}
+    print(json.dumps(doc, sort_keys=True, default=str) if as_json else "\n".join(lines))
+    return doc
 
 
 def cmd_bundle(preset: str, overrides: list[str], out: str, form: str) -> dict:
@@ -490,7 +543,8 @@ def dispatch(a: argparse.Namespace):
         print(f"wrote {res['out_dir']}/study.json, study.txt, study_delta.png, study_canary.png")
         return res
     if a.cmd == "budget":
-        return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json)
+        return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json,
+                          a.fit, a.out, a.calib_tokens, a.fit_bits, a.fit_ranks)  # fmt: skip
     if a.cmd == "bundle":
         return cmd_bundle(a.preset, a.overrides, a.out, a.form)
     if a.cmd == "stats":

@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "quantize", "quantize a finished run into an artifact (logged in the run)")
     p.add_argument("run_dir", help="folder of a finished `pgolf train`/`pgolf run`")
     p.add_argument(
-        "--plan", action="append", default=[], metavar="GROUP=KEY:VAL[,KEY:VAL]",
-        help="per-group override, e.g. mlp=bits:5,clip_k:10 or embed=method:rtn",
+        "--plan", action="append", default=[], metavar="GROUP=KEY:VAL[,KEY:VAL] | PLAN.json",
+        help="per-group override, e.g. mlp=bits:5,clip_k:10 or embed=method:rtn; or the JSON "
+        "file `pgolf budget --fit` writes (bits, clip k and low-rank ranks per group)",
     )  # fmt: skip
     _set(p)
     p.add_argument("--out", default=None, help="artifact path (default RUN_DIR/artifact.pgolf)")
@@ -204,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total artifact bytes (model + code) to reach by ±1 pruning")  # fmt: skip
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--fit", type=int, default=None, metavar="BYTES",
+                   help="plan per-group bits / clip k / low-rank rank to fill BYTES (model + "
+                   "code); ARTIFACT is then a finished run folder (or its artifact)")  # fmt: skip
+    p.add_argument("--out", default=None, help="--fit: plan file to write (JSON)")
+    p.add_argument("--calib-tokens", type=int, default=65536,
+                   help="--fit: training-shard tokens the options are scored on")  # fmt: skip
+    p.add_argument("--fit-bits", default="4,5,6,7,8", help="--fit: bit widths tried per group")
+    p.add_argument("--fit-ranks", default="0,4,8",
+                   help="--fit: low-rank ranks tried (groups with a Hessian)")  # fmt: skip
 
     p = _sub(sub, "bundle", "write the single-file train_gpt.py a submission ships",
              BUNDLE_EXAMPLES)  # fmt: skip

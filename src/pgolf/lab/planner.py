@@ -1,0 +1,372 @@
+"""Budget planner: per quantized group, the bits / SDClip k / low-rank rank that fill a byte cap.
+
+`pgolf budget RUN --fit CAP` measures, on a finished run, what each option costs and what it
+loses: every option (bits, clip k, LQER rank) of one group is quantized alone, the other groups
+staying at the run's own plan, and measured as (Δbytes of the whole artifact, compressed as it
+is written; Δbpb of the round-trip model on calibration tokens, the tail of the last TRAINING
+shard, never validation). Assuming the deltas add, `solve` picks one option per group to
+minimize the summed Δbpb with the summed Δbytes within the cap: an exact multiple-choice knapsack
+(groups merged one by one into a Pareto frontier of (bytes, loss); branches that cannot fit even
+with the smallest options of the groups left are cut). The chosen combination is then built for
+real and re-solved with a tighter budget while it is over the cap (compression is not additive).
+
+The stated prediction error adds (a) the additivity residual measured on the pair of chosen
+options that move the loss most, times the number of pairs of changed groups, and (b) the
+difference of the summed Δbpb between the two halves of the calibration tokens (sampling error).
+The plan file (JSON, `write_plan`) is what `pgolf quantize --plan plan.json` applies
+(`read_plan`). The idea of spending the budget by measured marginal value is PR #1550's (VE width,
+not logged); low-rank terms are `pgolf.lqer` (LQER, arXiv:2402.02446; PR #1797).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PLAN_FORMAT = "pgolf-quant-plan"
+SOLVER = "exact multiple-choice knapsack (Pareto-frontier merge over groups)"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to store a group: bit width, SDClip k, low-rank correction rank (0 = none)."""
+
+    bits: int
+    clip_k: float
+    rank: int = 0
+
+    def label(self) -> str:
+        return f"int{self.bits} k={self.clip_k:g} r={self.rank}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A measured option of a group: Δ against the run's own plan (its baseline row is 0, 0)."""
+
+    group: str
+    option: Option
+    d_bytes: int
+    d_bpb: float
+    d_halves: tuple[float, float] = (0.0, 0.0)  # Δbpb on each half of the calibration tokens
+
+
+class InfeasibleBudget(ValueError):
+    """No combination of the measured options fits the cap (the CLI exits 2)."""
+
+
+def solve(table: Mapping[str, Sequence[Row]], budget: int) -> dict[str, Row]:
+    """One row per group, Σ d_bytes <= budget, least Σ d_bpb (ties: fewer bytes); exact."""
+    groups = sorted(g for g in table if table[g])
+    if not groups:
+        raise InfeasibleBudget("budget planner: no groups with measured options")
+    mins = [min(r.d_bytes for r in table[g]) for g in groups]
+    rest = [sum(mins[i:]) for i in range(len(groups) + 1)]  # least bytes the later groups add
+    if rest[0] > budget:
+        raise InfeasibleBudget(
+            f"no plan fits: the smallest options still need {rest[0] - budget:,} bytes more than "
+            "the cap allows; raise --fit, or measure smaller options (--fit-bits 3,4)"
+        )
+    front: list[tuple[int, float, tuple[Row, ...]]] = [(0, 0.0, ())]
+    for i, g in enumerate(groups):
+        slack = budget - rest[i + 1]
+        cand = [(b + r.d_bytes, loss + r.d_bpb, picks + (r,))
+                for b, loss, picks in front for r in table[g]
+                if b + r.d_bytes <= slack]  # fmt: skip
+        cand.sort(key=lambda c: (c[0], c[1]))
+        front = []
+        for c in cand:  # Pareto: keep a point only if it loses less than every smaller one
+            if not front or c[1] < front[-1][1]:
+                front.append(c)
+    best = min(front, key=lambda c: (c[1], c[0]))
+    return {r.group: r for r in best[2]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Plan file
+
+
+def lqer_spec(choice: Mapping[str, Option]) -> str:
+    """{group: Option} -> the `quant.lqer` string ("attn:4,mlp:8"; "" = no low-rank terms)."""
+    return ",".join(f"{g}:{o.rank}" for g, o in sorted(choice.items()) if o.rank > 0)
+
+
+def write_plan(path: str | Path, choice: Mapping[str, Option], extra: Mapping[str, Any]) -> dict:
+    """The plan JSON: per-group bits / clip_k / lqer_rank, the lqer spec, and `extra` (report)."""
+    doc = {"format": PLAN_FORMAT, "version": 1,
+           "groups": {g: {"bits": o.bits, "clip_k": o.clip_k, "lqer_rank": o.rank}
+                      for g, o in sorted(choice.items())},
+           "lqer": lqer_spec(choice), **extra}  # fmt: skip
+    Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")
+    return doc
+
+
+def read_plan(path: str | Path) -> tuple[dict[str, dict], str]:
+    """Plan JSON -> (quant plan overrides {group: {bits, clip_k}}, quant.lqer spec), checked."""
+    from pgolf.quant import GROUPS
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--plan {path}: not JSON ({e}); write it with `pgolf budget --fit`"
+                         ) from None
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+        raise ValueError(f"--plan {path}: field 'format' is not {PLAN_FORMAT!r}; write the file "
+                         "with `pgolf budget RUN --fit BYTES --out FILE`")  # fmt: skip
+    groups = doc.get("groups")
+    if not isinstance(groups, dict):
+        raise ValueError(f"--plan {path}: field 'groups' must map group -> {{bits, clip_k}}")
+    overrides: dict[str, dict] = {}
+    choice = {}
+    for g, spec in groups.items():
+        if g not in GROUPS or g == "passthrough":
+            raise ValueError(f"--plan {path}: groups.{g} is not a quantized group ({GROUPS[1:]})")
+        try:
+            o = Option(int(spec["bits"]), float(spec["clip_k"]), int(spec.get("lqer_rank", 0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"--plan {path}: groups.{g} needs integer 'bits', number 'clip_k' "
+                             f"and integer 'lqer_rank' ({e!r})") from None  # fmt: skip
+        if not (2 <= o.bits <= 8 and 0 <= o.clip_k < math.inf and o.rank >= 0):
+            raise ValueError(f"--plan {path}: groups.{g}: bits 2..8, clip_k finite >= 0, "
+                             f"lqer_rank >= 0 (got {o.label()})")  # fmt: skip
+        overrides[g], choice[g] = {"bits": o.bits, "clip_k": o.clip_k}, o
+    return overrides, lqer_spec(choice)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement on a finished run
+
+
+class Bench:
+    """A run's fp weights, Hessians and calibration tokens: size and score any {group: Option}.
+
+    Bytes are the artifact `pgolf quantize` would write (same tensors, order, meta, codec) plus
+    the run's code bytes; bpb is the round-trip model on the last `calib_tokens` tokens of the
+    last training shard, in two halves (each a whole number of eval windows)."""
+
+    def __init__(self, run_dir: str | Path, calib_tokens: int = 65536):
+        from pgolf import config as C
+        from pgolf import pipeline, quant
+        from pgolf.bpb import build_byte_tables
+        from pgolf.data import find_shards, read_shard, sha256_file
+        from pgolf.dist import init
+        from pgolf.lab.bundle import code_size
+        from pgolf.lqer import parse_spec
+        from pgolf.model import graph_state
+
+        run = Path(run_dir)
+        run = run.parent if run.is_file() else run
+        cfg_file, weights = run / "config.json", run / "final_model.safetensors"
+        for f in (cfg_file, weights):
+            if not f.exists():
+                raise FileNotFoundError(f"{f} not found: --fit needs a finished run folder "
+                                        "(config.json + final_model.safetensors)")  # fmt: skip
+        cfg = C.from_dict(json.loads(cfg_file.read_text()))
+        C.validate(cfg)
+        self.device = init("auto").device
+        model = pipeline.load_run_model(cfg, weights, self.device)
+        cfg, data_dir, tok = pipeline.resolve_data(cfg)
+        self.run, self.cfg = run, cfg
+        self.state = {k: v.detach() for k, v in model.state_dict().items()}
+        self.plan = quant.make_plan(self.state, cfg.quant, cfg.model)
+        names = [e.name for e in self.plan if e.method == "gptq"]
+        batches = pipeline.calibration_batches(cfg, model, data_dir, self.device)
+        self.hessians = quant.collect_hessians(model, batches, names) if names else {}
+        ranks = parse_spec(cfg.quant.lqer)
+        self.base: dict[str, Option] = {}
+        for e in self.plan:
+            if e.method != "fp16" and e.group not in self.base:
+                self.base[e.group] = Option(e.bits, e.clip_k, ranks.get(e.group, 0))
+        self.lowrank_groups = {e.group for e in self.plan if e.name in self.hessians}
+        seq = cfg.eval.eval_seq_len
+        arr = read_shard(find_shards(data_dir, "train")[-1], cfg.model.vocab_size)
+        half = max(1, calib_tokens // (2 * seq)) * seq
+        if arr.size < 2 * half + 1:
+            raise ValueError(f"{data_dir}: last train shard has {arr.size} tokens, fewer than "
+                             f"--calib-tokens {2 * half}: lower --calib-tokens")  # fmt: skip
+        tail = torch.from_numpy(arr[-(2 * half + 1):].astype("int64"))
+        self.halves = (tail[: half + 1], tail[half:])
+        self.tables = build_byte_tables(str(tok), cfg.model.vocab_size)
+        self.eval_model = copy.deepcopy(model)
+        self.meta = {"format": "pgolf-artifact", "config": None, "code_bytes": 0,
+                     "code_desc": "", **graph_state(model),
+                     "tokenizer_sha256": sha256_file(tok)}  # fmt: skip
+        self._code_size, self._code = code_size, {}
+        self.code_bytes, self.meta["code_desc"] = self.code(cfg)
+        self._groups: dict[tuple[str, Option], tuple[list, list]] = {}
+        self._fixed: list | None = None
+        self._scores: dict[tuple, tuple[float, float, float]] = {}
+
+    def code(self, cfg) -> tuple[int, str]:
+        """The bundle's code bytes for `cfg` (cached per low-rank spec, the one field a plan
+        changes in the config the bundle embeds)."""
+        if cfg.quant.lqer not in self._code:
+            self._code[cfg.quant.lqer] = self._code_size(cfg)
+        return self._code[cfg.quant.lqer]
+
+    def cfg_for(self, choice: Mapping[str, Option]):
+        """The run config with the plan's low-rank spec (what `quantize --plan` records)."""
+        return replace(self.cfg, quant=replace(self.cfg.quant, lqer=lqer_spec(choice)))
+
+    def _group(self, g: str, o: Option) -> tuple[list, list]:
+        from pgolf import lqer, quant
+
+        if (g, o) not in self._groups:
+            q = self.cfg.quant
+            plan = quant.make_plan(self.state, q, self.cfg.model,
+                                   overrides={g: {"bits": o.bits, "clip_k": o.clip_k}})  # fmt: skip
+            entries = [e for e in plan if e.group == g and e.method != "fp16"]
+            qts = quant.quantize_state(self.state, self.hessians, entries, log=False,
+                                       block_size=q.block_size, damp=q.damp,
+                                       act_order=q.act_order)  # fmt: skip
+            low = lqer.lqer_tensors(self.state, qts, self.hessians, {g: o.rank}, q.damp)
+            self._groups[(g, o)] = (qts, low)
+        return self._groups[(g, o)]
+
+    def tensors(self, choice: Mapping[str, Option]) -> list:
+        """The artifact's tensors for the run's plan changed by `choice`, in `quantize` order."""
+        from pgolf import quant
+
+        if self._fixed is None:
+            fixed = [e for e in self.plan if e.method == "fp16"]
+            self._fixed = quant.quantize_state(self.state, {}, fixed, log=False)
+        full = {**self.base, **choice}
+        by_name = {t.name: t for t in self._fixed}
+        low: dict[str, list] = {}
+        for g, o in full.items():
+            qts, lq = self._group(g, o)
+            by_name.update((t.name, t) for t in qts)
+            for t in lq:
+                low.setdefault(t.name.rsplit(".lqer.", 1)[0], []).append(t)
+        main = [by_name[e.name] for e in self.plan]
+        return main + [t for m in main for t in low.get(m.name, [])]
+
+    def size(self, choice: Mapping[str, Option], exact_code: bool = False) -> int:
+        """Model bytes as written + code bytes (the bundle for this plan's config if exact)."""
+        from pgolf.artifact import encode_artifact
+        from pgolf.config import to_dict
+
+        cfg = self.cfg_for({**self.base, **choice})
+        code = self.code(cfg)[0] if exact_code else self.code_bytes
+        meta = {**self.meta, "config": to_dict(cfg), "code_bytes": code}
+        q = cfg.quant
+        return len(encode_artifact(self.tensors(choice), meta, q.codec, q.pack_bits)) + code
+
+    def score(self, choice: Mapping[str, Option]) -> tuple[float, float, float]:
+        """(bpb on all calibration tokens, on the first half, on the second half)."""
+        from pgolf import evaluate as E
+        from pgolf import lqer, quant
+        from pgolf.bpb import bits_per_byte
+
+        key = tuple(sorted({**self.base, **choice}.items()))
+        if key not in self._scores:
+            state = lqer.add_back(quant.dequantize_state(self.tensors(choice)))
+            self.eval_model.load_state_dict(state, strict=False)
+            e = self.cfg.eval
+            rs = [E.eval_plain(self.eval_model, h, e.eval_seq_len, e.val_batch_seqs, self.tables,
+                               self.device) for h in self.halves]  # fmt: skip
+            full = bits_per_byte(sum(r.nll_sum for r in rs), sum(r.tokens for r in rs),
+                                 sum(r.bytes for r in rs))  # fmt: skip
+            self._scores[key] = (full, rs[0].val_bpb, rs[1].val_bpb)
+        return self._scores[key]
+
+
+def default_grid(bench: Bench, bits: Iterable[int] = (4, 5, 6, 7, 8),
+                 ranks: Iterable[int] = (0, 4, 8), k_scales: Iterable[float] = (0.8, 1.25),
+                 ) -> dict[str, list[Option]]:  # fmt: skip
+    """Per group: every bits x rank at the run's k (ranks only where a Hessian exists), and the
+    run's bits with k scaled by each of `k_scales`."""
+    grid = {}
+    for g, o in bench.base.items():
+        rs = tuple(ranks) if g in bench.lowrank_groups else (0,)
+        opts = [o] + [Option(b, o.clip_k, r) for b in bits for r in rs]
+        if o.clip_k > 0:
+            opts += [replace(o, clip_k=round(o.clip_k * s, 4)) for s in k_scales]
+        grid[g] = list(dict.fromkeys(opts))
+    return grid
+
+
+def measure(bench: Bench, grid: Mapping[str, Sequence[Option]], log=None) -> dict[str, list[Row]]:
+    """Each option of each group alone against the run's plan -> rows (baseline row included)."""
+    b0, (l0, h1, h2) = bench.size({}), bench.score({})
+    table: dict[str, list[Row]] = {}
+    for g, opts in grid.items():
+        for o in opts:
+            b, (loss, a1, a2) = bench.size({g: o}), bench.score({g: o})
+            row = Row(g, o, b - b0, loss - l0, (a1 - h1, a2 - h2))
+            table.setdefault(g, []).append(row)
+            if log:
+                log(f"plan: measured {g:<12} {o.label():<20} Δbytes {row.d_bytes:+9,} "
+                    f"Δbpb {row.d_bpb:+.5f}")  # fmt: skip
+    return table
+
+
+def fit(bench: Bench, table: Mapping[str, Sequence[Row]], cap: int, tries: int = 5) -> dict:
+    """Solve, build the plan for real, tighten while it is over the cap; then the error terms."""
+    base_bytes, base_bpb = bench.size({}), bench.score({})[0]
+    budget = cap - base_bytes
+    for _ in range(tries):
+        try:
+            picks = solve(table, budget)
+        except InfeasibleBudget as e:
+            raise InfeasibleBudget(f"--fit {cap:,} (the run's own plan: {base_bytes:,} bytes, "
+                                   f"model + code): {e}") from None  # fmt: skip
+        choice = {g: r.option for g, r in picks.items()}
+        real = bench.size(choice, exact_code=True)
+        if real <= cap:
+            break
+        budget -= real - cap  # compression is not additive: ask for the overshoot back
+    else:
+        raise InfeasibleBudget(f"no plan measured under the cap {cap:,} after {tries} tries "
+                               f"(last {real:,} bytes): raise --fit")  # fmt: skip
+    d = sum(r.d_bpb for r in picks.values())
+    halves = [sum(r.d_halves[i] for r in picks.values()) for i in (0, 1)]
+    moved = sorted((r for r in picks.values() if r.option != bench.base[r.group]),
+                   key=lambda r: -abs(r.d_bpb))  # fmt: skip
+    pair = None
+    if len(moved) >= 2:
+        a, b = moved[:2]
+        got = bench.score({a.group: a.option, b.group: b.option})[0] - base_bpb
+        pair = {"groups": [a.group, b.group], "measured_d_bpb": got,
+                "additive_d_bpb": a.d_bpb + b.d_bpb, "residual": got - a.d_bpb - b.d_bpb}
+    n_pairs = len(moved) * (len(moved) - 1) // 2
+    err = (abs(pair["residual"]) * n_pairs if pair else 0.0) + abs(halves[0] - halves[1])
+    full = bench.score(choice)[0] - base_bpb
+    return {"choice": choice, "picks": picks, "cap": cap, "solver": SOLVER,
+            "baseline": {"bytes": base_bytes, "bpb_calib": base_bpb, "options": {
+                g: o.label() for g, o in bench.base.items()}},
+            "predicted": {"bytes": base_bytes + sum(r.d_bytes for r in picks.values()),
+                          "bytes_built": real, "d_bpb": d, "d_bpb_halves": halves,
+                          "error_bpb": err, "pair": pair, "changed_groups": len(moved),
+                          "d_bpb_calib_full_plan": full}}  # fmt: skip
+
+
+def plan_report(res: Mapping[str, Any], table: Mapping[str, Sequence[Row]],
+                base_val_bpb: float | None) -> tuple[list[str], dict]:  # fmt: skip
+    """Log lines and the JSON `extra` of a `fit` result."""
+    p, b = res["predicted"], res["baseline"]
+    lines = [f"plan: solver: {res['solver']}; cap {res['cap']:,} bytes"]
+    for g, r in sorted(res["picks"].items()):
+        lines.append(f"plan: {g:<12} {b['options'][g]:<20} -> {r.option.label():<20} "
+                     f"Δbytes {r.d_bytes:+,} Δbpb {r.d_bpb:+.5f}")  # fmt: skip
+    lines.append(f"plan: bytes {b['bytes']:,} -> predicted {p['bytes']:,}, built "
+                 f"{p['bytes_built']:,} (cap {res['cap']:,})")  # fmt: skip
+    lines.append(f"plan: Δbpb predicted {p['d_bpb']:+.5f} ± {p['error_bpb']:.5f} (calibration "
+                 f"tokens; the whole plan measured there: {p['d_bpb_calib_full_plan']:+.5f})")
+    if base_val_bpb is not None:
+        lines.append(f"plan: predicted round-trip val bpb {base_val_bpb + p['d_bpb']:.5f} "
+                     f"(run's own {base_val_bpb:.5f} + Δ)")  # fmt: skip
+    rows = [{"group": r.group, "bits": r.option.bits, "clip_k": r.option.clip_k,
+             "lqer_rank": r.option.rank, "d_bytes": r.d_bytes, "d_bpb": r.d_bpb,
+             "d_bpb_halves": list(r.d_halves)}
+            for g in sorted(table) for r in table[g]]  # fmt: skip
+    pred = {**p, "bpb": None if base_val_bpb is None else base_val_bpb + p["d_bpb"],
+            "base_val_bpb_roundtrip": base_val_bpb}  # fmt: skip
+    return lines, {"cap": res["cap"], "solver": res["solver"], "baseline": b,
+                   "predicted": pred, "table": rows}  # fmt: skip

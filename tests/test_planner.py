@@ -1,0 +1,190 @@
+"""Budget planner: the knapsack is exact (against brute force), the plan file round-trips, and
+`pgolf quantize --plan plan.json` writes exactly the planned bits / low-rank ranks under the cap."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+
+from pgolf import cli
+from pgolf.lab import planner as P
+from pgolf.lab.planner import InfeasibleBudget, Option, Row, solve
+
+
+def brute_force(table: dict[str, list[Row]], budget: int) -> float | None:
+    """Least summed loss over every combination within the budget (None: nothing fits)."""
+    best = None
+    for combo in itertools.product(*table.values()):
+        if sum(r.d_bytes for r in combo) <= budget:
+            loss = sum(r.d_bpb for r in combo)
+            best = loss if best is None else min(best, loss)
+    return best
+
+
+def random_table(rng: random.Random, groups: int, options: int) -> dict[str, list[Row]]:
+    table = {}
+    for gi in range(groups):
+        g = f"g{gi}"
+        rows = [Row(g, Option(6, 10.0), 0, 0.0)]  # the run's own plan
+        for j in range(options - 1):
+            rows.append(Row(g, Option(2 + j % 7, float(j)), rng.randint(-500, 500),
+                            rng.uniform(-0.02, 0.05)))  # fmt: skip
+        table[g] = rows
+    return table
+
+
+def test_knapsack_finds_the_brute_force_optimum():
+    rng = random.Random(0)
+    checked = infeasible = 0
+    for _ in range(150):
+        table = random_table(rng, rng.randint(1, 4), rng.randint(1, 6))
+        budget = rng.randint(-1500, 800)
+        want = brute_force(table, budget)
+        if want is None:
+            with pytest.raises(InfeasibleBudget, match="more than the cap allows"):
+                solve(table, budget)
+            infeasible += 1
+            continue
+        picks = solve(table, budget)
+        assert sorted(picks) == sorted(table)  # one row per group
+        assert all(r in table[g] for g, r in picks.items())
+        assert sum(r.d_bytes for r in picks.values()) <= budget
+        assert sum(r.d_bpb for r in picks.values()) == pytest.approx(want, abs=1e-12)
+        checked += 1
+    assert checked > 50 and infeasible > 5  # both branches exercised
+
+
+def test_knapsack_prefers_the_cheaper_of_two_equal_losses_and_names_the_shortfall():
+    g = {"a": [Row("a", Option(6, 1.0), 0, 0.0), Row("a", Option(5, 1.0), -100, 0.0)]}
+    assert solve(g, 0)["a"].option.bits == 5
+    with pytest.raises(InfeasibleBudget, match="need 50 bytes more"):
+        solve({"a": [Row("a", Option(6, 1.0), 0, 0.0), Row("a", Option(5, 1.0), -100, 0.1)]},
+              -150)  # fmt: skip
+
+
+def test_plan_file_round_trips_and_bad_files_name_the_field(tmp_path):
+    choice = {"mlp": Option(5, 12.85, 4), "attn": Option(7, 10.0, 0), "embed": Option(8, 20.0, 2)}
+    path = tmp_path / "plan.json"
+    doc = P.write_plan(path, choice, {"cap": 123})
+    assert doc["lqer"] == "embed:2,mlp:4" and json.loads(path.read_text())["cap"] == 123
+    overrides, spec = P.read_plan(path)
+    assert spec == "embed:2,mlp:4"
+    assert overrides == {g: {"bits": o.bits, "clip_k": o.clip_k} for g, o in choice.items()}
+    for field, value, msg in (("format", "x", "format"), ("groups", [1], "groups"),
+                              ("groups", {"mlp": {"bits": 9, "clip_k": 1}}, "bits 2..8"),
+                              ("groups", {"nope": {"bits": 5, "clip_k": 1}}, "groups.nope"),
+                              ("groups", {"mlp": {"clip_k": 1}}, "groups.mlp")):  # fmt: skip
+        bad = dict(doc, **{field: value})
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg):
+            P.read_plan(path)
+
+
+TINY = ["vocab_size=512", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv_heads=2",
+        "mlp_mult=2", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "recur_layers=",
+        "train_seq_len=64", "train_batch_tokens=512", "eval_seq_len=64", "eval_stride=32",
+        "max_val_tokens=2048",
+        "iterations=4", "passthrough_numel=1024", "calib_seqs=4", "codec=zstd"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A trained tiny run (4 steps, zstd codec for speed) and its own artifact."""
+    from pgolf.lab.datasets import build_default
+
+    root = tmp_path_factory.mktemp("plan")
+    data = build_default(root / "data")
+    args = ["train", "--preset", "cpu-tiny", "--data", str(data), "--run-dir", str(root / "run")]
+    cli.main(args + [a for kv in TINY for a in ("--set", kv)])
+    cli.main(["quantize", str(root / "run")])
+    return root
+
+
+def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
+    from pgolf.artifact import load_artifact
+    from pgolf.lqer import SUFFIX_A
+
+    run = tiny / "run"
+    res = json.loads((run / "result.json").read_text())
+    base = res["model_bytes"] + res["code_bytes"]
+    cap = base - 3000  # binds: the run's own plan does not fit
+    plan = tiny / "plan.json"
+    capsys.readouterr()
+    cli.main(["budget", str(run), "--fit", str(cap), "--out", str(plan), "--json",
+              "--fit-bits", "4,8", "--fit-ranks", "0,2", "--calib-tokens", "512"])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == json.loads(plan.read_text())
+    assert doc["baseline"]["bytes"] == base  # the planner's baseline is the artifact, to the byte
+    assert doc["predicted"]["bytes_built"] <= cap
+    assert any(o != doc["baseline"]["options"][g] for g, o in
+               ((g, f"int{v['bits']} k={v['clip_k']:g} r={v['lqer_rank']}")
+                for g, v in doc["groups"].items()))  # fmt: skip
+    assert len(doc["table"]) >= 20 and doc["solver"] == P.SOLVER
+    art = tiny / "planned.pgolf"
+    cli.main(["quantize", str(run), "--plan", str(plan), "--out", str(art)])
+    tensors, meta = load_artifact(art)
+    assert art.stat().st_size + meta["code_bytes"] == doc["predicted"]["bytes_built"] <= cap
+    groups = doc["groups"]
+    seen = set()
+    for t in tensors:
+        if t.kind == "int" and t.group in groups:
+            assert t.bits == groups[t.group]["bits"], t.name
+            seen.add(t.group)
+    assert seen == set(groups)
+    ranks = {t.name[: -len(SUFFIX_A)]: t.shape[1] for t in tensors if t.name.endswith(SUFFIX_A)}
+    group_of = {t.name: t.group for t in tensors}
+    for name, r in ranks.items():
+        assert r == groups[group_of[name]]["lqer_rank"]
+    assert meta["config"]["quant"]["lqer"] == doc["lqer"] == P.read_plan(plan)[1]
+
+
+def test_fit_with_a_cap_below_every_option_exits_2_naming_the_shortfall(tiny, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["budget", str(tiny / "run"), "--fit", "5000", "--fit-bits", "8",
+                  "--fit-ranks", "0", "--calib-tokens", "256"])  # fmt: skip
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--fit 5,000" in err and "bytes more than the cap allows" in err
+
+
+def test_plan_file_low_rank_ranks_land_in_the_artifact_and_it_loads(tiny):
+    """A hand-written plan with low-rank terms: every factor has the planned rank, the config in
+    the metadata records them, and the artifact loads for scoring (shape check included)."""
+    import torch
+
+    from pgolf.artifact import load_artifact
+    from pgolf.lqer import SUFFIX_A, SUFFIX_B
+    from pgolf.pipeline import load_artifact_model
+
+    plan = tiny / "ranks.json"
+    choice = {"attn": Option(5, 12.85, 0), "mlp": Option(7, 10.0, 2), "embed": Option(8, 16.0, 3)}
+    P.write_plan(plan, choice, {})
+    art = tiny / "ranks.pgolf"
+    cli.main(["quantize", str(tiny / "run"), "--plan", str(plan), "--out", str(art)])
+    tensors, meta = load_artifact(art)
+    assert meta["config"]["quant"]["lqer"] == "embed:3,mlp:2"
+    group = {t.name: t.group for t in tensors}
+    factors = [t for t in tensors if t.name.endswith((SUFFIX_A, SUFFIX_B))]
+    assert {group[t.name.rsplit(".lqer.", 1)[0]] for t in factors} <= {"mlp", "embed"}
+    assert factors, "no low-rank term was kept"
+    for t in factors:
+        rank = choice[group[t.name.rsplit(".lqer.", 1)[0]]].rank
+        assert (t.shape[1] if t.name.endswith(SUFFIX_A) else t.shape[0]) == rank
+    for t in tensors:
+        if t.kind == "int" and t.group in choice:
+            assert t.bits == choice[t.group].bits, t.name
+    _, model, _ = load_artifact_model(art, torch.device("cpu"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    from types import SimpleNamespace as NS
+
+    from pgolf.artifact_check import ArtifactError, check_shapes, config_from_meta
+
+    cfg = config_from_meta(meta, str(art))
+    a = next(t for t in factors if t.name.endswith(SUFFIX_A))
+    moved = [NS(name=t.name, shape=(t.shape[0] + 1, *t.shape[1:]) if t is a else t.shape)
+             for t in tensors]  # fmt: skip
+    with pytest.raises(ArtifactError, match="low-rank term"):
+        check_shapes(cfg, moved, "x.pgolf")
