@@ -158,3 +158,31 @@ def test_bundle_runs_the_configured_ttt_mode_and_labels_prequant_non_record(corp
         assert not res.get("non_record")
         assert res["val_bpb_source"] == "ttt" and res["val_bpb"] == res["val_bpb_ttt"]
         assert "quantized_ttt val_loss:" in log and "condition3:True condition4:True" in log
+
+
+def test_bundle_leaves_out_unused_modules_and_refuses_a_config_that_needs_one(corpus, tmp_path):
+    cfg = C.load("cpu-tiny", TINY)  # codec brotli, no TTT, calibration on training data
+    assert set(bundle.omitted(cfg)) == {"rans", "crans", "ttt_lora"}
+    full = C.load("cpu-tiny", [*TINY, "codec=crans", "ttt.mode=lora"])
+    assert bundle.omitted(full) == ()
+    assert len(bundle.build(full)[0]) - len(bundle.build(cfg)[0]) > 4000  # code bytes saved
+
+    # A left-out module is a stub that names itself and the fix; hasattr() on it stays quiet.
+    src = bundle.assemble(cfg, strip=True)
+    ns: dict = {"__name__": "not_main", "__file__": str(tmp_path / "train_gpt.py")}
+    exec(compile(src, "train_gpt.py", "exec"), ns)
+    stub = ns["_M"]["crans"]
+    assert not hasattr(stub, "__path__")
+    with pytest.raises(AttributeError, match=r"crans\.encode: this train_gpt.py was bundled"):
+        stub.encode  # noqa: B018
+    assert callable(ns["_M"]["artifact"].save_artifact)  # the modules in use are real
+
+    # An environment override that needs a left-out module is refused before any training.
+    folder = tmp_path / "record"
+    folder.mkdir()
+    bundle.write_bundle(cfg, folder / "train_gpt.py")
+    env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"), COMPRESSOR="crans")
+    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env,
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode != 0 and "lacks crans, rans" in r.stderr, r.stderr[-2000:]
+    assert "rebuild it with `pgolf bundle`" in r.stderr and not (folder / "run").exists()

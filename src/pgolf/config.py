@@ -484,17 +484,23 @@ def grad_accum_steps(t: TrainConfig, world_size: int) -> int:
     return 8 // world_size
 
 
-OPTIONAL_MODULES = ("sampling", "rans", "crans", "ttt_lora")
+OPTIONAL_MODULES = ("rans", "crans", "ttt_lora")
 """Core modules only some configs run; a bundle ships the ones `modules_needed` names."""
 
 
 def modules_needed(cfg: RunConfig) -> set[str]:
-    """The OPTIONAL_MODULES that a run with `cfg` uses (self-generated calibration, an entropy
-    codec, per-document LoRA TTT)."""
-    q = cfg.quant
-    need = {"sampling"} if q.calib == "selfgen" else set()
-    need |= {"rans", "crans"} if q.codec == "crans" else {"rans"} if q.codec == "rans" else set()
-    return need | ({"ttt_lora"} if cfg.ttt.mode == "lora" else set())
+    """The OPTIONAL_MODULES that a run with `cfg` uses: an entropy codec; LoRA TTT, whose SGD step
+    score-first TTT shares."""
+    codec = cfg.quant.codec
+    need = {"rans", "crans"} if codec == "crans" else {"rans"} if codec == "rans" else set()
+    return need | ({"ttt_lora"} if cfg.ttt.mode in ("lora", "score_first") else set())
+
+
+def refuse_absent(cfg: RunConfig, absent: tuple[str, ...], script: str) -> None:
+    """Stop a bundle (`script`) that left out a module `cfg` (environment included) needs."""
+    if missing := sorted(modules_needed(cfg) & set(absent)):
+        raise SystemExit(f"{script} lacks {', '.join(missing)}, which this config needs "
+                         "(environment included): rebuild it with `pgolf bundle` for this config")
 
 
 SDPA_PLANS = tuple(f"sdpa:{k}{r}" for k in ("default", "cudnn", "flash", "efficient", "math")

@@ -377,7 +377,7 @@ def quantize_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     return write_artifact(cfg, tensors, dest, graph_state(model), code_size)
 
 
-def bundle_main(config: dict[str, Any], script: str, absent: tuple[str, ...] = ()) -> dict[str, Any]:
+def bundle_main(config: dict[str, Any], script: str, absent: tuple[str, ...] = ()) -> dict:
     """Entry point of the generated `train_gpt.py`: its frozen config, overridden by the
     challenge's environment variables, runs the record job; code bytes are the script's length.
     `absent`: optional core modules the bundle left out, refused here if the config needs one."""
@@ -387,9 +387,7 @@ def bundle_main(config: dict[str, Any], script: str, absent: tuple[str, ...] = (
 
     cfg = C.apply_env(C.from_dict(config), os.environ)
     C.validate(cfg)
-    if missing := sorted(C.modules_needed(cfg) & set(absent)):
-        raise SystemExit(f"{Path(script).name} lacks {', '.join(missing)}, which this config needs "
-                         "(environment included): rebuild it with `pgolf bundle` for this config")
+    C.refuse_absent(cfg, absent, Path(script).name)
     code, desc = len(Path(script).read_bytes()), f"{CODE_DESC}: {Path(script).name}"  # as the lab
     ok = False
     try:

@@ -47,7 +47,6 @@ from pgolf.evaluate import (
     sliding_windows,
 )
 from pgolf.model import graph_state, restore_graph_state
-from pgolf.ttt_lora import sgd_on_ranges
 
 NON_RECORD_REASON = (
     "pre-quant TTT trains on the validation tokens before they are scored "
@@ -234,7 +233,7 @@ def score_first(
         for g in opt.param_groups:
             g["lr"] = lr
         for _ in range(t.epochs):
-            sgd_on_ranges(model, opt, tokens, [(a, b)], e.eval_seq_len, e.val_batch_seqs,
+            ttt_lora.sgd_on_ranges(model, opt, tokens, [(a, b)], e.eval_seq_len, e.val_batch_seqs,
                           t.grad_clip, device, amp)  # fmt: skip
             version += 1
             ledger.update(consumed([(a, b)]), version)

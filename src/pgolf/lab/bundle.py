@@ -184,9 +184,9 @@ def assemble(cfg: C.RunConfig, strip: bool) -> str:
     ]
     for name, src in core_sources():
         if name in gone:  # AttributeError, so hasattr() on the stub stays quiet
-            stub = (f"def __getattr__(a):\n    raise AttributeError(f'{name}.{{a}}: this train_gpt.py "
-                    "was bundled without it (its config does not use it); rebuild it with `pgolf "
-                    "bundle`')\n")  # fmt: skip
+            stub = (f"def __getattr__(a):\n    raise AttributeError(f'{name}.{{a}}: this "
+                    "train_gpt.py was bundled without it (its config does not use it); rebuild "
+                    "it with `pgolf bundle`')\n")  # fmt: skip
             parts.append(f"_mod({name!r}, {stub!r})\n")
             continue
         src = rewrite_imports(src, name)
@@ -194,8 +194,8 @@ def assemble(cfg: C.RunConfig, strip: bool) -> str:
             src = strip_source(src)
         parts.append(f"_mod({name!r}, {src!r})\n")
     parts.append(f"CONFIG = {bundle_config(cfg)!r}\n")
-    tail = f", {gone!r}" if gone else ""
-    parts.append(f'if __name__ == "__main__":\n    _M["pipeline"].bundle_main(CONFIG, __file__{tail})\n')
+    call = f"bundle_main(CONFIG, __file__{f', {gone!r}' if gone else ''})"
+    parts.append(f'if __name__ == "__main__":\n    _M["pipeline"].{call}\n')
     return "".join(parts)
 
 
