@@ -5,10 +5,11 @@ The challenge counts a submission's code as the bytes of its `train_gpt.py` (spe
 (`pgolf.CORE_MODULES`, in that order) as in-file modules: each one's source, with every
 `from pgolf... import ...` rewritten to a lookup in the bundle's own module table, is executed into
 a fresh module object before anything runs, so no installed pgolf is ever imported and every module
-keeps its own namespace (no renaming, no collisions). The resolved config is frozen into the file
-as its defaults (data and tokenizer paths left out: `DATA_PATH` gives them), the challenge's
-environment variables still override it, and `__main__` runs the record job through
-`pgolf.pipeline.bundle_main`.
+keeps its own namespace (no renaming, no collisions). Optional core modules the config never
+runs (`config.OPTIONAL_MODULES` minus `config.modules_needed`) are left out as stubs. The
+resolved config is frozen into the file as its defaults (data and tokenizer paths left out:
+`DATA_PATH` gives them), the challenge's environment variables still override it, and `__main__`
+runs the record job through `pgolf.pipeline.bundle_main`.
 
 Four forms are measured and the smallest is shipped (the self-extracting wrapper is the records'
 habit since PR #1493's 16,594-byte lzma/base85 script): raw source; docstrings and comments
