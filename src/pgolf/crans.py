@@ -287,15 +287,8 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
             j = np.searchsorted(keys, (tid[a:b] << prec) + (xs & mask), side="right") - 1
             sym[a:b] = live[1][j]
             xs[:] = fs[j] * (xs >> prec) + (xs & mask) - cs[j]
-            need = xs < L
-            cnt = int(np.count_nonzero(need))
-            if cnt:
-                if ptr + cnt > nwords:
-                    raise ValueError("crans: the stream runs out of words")
-                xs[need] = (xs[need] << 16) | words[ptr : ptr + cnt]
-                ptr += cnt
-        if ptr != nwords or (x != L).any():
-            raise ValueError("crans: final states or word count do not match (corrupted stream)")
+            ptr = rans.renorm(xs, words, ptr, "crans")
+        rans.check_end(x, ptr, nwords, "crans")
     out, pos = np.empty(n, np.int8), 0
     for r, cc, flags, proto, _, _ in models:
         u = sym[pos : pos + r * cc].reshape(r, cc) - 128

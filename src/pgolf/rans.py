@@ -206,6 +206,24 @@ class _Table:
         return s | (self.f[s] << 8) | ((slot - self.cum[s]) << 24)
 
 
+
+def renorm(xs: np.ndarray, words: np.ndarray, ptr: int, who: str) -> int:
+    """Refill (in place) the lane states of `xs` that fell under L from `words[ptr:]`; new ptr."""
+    need = xs < L
+    cnt = int(np.count_nonzero(need))
+    if cnt:
+        if ptr + cnt > len(words):
+            raise ValueError(f"{who}: the stream runs out of words")
+        xs[need] = (xs[need] << 16) | words[ptr : ptr + cnt]
+    return ptr + cnt
+
+
+def check_end(x: np.ndarray, ptr: int, nwords: int, who: str) -> None:
+    """A decode that used every word returns every lane to the encoder's start state L."""
+    if ptr != nwords or (x != L).any():
+        raise ValueError(f"{who}: final states or word count do not match (corrupted stream)")
+
+
 def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
     """Stream -> flat int8 codes; ValueError for anything that is not a consistent stream.
 
@@ -259,15 +277,8 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
             out[lo:hi] = v & 0xFF
             xs[lo - a : hi - a] = ((v >> 8) & 0xFFFF) * (xx >> prec) + (v >> 24)
             lo, j = hi, j + 1
-        need = xs < L
-        cnt = int(np.count_nonzero(need))
-        if cnt:
-            if ptr + cnt > nwords:
-                raise ValueError("rans: the stream runs out of words")
-            xs[need] = (xs[need] << 16) | words[ptr : ptr + cnt]
-            ptr += cnt
-    if ptr != nwords or (x != L).any():
-        raise ValueError("rans: final states or word count do not match (corrupted stream)")
+        ptr = renorm(xs, words, ptr, "rans")
+    check_end(x, ptr, nwords, "rans")
     codes = out.view(np.int8) ^ np.int8(-128)
     if zlib.crc32(codes.tobytes()) != crc:
         raise ValueError("rans: CRC-32 of the decoded codes does not match (corrupted stream)")
