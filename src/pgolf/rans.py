@@ -206,7 +206,6 @@ class _Table:
         return s | (self.f[s] << 8) | ((slot - self.cum[s]) << 24)
 
 
-
 def renorm(xs: np.ndarray, words: np.ndarray, ptr: int, who: str) -> int:
     """Refill (in place) the lane states of `xs` that fell under L from `words[ptr:]`; new ptr."""
     need = xs < L
