@@ -108,6 +108,38 @@ def test_bundle_runs_alone_and_equals_train_plus_quantize(corpus, tmp_path):
     assert a == b  # same model bytes, same metadata (config, code bytes, graph, tokenizer)
 
 
+def test_a_planned_quantization_is_in_the_config_and_its_export_reproduces_it(corpus, tmp_path):
+    """`pgolf quantize --plan mlp=bits:5` records the plan as quant.groups in the artifact's config;
+    `pgolf export` of that run bundles it (the same script as `pgolf bundle --set quant.groups=`),
+    and that script, run alone, writes the planned artifact byte for byte."""
+    from pgolf.artifact import load_artifact
+    from pgolf.cli import cmd_bundle, cmd_eval, cmd_quantize, cmd_train
+    from pgolf.lab.records import export
+
+    ref = tmp_path / "ref"
+    cmd_train("cpu-tiny", TINY, str(corpus), str(ref), None)
+    cmd_quantize(str(ref), [], ["mlp=bits:5"], None)
+    cmd_eval(str(ref), None, None, True)  # the planned artifact's scores, as a record needs
+    tensors, meta = load_artifact(ref / "artifact.pgolf")
+    assert meta["config"]["quant"]["groups"] == "mlp=bits:5"
+    assert json.loads((ref / "config.json").read_text())["quant"]["groups"] == ""  # training's
+    bits = {t.group: t.bits for t in tensors if t.kind == "int"}
+    assert bits["mlp"] == 5 and bits["attn"] == 6  # only the planned group moved
+
+    rec = tmp_path / "rec"
+    export([ref], rec)
+    shipped = cmd_bundle("cpu-tiny", [*TINY, "quant.groups=mlp=bits:5"], str(tmp_path / "b.py"),
+                         "auto")  # fmt: skip
+    assert (rec / "train_gpt.py").read_bytes() == (tmp_path / "b.py").read_bytes()
+    assert shipped["bytes"] == meta["code_bytes"]
+    env = _env(DATA_PATH=str(corpus), RUN_DIR=str(tmp_path / "replay"))
+    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=rec, env=env,
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    replay = (tmp_path / "replay" / "artifact.pgolf").read_bytes()
+    assert replay == (ref / "artifact.pgolf").read_bytes()
+
+
 @pytest.mark.dist
 def test_bundle_under_torchrun_with_two_gloo_ranks(corpus, tmp_path):
     torchrun = shutil.which("torchrun")

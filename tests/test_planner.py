@@ -83,6 +83,27 @@ def test_plan_file_round_trips_and_bad_files_name_the_field(tmp_path):
             P.read_plan(path)
 
 
+def test_plan_file_maps_to_the_quant_groups_string_quantize_applies(tmp_path):
+    """The plan's `set` lines, `pgolf quantize --plan FILE` and the file's groups agree: one
+    quant.groups string, parsed back by the core into the plan's overrides."""
+    from pgolf.quant import parse_groups
+
+    choice = {"mlp": Option(5, 12.85, 4), "attn": Option(7, 10.28, 0), "embed": Option(8, 20.0, 2)}
+    path = tmp_path / "plan.json"
+    doc = P.write_plan(path, choice, {})
+    overrides, lqer = P.read_plan(path)
+    want = "attn=bits:7,clip_k:10.28;embed=bits:8,clip_k:20.0;mlp=bits:5,clip_k:12.85"
+    assert doc["set"] == [f"quant.groups={want}", "quant.lqer=embed:2,mlp:4"]
+    assert P.groups_spec(overrides) == want and parse_groups(want) == overrides
+    assert cli.parse_plan([str(path)]) == doc["set"]
+    # a run's own quant.groups stays under the plan: methods kept, the file's bits/k on top
+    sets = cli.parse_plan([str(path), "value_embed=bits:6"], base="attn=method:rtn,bits:4")
+    assert parse_groups(sets[0].split("=", 1)[1]) == {
+        **overrides, "attn": {"method": "rtn", "bits": 7, "clip_k": 10.28},
+        "value_embed": {"bits": 6}}  # fmt: skip
+    assert cli.parse_plan([]) == []
+
+
 TINY = ["vocab_size=512", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv_heads=2",
         "mlp_mult=2", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "recur_layers=",
         "train_seq_len=64", "train_batch_tokens=512", "eval_seq_len=64", "eval_stride=32",

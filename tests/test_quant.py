@@ -244,10 +244,63 @@ def test_make_plan_groups_and_overrides():
     fc, ck = plan2["blocks.0.mlp.fc.weight"], plan2["blocks.0.attn.c_k.weight"]
     assert (fc.bits, fc.clip_k, ck.method, ck.bits) == (5, 9.0, "fp16", 16)
     assert plan2["tok_emb.weight"].method == "rtn"
-    with pytest.raises(ValueError, match="unknown group"):
+    with pytest.raises(ValueError, match="mpl=.*groups are"):
         quant.make_plan(state, QCFG, TINY, overrides={"mpl": {"bits": 5}})
     with pytest.raises(ValueError, match="2..8"):
         quant.make_plan(state, QCFG, TINY, overrides={"mlp": {"bits": 9}})
+
+
+GROUP_SPECS = {
+    "mlp=bits:5": {"mlp": {"bits": 5}},
+    " attn = bits:5 , clip_k:10.28 ; embed=method:rtn ;": {
+        "attn": {"bits": 5, "clip_k": 10.28}, "embed": {"method": "rtn"}},
+    "mlp=bits:4;mlp=clip_k:9": {"mlp": {"bits": 4, "clip_k": 9.0}},
+    "attn=method:fp16,bits:16": {"attn": {"method": "fp16", "bits": 16}},
+    "": {},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", list(GROUP_SPECS))
+def test_quant_groups_spec_parses_and_round_trips(spec):
+    from pgolf.lab.planner import groups_spec
+
+    want = GROUP_SPECS[spec]
+    got = quant.parse_groups(spec)
+    assert got == want
+    assert all(type(v) is type(want[g][k]) for g in got for k, v in got[g].items())
+    assert quant.parse_groups(groups_spec(got)) == got  # the lab's formatter is its inverse
+    assert groups_spec(quant.parse_groups(groups_spec(got))) == groups_spec(got)
+
+
+@pytest.mark.parametrize("bad", ["mlp", "mlp=bits", "mlp=bits:x", "mlp=bit:5", "mpl=bits:5",
+                                 "mlp=bits:9", "mlp=method:int4", "=bits:5", "mlp=bits:5;attn"])
+def test_a_bad_quant_groups_is_refused_naming_the_field(bad):
+    from pgolf import config as C
+
+    with pytest.raises(ValueError, match=r"quant\.groups"):
+        quant.parse_groups(bad)
+    with pytest.raises(ValueError, match=r"invalid config: quant\.groups") as e:
+        C.load("cpu-tiny", [f"quant.groups={bad}"])
+    assert "e.g. --set" in str(e.value) or "groups are" in str(e.value)  # the fix
+
+
+def test_make_plan_with_quant_groups_equals_make_plan_with_the_same_overrides():
+    from dataclasses import replace
+
+    state = tiny_gpt().state_dict()
+    spec = "mlp=bits:5,clip_k:9.5;attn=method:rtn;embed=bits:7;value_embed=method:fp16"
+    ov = quant.parse_groups(spec)
+    via_cfg = quant.make_plan(state, replace(QCFG, groups=spec), TINY)
+    via_ov = quant.make_plan(state, QCFG, TINY, overrides=ov)
+    assert via_cfg == via_ov != quant.make_plan(state, QCFG, TINY)
+    e = {p.name: p for p in via_cfg}
+    assert (e["blocks.0.mlp.fc.weight"].bits, e["blocks.0.mlp.fc.weight"].clip_k) == (5, 9.5)
+    assert e["blocks.1.attn.c_q.weight"].method == "rtn" and e["tok_emb.weight"].bits == 7
+    assert e["ve.embed.weight"].method == "fp16"
+    # explicit overrides go on top of quant.groups, key by key
+    top = quant.make_plan(state, replace(QCFG, groups=spec), TINY, overrides={"mlp": {"bits": 4}})
+    fc = next(p for p in top if p.name == "blocks.0.mlp.fc.weight")
+    assert (fc.bits, fc.clip_k) == (4, 9.5)
 
 
 def test_hessians_sum_over_recurrent_visits_and_embed_from_final_norm():

@@ -26,6 +26,7 @@ import argparse
 import errno
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -221,32 +222,26 @@ def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
     return rep
 
 
-def parse_plan(specs: list[str]) -> tuple[dict[str, dict], list[str]]:
+def parse_plan(specs: list[str], base: str = "") -> list[str]:
     """`GROUP=key:value[,key:value]` (keys bits, clip_k, method) or a plan JSON file (`pgolf
-    budget --fit`) → (quant plan overrides, config overrides: the file's `quant.lqer`)."""
-    plan: dict[str, dict] = {}
-    sets: list[str] = []
+    budget --fit`) → the equal config overrides: `quant.groups` (the plans over `base`, the
+    run's own quant.groups) and the file's `quant.lqer`; none for no plans."""
+    from pgolf.lab.planner import groups_spec, read_plan
+    from pgolf.quant import parse_groups
+
+    plan, sets = parse_groups(base), []
     for spec in specs:
         if "=" not in spec and (spec.endswith(".json") or Path(spec).is_file()):
-            from pgolf.lab.planner import read_plan
-
             groups, lqer = read_plan(spec)
-            for g, ov in groups.items():
-                plan.setdefault(g, {}).update(ov)
             sets.append(f"quant.lqer={lqer}")
-            continue
-        group, sep, body = spec.partition("=")
-        if not sep or not body:
-            raise ValueError(f"--plan {spec!r}: expected GROUP=key:value[,key:value]")
-        for item in body.split(","):
-            key, _, val = item.partition(":")
-            conv = {"bits": int, "clip_k": float, "method": str}.get(key)
-            if conv is None or not val:
-                raise ValueError(
-                    f"--plan {spec!r}: keys are bits, clip_k, method (e.g. mlp=bits:5)"
-                )
-            plan.setdefault(group, {})[key] = conv(val)
-    return plan, sets
+        else:
+            try:
+                groups = parse_groups(spec)
+            except ValueError as e:
+                raise ValueError(f"--plan {spec!r}: {e}") from None
+        for g, ov in groups.items():
+            plan[g] = {**plan.get(g, {}), **ov}
+    return [f"quant.groups={groups_spec(plan)}", *sets] if specs else []
 
 
 def cmd_quantize(
@@ -259,10 +254,15 @@ def cmd_quantize(
     run = _run_folder(Path(run_dir))
     try:
         log0(f"quantize:{run_dir} set:{overrides} plan:{plan}")
-        groups, sets = parse_plan(plan)
-        res = pipeline.quantize_run(
-            run_dir, [*overrides, *sets], out, plan=groups, code_size=code_size
-        )
+        cfg_file = Path(run_dir) / "config.json"
+        base = ""
+        if plan and cfg_file.is_file():  # a plan goes over the run's own quant.groups
+            cfg = C.apply_overrides(C.from_dict(json.loads(cfg_file.read_text())), overrides)
+            base = cfg.quant.groups
+        sets = parse_plan(plan, base)
+        if sets:
+            log0(f"quantize:plan as config: {' '.join(f'--set {s}' for s in sets)}")
+        res = pipeline.quantize_run(run_dir, [*overrides, *sets], out, code_size=code_size)
         if run is not None and out is None:  # the run's own artifact: its result follows
             res = run.write_result(res)
     finally:
@@ -404,7 +404,10 @@ def cmd_budget_fit(run: str, cap: int, out: str | None, calib_tokens: int, bits:
         doc = P.write_plan(out, res["choice"], {"run": str(bench.run), **extra})
         lines.append(f"plan: wrote {out} (apply: pgolf quantize {bench.run} --plan {out})")
     else:
-        doc = {"groups": {g: o.label() for g, o in res["choice"].items()}, **extra}
+        doc = {"groups": {g: o.label() for g, o in res["choice"].items()},
+               "set": P.choice_sets(res["choice"]), **extra}  # fmt: skip
+    lines.append("plan: as config: " + " ".join(
+        f"--set {shlex.quote(s)}" for s in P.choice_sets(res["choice"])))  # fmt: skip
     print(json.dumps(doc, sort_keys=True, default=str) if as_json else "\n".join(lines))
     return doc
 

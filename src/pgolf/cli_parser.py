@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plan", action="append", default=[], metavar="GROUP=KEY:VAL[,KEY:VAL] | PLAN.json",
         help="per-group override, e.g. mlp=bits:5,clip_k:10 or embed=method:rtn; or the JSON "
-        "file `pgolf budget --fit` writes (bits, clip k and low-rank ranks per group)",
+        "file `pgolf budget --fit` writes (bits, clip k and low-rank ranks per group); applied "
+        "as --set quant.groups=... (over the run's own) and quant.lqer=..., kept in the config",
     )  # fmt: skip
     _set(p)
     p.add_argument("--out", default=None, help="artifact path (default RUN_DIR/artifact.pgolf)")

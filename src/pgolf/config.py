@@ -139,6 +139,7 @@ class QuantConfig:
     codec: str = "brotli"  # brotli/lzma/zstd; rans/crans: codes entropy-coded, the rest brotli
     pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
     lqer: str = ""  # low-rank GPTQ-error terms: group:rank list, e.g. "mlp:8,attn:4" (pgolf.lqer)
+    groups: str = ""  # per-group plan, e.g. "mlp=bits:5;embed=method:rtn" (quant.parse_groups)
     byte_budget: int = 16_000_000
 
 
@@ -555,6 +556,13 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"eval_stride {e.eval_stride} must be in 1..eval_seq_len")
     if not 2 <= cfg.quant.matrix_bits <= 8 or not 2 <= cfg.quant.embed_bits <= 8:
         problems.append("quantization bit widths must be within 2..8")
+    if cfg.quant.groups:
+        from pgolf.quant import parse_groups  # lazily: quant imports this module (and torch)
+
+        try:
+            parse_groups(cfg.quant.groups)
+        except ValueError as err:
+            problems.append(str(err))
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
 

@@ -10,7 +10,7 @@
   upper Cholesky factor of H^-1, lazy block updates; scales fixed beforehand by SDClip (#1550).
 * Plan (declarative, spec §5.4): small or non-float tensors -> fp16; attn/mlp matrices -> GPTQ
   int6; tied embedding -> int8 GPTQ on the head-side Hessian (#1493) or RTN (#1550); value
-  embedding -> int8 RTN; anything else large -> int8 max-abs RTN.
+  embedding -> int8 RTN; anything else large -> int8 max-abs RTN; `quant.groups` overrides these.
 * Hessians are collected on the model as it really runs (depth recurrence, lanes), hooks keyed by
   parameter name so a weight used at several depths sums every visit; the tied embedding's comes
   from `model.final_norm`'s output (#1493). #1550 instead used a non-recurrent surrogate graph.
@@ -37,6 +37,7 @@ SCALE_MIN = 2.0**-24  # smallest positive fp16
 SCALE_MAX = 65504.0  # largest finite fp16
 METHODS = ("gptq", "rtn", "fp16")
 GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")
+KEYS: dict[str, Any] = {"bits": int, "clip_k": float, "method": str}  # quant.groups' keys
 
 # ----------------------------------------------------------------------------------------------
 # Scales, round-to-nearest, GPTQ
@@ -60,15 +61,11 @@ def sdclip_scales(W: Tensor, bits: int, k: float) -> Tensor:
     return (spread / Q).clamp(SCALE_MIN, SCALE_MAX).to(torch.float16)
 
 
-def _work_dtype(W: Tensor) -> torch.dtype:
-    return torch.float64 if W.dtype == torch.float64 else torch.float32
-
-
 def rtn_quantize(W: Tensor, bits: int, k: float) -> tuple[Tensor, Tensor]:
     """Round-to-nearest on the SDClip grid -> (codes int8 [R, C], scales fp16 [R])."""
     Q = qmax(bits)
     scales = sdclip_scales(W, bits, k)
-    s = scales.to(_work_dtype(W))[:, None]
+    s = scales.to(torch.float64 if W.dtype == torch.float64 else torch.float32)[:, None]
     codes = torch.round(W.to(s.dtype) / s).clamp_(-Q, Q).to(torch.int8)
     return codes, scales
 
@@ -108,7 +105,7 @@ def gptq_quantize(
     if H.shape != (C, C):
         raise ValueError(f"gptq: Hessian shape {tuple(H.shape)} does not match {C} weight columns")
     Q = qmax(bits)
-    dtype = _work_dtype(W)
+    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     scales = sdclip_scales(W, bits, k)  # from the original weight, before dead-column zeroing
     s = scales.to(dtype)
     W = W.to(dtype).clone()
@@ -160,8 +157,29 @@ class PlanEntry:
     group: str  # one of GROUPS
 
 
-def _group_of(name: str, ndim: int) -> str:
-    return param_role(name, ndim).group
+def check_groups(groups: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, dict]:
+    """Per-group plan overrides {group: {bits, clip_k, method}} -> a copy, or ValueError."""
+    for g, ov in groups.items():
+        bad = g not in GROUPS or set(ov) - set(KEYS) or ov.get("method", "gptq") not in METHODS
+        if bad or not (ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8):
+            raise ValueError(f"{where}: {g}={ov}: groups are {GROUPS}, keys {tuple(KEYS)}, "
+                             f"methods {METHODS}, bits 2..8")  # fmt: skip
+    return {g: dict(ov) for g, ov in groups.items()}
+
+
+def parse_groups(spec: str) -> dict[str, dict[str, Any]]:
+    """quant.groups "mlp=bits:5;attn=bits:5,clip_k:10.28" -> {group: {key: value}}, checked."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        group, _, body = part.partition("=")
+        for key, _, val in (item.strip().partition(":") for item in body.split(",")):
+            try:
+                out.setdefault(group.strip(), {})[key] = KEYS[key](val.strip())
+            except (KeyError, ValueError):
+                eg = "e.g. --set 'quant.groups=mlp=bits:5;attn=clip_k:10'"
+                raise ValueError(f"quant.groups {spec!r}: {part!r} is not GROUP=key:value"
+                                 f"[,key:value]; {eg}") from None  # fmt: skip
+    return check_groups(out, f"quant.groups {spec!r}")
 
 
 def make_plan(
@@ -170,15 +188,9 @@ def make_plan(
     model_cfg: ModelConfig,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[PlanEntry]:
-    """One PlanEntry per tensor; `overrides` {group: {bits, clip_k, method}} for what-ifs."""
-    for group, ov in (overrides or {}).items():
-        if group not in GROUPS:
-            raise ValueError(f"quant plan override: unknown group {group!r}; use one of {GROUPS}")
-        bad = set(ov) - {"bits", "clip_k", "method"}
-        if bad:
-            raise ValueError(f"quant plan override for {group!r}: unknown keys {sorted(bad)}")
-        if ov.get("method", "gptq") not in METHODS:
-            raise ValueError(f"quant plan override for {group!r}: method must be one of {METHODS}")
+    """One PlanEntry per tensor; `qcfg.groups` then `overrides` (what-ifs) replace defaults."""
+    cfg_groups, over = parse_groups(qcfg.groups), check_groups(overrides or {}, "plan override")
+    groups = {g: {**cfg_groups.get(g, {}), **over.get(g, {})} for g in GROUPS}
     for m in (qcfg.method, qcfg.embed_method):
         if m not in ("gptq", "rtn"):
             raise ValueError(f"quant.method/embed_method {m!r} must be 'gptq' or 'rtn'")
@@ -187,26 +199,21 @@ def make_plan(
         if not t.is_floating_point() or t.numel() <= qcfg.passthrough_numel:
             entry = PlanEntry(name, "fp16", 16, 0.0, "passthrough")
         else:
-            group = _group_of(name, t.ndim)
+            group = param_role(name, t.ndim).group
             if group in ("attn", "mlp"):
                 entry = PlanEntry(name, qcfg.method, qcfg.matrix_bits, qcfg.matrix_clip_k, group)
             elif group == "embed":
                 # An untied input embedding has no input-side Hessian: plain rounding.
-                method = qcfg.embed_method
-                if name == "tok_emb.weight" and not model_cfg.tie_embeddings:
-                    method = "rtn"
+                untied = name == "tok_emb.weight" and not model_cfg.tie_embeddings
+                method = "rtn" if untied else qcfg.embed_method
                 entry = PlanEntry(name, method, qcfg.embed_bits, qcfg.embed_clip_k, group)
             elif group == "value_embed":
                 entry = PlanEntry(name, "rtn", qcfg.embed_bits, qcfg.embed_clip_k, group)
             else:
                 entry = PlanEntry(name, "rtn", 8, 0.0, "other")
-        ov = dict((overrides or {}).get(entry.group, {}))
-        if ov:
+        if ov := groups.get(entry.group):
             entry = replace(entry, **ov)
-            if entry.method == "fp16":
-                entry = replace(entry, bits=16)
-            else:
-                qmax(entry.bits)
+            entry = replace(entry, bits=16) if entry.method == "fp16" else entry
         plan.append(entry)
     return plan
 

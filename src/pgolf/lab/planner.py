@@ -14,8 +14,10 @@ The stated prediction error adds (a) the additivity residual measured on the pai
 options that move the loss most, times the number of pairs of changed groups, and (b) the
 difference of the summed Δbpb between the two halves of the calibration tokens (sampling error).
 The plan file (JSON, `write_plan`) is what `pgolf quantize --plan plan.json` applies
-(`read_plan`). The idea of spending the budget by measured marginal value is PR #1550's (VE width,
-not logged); low-rank terms are `pgolf.lqer` (LQER, arXiv:2402.02446; PR #1797).
+(`read_plan`) as config overrides (`quant.groups`, `quant.lqer`: `choice_sets`), so the quantized
+config, and a bundle of it, carry the plan. The idea of spending the budget by measured marginal
+value is PR #1550's (VE width, not logged); low-rank terms are `pgolf.lqer` (LQER,
+arXiv:2402.02446; PR #1797).
 """
 
 from __future__ import annotations
@@ -97,12 +99,27 @@ def lqer_spec(choice: Mapping[str, Option]) -> str:
     return ",".join(f"{g}:{o.rank}" for g, o in sorted(choice.items()) if o.rank > 0)
 
 
+def groups_spec(overrides: Mapping[str, Mapping[str, Any]]) -> str:
+    """{group: {bits, clip_k, method}} -> the `quant.groups` string ("attn=bits:5,clip_k:10.5;
+    mlp=bits:5"; "" = none) that `pgolf.quant.parse_groups` reads back to the same dict."""
+    fmt = {"bits": lambda v: str(int(v)), "clip_k": lambda v: repr(float(v)), "method": str}
+    return ";".join(f"{g}=" + ",".join(f"{k}:{fmt[k](ov[k])}" for k in sorted(ov))
+                    for g, ov in sorted(overrides.items()) if ov)  # fmt: skip
+
+
+def choice_sets(choice: Mapping[str, Option]) -> list[str]:
+    """The `--set` overrides equal to a plan: `quant.groups` (bits, clip_k) and `quant.lqer`."""
+    groups = {g: {"bits": o.bits, "clip_k": o.clip_k} for g, o in choice.items()}
+    return [f"quant.groups={groups_spec(groups)}", f"quant.lqer={lqer_spec(choice)}"]
+
+
 def write_plan(path: str | Path, choice: Mapping[str, Option], extra: Mapping[str, Any]) -> dict:
-    """The plan JSON: per-group bits / clip_k / lqer_rank, the lqer spec, and `extra` (report)."""
+    """The plan JSON: per-group bits / clip_k / lqer_rank, the lqer spec, the equal `--set`
+    overrides (`set`: quant.groups and quant.lqer, for `pgolf bundle`), and `extra` (report)."""
     doc = {"format": PLAN_FORMAT, "version": 1,
            "groups": {g: {"bits": o.bits, "clip_k": o.clip_k, "lqer_rank": o.rank}
                       for g, o in sorted(choice.items())},
-           "lqer": lqer_spec(choice), **extra}  # fmt: skip
+           "lqer": lqer_spec(choice), "set": choice_sets(choice), **extra}  # fmt: skip
     Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")
     return doc
 

@@ -4,6 +4,8 @@ the challenge's layout (README section "Submission folder contents"): `README.md
 one `train_seed<S>.log` per seed (a copy of the run's `log.txt`), the bundled `train_gpt.py`
 (`pgolf.lab.bundle.write_bundle`), `requirements.txt` and the loss-curve PNG.
 
+The config bundled is the run's config.json with the quant section its artifact.pgolf was made
+with (a later `pgolf quantize --plan/--set` records its overrides there, e.g. quant.groups).
 It refuses, naming the run and the reason: runs of different configs or code (config.json with
 the seed and paths removed; `code_hash:` in the log header), an over-cap artifact, a run with
 missing files, duplicate seeds, and runs marked non-record (`result.json` key `non_record`, e.g.
@@ -52,6 +54,15 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return out
 
 
+def _artifact_quant(path: Path) -> dict[str, Any]:
+    """The quant section an artifact was made with: `pgolf quantize --plan/--set` changes it
+    (quant.groups, quant.lqer, ...) while config.json keeps the training's, and the bundle must
+    reproduce the artifact."""
+    from pgolf.artifact import load_artifact
+
+    return dict(load_artifact(path)[1]["config"]["quant"])
+
+
 def check_runs(runs: Sequence[str | Path], track: str) -> list[dict[str, Any]]:
     """Load and cross-check the runs; raises ExportError with every reason found."""
     loaded, errors = [], []
@@ -62,6 +73,11 @@ def check_runs(runs: Sequence[str | Path], track: str) -> list[dict[str, Any]]:
             continue
         res = json.loads((r / "result.json").read_text())
         cfg = json.loads((r / "config.json").read_text())
+        if (r / "artifact.pgolf").is_file():  # re-quantized (--plan/--set): the artifact's quant
+            try:
+                cfg["quant"] = _artifact_quant(r / "artifact.pgolf")
+            except (ValueError, KeyError, TypeError) as e:
+                errors.append(f"{r}/artifact.pgolf: unreadable config ({e}); re-quantize the run")
         facts = R.parse_log((r / "log.txt").read_text(errors="replace"))
         loaded.append({"dir": r, "result": res, "config": cfg, "facts": facts,
                        "seed": R.read_run(r)})  # fmt: skip
