@@ -139,7 +139,7 @@ class QuantConfig:
     codec: str = "brotli"  # brotli/lzma/zstd; rans/crans: codes entropy-coded, the rest brotli
     pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
     lqer: str = ""  # low-rank GPTQ-error terms: group:rank list, e.g. "mlp:8,attn:4" (pgolf.lqer)
-    groups: str = ""  # per-group plan, e.g. "mlp=bits:5;embed=method:rtn" (quant.parse_groups)
+    groups: str = ""  # per-group plan, e.g. "mlp=bits:5;embed=method:rtn" (parse_groups)
     byte_budget: int = 16_000_000
 
 
@@ -182,15 +182,8 @@ class RunConfig:
 
 
 SECTIONS = ("data", "model", "optim", "train", "eval", "quant", "ttt")
-SECTION_CLASSES: dict[str, type] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "optim": OptimConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-    "quant": QuantConfig,
-    "ttt": TTTConfig,
-}
+SECTION_CLASSES: dict[str, type] = dict(zip(SECTIONS, (
+    DataConfig, ModelConfig, OptimConfig, TrainConfig, EvalConfig, QuantConfig, TTTConfig)))
 
 # ----------------------------------------------------------------------------------------------
 # Presets
@@ -336,11 +329,7 @@ def cpu_tiny() -> RunConfig:
 
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {
-    "cpu-tiny": cpu_tiny,
-    "baseline": baseline,
-    "pr1493": pr1493,
-    "pr1550": pr1550,
-}
+    "cpu-tiny": cpu_tiny, "baseline": baseline, "pr1493": pr1493, "pr1550": pr1550}  # fmt: skip
 
 
 def preset(name: str) -> RunConfig:
@@ -353,13 +342,6 @@ def preset(name: str) -> RunConfig:
 # Environment overlay: the challenge's variable names -> (section, field)
 
 ENV_VARS = E.ENV_VARS  # the tables live in pgolf.config_env
-
-
-def _field_type(section_cls: type, name: str) -> Any:
-    for f in fields(section_cls):
-        if f.name == name:
-            return f.type
-    raise KeyError(name)
 
 
 def parse_value(type_str: Any, raw: str) -> Any:
@@ -404,7 +386,7 @@ def set_field(cfg: RunConfig, key: str, raw: str) -> RunConfig:
     if not name_in(cls, name):
         raise ValueError(f"unknown config key {key!r}{_nearest(key)}")
     try:
-        value = parse_value(ftype := _field_type(cls, name), raw)
+        value = parse_value(ftype := next(f.type for f in fields(cls) if f.name == name), raw)
     except (ValueError, OverflowError) as e:
         raise ValueError(f"{section}.{name}={raw!r} is not a valid {ftype} ({e})") from None
     sub = replace(getattr(cfg, section), **{name: value})
@@ -504,6 +486,37 @@ def refuse_absent(cfg: RunConfig, absent: tuple[str, ...], script: str) -> None:
                          "(environment included): rebuild it with `pgolf bundle` for this config")
 
 
+QUANT_GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")  # pgolf.quant
+QUANT_METHODS, QUANT_KEYS = ("gptq", "rtn", "fp16"), {"bits": int, "clip_k": float, "method": str}
+
+
+def check_groups(groups: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, dict]:
+    """Per-group plan overrides {group: {bits, clip_k, method}} -> a copy, or ValueError."""
+    for g, ov in groups.items():
+        bad = g not in QUANT_GROUPS or set(ov) - set(QUANT_KEYS)
+        if bad or ov.get("method", "gptq") not in QUANT_METHODS or not (
+                ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8):  # fmt: skip
+            raise ValueError(f"{where}: {g}={ov}: groups are {QUANT_GROUPS}, keys "
+                             f"{tuple(QUANT_KEYS)}, methods {QUANT_METHODS}, bits 2..8"
+                             )  # fmt: skip
+    return {g: dict(ov) for g, ov in groups.items()}
+
+
+def parse_groups(spec: str) -> dict[str, dict[str, Any]]:
+    """quant.groups "mlp=bits:5;attn=bits:5,clip_k:10.28" -> {group: {key: value}}, checked."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        group, _, body = part.partition("=")
+        for key, _, val in (item.strip().partition(":") for item in body.split(",")):
+            try:
+                out.setdefault(group.strip(), {})[key] = QUANT_KEYS[key](val.strip())
+            except (KeyError, ValueError):
+                raise ValueError(f"quant.groups {spec!r}: {part!r} is not GROUP=key:value[,key:"
+                                 "value]; e.g. --set 'quant.groups=mlp=bits:5;attn=clip_k:10'"
+                                 ) from None  # fmt: skip
+    return check_groups(out, f"quant.groups {spec!r}")
+
+
 SDPA_PLANS = tuple(f"sdpa:{k}{r}" for k in ("default", "cudnn", "flash", "efficient", "math")
                    for r in ("", "+repeat"))  # fmt: skip  (pgolf.kernels.parse_sdpa)
 CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `validate` up front
@@ -556,13 +569,10 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"eval_stride {e.eval_stride} must be in 1..eval_seq_len")
     if not 2 <= cfg.quant.matrix_bits <= 8 or not 2 <= cfg.quant.embed_bits <= 8:
         problems.append("quantization bit widths must be within 2..8")
-    if cfg.quant.groups:
-        from pgolf.quant import parse_groups  # lazily: quant imports this module (and torch)
-
-        try:
-            parse_groups(cfg.quant.groups)
-        except ValueError as err:
-            problems.append(str(err))
+    try:
+        parse_groups(cfg.quant.groups)
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
 

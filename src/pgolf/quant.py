@@ -29,15 +29,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pgolf.config import ModelConfig, QuantConfig
+from pgolf.config import (
+    QUANT_GROUPS,
+    QUANT_METHODS,
+    ModelConfig,
+    QuantConfig,
+    check_groups,
+    parse_groups,
+)
 from pgolf.dist import all_reduce_, log0, progress
 from pgolf.model import param_role
 
 SCALE_MIN = 2.0**-24  # smallest positive fp16
 SCALE_MAX = 65504.0  # largest finite fp16
-METHODS = ("gptq", "rtn", "fp16")
-GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")
-KEYS: dict[str, Any] = {"bits": int, "clip_k": float, "method": str}  # quant.groups' keys
+METHODS, GROUPS = QUANT_METHODS, QUANT_GROUPS  # the plan's, with quant.groups (pgolf.config)
 
 # ----------------------------------------------------------------------------------------------
 # Scales, round-to-nearest, GPTQ
@@ -155,31 +160,6 @@ class PlanEntry:
     bits: int
     clip_k: float
     group: str  # one of GROUPS
-
-
-def check_groups(groups: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, dict]:
-    """Per-group plan overrides {group: {bits, clip_k, method}} -> a copy, or ValueError."""
-    for g, ov in groups.items():
-        bad = g not in GROUPS or set(ov) - set(KEYS) or ov.get("method", "gptq") not in METHODS
-        if bad or not (ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8):
-            raise ValueError(f"{where}: {g}={ov}: groups are {GROUPS}, keys {tuple(KEYS)}, "
-                             f"methods {METHODS}, bits 2..8")  # fmt: skip
-    return {g: dict(ov) for g, ov in groups.items()}
-
-
-def parse_groups(spec: str) -> dict[str, dict[str, Any]]:
-    """quant.groups "mlp=bits:5;attn=bits:5,clip_k:10.28" -> {group: {key: value}}, checked."""
-    out: dict[str, dict[str, Any]] = {}
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        group, _, body = part.partition("=")
-        for key, _, val in (item.strip().partition(":") for item in body.split(",")):
-            try:
-                out.setdefault(group.strip(), {})[key] = KEYS[key](val.strip())
-            except (KeyError, ValueError):
-                eg = "e.g. --set 'quant.groups=mlp=bits:5;attn=clip_k:10'"
-                raise ValueError(f"quant.groups {spec!r}: {part!r} is not GROUP=key:value"
-                                 f"[,key:value]; {eg}") from None  # fmt: skip
-    return check_groups(out, f"quant.groups {spec!r}")
 
 
 def make_plan(
