@@ -126,6 +126,7 @@ def tiny(tmp_path_factory):
 
 def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     from pgolf.artifact import load_artifact
+    from pgolf.config import parse_groups
     from pgolf.lqer import SUFFIX_A
 
     run = tiny / "run"
@@ -160,6 +161,9 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     for name, r in ranks.items():
         assert r == groups[group_of[name]]["lqer_rank"]
     assert meta["config"]["quant"]["lqer"] == doc["lqer"] == P.read_plan(plan)[1]
+    # the artifact's config carries the plan as quant.groups: the `set` line the planner printed
+    assert doc["set"][0] == f"quant.groups={meta['config']['quant']['groups']}"
+    assert parse_groups(meta["config"]["quant"]["groups"]) == P.read_plan(plan)[0]
 
 
 def test_fit_with_a_cap_below_every_option_exits_2_naming_the_shortfall(tiny, capsys):

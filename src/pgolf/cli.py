@@ -26,7 +26,6 @@ import argparse
 import errno
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -241,7 +240,8 @@ def parse_plan(specs: list[str], base: str = "") -> list[str]:
                 raise ValueError(f"--plan {spec!r}: {e}") from None
         for g, ov in groups.items():
             plan[g] = {**plan.get(g, {}), **ov}
-    return [f"quant.groups={groups_spec(plan)}", *sets] if specs else []
+    spec = base if plan == parse_groups(base) else groups_spec(plan)
+    return [f"quant.groups={spec}", *sets] if specs else []
 
 
 def cmd_quantize(
@@ -404,10 +404,7 @@ def cmd_budget_fit(run: str, cap: int, out: str | None, calib_tokens: int, bits:
         doc = P.write_plan(out, res["choice"], {"run": str(bench.run), **extra})
         lines.append(f"plan: wrote {out} (apply: pgolf quantize {bench.run} --plan {out})")
     else:
-        doc = {"groups": {g: o.label() for g, o in res["choice"].items()},
-               "set": P.choice_sets(res["choice"]), **extra}  # fmt: skip
-    lines.append("plan: as config: " + " ".join(
-        f"--set {shlex.quote(s)}" for s in P.choice_sets(res["choice"])))  # fmt: skip
+        doc = {"groups": {g: o.label() for g, o in res["choice"].items()}, **extra}
     print(json.dumps(doc, sort_keys=True, default=str) if as_json else "\n".join(lines))
     return doc
 

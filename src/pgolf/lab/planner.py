@@ -13,9 +13,9 @@ real and re-solved with a tighter budget while it is over the cap (compression i
 The stated prediction error adds (a) the additivity residual measured on the pair of chosen
 options that move the loss most, times the number of pairs of changed groups, and (b) the
 difference of the summed Δbpb between the two halves of the calibration tokens (sampling error).
-The plan file (JSON, `write_plan`) is what `pgolf quantize --plan plan.json` applies
-(`read_plan`) as config overrides (`quant.groups`, `quant.lqer`: `choice_sets`), so the quantized
-config, and a bundle of it, carry the plan. The idea of spending the budget by measured marginal
+The plan file (`pgolf.lab.planfile`) is what `pgolf quantize --plan plan.json` applies, as the
+config overrides `quant.groups` and `quant.lqer` (`Bench.plan_sets`: the groups the plan moves over
+the run's own), so the quantized config, and a bundle of it, carry the plan. The idea of spending the budget by measured marginal
 value is PR #1550's (VE width, not logged); low-rank terms are `pgolf.lqer` (LQER,
 arXiv:2402.02446; PR #1797).
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,20 +32,17 @@ from typing import Any
 
 import torch
 
-PLAN_FORMAT = "pgolf-quant-plan"
+from pgolf.lab.planfile import (  # noqa: F401  (the plan file's API, re-exported)
+    PLAN_FORMAT,
+    Option,
+    choice_sets,
+    groups_spec,
+    lqer_spec,
+    read_plan,
+    write_plan,
+)
+
 SOLVER = "exact multiple-choice knapsack (Pareto-frontier merge over groups)"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One way to store a group: bit width, SDClip k, low-rank correction rank (0 = none)."""
-
-    bits: int
-    clip_k: float
-    rank: int = 0
-
-    def label(self) -> str:
-        return f"int{self.bits} k={self.clip_k:g} r={self.rank}"
 
 
 @dataclass(frozen=True)
@@ -88,72 +85,6 @@ def solve(table: Mapping[str, Sequence[Row]], budget: int) -> dict[str, Row]:
                 front.append(c)
     best = min(front, key=lambda c: (c[1], c[0]))
     return {r.group: r for r in best[2]}
-
-
-# ----------------------------------------------------------------------------------------------
-# Plan file
-
-
-def lqer_spec(choice: Mapping[str, Option]) -> str:
-    """{group: Option} -> the `quant.lqer` string ("attn:4,mlp:8"; "" = no low-rank terms)."""
-    return ",".join(f"{g}:{o.rank}" for g, o in sorted(choice.items()) if o.rank > 0)
-
-
-def groups_spec(overrides: Mapping[str, Mapping[str, Any]]) -> str:
-    """{group: {bits, clip_k, method}} -> the `quant.groups` string ("attn=bits:5,clip_k:10.5;
-    mlp=bits:5"; "" = none) that `pgolf.quant.parse_groups` reads back to the same dict."""
-    fmt = {"bits": lambda v: str(int(v)), "clip_k": lambda v: repr(float(v)), "method": str}
-    return ";".join(f"{g}=" + ",".join(f"{k}:{fmt[k](ov[k])}" for k in sorted(ov))
-                    for g, ov in sorted(overrides.items()) if ov)  # fmt: skip
-
-
-def choice_sets(choice: Mapping[str, Option]) -> list[str]:
-    """The `--set` overrides equal to a plan: `quant.groups` (bits, clip_k) and `quant.lqer`."""
-    groups = {g: {"bits": o.bits, "clip_k": o.clip_k} for g, o in choice.items()}
-    return [f"quant.groups={groups_spec(groups)}", f"quant.lqer={lqer_spec(choice)}"]
-
-
-def write_plan(path: str | Path, choice: Mapping[str, Option], extra: Mapping[str, Any]) -> dict:
-    """The plan JSON: per-group bits / clip_k / lqer_rank, the lqer spec, the equal `--set`
-    overrides (`set`: quant.groups and quant.lqer, for `pgolf bundle`), and `extra` (report)."""
-    doc = {"format": PLAN_FORMAT, "version": 1,
-           "groups": {g: {"bits": o.bits, "clip_k": o.clip_k, "lqer_rank": o.rank}
-                      for g, o in sorted(choice.items())},
-           "lqer": lqer_spec(choice), "set": choice_sets(choice), **extra}  # fmt: skip
-    Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")
-    return doc
-
-
-def read_plan(path: str | Path) -> tuple[dict[str, dict], str]:
-    """Plan JSON -> (quant plan overrides {group: {bits, clip_k}}, quant.lqer spec), checked."""
-    from pgolf.quant import GROUPS
-
-    try:
-        doc = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--plan {path}: not JSON ({e}); write it with `pgolf budget --fit`"
-                         ) from None
-    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
-        raise ValueError(f"--plan {path}: field 'format' is not {PLAN_FORMAT!r}; write the file "
-                         "with `pgolf budget RUN --fit BYTES --out FILE`")  # fmt: skip
-    groups = doc.get("groups")
-    if not isinstance(groups, dict):
-        raise ValueError(f"--plan {path}: field 'groups' must map group -> {{bits, clip_k}}")
-    overrides: dict[str, dict] = {}
-    choice = {}
-    for g, spec in groups.items():
-        if g not in GROUPS or g == "passthrough":
-            raise ValueError(f"--plan {path}: groups.{g} is not a quantized group ({GROUPS[1:]})")
-        try:
-            o = Option(int(spec["bits"]), float(spec["clip_k"]), int(spec.get("lqer_rank", 0)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"--plan {path}: groups.{g} needs integer 'bits', number 'clip_k' "
-                             f"and integer 'lqer_rank' ({e!r})") from None  # fmt: skip
-        if not (2 <= o.bits <= 8 and 0 <= o.clip_k < math.inf and o.rank >= 0):
-            raise ValueError(f"--plan {path}: groups.{g}: bits 2..8, clip_k finite >= 0, "
-                             f"lqer_rank >= 0 (got {o.label()})")  # fmt: skip
-        overrides[g], choice[g] = {"bits": o.bits, "clip_k": o.clip_k}, o
-    return overrides, lqer_spec(choice)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,15 +152,30 @@ class Bench:
         self._scores: dict[tuple, tuple[float, float, float]] = {}
 
     def code(self, cfg) -> tuple[int, str]:
-        """The bundle's code bytes for `cfg` (cached per low-rank spec, the one field a plan
-        changes in the config the bundle embeds)."""
-        if cfg.quant.lqer not in self._code:
-            self._code[cfg.quant.lqer] = self._code_size(cfg)
-        return self._code[cfg.quant.lqer]
+        """The bundle's code bytes for `cfg` (cached per quant.groups and quant.lqer, the fields
+        a plan changes in the config the bundle embeds)."""
+        key = (cfg.quant.groups, cfg.quant.lqer)
+        if key not in self._code:
+            self._code[key] = self._code_size(cfg)
+        return self._code[key]
 
     def cfg_for(self, choice: Mapping[str, Option]):
-        """The run config with the plan's low-rank spec (what `quantize --plan` records)."""
-        return replace(self.cfg, quant=replace(self.cfg.quant, lqer=lqer_spec(choice)))
+        """The run config as `quantize --plan` records the plan (`plan_sets`): quant.groups (the
+        run's own, with bits / clip_k on top for each group the plan moves) and quant.lqer."""
+        from pgolf.config import parse_groups
+
+        groups, own = parse_groups(self.cfg.quant.groups), self.cfg.quant.groups
+        for g, o in choice.items():
+            if (o.bits, o.clip_k) != (self.base[g].bits, self.base[g].clip_k):
+                groups[g] = {**groups.get(g, {}), "bits": o.bits, "clip_k": o.clip_k}
+        spec = own if groups == parse_groups(own) else groups_spec(groups)
+        return replace(self.cfg, quant=replace(self.cfg.quant, groups=spec,
+                                               lqer=lqer_spec(choice)))  # fmt: skip
+
+    def plan_sets(self, choice: Mapping[str, Option]) -> list[str]:
+        """The `--set` overrides that quantize this run as `choice` (kept in the plan file)."""
+        q = self.cfg_for({**self.base, **choice}).quant
+        return [f"quant.groups={q.groups}", f"quant.lqer={q.lqer}"]
 
     def _group(self, g: str, o: Option) -> tuple[list, list]:
         from pgolf import lqer, quant
@@ -356,6 +302,7 @@ def fit(bench: Bench, table: Mapping[str, Sequence[Row]], cap: int, tries: int =
     err = (abs(pair["residual"]) * n_pairs if pair else 0.0) + abs(halves[0] - halves[1])
     full = bench.score(choice)[0] - base_bpb
     return {"choice": choice, "picks": picks, "cap": cap, "solver": SOLVER,
+            "set": bench.plan_sets(choice),
             "baseline": {"bytes": base_bytes, "bpb_calib": base_bpb, "options": {
                 g: o.label() for g, o in bench.base.items()}},
             "predicted": {"bytes": base_bytes + sum(r.d_bytes for r in picks.values()),
@@ -385,5 +332,6 @@ def plan_report(res: Mapping[str, Any], table: Mapping[str, Sequence[Row]],
             for g in sorted(table) for r in table[g]]  # fmt: skip
     pred = {**p, "bpb": None if base_val_bpb is None else base_val_bpb + p["d_bpb"],
             "base_val_bpb_roundtrip": base_val_bpb}  # fmt: skip
-    return lines, {"cap": res["cap"], "solver": res["solver"], "baseline": b,
+    lines.append("plan: as config: " + " ".join(f"--set {shlex.quote(x)}" for x in res["set"]))
+    return lines, {"cap": res["cap"], "solver": res["solver"], "baseline": b, "set": res["set"],
                    "predicted": pred, "table": rows}  # fmt: skip

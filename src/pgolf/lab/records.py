@@ -126,6 +126,9 @@ def technique_lines(cfg: dict[str, Any]) -> list[str]:
     if q.get("method"):
         out.append(f"{q['method']} int{q.get('matrix_bits')} matrices, codec {q.get('codec')} "
                    "(GPTQ + SDClip: PR #1394)")  # fmt: skip
+    if q.get("groups") or q.get("lqer"):
+        out.append(f"per-group quantization {q.get('groups') or '-'}, low-rank terms "
+                   f"{q.get('lqer') or '-'} (pgolf budget planner; LQER: PR #1797)")  # fmt: skip
     if e.get("sliding"):
         out.append(f"sliding-window eval, stride {e.get('eval_stride')} (PR #50 lineage)")
     if o.get("ema_decay"):
