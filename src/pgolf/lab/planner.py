@@ -15,9 +15,9 @@ options that move the loss most, times the number of pairs of changed groups, an
 difference of the summed Δbpb between the two halves of the calibration tokens (sampling error).
 The plan file (`pgolf.lab.planfile`) is what `pgolf quantize --plan plan.json` applies, as the
 config overrides `quant.groups` and `quant.lqer` (`Bench.plan_sets`: the groups the plan moves over
-the run's own), so the quantized config, and a bundle of it, carry the plan. The idea of spending the budget by measured marginal
-value is PR #1550's (VE width, not logged); low-rank terms are `pgolf.lqer` (LQER,
-arXiv:2402.02446; PR #1797).
+the run's own), so the quantized config, and a bundle of it, carry the plan. The idea of spending
+the budget by measured marginal value is PR #1550's (VE width, not logged); low-rank terms are
+`pgolf.lqer` (LQER, arXiv:2402.02446; PR #1797).
 """
 
 from __future__ import annotations
