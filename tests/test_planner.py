@@ -104,6 +104,27 @@ def test_plan_file_maps_to_the_quant_groups_string_quantize_applies(tmp_path):
     assert cli.parse_plan([]) == []
 
 
+def test_a_plan_files_set_moves_only_its_groups_and_must_agree_with_them(tmp_path):
+    """`pgolf budget --fit` writes `set` with the groups it moves over the run's own: quantize
+    applies exactly those; a `set` that is malformed or contradicts `groups` is refused."""
+    choice = {"mlp": Option(5, 12.85, 0), "attn": Option(6, 12.85, 2)}
+    path = tmp_path / "plan.json"
+    moved = ["quant.groups=mlp=bits:5,clip_k:12.85", "quant.lqer=attn:2"]
+    P.write_plan(path, choice, {"set": moved})  # attn keeps its bits / k: only its rank moves
+    assert P.read_plan(path) == ({"mlp": {"bits": 5, "clip_k": 12.85}}, "attn:2")
+    assert cli.parse_plan([str(path)], base="embed=method:rtn") == [
+        "quant.groups=embed=method:rtn;mlp=bits:5,clip_k:12.85", "quant.lqer=attn:2"]
+    doc = json.loads(path.read_text())
+    for bad, msg in ((["quant.lqer=attn:2"], "field 'set' must be"),
+                     (["quant.groups=mlp=bits:4", "quant.lqer="], "'groups' says"),
+                     (["quant.groups=mlp=bitz:4", "quant.lqer="], "quant.groups"),
+                     (["quant.groups=", "quant.lqer=attn"], "quant.lqer"),
+                     (["model.num_layers=99", "quant.lqer="], "field 'set' must be")):  # fmt: skip
+        path.write_text(json.dumps({**doc, "set": bad}))
+        with pytest.raises(ValueError, match=msg):
+            P.read_plan(path)
+
+
 TINY = ["vocab_size=512", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv_heads=2",
         "mlp_mult=2", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "recur_layers=",
         "train_seq_len=64", "train_batch_tokens=512", "eval_seq_len=64", "eval_stride=32",
