@@ -225,8 +225,8 @@ def parse_plan(specs: list[str], base: str = "") -> list[str]:
     """`GROUP=key:value[,key:value]` (keys bits, clip_k, method) or a plan JSON file (`pgolf
     budget --fit`) → the equal config overrides: `quant.groups` (the plans over `base`, the
     run's own quant.groups) and the file's `quant.lqer`; none for no plans."""
+    from pgolf.config import parse_groups
     from pgolf.lab.planner import groups_spec, read_plan
-    from pgolf.quant import parse_groups
 
     plan, sets = parse_groups(base), []
     for spec in specs:
