@@ -233,8 +233,8 @@ def score_first(
         for g in opt.param_groups:
             g["lr"] = lr
         for _ in range(t.epochs):
-            ttt_lora.sgd_on_ranges(model, opt, tokens, [(a, b)], e.eval_seq_len, e.val_batch_seqs,
-                          t.grad_clip, device, amp)  # fmt: skip
+            ttt_lora.sgd_on_ranges(model, opt, tokens, [(a, b)], e.eval_seq_len,
+                                   e.val_batch_seqs, t.grad_clip, device, amp)  # fmt: skip
             version += 1
             ledger.update(consumed([(a, b)]), version)
         if c % 10 == 0 or c == n_chunks - 2:
