@@ -145,22 +145,30 @@ def doc_model(cls):
 
 
 @pytest.mark.parametrize(
-    "name, build, expected",
+    "name, build, expected, consequences",
     [
-        ("peek", lambda: (evaluator("sliding", Peek), None), {"T1.2"}),
-        ("mixer", lambda: (evaluator("sliding", Mixer), None), {"T2.1"}),
-        ("target_cache", lambda: (evaluator("sliding", TargetCache), None), {"T1.2", "T2.1"}),
-        ("two_pass", lambda: (evaluator("sliding", TwoPass), None), {"T1.1", "T4.1"}),
-        ("double_tail", lambda: (evaluator("sliding", DoubleTail), None), {"T4.1"}),
-        ("prequant", lambda: (evaluator("prequant"), None), {"T1.1", "T3.1/T3.2"}),
+        ("peek", lambda: (evaluator("sliding", Peek), None), {"T1.2"}, set()),
+        ("mixer", lambda: (evaluator("sliding", Mixer), None), {"T2.1"}, set()),
+        ("target_cache", lambda: (evaluator("sliding", TargetCache), None), {"T1.2", "T2.1"},
+         set()),
+        # the second pass has seen the future (T1.2) and its scores follow updates (T3.4, T4.2)
+        ("two_pass", lambda: (evaluator("sliding", TwoPass), None), {"T1.1", "T4.1"},
+         {"T1.2", "T3.4", "T4.2"}),
+        # consequences of scoring the tail twice: its reported NLL is the sum of two scores
+        # (T2.1), the reported targets exceed the canonical ones (T2.5), a position is scored
+        # again after its first score event (T3.3)
+        ("double_tail", lambda: (evaluator("sliding", DoubleTail), None), {"T4.1"},
+         {"T2.1", "T2.5", "T3.3"}),
+        ("prequant", lambda: (evaluator("prequant"), None), {"T1.1", "T3.1/T3.2"},
+         {"T1.2", "T3.4"}),
     ],
 )
-def test_planted_violation_is_caught(name, build, expected) -> None:
+def test_planted_violation_is_caught(name, build, expected, consequences) -> None:
+    """The rows naming the violated condition fail, and nothing else but the listed
+    consequences: a new false positive elsewhere fails this test."""
     ev, model = build()
     got = failed(run_audit(ev, model, coder=0))
-    assert expected <= got, (name, got)
-    if name == "mixer":  # causal: only Condition 2 may fail
-        assert got <= {"T2.1", "T2.3"}
+    assert expected <= got <= expected | consequences, (name, got)
 
 
 def test_smear_gate_across_bos_fails_document_isolation() -> None:
