@@ -104,6 +104,38 @@ def test_plan_file_maps_to_the_quant_groups_string_quantize_applies(tmp_path):
     assert cli.parse_plan([]) == []
 
 
+def test_grid_has_prune_options_and_a_pruned_plan_round_trips(tmp_path):
+    """The planner's grid offers ±1 pruning (run's own bits / k / rank) per group; a plan with
+    prune round-trips through plan.json into the quant.groups the core parses back."""
+    from types import SimpleNamespace as NS
+
+    from pgolf.quant import parse_groups
+
+    bench = NS(base={"mlp": Option(6, 12.85, 0), "embed": Option(8, 20.0, 0)},
+               lowrank_groups={"mlp"})  # fmt: skip
+    grid = P.default_grid(bench, bits=(5,), ranks=(0,), prunes=(0.1, 0.5))
+    for g, o in bench.base.items():
+        assert {Option(o.bits, o.clip_k, 0, p) for p in (0.1, 0.5)} <= set(grid[g])
+        assert len(grid[g]) == len(set(grid[g])) <= 6  # modest: base, 1 bits, 2 k, 2 prunes
+    assert all(o.prune == 0 for o in P.default_grid(bench, prunes=())["mlp"])
+    choice = {"mlp": Option(5, 12.85, 2, 0.25), "attn": Option(6, 10.0, 0)}
+    path = tmp_path / "plan.json"
+    doc = P.write_plan(path, choice, {})
+    assert doc["groups"]["mlp"]["prune"] == 0.25 and doc["groups"]["attn"]["prune"] == 0.0
+    overrides, lqer = P.read_plan(path)
+    assert overrides == {"mlp": {"bits": 5, "clip_k": 12.85, "prune": 0.25},
+                         "attn": {"bits": 6, "clip_k": 10.0}}  # fmt: skip
+    assert lqer == "mlp:2"
+    spec = doc["set"][0].split("=", 1)[1]
+    assert parse_groups(spec) == overrides and "mlp=bits:5,clip_k:12.85,prune:0.25" in spec
+    assert cli.parse_plan([str(path)]) == doc["set"]
+    for bad in (1.5, -0.1):
+        mlp = {**doc["groups"]["mlp"], "prune": bad}
+        path.write_text(json.dumps({**doc, "groups": {"mlp": mlp}}))
+        with pytest.raises(ValueError, match="prune 0..1"):
+            P.read_plan(path)
+
+
 def test_a_plan_files_set_moves_only_its_groups_and_must_agree_with_them(tmp_path):
     """`pgolf budget --fit` writes `set` with the groups it moves over the run's own: quantize
     applies exactly those; a `set` that is malformed or contradicts `groups` is refused."""
@@ -163,7 +195,7 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     assert doc["baseline"]["bytes"] == base  # the planner's baseline is the artifact, to the byte
     assert doc["predicted"]["bytes_built"] <= cap
     assert any(o != doc["baseline"]["options"][g] for g, o in
-               ((g, f"int{v['bits']} k={v['clip_k']:g} r={v['lqer_rank']}")
+               ((g, Option(v["bits"], v["clip_k"], v["lqer_rank"], v["prune"]).label())
                 for g, v in doc["groups"].items()))  # fmt: skip
     assert len(doc["table"]) >= 20 and doc["solver"] == P.SOLVER
     art = tiny / "planned.pgolf"
@@ -234,3 +266,31 @@ def test_plan_file_low_rank_ranks_land_in_the_artifact_and_it_loads(tiny):
              for t in tensors]  # fmt: skip
     with pytest.raises(ArtifactError, match="low-rank term"):
         check_shapes(cfg, moved, "x.pgolf")
+
+
+def test_quantize_plan_prune_zeros_mlp_pm1_codes_and_the_config_carries_it(tiny):
+    """`pgolf quantize --plan mlp=prune:0.5`: half the mlp ±1 codes of the same quantization
+    are zeroed (no other code moves) and the artifact's config records quant.groups."""
+    from pgolf.artifact import load_artifact
+
+    own, _ = load_artifact(tiny / "run" / "artifact.pgolf")
+    art = tiny / "pruned.pgolf"
+    cli.main(["quantize", str(tiny / "run"), "--plan", "mlp=prune:0.5", "--out", str(art)])
+    tensors, meta = load_artifact(art)
+    assert meta["config"]["quant"]["groups"] == "mlp=prune:0.5"
+
+    def pm1(ts, group):
+        return sum(int((t.codes.abs() == 1).sum()) for t in ts
+                   if t.kind == "int" and t.group == group)  # fmt: skip
+
+    n = pm1(own, "mlp")
+    assert n > 0 and pm1(tensors, "mlp") == n - round(0.5 * n)
+    assert pm1(tensors, "attn") == pm1(own, "attn")
+    for a, b in zip(own, tensors, strict=True):
+        if a.kind == "int":
+            moved = a.codes != b.codes
+            assert (a.codes[moved].abs() == 1).all() and (b.codes[moved] == 0).all(), a.name
+            assert a.group == "mlp" or not moved.any()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["quantize", str(tiny / "run"), "--plan", "mlp=prune:1.5", "--out", str(art)])
+    assert e.value.code == 2

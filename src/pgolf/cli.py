@@ -345,13 +345,15 @@ def cmd_budget(
     calib_tokens: int = 65536,
     fit_bits: str = "4,5,6,7,8",
     fit_ranks: str = "0,4,8",
+    fit_prunes: str = "0.1,0.25,0.5",
 ) -> dict:
     from pgolf import artifact as A
     from pgolf.dist import progress
     from pgolf.lab import budget as B
 
     if fit is not None:
-        return cmd_budget_fit(artifact, fit, out, calib_tokens, fit_bits, fit_ranks, as_json)
+        return cmd_budget_fit(artifact, fit, out, calib_tokens, fit_bits, fit_ranks, as_json,
+                              fit_prunes)  # fmt: skip
     path = Path(artifact)
     tensors, meta = A.load_artifact(path / "artifact.pgolf" if path.is_dir() else path)
     # The code bytes the run measured (kept in the artifact), else the bundle for its config.
@@ -387,15 +389,23 @@ def _ints(flag: str, text: str, lo: int, hi: int) -> tuple[int, ...]:
 
 
 def cmd_budget_fit(run: str, cap: int, out: str | None, calib_tokens: int, bits: str,
-                   ranks: str, as_json: bool) -> dict:  # fmt: skip
+                   ranks: str, as_json: bool, prunes: str = "0.1,0.25,0.5") -> dict:  # fmt: skip
     """`pgolf budget RUN --fit BYTES`: measure the options, solve, write the plan (planner)."""
     from pgolf.lab import planner as P
 
     if cap <= 0 or calib_tokens <= 0:
         raise ValueError(f"--fit {cap} / --calib-tokens {calib_tokens}: both must be positive")
     bits_t, ranks_t = _ints("--fit-bits", bits, 2, 8), _ints("--fit-ranks", ranks, 0, 256)
+    try:
+        prunes_t = tuple(float(v) for v in prunes.split(",") if v.strip())
+    except ValueError:
+        prunes_t = (-1.0,)
+    if not all(0 <= v <= 1 for v in prunes_t):
+        raise ValueError(f"--fit-prunes {prunes!r}: expected comma-separated fractions in 0..1 "
+                         "(or '' for none)")  # fmt: skip
     bench = P.Bench(run, calib_tokens)
-    table = P.measure(bench, P.default_grid(bench, bits_t, ranks_t), log=None if as_json else print)
+    grid = P.default_grid(bench, bits_t, ranks_t, prunes=prunes_t)
+    table = P.measure(bench, grid, log=None if as_json else print)
     res = P.fit(bench, table, cap)
     result = bench.run / "result.json"
     base = json.loads(result.read_text()).get("val_bpb_roundtrip") if result.is_file() else None
@@ -544,7 +554,8 @@ def dispatch(a: argparse.Namespace):
         return res
     if a.cmd == "budget":
         return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json,
-                          a.fit, a.out, a.calib_tokens, a.fit_bits, a.fit_ranks)  # fmt: skip
+                          a.fit, a.out, a.calib_tokens, a.fit_bits, a.fit_ranks,
+                          a.fit_prunes)  # fmt: skip
     if a.cmd == "bundle":
         return cmd_bundle(a.preset, a.overrides, a.out, a.form)
     if a.cmd == "stats":

@@ -207,14 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--fit", type=int, default=None, metavar="BYTES",
-                   help="plan per-group bits / clip k / low-rank rank to fill BYTES (model + "
-                   "code); ARTIFACT is then a finished run folder (or its artifact)")  # fmt: skip
+                   help="plan per-group bits / clip k / low-rank rank / ±1 pruning to fill "
+                   "BYTES (model + code); ARTIFACT is then a finished run folder (or its "
+                   "artifact)")  # fmt: skip
     p.add_argument("--out", default=None, help="--fit: plan file to write (JSON)")
     p.add_argument("--calib-tokens", type=int, default=65536,
                    help="--fit: training-shard tokens the options are scored on")  # fmt: skip
     p.add_argument("--fit-bits", default="4,5,6,7,8", help="--fit: bit widths tried per group")
     p.add_argument("--fit-ranks", default="0,4,8",
                    help="--fit: low-rank ranks tried (groups with a Hessian)")  # fmt: skip
+    p.add_argument("--fit-prunes", default="0.1,0.25,0.5",
+                   help="--fit: fractions of a group's ±1 codes zeroed tried ('' for none)")
 
     p = _sub(sub, "bundle", "write the single-file train_gpt.py a submission ships",
              BUNDLE_EXAMPLES)  # fmt: skip

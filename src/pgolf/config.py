@@ -487,17 +487,18 @@ def refuse_absent(cfg: RunConfig, absent: tuple[str, ...], script: str) -> None:
 
 
 QUANT_GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")  # pgolf.quant
-QUANT_METHODS, QUANT_KEYS = ("gptq", "rtn", "fp16"), {"bits": int, "clip_k": float, "method": str}
+QUANT_METHODS = ("gptq", "rtn", "fp16")
+QUANT_KEYS = {"bits": int, "clip_k": float, "method": str, "prune": float}
 
 
 def check_groups(groups: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, dict]:
-    """Per-group plan overrides {group: {bits, clip_k, method}} -> a copy, or ValueError."""
+    """Per-group plan overrides {group: {bits, clip_k, method, prune}} -> a copy, or ValueError."""
     for g, ov in groups.items():
         bad = g not in QUANT_GROUPS or set(ov) - set(QUANT_KEYS)
-        if bad or ov.get("method", "gptq") not in QUANT_METHODS or not (
-                ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8):  # fmt: skip
+        if bad or ov.get("method", "gptq") not in QUANT_METHODS or not 0 <= ov.get("prune", 0) <= 1\
+                or not (ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8):  # fmt: skip
             raise ValueError(f"{where}: {g}={ov}: groups are {QUANT_GROUPS}, keys "
-                             f"{tuple(QUANT_KEYS)}, methods {QUANT_METHODS}, bits 2..8"
+                             f"{tuple(QUANT_KEYS)}, methods {QUANT_METHODS}, bits 2..8, prune 0..1"
                              )  # fmt: skip
     return {g: dict(ov) for g, ov in groups.items()}
 

@@ -11,6 +11,8 @@
 * Plan (declarative, spec §5.4): small or non-float tensors -> fp16; attn/mlp matrices -> GPTQ
   int6; tied embedding -> int8 GPTQ on the head-side Hessian (#1493) or RTN (#1550); value
   embedding -> int8 RTN; anything else large -> int8 max-abs RTN; `quant.groups` overrides these.
+* ±1 pruning (`prune`, PR #1550's selective pruning): after GPTQ/RTN, a fraction of a group's ±1
+  codes is zeroed, lowest row scale² first (the same rule as `pgolf budget --prune-to`).
 * Hessians are collected on the model as it really runs (depth recurrence, lanes), hooks keyed by
   parameter name so a weight used at several depths sums every visit; the tied embedding's comes
   from `model.final_norm`'s output (#1493). #1550 instead used a non-recurrent surrogate graph.
@@ -93,15 +95,8 @@ def _upper_chol_of_inverse(H: Tensor) -> Tensor:
     raise ValueError("gptq: Hessian is not positive definite even with damping 1.0*mean(diag H)")
 
 
-def gptq_quantize(
-    W: Tensor,
-    H: Tensor,
-    bits: int,
-    k: float,
-    block_size: int = 128,
-    damp: float = 0.01,
-    act_order: bool = True,
-) -> tuple[Tensor, Tensor]:
+def gptq_quantize(W: Tensor, H: Tensor, bits: int, k: float, block_size: int = 128,
+                  damp: float = 0.01, act_order: bool = True) -> tuple[Tensor, Tensor]:
     """GPTQ with fixed SDClip scales -> (codes int8 [R, C] in original column order, scales [R]).
 
     W [R, C], H [C, C] (≈ XᵀX of the layer inputs). Works in fp32, or fp64 when W is fp64.
@@ -160,14 +155,11 @@ class PlanEntry:
     bits: int
     clip_k: float
     group: str  # one of GROUPS
+    prune: float = 0.0  # fraction of the group's ±1 codes zeroed after quantization
 
 
-def make_plan(
-    state_dict: Mapping[str, Tensor],
-    qcfg: QuantConfig,
-    model_cfg: ModelConfig,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[PlanEntry]:
+def make_plan(state_dict: Mapping[str, Tensor], qcfg: QuantConfig, model_cfg: ModelConfig,
+              overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlanEntry]:
     """One PlanEntry per tensor; `qcfg.groups` then `overrides` (what-ifs) replace defaults."""
     cfg_groups, over = parse_groups(qcfg.groups), check_groups(overrides or {}, "plan override")
     groups = {g: {**cfg_groups.get(g, {}), **over.get(g, {})} for g in GROUPS}
@@ -357,10 +349,38 @@ def quantize_state(
         out.append(QTensor(e.name, shape, "int", e.bits, codes, scales, None, e.group))
         n, numel = stats.get((e.group, method, e.bits), (0, 0))
         stats[(e.group, method, e.bits)] = (n + 1, numel + t.numel())
+    for g, f in sorted({e.group: e.prune for e in plan if e.prune > 0}.items()):
+        idx, flat = pm1_order(out, lambda t, g=g: t.group == g)
+        out = zero_codes(out, idx, flat, n := round(f * idx.numel()))
+        if log:
+            log0(f"quant:{g} pruned {n} of {idx.numel()} ±1 codes (prune {f:g})")
     if log:
         for (group, method, bits), (n, numel) in sorted(stats.items()):
             log0(f"quant:{group} {method} int{bits} tensors:{n} params:{numel}")
         log0(f"quant:done tensors:{len(out)} time:{time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def pm1_order(tensors: list[Any], pick: Any) -> tuple[Tensor, Tensor]:
+    """(tensor index, flat position) of each ±1 code of the int tensors `pick(t)` selects, lowest
+    row scale² first (stable sort: ties keep tensor, then row-major, order)."""
+    idx, flat, keys = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)], []
+    for j, t in enumerate(tensors):
+        if t.kind == "int" and pick(t):
+            f = torch.nonzero(t.codes.reshape(-1).abs() == 1)[:, 0]
+            idx, flat = idx + [torch.full_like(f, j)], flat + [f]
+            keys.append(t.scales.float()[f // max(1, t.codes.numel() // t.rows)] ** 2)
+    order = torch.sort(torch.cat(keys), stable=True).indices if keys else idx[0]
+    return torch.cat(idx)[order], torch.cat(flat)[order]
+
+
+def zero_codes(tensors: list[Any], idx: Tensor, flat: Tensor, count: int) -> list[Any]:
+    """A copy of `tensors` with the first `count` codes of a `pm1_order` set to 0."""
+    out = list(tensors)
+    for j in torch.unique(idx[:count]).tolist():
+        codes = tensors[j].codes.clone()
+        codes.view(-1)[flat[:count][idx[:count] == j]] = 0
+        out[j] = replace(tensors[j], codes=codes)
     return out
 
 

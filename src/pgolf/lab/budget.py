@@ -37,6 +37,7 @@ from pgolf.artifact import (
 )
 from pgolf.dist import progress
 from pgolf.model import param_role
+from pgolf.quant import pm1_order, zero_codes
 
 __all__ = ["budget_report", "compare_codecs", "format_budget", "format_what_if",
            "what_if", "byteshuffle_brotli_reference", "reference_input", "group_of"]  # fmt: skip
@@ -275,30 +276,13 @@ def format_what_if(r: Mapping[str, Any], limit: int = 6, code: int | None = None
 def _prune(tensors: list[QTensor], groups: tuple[str, ...], target: int, size: Any,
            tol: float) -> tuple[list[QTensor], int, int]:  # fmt: skip
     """Smallest count (within tol) of ±1 codes to zero, lowest row scale² first, so size fits."""
-    idx, flat, keys = [], [], []
-    for j, t in enumerate(tensors):
-        if t.kind != "int" or group_of(t) not in groups:
-            continue
-        c = t.codes.reshape(t.rows, -1)
-        r, col = torch.nonzero(c.abs() == 1, as_tuple=True)
-        idx.append(torch.full_like(r, j))
-        flat.append(r * c.shape[1] + col)
-        keys.append(t.scales.float()[r] ** 2)
-    if not idx:
+    idx, flat = pm1_order(tensors, lambda t: group_of(t) in groups)
+    if not idx.numel():
         return tensors, 0, 0
-    order = torch.sort(torch.cat(keys), stable=True).indices
-    idx, flat = torch.cat(idx)[order], torch.cat(flat)[order]
     n = idx.numel()
 
     def apply(count: int) -> list[QTensor]:
-        out = list(tensors)
-        for j in torch.unique(idx[:count]).tolist():
-            t = tensors[j]
-            codes = t.codes.clone().reshape(-1)
-            codes[flat[:count][idx[:count] == j]] = 0
-            out[j] = QTensor(t.name, t.shape, "int", t.bits, codes.reshape(t.shape), t.scales,
-                             None, t.group)  # fmt: skip
-        return out
+        return zero_codes(tensors, idx, flat, count)
 
     if size(tensors) <= target:
         return tensors, 0, n

@@ -1,8 +1,9 @@
 """The budget planner's plan file (`pgolf budget RUN --fit BYTES --out plan.json`) and its
-config form: per quantized group an `Option` (bits, SDClip k, low-rank rank), written as JSON
-(`write_plan`) and read back checked (`read_plan`) by `pgolf quantize --plan`, which applies it as
-the config overrides `quant.groups` (`groups_spec`, the inverse of `pgolf.config.parse_groups`)
-and `quant.lqer` (LQER, arXiv:2402.02446; PR #1797), so the quantized config carries the plan.
+config form: per quantized group an `Option` (bits, SDClip k, low-rank rank, ±1 prune), written
+as JSON (`write_plan`) and read back checked (`read_plan`) by `pgolf quantize --plan`, which
+applies it as the config overrides `quant.groups` (`groups_spec`, the inverse of
+`pgolf.config.parse_groups`) and `quant.lqer` (LQER, arXiv:2402.02446; PR #1797), so the
+quantized config carries the plan.
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ PLAN_FORMAT = "pgolf-quant-plan"
 
 @dataclass(frozen=True)
 class Option:
-    """One way to store a group: bit width, SDClip k, low-rank correction rank (0 = none)."""
+    """One way to store a group: bit width, SDClip k, low-rank correction rank (0 = none), and the
+    fraction of its ±1 codes zeroed (`pgolf.quant.pm1_order`; 0 = none)."""
 
     bits: int
     clip_k: float
     rank: int = 0
+    prune: float = 0.0
 
     def label(self) -> str:
-        return f"int{self.bits} k={self.clip_k:g} r={self.rank}"
+        return f"int{self.bits} k={self.clip_k:g} r={self.rank}" + (
+            f" p={self.prune:g}" if self.prune else "")
+
+    def overrides(self) -> dict[str, Any]:
+        """The `quant.groups` keys of this option (prune only when set)."""
+        return {"bits": self.bits, "clip_k": self.clip_k} | (
+            {"prune": self.prune} if self.prune else {})
 
 
 def lqer_spec(choice: Mapping[str, Option]) -> str:
@@ -35,24 +44,26 @@ def lqer_spec(choice: Mapping[str, Option]) -> str:
 
 
 def groups_spec(overrides: Mapping[str, Mapping[str, Any]]) -> str:
-    """{group: {bits, clip_k, method}} -> the `quant.groups` string ("attn=bits:5,clip_k:10.5;
-    mlp=bits:5"; "" = none) that `pgolf.quant.parse_groups` reads back to the same dict."""
-    fmt = {"bits": lambda v: str(int(v)), "clip_k": lambda v: repr(float(v)), "method": str}
+    """{group: {bits, clip_k, method, prune}} -> the `quant.groups` string ("attn=bits:5,clip_k:
+    10.5;mlp=bits:5"; "" = none) that `pgolf.quant.parse_groups` reads back to the same dict."""
+    fmt = {"bits": lambda v: str(int(v)), "clip_k": lambda v: repr(float(v)), "method": str,
+           "prune": lambda v: repr(float(v))}
     return ";".join(f"{g}=" + ",".join(f"{k}:{fmt[k](ov[k])}" for k in sorted(ov))
                     for g, ov in sorted(overrides.items()) if ov)  # fmt: skip
 
 
 def choice_sets(choice: Mapping[str, Option]) -> list[str]:
-    """The `--set` overrides equal to a plan: `quant.groups` (bits, clip_k) and `quant.lqer`."""
-    groups = {g: {"bits": o.bits, "clip_k": o.clip_k} for g, o in choice.items()}
+    """The `--set` overrides equal to a plan: `quant.groups` (bits, clip_k, prune), `quant.lqer`."""
+    groups = {g: o.overrides() for g, o in choice.items()}
     return [f"quant.groups={groups_spec(groups)}", f"quant.lqer={lqer_spec(choice)}"]
 
 
 def write_plan(path: str | Path, choice: Mapping[str, Option], extra: Mapping[str, Any]) -> dict:
-    """The plan JSON: per-group bits / clip_k / lqer_rank, the lqer spec, the equal `--set`
+    """The plan JSON: per-group bits / clip_k / lqer_rank / prune, the lqer spec, the equal `--set`
     overrides (`set`: quant.groups and quant.lqer, for `pgolf bundle`), and `extra` (report)."""
     doc = {"format": PLAN_FORMAT, "version": 1,
-           "groups": {g: {"bits": o.bits, "clip_k": o.clip_k, "lqer_rank": o.rank}
+           "groups": {g: {"bits": o.bits, "clip_k": o.clip_k, "lqer_rank": o.rank,
+                          "prune": o.prune}
                       for g, o in sorted(choice.items())},
            "lqer": lqer_spec(choice), "set": choice_sets(choice), **extra}  # fmt: skip
     Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")
@@ -81,14 +92,16 @@ def read_plan(path: str | Path) -> tuple[dict[str, dict], str]:
         if g not in GROUPS or g == "passthrough":
             raise ValueError(f"--plan {path}: groups.{g} is not a quantized group ({GROUPS[1:]})")
         try:
-            o = Option(int(spec["bits"]), float(spec["clip_k"]), int(spec.get("lqer_rank", 0)))
+            o = Option(int(spec["bits"]), float(spec["clip_k"]), int(spec.get("lqer_rank", 0)),
+                       float(spec.get("prune", 0.0)))
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"--plan {path}: groups.{g} needs integer 'bits', number 'clip_k' "
-                             f"and integer 'lqer_rank' ({e!r})") from None  # fmt: skip
-        if not (2 <= o.bits <= 8 and 0 <= o.clip_k < math.inf and o.rank >= 0):
+            raise ValueError(f"--plan {path}: groups.{g} needs integer 'bits', number 'clip_k', "
+                             f"integer 'lqer_rank', number 'prune' ({e!r})") from None  # fmt: skip
+        if not (2 <= o.bits <= 8 and 0 <= o.clip_k < math.inf and o.rank >= 0
+                and 0 <= o.prune <= 1):  # fmt: skip
             raise ValueError(f"--plan {path}: groups.{g}: bits 2..8, clip_k finite >= 0, "
-                             f"lqer_rank >= 0 (got {o.label()})")  # fmt: skip
-        overrides[g], choice[g] = {"bits": o.bits, "clip_k": o.clip_k}, o
+                             f"lqer_rank >= 0, prune 0..1 (got {o.label()})")  # fmt: skip
+        overrides[g], choice[g] = o.overrides(), o
     if "set" not in doc:  # a hand-written plan: every group it names
         return overrides, lqer_spec(choice)
     return _plan_sets(path, doc["set"], overrides)

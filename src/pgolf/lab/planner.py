@@ -1,14 +1,16 @@
-"""Budget planner: per quantized group, the bits / SDClip k / low-rank rank that fill a byte cap.
+"""Budget planner: per quantized group, the bits / SDClip k / low-rank rank / ±1 pruning that fill
+a byte cap.
 
 `pgolf budget RUN --fit CAP` measures, on a finished run, what each option costs and what it
-loses: every option (bits, clip k, LQER rank) of one group is quantized alone, the other groups
-staying at the run's own plan, and measured as (Δbytes of the whole artifact, compressed as it
-is written; Δbpb of the round-trip model on calibration tokens, the tail of the last TRAINING
-shard, never validation). Assuming the deltas add, `solve` picks one option per group to
-minimize the summed Δbpb with the summed Δbytes within the cap: an exact multiple-choice knapsack
-(groups merged one by one into a Pareto frontier of (bytes, loss); branches that cannot fit even
-with the smallest options of the groups left are cut). The chosen combination is then built for
-real and re-solved with a tighter budget while it is over the cap (compression is not additive).
+loses: every option (bits, clip k, LQER rank, ±1 prune fraction) of one group is quantized
+alone, the other groups staying at the run's own plan, and measured as (Δbytes of the whole
+artifact, compressed as it is written; Δbpb of the round-trip model on calibration tokens, the
+tail of the last TRAINING shard, never validation). Assuming the deltas add, `solve` picks one
+option per group to minimize the summed Δbpb with the summed Δbytes within the cap: an exact
+multiple-choice knapsack (groups merged one by one into a Pareto frontier of (bytes, loss);
+branches that cannot fit even with the smallest options of the groups left are cut). The chosen
+combination is then built for real and re-solved with a tighter budget while it is over the cap
+(compression is not additive).
 
 The stated prediction error adds (a) the additivity residual measured on the pair of chosen
 options that move the loss most, times the number of pairs of changed groups, and (b) the
@@ -130,7 +132,7 @@ class Bench:
         self.base: dict[str, Option] = {}
         for e in self.plan:
             if e.method != "fp16" and e.group not in self.base:
-                self.base[e.group] = Option(e.bits, e.clip_k, ranks.get(e.group, 0))
+                self.base[e.group] = Option(e.bits, e.clip_k, ranks.get(e.group, 0), e.prune)
         self.lowrank_groups = {e.group for e in self.plan if e.name in self.hessians}
         seq = cfg.eval.eval_seq_len
         arr = read_shard(find_shards(data_dir, "train")[-1], cfg.model.vocab_size)
@@ -161,13 +163,15 @@ class Bench:
 
     def cfg_for(self, choice: Mapping[str, Option]):
         """The run config as `quantize --plan` records the plan (`plan_sets`): quant.groups (the
-        run's own, with bits / clip_k on top for each group the plan moves) and quant.lqer."""
+        run's own, with bits / clip_k / prune on top for each group the plan moves), quant.lqer."""
         from pgolf.config import parse_groups
 
         groups, own = parse_groups(self.cfg.quant.groups), self.cfg.quant.groups
         for g, o in choice.items():
-            if (o.bits, o.clip_k) != (self.base[g].bits, self.base[g].clip_k):
-                groups[g] = {**groups.get(g, {}), "bits": o.bits, "clip_k": o.clip_k}
+            b = self.base[g]
+            if (o.bits, o.clip_k, o.prune) != (b.bits, b.clip_k, b.prune):
+                kept = {k: v for k, v in groups.get(g, {}).items() if k != "prune"}
+                groups[g] = {**kept, **o.overrides()}
         spec = own if groups == parse_groups(own) else groups_spec(groups)
         return replace(self.cfg, quant=replace(self.cfg.quant, groups=spec,
                                                lqer=lqer_spec(choice)))  # fmt: skip
@@ -183,7 +187,7 @@ class Bench:
         if (g, o) not in self._groups:
             q = self.cfg.quant
             plan = quant.make_plan(self.state, q, self.cfg.model,
-                                   overrides={g: {"bits": o.bits, "clip_k": o.clip_k}})  # fmt: skip
+                                   overrides={g: {**o.overrides(), "prune": o.prune}})  # fmt: skip
             entries = [e for e in plan if e.group == g and e.method != "fp16"]
             qts = quant.quantize_state(self.state, self.hessians, entries, log=False,
                                        block_size=q.block_size, damp=q.damp,
@@ -242,15 +246,16 @@ class Bench:
 
 def default_grid(bench: Bench, bits: Iterable[int] = (4, 5, 6, 7, 8),
                  ranks: Iterable[int] = (0, 4, 8), k_scales: Iterable[float] = (0.8, 1.25),
-                 ) -> dict[str, list[Option]]:  # fmt: skip
-    """Per group: every bits x rank at the run's k (ranks only where a Hessian exists), and the
-    run's bits with k scaled by each of `k_scales`."""
+                 prunes: Iterable[float] = (0.1, 0.25, 0.5)) -> dict[str, list[Option]]:
+    """Per group: every bits x rank at the run's k (ranks only where a Hessian exists), the run's
+    bits with k scaled by each of `k_scales`, and the run's option with each ±1 prune fraction."""
     grid = {}
     for g, o in bench.base.items():
         rs = tuple(ranks) if g in bench.lowrank_groups else (0,)
         opts = [o] + [Option(b, o.clip_k, r) for b in bits for r in rs]
         if o.clip_k > 0:
             opts += [replace(o, clip_k=round(o.clip_k * s, 4)) for s in k_scales]
+        opts += [replace(o, prune=p) for p in prunes]
         grid[g] = list(dict.fromkeys(opts))
     return grid
 
@@ -327,7 +332,8 @@ def plan_report(res: Mapping[str, Any], table: Mapping[str, Sequence[Row]],
         lines.append(f"plan: predicted round-trip val bpb {base_val_bpb + p['d_bpb']:.5f} "
                      f"(run's own {base_val_bpb:.5f} + Δ)")  # fmt: skip
     rows = [{"group": r.group, "bits": r.option.bits, "clip_k": r.option.clip_k,
-             "lqer_rank": r.option.rank, "d_bytes": r.d_bytes, "d_bpb": r.d_bpb,
+             "lqer_rank": r.option.rank, "prune": r.option.prune, "d_bytes": r.d_bytes,
+             "d_bpb": r.d_bpb,
              "d_bpb_halves": list(r.d_halves)}
             for g in sorted(table) for r in table[g]]  # fmt: skip
     pred = {**p, "bpb": None if base_val_bpb is None else base_val_bpb + p["d_bpb"],
