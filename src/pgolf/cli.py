@@ -222,7 +222,7 @@ def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
 
 
 def parse_plan(specs: list[str], base: str = "") -> list[str]:
-    """`GROUP=key:value[,key:value]` (keys bits, clip_k, method) or a plan JSON file (`pgolf
+    """`GROUP=key:value[,key:value]` (keys bits, clip_k, method, prune) or a plan JSON file (`pgolf
     budget --fit`) → the equal config overrides: `quant.groups` (the plans over `base`, the
     run's own quant.groups) and the file's `quant.lqer`; none for no plans."""
     from pgolf.config import parse_groups
