@@ -35,6 +35,7 @@ from pgolf.artifact import (
     tensor_parts,
     wrap,
 )
+from pgolf.artifact_check import ENTROPY_CODECS
 from pgolf.dist import progress
 from pgolf.model import param_role
 from pgolf.quant import pm1_order, zero_codes
@@ -93,7 +94,7 @@ def budget_report(
     container = len(payload) - body + 32  # headers, table, meta, SHA-256 + the wrapper header
     names = sorted(comps, key=lambda k: (k in ("scales", "passthrough"), k))
     raw = [sum(len(b) for b in comps[k][1]) for k in names] + [container]
-    est = "brotli" if codec in ("rans", "crans") else codec  # they code whole artifacts only
+    est = "brotli" if codec in ENTROPY_CODECS else codec  # they code whole artifacts only
     alone = [len(compress(byte_shuffle(b"".join(comps[k][1]), shuffle), est)) for k in names]
     head = payload[: 56 + int.from_bytes(payload[16:24], "little")]  # headers + tensor table
     box = head + meta_bytes(meta) + payload[-32:]
@@ -314,7 +315,7 @@ def compare_codecs(
     for codec in codecs:
         for s in strides:
             for p, pl in payloads.items():
-                if codec in ("rans", "crans") and p == "packed":
+                if codec in ENTROPY_CODECS and p == "packed":
                     continue  # rans entropy-codes one byte per code
                 sizes[(codec, s, p)] = len(wrap(pl, codec, s))
     best = min(sizes.items(), key=lambda kv: kv[1])
