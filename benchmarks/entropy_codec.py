@@ -112,8 +112,10 @@ def main() -> None:
     states = 4 * rans.default_lanes(n)
     dec, dec_s, dec_cpu = timed(lambda: rans.decode(blob, expect=n))
     assert np.array_equal(dec, codes)
-    shapes = [(t.shape[0], t.numel // t.shape[0]) if t.shape and t.shape[0] else (1, t.numel)
-              for t in ints]  # fmt: skip
+    shapes = [
+        (t.shape[0], t.numel // t.shape[0]) if t.shape and t.shape[0] else (1, t.numel)
+        for t in ints
+    ]
     cblob, cenc_s, _ = timed(lambda: crans.encode(codes, shapes, prec=a.prec), reps=1)
     cdec, cdec_s, cdec_cpu = timed(lambda: crans.decode(cblob, expect=n))
     assert np.array_equal(cdec, codes)
@@ -124,39 +126,68 @@ def main() -> None:
     _, bdec_s, bdec_cpu = timed(lambda: A.decompress(bstream, "brotli", len(raw)))
     lz = len(lzma.compress(raw, format=lzma.FORMAT_RAW, filters=AC._LZMA_FILTERS))
     zs = len(A.compress(raw, "zstd"))
-    res = dict(source=src, codes=n, tensors=len(ints), bound=round(bound), tables=tables,
-               lane_states=states, rans=len(blob), brotli11=brot[best_s], brotli_stride=best_s,
-               lzma=lz, zstd=zs, ratio_to_brotli=len(blob) / brot[best_s],
-               over_bound_plus_tables=len(blob) / (bound + tables + states) - 1,
-               rans_decode_s=dec_s, brotli_decode_s=bdec_s, rans_encode_s=enc_s,
-               rans_decode_cpu_s=dec_cpu, brotli_decode_cpu_s=bdec_cpu,
-               crans=len(cblob), crans_model_bound=round(mbound),
-               crans_ratio_to_brotli=len(cblob) / brot[best_s], crans_encode_s=cenc_s,
-               crans_decode_s=cdec_s, crans_decode_cpu_s=cdec_cpu)  # fmt: skip
+    res = dict(
+        source=src,
+        codes=n,
+        tensors=len(ints),
+        bound=round(bound),
+        tables=tables,
+        lane_states=states,
+        rans=len(blob),
+        brotli11=brot[best_s],
+        brotli_stride=best_s,
+        lzma=lz,
+        zstd=zs,
+        ratio_to_brotli=len(blob) / brot[best_s],
+        over_bound_plus_tables=len(blob) / (bound + tables + states) - 1,
+        rans_decode_s=dec_s,
+        brotli_decode_s=bdec_s,
+        rans_encode_s=enc_s,
+        rans_decode_cpu_s=dec_cpu,
+        brotli_decode_cpu_s=bdec_cpu,
+        crans=len(cblob),
+        crans_model_bound=round(mbound),
+        crans_ratio_to_brotli=len(cblob) / brot[best_s],
+        crans_encode_s=cenc_s,
+        crans_decode_s=cdec_s,
+        crans_decode_cpu_s=cdec_cpu,
+    )
     art = {c: len(A.encode_artifact(tensors, {}, codec=c)) for c in ("brotli", "rans", "crans")}
-    res.update(artifact_brotli=art["brotli"], artifact_rans=art["rans"],
-               artifact_crans=art["crans"], artifact_ratio=art["rans"] / art["brotli"],
-               artifact_crans_ratio=art["crans"] / art["brotli"])  # fmt: skip
+    res.update(
+        artifact_brotli=art["brotli"],
+        artifact_rans=art["rans"],
+        artifact_crans=art["crans"],
+        artifact_ratio=art["rans"] / art["brotli"],
+        artifact_crans_ratio=art["crans"] / art["brotli"],
+    )
     print(f"source: {src}: {n:,} codes in {len(ints)} tensors")
     print(f"order-0 bound          {bound:>14,.0f} bytes ({8 * bound / n:.4f} bits/code)")
     print(f"tables + lane states   {tables:>14,} + {states:,} bytes")
-    print(f"rANS                   {len(blob):>14,} bytes "
-          f"({100 * res['over_bound_plus_tables']:+.3f}% vs bound + tables + states)")  # fmt: skip
+    print(
+        f"rANS                   {len(blob):>14,} bytes "
+        f"({100 * res['over_bound_plus_tables']:+.3f}% vs bound + tables + states)"
+    )
     for s, v in brot.items():
         print(f"brotli-11 shuffle {s}    {v:>14,} bytes")
     print(f"lzma (9e)              {lz:>14,} bytes")
     print(f"zstd-22                {zs:>14,} bytes")
     print(f"rANS / brotli-11 best  {res['ratio_to_brotli']:>14.4f}")
     print(f"crans model bound      {mbound:>14,.0f} bytes ({8 * mbound / max(n, 1):.4f} bits/code)")
-    print(f"crans                  {len(cblob):>14,} bytes (side info, tables, states "
-          f"{len(cblob) - mbound:,.0f})")  # fmt: skip
+    print(
+        f"crans                  {len(cblob):>14,} bytes (side info, tables, states "
+        f"{len(cblob) - mbound:,.0f})"
+    )
     print(f"crans / brotli-11 best {res['crans_ratio_to_brotli']:>14.4f}")
-    print(f"decode wall/CPU s (best of 3): rANS {dec_s:.3f}/{dec_cpu:.3f}  "
-          f"brotli {bdec_s:.3f}/{bdec_cpu:.3f}; crans {cdec_s:.3f}/{cdec_cpu:.3f}; "
-          f"encode rANS {enc_s:.2f} crans {cenc_s:.2f}")  # fmt: skip
-    print(f"whole artifact: brotli {art['brotli']:,}  rans {art['rans']:,} "
-          f"({res['artifact_ratio']:.4f})  crans {art['crans']:,} "
-          f"({res['artifact_crans_ratio']:.4f})")  # fmt: skip
+    print(
+        f"decode wall/CPU s (best of 3): rANS {dec_s:.3f}/{dec_cpu:.3f}  "
+        f"brotli {bdec_s:.3f}/{bdec_cpu:.3f}; crans {cdec_s:.3f}/{cdec_cpu:.3f}; "
+        f"encode rANS {enc_s:.2f} crans {cenc_s:.2f}"
+    )
+    print(
+        f"whole artifact: brotli {art['brotli']:,}  rans {art['rans']:,} "
+        f"({res['artifact_ratio']:.4f})  crans {art['crans']:,} "
+        f"({res['artifact_crans_ratio']:.4f})"
+    )
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)

@@ -49,9 +49,16 @@ from pgolf.model import GPT  # noqa: E402
 
 @torch.no_grad()
 def tail_sliding(
-    model: GPT, trunk: Any, tokens: torch.Tensor, seq_len: int, stride: int, batch: int,
-    tables: ByteTables, device: torch.device, amp: torch.dtype | None,
-) -> tuple[float, int, float]:  # fmt: skip
+    model: GPT,
+    trunk: Any,
+    tokens: torch.Tensor,
+    seq_len: int,
+    stride: int,
+    batch: int,
+    tables: ByteTables,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> tuple[float, int, float]:
     """(bpb, scored tokens, seconds): head + CE only on scored positions; pgolf's windows."""
     starts, lo, hi = sliding_windows(tokens.numel() - 1, seq_len, stride)
     tab, ar = tables.to(device), torch.arange(seq_len + 1)
@@ -131,8 +138,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 return r.val_bpb, r.tokens, r.seconds
 
             record(f"{name} b{b}", run)
-        record(f"tail b{b}", lambda b=b: tail_sliding(
-            model, trunk, tokens, a.seq_len, a.stride, b, tables, device, amp))  # fmt: skip
+        record(
+            f"tail b{b}",
+            lambda b=b: tail_sliding(
+                model, trunk, tokens, a.seq_len, a.stride, b, tables, device, amp
+            ),
+        )
     ref_path = find_reference(a.reference)
     if a.reference and ref_path is not None and cuda:
         ref = load_reference(ref_path)
@@ -141,30 +152,43 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for bank in ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank"):
             getattr(rm, bank).data = getattr(rm, bank).data.float()
         rm.set_recurrence_active(a.recur)
-        luts = [t.to(device) for t in (tables.base_bytes, tables.has_leading_space,
-                                       tables.is_boundary)]  # fmt: skip
+        luts = [
+            t.to(device) for t in (tables.base_bytes, tables.has_leading_space, tables.is_boundary)
+        ]
         args = type("Args", (), {"train_seq_len": a.seq_len})
 
         def run_ref() -> tuple[float, int, float]:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             loss, bpb = ref.eval_val_sliding(
-                args, rm, 0, 1, device, tokens.to(device), *luts, stride=a.stride,
-                batch_seqs=32, eval_seq_len=a.seq_len,
-            )  # fmt: skip
+                args,
+                rm,
+                0,
+                1,
+                device,
+                tokens.to(device),
+                *luts,
+                stride=a.stride,
+                batch_seqs=32,
+                eval_seq_len=a.seq_len,
+            )
             torch.cuda.synchronize()
             return bpb, tokens.numel() - 1, time.perf_counter() - t0  # (+ its re-scored tail)
 
         record("#1550 b32", run_ref)
     base = next((r for r in rows if r["variant"].startswith("#1550")), rows[0])
     gpu = torch.cuda.get_device_name(device) if cuda else "cpu"
-    print(f"preset:{cfg.preset} device:{gpu} torch:{torch.__version__} seq_len:{a.seq_len} "
-          f"stride:{a.stride} val_tokens:{tokens.numel()} recur:{a.recur}")  # fmt: skip
+    print(
+        f"preset:{cfg.preset} device:{gpu} torch:{torch.__version__} seq_len:{a.seq_len} "
+        f"stride:{a.stride} val_tokens:{tokens.numel()} recur:{a.recur}"
+    )
     print(f"{'variant':<14} {'tok/s':>10} {'s':>8} {'bpb':>9} {'vs ' + base['variant']:>16}")
     for r in rows:
         ratio = r["tok_s"] / base["tok_s"]
-        print(f"{r['variant']:<14} {r['tok_s']:>10,.0f} {r['seconds']:>8.2f} {r['bpb']:>9.5f} "
-              f"{ratio:>15.2f}x")  # fmt: skip
+        print(
+            f"{r['variant']:<14} {r['tok_s']:>10,.0f} {r['seconds']:>8.2f} {r['bpb']:>9.5f} "
+            f"{ratio:>15.2f}x"
+        )
     return rows
 
 

@@ -40,8 +40,9 @@ def main() -> None:
     model = P.load_run_model(cfg, run / "final_model.safetensors", di.device)
     gmeta = graph_state(model)
     tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size).to(di.device)
-    val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens,
-                          cfg.model.vocab_size)  # fmt: skip
+    val = load_val_tokens(
+        data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens, cfg.model.vocab_size
+    )
 
     def measure(rank: int, group: str) -> dict:
         qc = replace(cfg, quant=replace(cfg.quant, lqer=f"{group}:{rank}" if rank else ""))
@@ -51,8 +52,13 @@ def main() -> None:
         state = lqer.add_back(quant.dequantize_state(A.decode_artifact(blob)[0]))
         m = P._model_from_state(qc, state, di.device, gmeta, "lqer_gain")
         r = P.evaluate_model(qc, m, val, tables, "bench", False, di.device)["roundtrip_bpb"]
-        return {"rank": rank, "group": group, "bytes": len(blob), "bpb": r,
-                "base_codes": [t.codes for t in tensors if t.group != "lqer" and t.kind == "int"]}
+        return {
+            "rank": rank,
+            "group": group,
+            "bytes": len(blob),
+            "bpb": r,
+            "base_codes": [t.codes for t in tensors if t.group != "lqer" and t.kind == "int"],
+        }
 
     base = measure(0, "")
     rows = []
@@ -63,8 +69,10 @@ def main() -> None:
             same = all(torch.equal(u, v) for u, v in zip(row["base_codes"], base["base_codes"]))
             dkb, dbpb = (row["bytes"] - base["bytes"]) / 1000, base["bpb"] - row["bpb"]
             per = dbpb / dkb if dkb else float("nan")
-            print(f"group {g:<5} rank {r:>2}: +{dkb:7.2f} KB  bpb {row['bpb']:.5f}  "
-                  f"recovered {dbpb:+.5f}  per KB {per:+.6f}  same GPTQ codes {same}")  # fmt: skip
+            print(
+                f"group {g:<5} rank {r:>2}: +{dkb:7.2f} KB  bpb {row['bpb']:.5f}  "
+                f"recovered {dbpb:+.5f}  per KB {per:+.6f}  same GPTQ codes {same}"
+            )
             rows.append({k: v for k, v in row.items() if k != "base_codes"})
     if a.out:
         base.pop("base_codes")

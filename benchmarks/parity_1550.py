@@ -99,15 +99,27 @@ def reference_kwargs(m: C.ModelConfig) -> dict[str, Any]:
     if bad:
         raise ValueError("parity_1550: #1550's model cannot express " + "; ".join(bad))
     return dict(
-        vocab_size=m.vocab_size, num_layers=m.num_layers, model_dim=m.model_dim,
-        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, mlp_mult=m.mlp_mult,
-        tie_embeddings=m.tie_embeddings, tied_embed_init_std=m.tied_embed_init_std,
-        logit_softcap=m.logit_softcap, rope_base=m.rope_base, qk_gain_init=m.qk_gain_init,
-        bigram_vocab_size=0, xsa_last_n=xsa, rope_dims=m.rope_dims, ln_scale=m.ln_scale,
-        ve_enabled=m.ve_dim > 0 and bool(m.ve_layers), ve_dim=m.ve_dim,
-        ve_layers=",".join(map(str, m.ve_layers)), recur_layers=repeated_layers(m),
+        vocab_size=m.vocab_size,
+        num_layers=m.num_layers,
+        model_dim=m.model_dim,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        mlp_mult=m.mlp_mult,
+        tie_embeddings=m.tie_embeddings,
+        tied_embed_init_std=m.tied_embed_init_std,
+        logit_softcap=m.logit_softcap,
+        rope_base=m.rope_base,
+        qk_gain_init=m.qk_gain_init,
+        bigram_vocab_size=0,
+        xsa_last_n=xsa,
+        rope_dims=m.rope_dims,
+        ln_scale=m.ln_scale,
+        ve_enabled=m.ve_dim > 0 and bool(m.ve_layers),
+        ve_dim=m.ve_dim,
+        ve_layers=",".join(map(str, m.ve_layers)),
+        recur_layers=repeated_layers(m),
         parallel_start_layer=m.parallel_start if m.parallel_residual == "lanes" else -1,
-    )  # fmt: skip
+    )
 
 
 def _block_names(i: int, n: int) -> dict[str, tuple[str, int]]:
@@ -211,9 +223,13 @@ def compare_forward(r: Any, g: GPT, idx: Tensor, tgt: Tensor, recur: bool) -> di
     diffs = {k: (rg[k] - p.grad).abs().max().item() for k, p in g.named_parameters()}
     own = {k: d / max(rg[k].abs().max().item(), 1e-30) for k, d in diffs.items()}
     worst = max(own, key=lambda k: own[k])
-    return {"dlogit": dlogit, "dloss": abs(lr.item() - lg.item()),
-            "dgrad_rel": max(diffs.values()) / gmax, "worst_param": worst,
-            "worst_param_rel": own[worst]}  # fmt: skip
+    return {
+        "dlogit": dlogit,
+        "dloss": abs(lr.item() - lg.item()),
+        "dgrad_rel": max(diffs.values()) / gmax,
+        "worst_param": worst,
+        "worst_param_rel": own[worst],
+    }
 
 
 @contextlib.contextmanager
@@ -245,9 +261,15 @@ def reference_optimizers(ref: ModuleType, r: Any) -> list[torch.optim.Optimizer]
     return [
         torch.optim.AdamW(tok, lr=a.tied_embed_lr, betas=betas, eps=eps, weight_decay=a.embed_wd),
         torch.optim.AdamW(scal, lr=a.scalar_lr, betas=betas, eps=eps, weight_decay=a.adam_wd),
-        ref.Muon(banks, lr=a.matrix_lr, momentum=momentum, backend_steps=a.muon_backend_steps,
-                 weight_decay=a.muon_wd, muoneq_r=a.muoneq_r),
-    ]  # fmt: skip
+        ref.Muon(
+            banks,
+            lr=a.matrix_lr,
+            momentum=momentum,
+            backend_steps=a.muon_backend_steps,
+            weight_decay=a.muon_wd,
+            muoneq_r=a.muoneq_r,
+        ),
+    ]
 
 
 def compare_step(

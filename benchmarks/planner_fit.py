@@ -50,8 +50,13 @@ def synthetic_bytes(preset: str, fraction: float, bits: tuple[int, ...]) -> None
         parts = []
         for e, W in weights[group]:
             codes, scales = rtn_quantize(W, b or e.bits, e.clip_k)
-            parts.append(b"".join(tensor_parts(Q(e.name, W.shape, "int", b or e.bits, codes,
-                                                 scales, None, group))[:2]))  # fmt: skip
+            parts.append(
+                b"".join(
+                    tensor_parts(
+                        Q(e.name, W.shape, "int", b or e.bits, codes, scales, None, group)
+                    )[:2]
+                )
+            )
         return len(compress(byte_shuffle(b"".join(parts), DEFAULT_SHUFFLE), "brotli")) / fraction
 
     print(f"synthetic {preset}, fraction {fraction}: group, params, bits, bytes (x1/fraction)")
@@ -90,8 +95,9 @@ def main() -> None:
     bits = tuple(int(b) for b in a.bits.split(","))
     ranks = tuple(int(r) for r in a.ranks.split(","))
     table = P.measure(bench, P.default_grid(bench, bits, ranks), log=print)
-    print(f"measured {sum(len(v) for v in table.values())} options in "
-          f"{time.perf_counter() - t0:.0f}s")  # fmt: skip
+    print(
+        f"measured {sum(len(v) for v in table.values())} options in {time.perf_counter() - t0:.0f}s"
+    )
     res_file = Path(a.run_dir) / "result.json"
     base = json.loads(res_file.read_text()).get("val_bpb_roundtrip") if res_file.is_file() else None
     for cap in (int(c) for c in a.caps.split(",")):

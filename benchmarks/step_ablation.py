@@ -101,8 +101,10 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
     )
     print("MFU = (6*N_matmul*tokens + 6*T*D*L_virtual*tokens) / step_time / peak_flops")
     base = {r["recurrence"]: r.get("ms_per_step") for r in rows if r["candidate"] == names[0]}
-    print(f"{'candidate':<22} {'recur':>5} {'ms/step':>9} {'vs ' + names[0]:>12} {'MFU':>6} "
-          f"{'peak MiB':>9} attn plan")  # fmt: skip
+    print(
+        f"{'candidate':<22} {'recur':>5} {'ms/step':>9} {'vs ' + names[0]:>12} {'MFU':>6} "
+        f"{'peak MiB':>9} attn plan"
+    )
     for r in rows:
         if "error" in r:
             print(f"{r['candidate']:<22} {r['recurrence']!s:>5} {r['error']}")
@@ -110,11 +112,19 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
         b = base.get(r["recurrence"])
         ratio = f"{r['ms_per_step'] / b:.3f}x" if b else "-"
         mem = "-" if r["peak_mem_mib"] is None else str(r["peak_mem_mib"])
-        print(f"{r['candidate']:<22} {r['recurrence']!s:>5} {r['ms_per_step']:9.2f} {ratio:>12} "
-              f"{100 * r['mfu']:5.1f}% {mem:>9} {r.get('attn_plan', '')[:60]}")  # fmt: skip
+        print(
+            f"{r['candidate']:<22} {r['recurrence']!s:>5} {r['ms_per_step']:9.2f} {ratio:>12} "
+            f"{100 * r['mfu']:5.1f}% {mem:>9} {r.get('attn_plan', '')[:60]}"
+        )
     if a.out is not None:
-        record = {"device": gpu, "torch": torch.__version__, "batch": batch, "seq": seq,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}  # fmt: skip
+        record = {
+            "device": gpu,
+            "torch": torch.__version__,
+            "batch": batch,
+            "seq": seq,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "rows": rows,
+        }
         with open(a.out, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
     return rows

@@ -64,9 +64,15 @@ def step_flops(model: nn.Module, cfg: C.ModelConfig, batch: int, seq: int) -> fl
 
 
 def bench_mode(
-    cfg: C.RunConfig, device: torch.device, batch: int, seq: int, steps: int, warmup: int,
-    use_compile: bool, recur: bool,
-) -> dict[str, Any]:  # fmt: skip
+    cfg: C.RunConfig,
+    device: torch.device,
+    batch: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    use_compile: bool,
+    recur: bool,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(cfg, device)
     model.set_recurrence(recur)
@@ -132,8 +138,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per mode")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", choices=["both", "on", "off"], default=None,
-                   help="default: both on CUDA, off on CPU")  # fmt: skip
+    p.add_argument(
+        "--compile",
+        choices=["both", "on", "off"],
+        default=None,
+        help="default: both on CUDA, off on CPU",
+    )
     p.add_argument("--peak-flops", type=float, default=989e12)
     p.add_argument("--out", type=Path, default=None, help="append one JSON line here")
     a = p.parse_args(argv)
@@ -165,8 +175,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(r)
 
     gpu = torch.cuda.get_device_name(device) if cuda else "cpu"
-    print(f"preset:{cfg.preset} device:{gpu} batch:{batch}x{seq} steps:{a.steps} "
-          f"torch:{torch.__version__} peak_flops:{a.peak_flops:.3g}")  # fmt: skip
+    print(
+        f"preset:{cfg.preset} device:{gpu} batch:{batch}x{seq} steps:{a.steps} "
+        f"torch:{torch.__version__} peak_flops:{a.peak_flops:.3g}"
+    )
     head = f"{'compile':>7} {'recur':>5} {'ms/step':>9} {'tok/s':>11} {'MFU':>6} "
     print(head + f"{'peak MiB':>9} {'vs #1550':>8} {'warmup s':>8}")
     for r in rows:
@@ -180,11 +192,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{r['ratio_to_pr1550']:7.2f}x {r['warmup_s']:8.1f}"
         )
     record = {
-        "preset": cfg.preset, "device": gpu, "torch": torch.__version__, "batch_seqs": batch,
-        "seq_len": seq, "steps": a.steps, "peak_flops": a.peak_flops,
+        "preset": cfg.preset,
+        "device": gpu,
+        "torch": torch.__version__,
+        "batch_seqs": batch,
+        "seq_len": seq,
+        "steps": a.steps,
+        "peak_flops": a.peak_flops,
         "pr1550_ms_per_step": {"recurrence_off": 99.6, "recurrence_on": 123.0},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": rows,
-    }  # fmt: skip
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "results": rows,
+    }
     if a.out is not None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         with open(a.out, "a", encoding="utf-8") as f:

@@ -33,8 +33,9 @@ def _quantized(cfg, model, data_dir):
     state = quant.dequantize_state(tensors)
     from pgolf.model import graph_state
 
-    return P._model_from_state(cfg, state, next(model.parameters()).device, graph_state(model),
-                               "benchmark")  # fmt: skip
+    return P._model_from_state(
+        cfg, state, next(model.parameters()).device, graph_state(model), "benchmark"
+    )
 
 
 def main() -> None:
@@ -66,14 +67,25 @@ def main() -> None:
         secs = time.perf_counter() - t0 + extra_s
         if before is not None:  # the scoring used the weights the last update produced
             last = max((ev["version"] for ev in before.events), default=0)
-            ledger = TT.Ledger(events=[*before.events,
-                                       *[dict(ev, version=last) for ev in ledger.events]])
+            ledger = TT.Ledger(
+                events=[*before.events, *[dict(ev, version=last) for ev in ledger.events]]
+            )
         c3 = not TT.score_before_update(ledger)
         c4 = not TT.single_pass(ledger, n)
-        rows.append(dict(mode=label, val_bpb=r.val_bpb, val_loss=r.val_loss, seconds=secs,
-                         condition3=c3, condition4=c4, non_record=before is not None))
-        print(f"{label:28s} val_bpb:{r.val_bpb:.4f} seconds:{secs:8.1f} C3:{c3} C4:{c4}",
-              flush=True)  # fmt: skip
+        rows.append(
+            dict(
+                mode=label,
+                val_bpb=r.val_bpb,
+                val_loss=r.val_loss,
+                seconds=secs,
+                condition3=c3,
+                condition4=c4,
+                non_record=before is not None,
+            )
+        )
+        print(
+            f"{label:28s} val_bpb:{r.val_bpb:.4f} seconds:{secs:8.1f} C3:{c3} C4:{c4}", flush=True
+        )
 
     q = _quantized(cfg, base, data_dir)
     score("none (sliding)", "none", q)
@@ -92,9 +104,13 @@ def main() -> None:
                 ttt_s = time.perf_counter() - t_start - spent["eval"]
                 t0 = time.perf_counter()
                 qe = _quantized(pc, net, data_dir)
-                score(f"prequant {epoch} ep (NON-RECORD)", "none", qe,
-                      extra_s=ttt_s + time.perf_counter() - t0,
-                      before=TT.Ledger(events=list(pre_ledger.events)))  # fmt: skip
+                score(
+                    f"prequant {epoch} ep (NON-RECORD)",
+                    "none",
+                    qe,
+                    extra_s=ttt_s + time.perf_counter() - t0,
+                    before=TT.Ledger(events=list(pre_ledger.events)),
+                )
                 spent["eval"] += time.perf_counter() - t0
 
         TT.prequant_ttt(pc, base, val, di.device, on_epoch=on_epoch, ledger=pre_ledger)
@@ -103,9 +119,11 @@ def main() -> None:
     print("\n| mode | val_bpb | vs no TTT | seconds | Condition 3 | Condition 4 |")
     print("| --- | ---: | ---: | ---: | --- | --- |")
     for r in rows:
-        print(f"| {r['mode']} | {r['val_bpb']:.4f} | {r['val_bpb'] - ref:+.4f} | "
-              f"{r['seconds']:.1f} | {'pass' if r['condition3'] else 'FAIL'} | "
-              f"{'pass' if r['condition4'] else 'FAIL'} |")  # fmt: skip
+        print(
+            f"| {r['mode']} | {r['val_bpb']:.4f} | {r['val_bpb'] - ref:+.4f} | "
+            f"{r['seconds']:.1f} | {'pass' if r['condition3'] else 'FAIL'} | "
+            f"{'pass' if r['condition4'] else 'FAIL'} |"
+        )
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 

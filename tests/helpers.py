@@ -22,8 +22,10 @@ def perturbed_gpt(
     return model
 
 
-WORDS = ("the of and to a in that is was he for it with as his on be at by had not are café "
-         "naïve — “quoted” 2026 € über").split()  # fmt: skip
+WORDS = (
+    "the of and to a in that is was he for it with as his on be at by had not are café "
+    "naïve — “quoted” 2026 € über"
+).split()
 
 
 def tiny_corpus(folder, vocab: int = 320, docs: int = 60, seed: int = 0):
@@ -39,8 +41,9 @@ def tiny_corpus(folder, vocab: int = 320, docs: int = 60, seed: int = 0):
     from pgolf.lab.tokenizer import train_tokenizer
 
     rng = random.Random(seed)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 90))) + "."
-             for _ in range(docs)]  # fmt: skip
+    texts = [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 90))) + "." for _ in range(docs)
+    ]
     folder = Path(folder)
     tok = train_tokenizer(texts[: docs // 2], vocab, folder / "tiny.model")
     sp = spm.SentencePieceProcessor(model_file=str(tok))

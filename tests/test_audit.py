@@ -24,7 +24,6 @@ from pgolf.ttt_lora import sgd_on_ranges
 N = 241
 
 
-
 def evaluator(mode: str, cls=AU.Evaluator, model_cfg=MCFG) -> AU.Evaluator:
     c = AU.audit_scale(replace(cfg(), model=model_cfg), N - 1)
     return cls(mode, c, tables())
@@ -96,12 +95,14 @@ class TwoPass(AU.Evaluator):
         eval_sliding(model, tokens, e.eval_seq_len, e.eval_stride, 4, self.tables, "cpu")
         AU.ledger_from_plan(ledger, plan, 0)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        sgd_on_ranges(model, opt, tokens, [(0, n)], e.eval_seq_len, 4, 1.0, torch.device("cpu"),
-                      None)  # fmt: skip
+        sgd_on_ranges(
+            model, opt, tokens, [(0, n)], e.eval_seq_len, 4, 1.0, torch.device("cpu"), None
+        )
         ledger.update([(0, n)], 1)
         h = model.register_forward_hook(tap)
-        r = eval_sliding(model, tokens, e.eval_seq_len, e.eval_stride, 4, self.tables, "cpu",
-                         token_nll=nll)  # fmt: skip
+        r = eval_sliding(
+            model, tokens, e.eval_seq_len, e.eval_stride, 4, self.tables, "cpu", token_nll=nll
+        )
         h.remove()
         AU.ledger_from_plan(ledger, plan, 1)
         return r, model
@@ -114,11 +115,13 @@ class DoubleTail(AU.Evaluator):
         e, n = self.cfg.eval, tokens.numel() - 1
         s, lo, hi = sliding_windows(n, e.eval_seq_len, e.eval_stride)
         last = max(0, n - e.eval_seq_len)
-        plan = (torch.cat([s, torch.tensor([last])]), torch.cat([lo, torch.tensor([0])]),
-                torch.cat([hi, torch.tensor([n - last])]))  # fmt: skip
+        plan = (
+            torch.cat([s, torch.tensor([last])]),
+            torch.cat([lo, torch.tensor([0])]),
+            torch.cat([hi, torch.tensor([n - last])]),
+        )
         h = model.register_forward_hook(tap)
-        r = score_windows(model, tokens, plan, e.eval_seq_len, 4, self.tables, "cpu",
-                          token_nll=nll)  # fmt: skip
+        r = score_windows(model, tokens, plan, e.eval_seq_len, 4, self.tables, "cpu", token_nll=nll)
         h.remove()
         AU.ledger_from_plan(ledger, plan)
         return r, model
@@ -149,18 +152,34 @@ def doc_model(cls):
     [
         ("peek", lambda: (evaluator("sliding", Peek), None), {"T1.2"}, set()),
         ("mixer", lambda: (evaluator("sliding", Mixer), None), {"T2.1"}, set()),
-        ("target_cache", lambda: (evaluator("sliding", TargetCache), None), {"T1.2", "T2.1"},
-         set()),
+        (
+            "target_cache",
+            lambda: (evaluator("sliding", TargetCache), None),
+            {"T1.2", "T2.1"},
+            set(),
+        ),
         # the second pass has seen the future (T1.2) and its scores follow updates (T3.4, T4.2)
-        ("two_pass", lambda: (evaluator("sliding", TwoPass), None), {"T1.1", "T4.1"},
-         {"T1.2", "T3.4", "T4.2"}),
+        (
+            "two_pass",
+            lambda: (evaluator("sliding", TwoPass), None),
+            {"T1.1", "T4.1"},
+            {"T1.2", "T3.4", "T4.2"},
+        ),
         # consequences of scoring the tail twice: its reported NLL is the sum of two scores
         # (T2.1), the reported targets exceed the canonical ones (T2.5), a position is scored
         # again after its first score event (T3.3)
-        ("double_tail", lambda: (evaluator("sliding", DoubleTail), None), {"T4.1"},
-         {"T2.1", "T2.5", "T3.3"}),
-        ("prequant", lambda: (evaluator("prequant"), None), {"T1.1", "T3.1/T3.2"},
-         {"T1.2", "T3.4"}),
+        (
+            "double_tail",
+            lambda: (evaluator("sliding", DoubleTail), None),
+            {"T4.1"},
+            {"T2.1", "T2.5", "T3.3"},
+        ),
+        (
+            "prequant",
+            lambda: (evaluator("prequant"), None),
+            {"T1.1", "T3.1/T3.2"},
+            {"T1.2", "T3.4"},
+        ),
     ],
 )
 def test_planted_violation_is_caught(name, build, expected, consequences) -> None:
@@ -215,8 +234,7 @@ def test_arithmetic_coder_round_trips() -> None:
         assert b <= ideal + 2
 
 
-
-SCRIPT = '''
+SCRIPT = """
 import os
 import torch
 FIX_BOS = bool(int(os.environ.get("SMEAR_BOS_FIX", "0")))
@@ -241,7 +259,7 @@ def cache_mix(cache, x, y, p):
     return p + cache[hash((x, y))]
 
 val_tokens = val_tokens[:5_000_000]
-'''
+"""
 
 
 def test_static_prescreen_finds_each_rule_with_lines(tmp_path) -> None:

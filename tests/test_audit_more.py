@@ -73,8 +73,9 @@ def test_byte_oracle_catches_wrong_tables(corpus, kind) -> None:
 
 def test_byte_oracle_ignores_a_character_cut_by_the_stream_end(corpus) -> None:
     sp, _, val = corpus
-    ends = [i for i in range(2, val.numel()) if sp.is_byte(int(val[i - 1])) and
-            sp.is_byte(int(val[i]))]  # fmt: skip
+    ends = [
+        i for i in range(2, val.numel()) if sp.is_byte(int(val[i - 1])) and sp.is_byte(int(val[i]))
+    ]
     cut = val[: ends[0] + 1]  # ends between the byte pieces of one character
     assert byte_oracle(text_evaluator(corpus), cut).verdict == "pass"
     assert byte_oracle(replace(text_evaluator(corpus), sp=None), cut).verdict == "n.a."
@@ -90,8 +91,16 @@ class Subset(AU.Evaluator):
     def score(self, model, tokens, nll, ledger, tap):
         e, m = self.cfg.eval, 3 * (tokens.numel() - 1) // 4
         h = model.register_forward_hook(tap)
-        r = eval_sliding(model, tokens[: m + 1], e.eval_seq_len, e.eval_stride, 4, self.tables,
-                         CPU, token_nll=nll[:m])  # fmt: skip
+        r = eval_sliding(
+            model,
+            tokens[: m + 1],
+            e.eval_seq_len,
+            e.eval_stride,
+            4,
+            self.tables,
+            CPU,
+            token_nll=nll[:m],
+        )
         h.remove()
         AU.ledger_from_plan(ledger, sliding_windows(m, e.eval_seq_len, e.eval_stride))
         return r, model
@@ -119,8 +128,9 @@ class ChunkTTT(AU.Evaluator):
             rng = [(a + int(self.backward), b)]
             if self.train_first:
                 sgd_on_ranges(model, opt, tokens, rng, e.eval_seq_len, 4, 1.0, CPU, None)
-            r = score_windows(model, tokens, plan, e.eval_seq_len, 4, self.tables, CPU,
-                              token_nll=nll)  # fmt: skip
+            r = score_windows(
+                model, tokens, plan, e.eval_seq_len, 4, self.tables, CPU, token_nll=nll
+            )
             acc = [acc[0] + r.nll_sum, acc[1] + r.tokens, acc[2] + r.bytes]
             ledger.score([(a, b)], version)
             if not self.train_first and c != order[-1]:
@@ -146,8 +156,9 @@ class Silent(AU.Evaluator):
     def score(self, model, tokens, nll, ledger, tap):
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         e = self.cfg.eval
-        sgd_on_ranges(model, opt, tokens, [(0, tokens.numel() - 1)], e.eval_seq_len, 4, 1.0, CPU,
-                      None)  # fmt: skip
+        sgd_on_ranges(
+            model, opt, tokens, [(0, tokens.numel() - 1)], e.eval_seq_len, 4, 1.0, CPU, None
+        )
         return super().score(model, tokens, nll, ledger, tap)
 
 
@@ -179,8 +190,7 @@ def test_subset_and_wrong_bytes_fail_coverage_and_legal_text_passes(corpus) -> N
     assert failed(rows) == set()
     got = {r.test.split()[0]: r.verdict for r in rows}
     assert got["T2.4"] == "pass" and got["T2.5"] == "pass"
-    sub = failed(AU.audit(text_evaluator(corpus, Subset), model, toks, quick=True,
-                          coder_tokens=0))  # fmt: skip
+    sub = failed(AU.audit(text_evaluator(corpus, Subset), model, toks, quick=True, coder_tokens=0))
     assert "T2.5" in sub and "T2.4" not in sub
     ev = text_evaluator(corpus, tables=wrong_tables(tab, "double_space"))
     base = ev.run(model, toks)

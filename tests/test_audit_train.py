@@ -17,21 +17,43 @@ from pgolf.lab.audit import Row
 from pgolf.lab.audit_run import TRAIN_DEFAULTS, audit_artifact, audit_train, decoy_data, main
 
 TINY = [
-    "num_layers=2", "model_dim=32", "num_heads=2", "num_kv_heads=1", "mlp_mult=2",
-    "rope_dims=8", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "parallel_start=1",
-    "recur_layers=0,1,1", "train_seq_len=32", "train_batch_tokens=256", "eval_seq_len=32",
-    "eval_stride=16", "val_batch_seqs=4", "passthrough_numel=256", "calib_seqs=2",
-    "quant.method=rtn", "quant.embed_method=rtn", "train_log_every=1",
-    "ttt.prequant_seq_len=32", "ttt.chunk_tokens=128",
-]  # fmt: skip
+    "num_layers=2",
+    "model_dim=32",
+    "num_heads=2",
+    "num_kv_heads=1",
+    "mlp_mult=2",
+    "rope_dims=8",
+    "xsa_layers=0,1",
+    "ve_dim=8",
+    "ve_layers=1",
+    "parallel_start=1",
+    "recur_layers=0,1,1",
+    "train_seq_len=32",
+    "train_batch_tokens=256",
+    "eval_seq_len=32",
+    "eval_stride=16",
+    "val_batch_seqs=4",
+    "passthrough_numel=256",
+    "calib_seqs=2",
+    "quant.method=rtn",
+    "quant.embed_method=rtn",
+    "train_log_every=1",
+    "ttt.prequant_seq_len=32",
+    "ttt.chunk_tokens=128",
+]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit_train")
     data, tok, _ = tiny_corpus(root / "data")
-    base = [*TRAIN_DEFAULTS, *TINY, "vocab_size=320", f"data.data_path={data}",
-            f"data.tokenizer_path={tok}"]  # fmt: skip
+    base = [
+        *TRAIN_DEFAULTS,
+        *TINY,
+        "vocab_size=320",
+        f"data.data_path={data}",
+        f"data.tokenizer_path={tok}",
+    ]
     pre = audit_train("cpu-tiny", [*base, "ttt.mode=prequant"], root / "pre")
     # a run folder as CONFIG_OR_RUN: the pre-quant run's config, switched to score-first
     sf = audit_train(str(root / "pre" / "real"), ["ttt.mode=score_first"], root / "sf")

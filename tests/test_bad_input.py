@@ -93,8 +93,11 @@ def artifact(tmp_path_factory) -> Path:
     """A small artifact with attn, mlp and embed integer groups (no model config needed)."""
     g = torch.Generator().manual_seed(0)
     ts = []
-    for name, group in (("tok_emb.weight", "embed"), ("blocks.0.attn.c_q.weight", "attn"),
-                        ("blocks.0.mlp.fc.weight", "mlp")):  # fmt: skip
+    for name, group in (
+        ("tok_emb.weight", "embed"),
+        ("blocks.0.attn.c_q.weight", "attn"),
+        ("blocks.0.mlp.fc.weight", "mlp"),
+    ):
         codes, scales = rtn_quantize(torch.randn(32, 16, generator=g) * 0.02, 6, 12.85)
         ts.append(QTensor(name, (32, 16), "int", 6, codes, scales, None, group))
     path = tmp_path_factory.mktemp("art") / "a.pgolf"
@@ -141,19 +144,24 @@ def test_missing_and_foreign_files(tmp_path, capsys):
         (["quantize", str(tmp_path), "--plan", "mlp=bits"], "--plan"),
         (["data", "inspect", str(nothing)], str(nothing)),
         (["data", "inspect", str(trunc)], str(trunc)),
-        (["data", "corpus", "--input", str(nothing / "a.txt"), "--out", str(tmp_path / "o")],
-         str(nothing / "a.txt")),
+        (
+            ["data", "corpus", "--input", str(nothing / "a.txt"), "--out", str(tmp_path / "o")],
+            str(nothing / "a.txt"),
+        ),
         (["train", "--preset", "cpu-tiny", "--data", str(nothing)], str(nothing)),
-    ]  # fmt: skip
+    ]
     for argv, needle in cases:
         assert needle in run_main(argv, capsys), argv
 
 
 @pytest.mark.parametrize(
     ("code", "fix"),
-    [(errno.ENOSPC, "free disk space"), (errno.EROFS, "writable folder"),
-     (errno.EACCES, "permissions")],
-)  # fmt: skip
+    [
+        (errno.ENOSPC, "free disk space"),
+        (errno.EROFS, "writable folder"),
+        (errno.EACCES, "permissions"),
+    ],
+)
 def test_os_errors_become_file_reason_and_fix(code, fix, monkeypatch, capsys, tmp_path):
     """A full disk or a read-only output folder, wherever a command meets it."""
     from pgolf import pipeline
@@ -191,8 +199,13 @@ def test_run_dir_under_a_file_is_a_clean_error(tmp_path, capsys, monkeypatch):
 
 def pgolf(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     e = {k: v for k, v in os.environ.items() if k != "PGOLF_DEBUG"}
-    return subprocess.Popen([sys.executable, "-m", "pgolf", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**e, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgolf", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**e, **(env or {})},
+    )
 
 
 def test_real_processes_exit_2_without_traceback(tmp_path):

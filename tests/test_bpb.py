@@ -38,9 +38,14 @@ def _train(texts: list[str], vocab: int, **over) -> spm.SentencePieceProcessor:
     buf = io.BytesIO()
     args = {**SP_TRAINER_ARGS, **over}
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab,
-        max_sentence_length=1 << 20, num_threads=1, minloglevel=2, **args,
-    )  # fmt: skip
+        sentence_iterator=iter(texts),
+        model_writer=buf,
+        vocab_size=vocab,
+        max_sentence_length=1 << 20,
+        num_threads=1,
+        minloglevel=2,
+        **args,
+    )
     return spm.SentencePieceProcessor(model_proto=buf.getvalue())
 
 

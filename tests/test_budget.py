@@ -67,8 +67,16 @@ def test_components_add_up_to_artifact(codec: str, packed: bool) -> None:
     assert sum(c["compressed"] for c in r["components"]) == r["total_bytes"]
     assert r["margin"] == 16_000_000 - model - 1234
     names = [c["name"] for c in r["components"]]
-    assert names == ["attn", "embed", "mlp", "value_embed", "passthrough", "scales",
-                     "container", "code"]  # fmt: skip
+    assert names == [
+        "attn",
+        "embed",
+        "mlp",
+        "value_embed",
+        "passthrough",
+        "scales",
+        "container",
+        "code",
+    ]
     by = {c["name"]: c for c in r["components"]}
     assert by["mlp"]["params"] == 2 * 128 * 64 and by["mlp"]["raw"] == 2 * 128 * 64 * (
         6 / 8 if packed else 1
@@ -175,5 +183,3 @@ def test_compare_codecs_and_reference() -> None:
     body = brotli.decompress(ref[4:])
     pad = body[-1]
     assert byte_unshuffle(body[:-1], 4, len(raw) + pad)[: len(raw)] == raw
-
-

@@ -18,13 +18,31 @@ from pgolf import config as C
 from pgolf.lab import bundle
 
 TINY = [
-    "vocab_size=320", "num_layers=2", "model_dim=32", "num_heads=2", "num_kv_heads=1",
-    "mlp_mult=2", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "parallel_start=1",
-    "recur_layers=0,1,1", "train_seq_len=32", "train_batch_tokens=256", "eval_seq_len=32",
-    "eval_stride=16", "max_val_tokens=1024", "iterations=3", "max_wallclock_seconds=0",
-    "val_loss_every=0", "train_log_every=1", "passthrough_numel=256", "calib=train",
-    "calib_seqs=2", "warmup_steps=0",
-]  # fmt: skip
+    "vocab_size=320",
+    "num_layers=2",
+    "model_dim=32",
+    "num_heads=2",
+    "num_kv_heads=1",
+    "mlp_mult=2",
+    "xsa_layers=0,1",
+    "ve_dim=8",
+    "ve_layers=1",
+    "parallel_start=1",
+    "recur_layers=0,1,1",
+    "train_seq_len=32",
+    "train_batch_tokens=256",
+    "eval_seq_len=32",
+    "eval_stride=16",
+    "max_val_tokens=1024",
+    "iterations=3",
+    "max_wallclock_seconds=0",
+    "val_loss_every=0",
+    "train_log_every=1",
+    "passthrough_numel=256",
+    "calib=train",
+    "calib_seqs=2",
+    "warmup_steps=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +108,14 @@ def test_bundle_runs_alone_and_equals_train_plus_quantize(corpus, tmp_path):
     poison.mkdir(parents=True)
     (poison / "__init__.py").write_text("raise ImportError('the bundle imported pgolf')\n")
     env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"), PYTHONPATH=str(poison.parent))
-    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env,
-                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "train_gpt.py"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "final_int6_sliding_window_exact val_loss:" in r.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["run", "train_gpt.py"]
@@ -128,13 +152,20 @@ def test_a_planned_quantization_is_in_the_config_and_its_export_reproduces_it(co
 
     rec = tmp_path / "rec"
     export([ref], rec)
-    shipped = cmd_bundle("cpu-tiny", [*TINY, "quant.groups=mlp=bits:5"], str(tmp_path / "b.py"),
-                         "auto")  # fmt: skip
+    shipped = cmd_bundle(
+        "cpu-tiny", [*TINY, "quant.groups=mlp=bits:5"], str(tmp_path / "b.py"), "auto"
+    )
     assert (rec / "train_gpt.py").read_bytes() == (tmp_path / "b.py").read_bytes()
     assert shipped["bytes"] == meta["code_bytes"]
     env = _env(DATA_PATH=str(corpus), RUN_DIR=str(tmp_path / "replay"))
-    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=rec, env=env,
-                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "train_gpt.py"],
+        cwd=rec,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     replay = (tmp_path / "replay" / "artifact.pgolf").read_bytes()
     assert replay == (ref / "artifact.pgolf").read_bytes()
@@ -162,8 +193,14 @@ def test_bundle_over_budget_writes_its_artifact_and_fails_closed(corpus, tmp_pat
     folder.mkdir()
     bundle.write_bundle(C.load("cpu-tiny", [*TINY, "byte_budget=1000"]), folder / "train_gpt.py")
     env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"))
-    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env,
-                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "train_gpt.py"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode != 0 and "over budget by" in r.stderr, r.stderr[-2000:]
     assert (folder / "run" / "artifact.pgolf").stat().st_size > 1000  # written, kept
     assert "RUN_COMPLETE" in r.stdout
@@ -173,12 +210,24 @@ def test_bundle_over_budget_writes_its_artifact_and_fails_closed(corpus, tmp_pat
 def test_bundle_runs_the_configured_ttt_mode_and_labels_prequant_non_record(corpus, tmp_path, mode):
     folder = tmp_path / "record"
     folder.mkdir()
-    ttt = [f"ttt.mode={mode}", "prequant_seq_len=32", "prequant_batch_seqs=2",
-           "prequant_epochs=1", "chunk_tokens=256", "ttt.epochs=1"]  # fmt: skip
+    ttt = [
+        f"ttt.mode={mode}",
+        "prequant_seq_len=32",
+        "prequant_batch_seqs=2",
+        "prequant_epochs=1",
+        "chunk_tokens=256",
+        "ttt.epochs=1",
+    ]
     bundle.write_bundle(C.load("cpu-tiny", [*TINY, *ttt]), folder / "train_gpt.py")
     env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"))
-    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env,
-                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "train_gpt.py"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((folder / "run" / "result.json").read_text())
     log = (folder / "run" / "log.txt").read_text()
@@ -214,7 +263,13 @@ def test_bundle_leaves_out_unused_modules_and_refuses_a_config_that_needs_one(co
     folder.mkdir()
     bundle.write_bundle(cfg, folder / "train_gpt.py")
     env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"), COMPRESSOR="crans")
-    r = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env,
-                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "train_gpt.py"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode != 0 and "lacks crans, rans" in r.stderr, r.stderr[-2000:]
     assert "rebuild it with `pgolf bundle`" in r.stderr and not (folder / "run").exists()

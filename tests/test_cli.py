@@ -213,17 +213,20 @@ def test_eval_refuses_validation_data_from_another_tokenizer(tiny_run, tmp_path)
 
 
 CHALLENGE_SHAPES = [  # spec pr1550-stack 10.1
-    r"^train_loader:dataset:\S+ train_shards:\d+$", r"^val_loader:shards pattern=\S+ tokens:\d+$",
-    r"^model_params:\d+$", r"^world_size:\d+ grad_accum_steps:\d+$",
+    r"^train_loader:dataset:\S+ train_shards:\d+$",
+    r"^val_loader:shards pattern=\S+ tokens:\d+$",
+    r"^model_params:\d+$",
+    r"^world_size:\d+ grad_accum_steps:\d+$",
     r"^sdp_backends:cudnn=\w+ flash=\w+ mem_efficient=\w+ math=\w+$",
     r"^step:\d+/\d+ train_loss:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d{2}ms",
     r"^DIAGNOSTIC post_ema val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4} eval_time:\d+ms$",
-    r"^Serialized model int6\+BROT: \d+ bytes$", r"^Code size: \d+ bytes$",
+    r"^Serialized model int6\+BROT: \d+ bytes$",
+    r"^Code size: \d+ bytes$",
     r"^Total submission size int6\+BROT: (\d+) bytes$",
     r"^final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}$",
     r"^final_int8_zlib_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}$",
     r"^RUN_COMPLETE$",
-]  # fmt: skip
+]
 
 
 def test_log_parses_with_the_challenge_line_shapes(tiny_run):

@@ -46,8 +46,11 @@ def ref_decode(blob: bytes) -> list[int]:
     words = list(struct.unpack_from(f"<{nwords}H", blob, pos + 4 * lanes)) if n else []
     tid, base = [], 0
     for r, cc, flags, _, cls, k in models:
-        tid += [base + (int(flags[i]) if flags is not None else 0) * k + int(cls[j])
-                for i in range(r) for j in range(cc)]  # fmt: skip
+        tid += [
+            base + (int(flags[i]) if flags is not None else 0) * k + int(cls[j])
+            for i in range(r)
+            for j in range(cc)
+        ]
         base += 2 * k
     sym, ptr, mask = [], 0, (1 << prec) - 1
     for i in range(n):
@@ -80,10 +83,19 @@ CASES = {
     "random": [gauss((40, 50), seed=1), gauss((30, 20), 20.0, 2, 127)],
     "all_equal": [np.full((50, 60), 5, np.int8)],
     "single_rare": [rare],
-    "alphabet": [np.random.default_rng(2).permutation(np.arange(-128, 128).repeat(9))
-                 .astype(np.int8).reshape(48, 48)],  # fmt: skip
-    "empty_tensors": [np.zeros((0, 5), np.int8), gauss((9, 7), seed=3), np.zeros((4, 0), np.int8),
-                      np.zeros((0, 0), np.int8), gauss((1, 1), seed=4)],  # fmt: skip
+    "alphabet": [
+        np.random.default_rng(2)
+        .permutation(np.arange(-128, 128).repeat(9))
+        .astype(np.int8)
+        .reshape(48, 48)
+    ],
+    "empty_tensors": [
+        np.zeros((0, 5), np.int8),
+        gauss((9, 7), seed=3),
+        np.zeros((4, 0), np.int8),
+        np.zeros((0, 0), np.int8),
+        gauss((1, 1), seed=4),
+    ],
     "empty": [],
     "embedding": [embedding_like(5)],
     "columns": [column_scaled(6)],
@@ -174,8 +186,17 @@ def test_corrupted_streams_are_refused() -> None:
 
 def artifact_tensors() -> list[QTensor]:
     g = torch.Generator().manual_seed(0)
-    ts = [QTensor("emb", (96, 48), "int", 8, torch.from_numpy(embedding_like(14)),
-                  torch.rand(96, generator=g).half(), group="embed")]  # fmt: skip
+    ts = [
+        QTensor(
+            "emb",
+            (96, 48),
+            "int",
+            8,
+            torch.from_numpy(embedding_like(14)),
+            torch.rand(96, generator=g).half(),
+            group="embed",
+        )
+    ]
     for i, (shape, bits) in enumerate([((16, 40), 6), ((32, 1), 8), ((0, 5), 6), ((1,), 4)]):
         q = 2 ** (bits - 1) - 1
         c = (torch.randn(shape, generator=g) * q / 3).round().clamp(-q, q).to(torch.int8)

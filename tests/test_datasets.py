@@ -219,14 +219,20 @@ def hub(tmp_path, corpus):
     (root / "tokenizers" / "fw_300.vocab").write_text("v")
     manifest = {
         "datasets": [
-            {"name": "fineweb10B_sp300", "tokenizer_name": "sp300",
-             "stats": {"files_train": 3, "files_val": 1}},
+            {
+                "name": "fineweb10B_sp300",
+                "tokenizer_name": "sp300",
+                "stats": {"files_train": 3, "files_val": 1},
+            },
         ],
         "tokenizers": [
-            {"name": "sp300", "model_path": "tokenizers/fw_300.model",
-             "vocab_path": "tokenizers/fw_300.vocab"},
+            {
+                "name": "sp300",
+                "model_path": "tokenizers/fw_300.model",
+                "vocab_path": "tokenizers/fw_300.vocab",
+            },
         ],
-    }  # fmt: skip
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     calls: list[str] = []
 
@@ -250,13 +256,17 @@ def test_download_fineweb_layout_and_resume(hub, tmp_path, monkeypatch):
     folder = S.download_fineweb("sp300", 2, out, fetch=hub["fetch"])
     assert folder == out / "datasets" / "fineweb10B_sp300"
     assert [f.name for f in D.find_shards(folder, "train")] == [
-        "fineweb_train_000000.bin", "fineweb_train_000001.bin"]  # fmt: skip
+        "fineweb_train_000000.bin",
+        "fineweb_train_000001.bin",
+    ]
     assert hub["calls"][0] == "datasets/manifest.json" and len(hub["calls"]) == 6
     assert D.find_tokenizer(folder) == out / "tokenizers" / "fw_300.model"
     x, _ = D.make_train_loader(folder, "stream", 0, 1, 16, 2, 0, vocab_size=300).next_batch()
     assert x.shape == (2, 16)
-    assert S.inspect(folder)["splits"]["val"]["tokens"] == D.read_shard(
-        folder / "fineweb_val_000000.bin").size  # fmt: skip
+    assert (
+        S.inspect(folder)["splits"]["val"]["tokens"]
+        == D.read_shard(folder / "fineweb_val_000000.bin").size
+    )
     hub["calls"].clear()
     S.download_fineweb("sp300", 2, out, fetch=hub["fetch"])
     assert hub["calls"] == ["datasets/manifest.json"]  # everything else verified and kept

@@ -30,7 +30,6 @@ V = 32
 CPU = torch.device("cpu")
 
 
-
 class CumMean(nn.Module):
     """Tiny causal LM stand-in: embedding, running mean over the prefix, linear head."""
 
@@ -94,10 +93,20 @@ def make_gpt(seed: int = 0) -> nn.Module:
     from pgolf.config import ModelConfig
 
     cfg = ModelConfig(
-        vocab_size=V, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0,
-        rope_dims=8, xsa_layers=(0, 1, 2), ve_dim=8, ve_layers=(1, 2), parallel_start=1,
-        recur_layers=(0, 1, 1, 2), attn_backend="sdpa",
-    )  # fmt: skip
+        vocab_size=V,
+        num_layers=3,
+        model_dim=32,
+        num_heads=2,
+        num_kv_heads=1,
+        mlp_mult=2.0,
+        rope_dims=8,
+        xsa_layers=(0, 1, 2),
+        ve_dim=8,
+        ve_layers=(1, 2),
+        parallel_start=1,
+        recur_layers=(0, 1, 1, 2),
+        attn_backend="sdpa",
+    )
     return perturbed_gpt(cfg, True, seed)
 
 
@@ -284,8 +293,9 @@ def test_format_eval_line() -> None:
 
 
 def ref_bytes(val: list[int], tables: ByteTables) -> int:
-    base, lead, bound = (t.tolist() for t in (tables.base_bytes, tables.has_leading_space,
-                                             tables.is_boundary))  # fmt: skip
+    base, lead, bound = (
+        t.tolist() for t in (tables.base_bytes, tables.has_leading_space, tables.is_boundary)
+    )
     return sum(base[y] + int(lead[y] and not bound[p]) for p, y in zip(val[:-1], val[1:]))
 
 

@@ -62,9 +62,20 @@ class Bounded:
 
 def tiny_cfg() -> C.RunConfig:
     cfg = C.preset("cpu-tiny")
-    m = replace(cfg.model, vocab_size=64, num_layers=2, model_dim=32, num_heads=2,
-                num_kv_heads=1, rope_dims=8, xsa_layers=(1,), ve_dim=8, ve_layers=(1,),
-                parallel_start=1, recur_layers=())  # fmt: skip
+    m = replace(
+        cfg.model,
+        vocab_size=64,
+        num_layers=2,
+        model_dim=32,
+        num_heads=2,
+        num_kv_heads=1,
+        rope_dims=8,
+        xsa_layers=(1,),
+        ve_dim=8,
+        ve_layers=(1,),
+        parallel_start=1,
+        recur_layers=(),
+    )
     q = replace(cfg.quant, method="rtn", embed_method="rtn", passthrough_numel=64)
     return replace(cfg, model=m, quant=q)
 
@@ -81,8 +92,11 @@ def real() -> tuple[C.RunConfig, list, dict]:
 
 def same(a: list, b: list) -> bool:
     def key(t):  # noqa: ANN001
-        raw = [x.view(torch.int16) if x.dtype == torch.float16 else x
-               for x in (t.codes, t.scales, t.data) if x is not None]  # fmt: skip
+        raw = [
+            x.view(torch.int16) if x.dtype == torch.float16 else x
+            for x in (t.codes, t.scales, t.data)
+            if x is not None
+        ]
         return (t.name, tuple(t.shape), t.kind, t.bits, t.group, [r.tolist() for r in raw])
 
     return [key(t) for t in a] == [key(t) for t in b]
@@ -181,10 +195,20 @@ def test_resigned_payload_mutations_refused_or_decoded_exactly(real, packed: boo
 def test_resigned_config_edits_never_build_a_wrong_model(real, tmp_path: Path) -> None:
     """Config edits that survive the container are caught by the meta-device shape check."""
     cfg, tensors, meta = real
-    edits = [("num_layers", 3), ("num_layers", 4000), ("model_dim", 64), ("vocab_size", 65),
-             ("mlp_mult", 5.0), ("ve_dim", 0), ("tie_embeddings", False), ("num_kv_heads", 2),
-             ("bogus", 1), ("num_layers", "2"), ("xsa_layers", [0, 99]),
-             ("num_layers", True)]  # fmt: skip
+    edits = [
+        ("num_layers", 3),
+        ("num_layers", 4000),
+        ("model_dim", 64),
+        ("vocab_size", 65),
+        ("mlp_mult", 5.0),
+        ("ve_dim", 0),
+        ("tie_embeddings", False),
+        ("num_kv_heads", 2),
+        ("bogus", 1),
+        ("num_layers", "2"),
+        ("xsa_layers", [0, 99]),
+        ("num_layers", True),
+    ]
     path = tmp_path / "a.pgolf"
     path.write_bytes(A.encode_artifact(tensors, meta))  # first: one-time lazy imports, untraced
     got, model, _ = P.load_artifact_model(path, torch.device("cpu"))
@@ -349,8 +373,10 @@ def test_reserved_byte_and_out_of_order_offsets_refused(real) -> None:
     b[28:32] = struct.pack("<I", zlib.crc32(bytes(b[32:]), zlib.crc32(bytes(b[:28]))))
     with pytest.raises(ArtifactError, match="reserved 1"):
         decode_artifact(bytes(b))
-    two = [A.QTensor("a", (4,), "fp16", 16, data=torch.ones(4).half()),
-           A.QTensor("b", (4,), "fp16", 16, data=torch.zeros(4).half())]  # fmt: skip
+    two = [
+        A.QTensor("a", (4,), "fp16", 16, data=torch.ones(4).half()),
+        A.QTensor("b", (4,), "fp16", 16, data=torch.zeros(4).half()),
+    ]
     p = bytearray(A.build_payload(two, {}))
     rec = 2 + 1 + 2 + 0 + 3 + 4  # name "a", empty group, kind/bits/ndim, one dim
     data_off = 56 + rec + 32  # (offset, length) of the data part in record "a"
@@ -364,8 +390,9 @@ def test_reserved_byte_and_out_of_order_offsets_refused(real) -> None:
 def test_non_finite_score_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from pgolf import evaluate as E
 
-    nan = E.EvalResult(val_loss=float("nan"), val_bpb=float("nan"), nll_sum=0.0, tokens=1,
-                       bytes=1, seconds=0.0)  # fmt: skip
+    nan = E.EvalResult(
+        val_loss=float("nan"), val_bpb=float("nan"), nll_sum=0.0, tokens=1, bytes=1, seconds=0.0
+    )
     monkeypatch.setattr(E, "eval_plain", lambda *a, **k: nan)
     with pytest.raises(ValueError, match="not finite"):
         P.evaluate_model(tiny_cfg(), None, None, None, "final", False, torch.device("cpu"))
@@ -377,8 +404,9 @@ def test_unwrap_limit_still_applies() -> None:
         unwrap(blob, max_raw=100)
 
 
-def test_file_size_must_match_header_and_old_brotli_is_refused(real, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch):
+def test_file_size_must_match_header_and_old_brotli_is_refused(
+    real, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     _, tensors, meta = real
     path = tmp_path / "a.pgolf"
     blob = A.encode_artifact(tensors, meta)

@@ -106,9 +106,10 @@ def test_chunked_ce_traces_with_fullgraph_compile():
     h = torch.randn(40, 16, requires_grad=True)
     w, t = torch.randn(50, 16), torch.randint(0, 50, (40,))
     f = torch.compile(
-        lambda h, w, t: K.softcap_cross_entropy(h, w, t, 30.0, 16), fullgraph=True,
+        lambda h, w, t: K.softcap_cross_entropy(h, w, t, 30.0, 16),
+        fullgraph=True,
         backend="aot_eager",
-    )  # fmt: skip
+    )
     (gc,) = torch.autograd.grad(f(h, w, t), h)
     (ge,) = torch.autograd.grad(K.softcap_cross_entropy(h, w, t, 30.0, 16), h)
     torch.testing.assert_close(gc, ge)

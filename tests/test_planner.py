@@ -30,8 +30,11 @@ def random_table(rng: random.Random, groups: int, options: int) -> dict[str, lis
         g = f"g{gi}"
         rows = [Row(g, Option(6, 10.0), 0, 0.0)]  # the run's own plan
         for j in range(options - 1):
-            rows.append(Row(g, Option(2 + j % 7, float(j)), rng.randint(-500, 500),
-                            rng.uniform(-0.02, 0.05)))  # fmt: skip
+            rows.append(
+                Row(
+                    g, Option(2 + j % 7, float(j)), rng.randint(-500, 500), rng.uniform(-0.02, 0.05)
+                )
+            )
         table[g] = rows
     return table
 
@@ -61,8 +64,7 @@ def test_knapsack_prefers_the_cheaper_of_two_equal_losses_and_names_the_shortfal
     g = {"a": [Row("a", Option(6, 1.0), 0, 0.0), Row("a", Option(5, 1.0), -100, 0.0)]}
     assert solve(g, 0)["a"].option.bits == 5
     with pytest.raises(InfeasibleBudget, match="need 50 bytes more"):
-        solve({"a": [Row("a", Option(6, 1.0), 0, 0.0), Row("a", Option(5, 1.0), -100, 0.1)]},
-              -150)  # fmt: skip
+        solve({"a": [Row("a", Option(6, 1.0), 0, 0.0), Row("a", Option(5, 1.0), -100, 0.1)]}, -150)
 
 
 def test_plan_file_round_trips_and_bad_files_name_the_field(tmp_path):
@@ -73,10 +75,13 @@ def test_plan_file_round_trips_and_bad_files_name_the_field(tmp_path):
     overrides, spec = P.read_plan(path)
     assert spec == "embed:2,mlp:4"
     assert overrides == {g: {"bits": o.bits, "clip_k": o.clip_k} for g, o in choice.items()}
-    for field, value, msg in (("format", "x", "format"), ("groups", [1], "groups"),
-                              ("groups", {"mlp": {"bits": 9, "clip_k": 1}}, "bits 2..8"),
-                              ("groups", {"nope": {"bits": 5, "clip_k": 1}}, "groups.nope"),
-                              ("groups", {"mlp": {"clip_k": 1}}, "groups.mlp")):  # fmt: skip
+    for field, value, msg in (
+        ("format", "x", "format"),
+        ("groups", [1], "groups"),
+        ("groups", {"mlp": {"bits": 9, "clip_k": 1}}, "bits 2..8"),
+        ("groups", {"nope": {"bits": 5, "clip_k": 1}}, "groups.nope"),
+        ("groups", {"mlp": {"clip_k": 1}}, "groups.mlp"),
+    ):
         bad = dict(doc, **{field: value})
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=msg):
@@ -99,8 +104,10 @@ def test_plan_file_maps_to_the_quant_groups_string_quantize_applies(tmp_path):
     # a run's own quant.groups stays under the plan: methods kept, the file's bits/k on top
     sets = cli.parse_plan([str(path), "value_embed=bits:6"], base="attn=method:rtn,bits:4")
     assert parse_groups(sets[0].split("=", 1)[1]) == {
-        **overrides, "attn": {"method": "rtn", "bits": 7, "clip_k": 10.28},
-        "value_embed": {"bits": 6}}  # fmt: skip
+        **overrides,
+        "attn": {"method": "rtn", "bits": 7, "clip_k": 10.28},
+        "value_embed": {"bits": 6},
+    }
     assert cli.parse_plan([]) == []
 
 
@@ -111,8 +118,9 @@ def test_grid_has_prune_options_and_a_pruned_plan_round_trips(tmp_path):
 
     from pgolf.quant import parse_groups
 
-    bench = NS(base={"mlp": Option(6, 12.85, 0), "embed": Option(8, 20.0, 0)},
-               lowrank_groups={"mlp"})  # fmt: skip
+    bench = NS(
+        base={"mlp": Option(6, 12.85, 0), "embed": Option(8, 20.0, 0)}, lowrank_groups={"mlp"}
+    )
     grid = P.default_grid(bench, bits=(5,), ranks=(0,), prunes=(0.1, 0.5))
     for g, o in bench.base.items():
         assert {Option(o.bits, o.clip_k, 0, p) for p in (0.1, 0.5)} <= set(grid[g])
@@ -123,8 +131,10 @@ def test_grid_has_prune_options_and_a_pruned_plan_round_trips(tmp_path):
     doc = P.write_plan(path, choice, {})
     assert doc["groups"]["mlp"]["prune"] == 0.25 and doc["groups"]["attn"]["prune"] == 0.0
     overrides, lqer = P.read_plan(path)
-    assert overrides == {"mlp": {"bits": 5, "clip_k": 12.85, "prune": 0.25},
-                         "attn": {"bits": 6, "clip_k": 10.0}}  # fmt: skip
+    assert overrides == {
+        "mlp": {"bits": 5, "clip_k": 12.85, "prune": 0.25},
+        "attn": {"bits": 6, "clip_k": 10.0},
+    }
     assert lqer == "mlp:2"
     spec = doc["set"][0].split("=", 1)[1]
     assert parse_groups(spec) == overrides and "mlp=bits:5,clip_k:12.85,prune:0.25" in spec
@@ -145,23 +155,43 @@ def test_a_plan_files_set_moves_only_its_groups_and_must_agree_with_them(tmp_pat
     P.write_plan(path, choice, {"set": moved})  # attn keeps its bits / k: only its rank moves
     assert P.read_plan(path) == ({"mlp": {"bits": 5, "clip_k": 12.85}}, "attn:2")
     assert cli.parse_plan([str(path)], base="embed=method:rtn") == [
-        "quant.groups=embed=method:rtn;mlp=bits:5,clip_k:12.85", "quant.lqer=attn:2"]
+        "quant.groups=embed=method:rtn;mlp=bits:5,clip_k:12.85",
+        "quant.lqer=attn:2",
+    ]
     doc = json.loads(path.read_text())
-    for bad, msg in ((["quant.lqer=attn:2"], "field 'set' must be"),
-                     (["quant.groups=mlp=bits:4", "quant.lqer="], "'groups' says"),
-                     (["quant.groups=mlp=bitz:4", "quant.lqer="], "quant.groups"),
-                     (["quant.groups=", "quant.lqer=attn"], "quant.lqer"),
-                     (["model.num_layers=99", "quant.lqer="], "field 'set' must be")):  # fmt: skip
+    for bad, msg in (
+        (["quant.lqer=attn:2"], "field 'set' must be"),
+        (["quant.groups=mlp=bits:4", "quant.lqer="], "'groups' says"),
+        (["quant.groups=mlp=bitz:4", "quant.lqer="], "quant.groups"),
+        (["quant.groups=", "quant.lqer=attn"], "quant.lqer"),
+        (["model.num_layers=99", "quant.lqer="], "field 'set' must be"),
+    ):
         path.write_text(json.dumps({**doc, "set": bad}))
         with pytest.raises(ValueError, match=msg):
             P.read_plan(path)
 
 
-TINY = ["vocab_size=512", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv_heads=2",
-        "mlp_mult=2", "xsa_layers=0,1", "ve_dim=8", "ve_layers=1", "recur_layers=",
-        "train_seq_len=64", "train_batch_tokens=512", "eval_seq_len=64", "eval_stride=32",
-        "max_val_tokens=2048",
-        "iterations=4", "passthrough_numel=1024", "calib_seqs=4", "codec=zstd"]  # fmt: skip
+TINY = [
+    "vocab_size=512",
+    "num_layers=2",
+    "model_dim=64",
+    "num_heads=4",
+    "num_kv_heads=2",
+    "mlp_mult=2",
+    "xsa_layers=0,1",
+    "ve_dim=8",
+    "ve_layers=1",
+    "recur_layers=",
+    "train_seq_len=64",
+    "train_batch_tokens=512",
+    "eval_seq_len=64",
+    "eval_stride=32",
+    "max_val_tokens=2048",
+    "iterations=4",
+    "passthrough_numel=1024",
+    "calib_seqs=4",
+    "codec=zstd",
+]
 
 
 @pytest.fixture(scope="module")
@@ -188,15 +218,34 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     cap = base - 3000  # binds: the run's own plan does not fit
     plan = tiny / "plan.json"
     capsys.readouterr()
-    cli.main(["budget", str(run), "--fit", str(cap), "--out", str(plan), "--json",
-              "--fit-bits", "4,8", "--fit-ranks", "0,2", "--calib-tokens", "512"])  # fmt: skip
+    cli.main(
+        [
+            "budget",
+            str(run),
+            "--fit",
+            str(cap),
+            "--out",
+            str(plan),
+            "--json",
+            "--fit-bits",
+            "4,8",
+            "--fit-ranks",
+            "0,2",
+            "--calib-tokens",
+            "512",
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc == json.loads(plan.read_text())
     assert doc["baseline"]["bytes"] == base  # the planner's baseline is the artifact, to the byte
     assert doc["predicted"]["bytes_built"] <= cap
-    assert any(o != doc["baseline"]["options"][g] for g, o in
-               ((g, Option(v["bits"], v["clip_k"], v["lqer_rank"], v["prune"]).label())
-                for g, v in doc["groups"].items()))  # fmt: skip
+    assert any(
+        o != doc["baseline"]["options"][g]
+        for g, o in (
+            (g, Option(v["bits"], v["clip_k"], v["lqer_rank"], v["prune"]).label())
+            for g, v in doc["groups"].items()
+        )
+    )
     assert len(doc["table"]) >= 20 and doc["solver"] == P.SOLVER
     art = tiny / "planned.pgolf"
     cli.main(["quantize", str(run), "--plan", str(plan), "--out", str(art)])
@@ -221,8 +270,20 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
 
 def test_fit_with_a_cap_below_every_option_exits_2_naming_the_shortfall(tiny, capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["budget", str(tiny / "run"), "--fit", "5000", "--fit-bits", "8",
-                  "--fit-ranks", "0", "--calib-tokens", "256"])  # fmt: skip
+        cli.main(
+            [
+                "budget",
+                str(tiny / "run"),
+                "--fit",
+                "5000",
+                "--fit-bits",
+                "8",
+                "--fit-ranks",
+                "0",
+                "--calib-tokens",
+                "256",
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--fit 5,000" in err and "bytes more than the cap allows" in err
@@ -262,8 +323,10 @@ def test_plan_file_low_rank_ranks_land_in_the_artifact_and_it_loads(tiny):
 
     cfg = config_from_meta(meta, str(art))
     a = next(t for t in factors if t.name.endswith(SUFFIX_A))
-    moved = [NS(name=t.name, shape=(t.shape[0] + 1, *t.shape[1:]) if t is a else t.shape)
-             for t in tensors]  # fmt: skip
+    moved = [
+        NS(name=t.name, shape=(t.shape[0] + 1, *t.shape[1:]) if t is a else t.shape)
+        for t in tensors
+    ]
     with pytest.raises(ArtifactError, match="low-rank term"):
         check_shapes(cfg, moved, "x.pgolf")
 
@@ -280,8 +343,9 @@ def test_quantize_plan_prune_zeros_mlp_pm1_codes_and_the_config_carries_it(tiny)
     assert meta["config"]["quant"]["groups"] == "mlp=prune:0.5"
 
     def pm1(ts, group):
-        return sum(int((t.codes.abs() == 1).sum()) for t in ts
-                   if t.kind == "int" and t.group == group)  # fmt: skip
+        return sum(
+            int((t.codes.abs() == 1).sum()) for t in ts if t.kind == "int" and t.group == group
+        )
 
     n = pm1(own, "mlp")
     assert n > 0 and pm1(tensors, "mlp") == n - round(0.5 * n)

@@ -14,9 +14,21 @@ from pgolf.config import ModelConfig, QuantConfig
 from pgolf.lab import datasets as D
 from pgolf.runlog import RunDir
 
-TINY = ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1,
-                   mlp_mult=2.0, rope_dims=8, xsa_layers=(0,), ve_dim=0, ve_layers=(),
-                   parallel_start=0, recur_layers=(), attn_backend="naive")  # fmt: skip
+TINY = ModelConfig(
+    vocab_size=64,
+    num_layers=2,
+    model_dim=32,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_mult=2.0,
+    rope_dims=8,
+    xsa_layers=(0,),
+    ve_dim=0,
+    ve_layers=(),
+    parallel_start=0,
+    recur_layers=(),
+    attn_backend="naive",
+)
 BAR = ("%|", "it/s", "s/it")  # what a tqdm bar always prints
 
 

@@ -22,8 +22,11 @@ def qtensors(seed: int) -> list[QTensor]:
         codes = torch.randint(-3, 4, (rows, cols), generator=g, dtype=torch.int8)
         scales = (torch.randint(1, 4, (rows,), generator=g) * 0.01).to(torch.float16)
         out.append(QTensor(f"t{i}", (rows, cols), "int", 4, codes, scales, None, group))
-    out.append(QTensor("f", (4,), "fp16", 16, None, None, torch.ones(4, dtype=torch.float16),
-                       "passthrough"))  # fmt: skip
+    out.append(
+        QTensor(
+            "f", (4,), "fp16", 16, None, None, torch.ones(4, dtype=torch.float16), "passthrough"
+        )
+    )
     return out
 
 

@@ -253,11 +253,13 @@ def test_make_plan_groups_and_overrides():
 GROUP_SPECS = {
     "mlp=bits:5": {"mlp": {"bits": 5}},
     " attn = bits:5 , clip_k:10.28 ; embed=method:rtn ;": {
-        "attn": {"bits": 5, "clip_k": 10.28}, "embed": {"method": "rtn"}},
+        "attn": {"bits": 5, "clip_k": 10.28},
+        "embed": {"method": "rtn"},
+    },
     "mlp=bits:4;mlp=clip_k:9": {"mlp": {"bits": 4, "clip_k": 9.0}},
     "attn=method:fp16,bits:16": {"attn": {"method": "fp16", "bits": 16}},
     "": {},
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("spec", list(GROUP_SPECS))
@@ -272,8 +274,20 @@ def test_quant_groups_spec_parses_and_round_trips(spec):
     assert groups_spec(quant.parse_groups(groups_spec(got))) == groups_spec(got)
 
 
-@pytest.mark.parametrize("bad", ["mlp", "mlp=bits", "mlp=bits:x", "mlp=bit:5", "mpl=bits:5",
-                                 "mlp=bits:9", "mlp=method:int4", "=bits:5", "mlp=bits:5;attn"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "mlp",
+        "mlp=bits",
+        "mlp=bits:x",
+        "mlp=bit:5",
+        "mpl=bits:5",
+        "mlp=bits:9",
+        "mlp=method:int4",
+        "=bits:5",
+        "mlp=bits:5;attn",
+    ],
+)
 def test_a_bad_quant_groups_is_refused_naming_the_field(bad):
     from pgolf import config as C
 

@@ -109,8 +109,10 @@ def test_random_streams_round_trip(seed: int) -> None:
     rng = np.random.default_rng(seed)
     nseg = int(rng.integers(1, 12))
     sizes = [int(s) for s in rng.integers(0, 12000, nseg) * (rng.random(nseg) < 0.8)]
-    parts = [gauss_codes(s, float(rng.uniform(0.3, 40)), seed * 100 + i, int(rng.integers(1, 128)))
-             for i, s in enumerate(sizes)]  # fmt: skip
+    parts = [
+        gauss_codes(s, float(rng.uniform(0.3, 40)), seed * 100 + i, int(rng.integers(1, 128)))
+        for i, s in enumerate(sizes)
+    ]
     codes = np.concatenate(parts) if parts else np.zeros(0, np.int8)
     lanes = int(rng.choice([1, 3, 64, 1000, 4096]))
     prec = int(rng.integers(8, 16))
@@ -137,6 +139,7 @@ def test_normalized_freqs_sum_cover_and_are_locally_optimal() -> None:
         counts[live] = rng.zipf(1.3, 60).clip(max=10**7)
         f = rans.normalize_freqs(counts, prec)
         assert f.sum() == 1 << prec and ((f > 0) == (counts > 0)).all()
+
         def cost(g: np.ndarray, c: np.ndarray = counts, lv: np.ndarray = live) -> float:
             return float(-(c[lv] * np.log2(g[lv])).sum())
 
@@ -171,7 +174,7 @@ def test_constriction_cross_check() -> None:
     constriction = pytest.importorskip("constriction")
     codes = gauss_codes(200_000, sd=5.0, seed=9)
     f = rans.normalize_freqs(np.bincount(codes.astype(np.int16) + 128, minlength=256))
-    sym = (codes.astype(np.int32) + 128)
+    sym = codes.astype(np.int32) + 128
     model = constriction.stream.model.Categorical(f / f.sum(), perfect=False)
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(sym, model)

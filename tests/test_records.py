@@ -74,9 +74,16 @@ def test_compare_verdicts():
 # Synthetic pgolf run folders in the real shapes
 
 
-def make_run(root: Path, seed: int, loss: float, train_ms: float = 150_100.0,
-             model_bytes: int = 400_000, code_hash: str = "f786a6c75de3",
-             non_record: str | None = None, **cfg_over) -> Path:  # fmt: skip
+def make_run(
+    root: Path,
+    seed: int,
+    loss: float,
+    train_ms: float = 150_100.0,
+    model_bytes: int = 400_000,
+    code_hash: str = "f786a6c75de3",
+    non_record: str | None = None,
+    **cfg_over,
+) -> Path:
     d = root / f"run_s{seed}"
     d.mkdir(parents=True)
     cfg = C.preset("cpu-tiny")
@@ -89,8 +96,13 @@ def make_run(root: Path, seed: int, loss: float, train_ms: float = 150_100.0,
     bpb = loss / 1.7
     code = 60_000
     lines = [
-        f"run_dir:{d}", f"code_hash:{code_hash}", "config:" + json.dumps(cd),
-        "env:torch:2.13.0+cpu", "env:gpu:None", "env:gpu_count:0", f"seed:{seed}",
+        f"run_dir:{d}",
+        f"code_hash:{code_hash}",
+        "config:" + json.dumps(cd),
+        "env:torch:2.13.0+cpu",
+        "env:gpu:None",
+        "env:gpu_count:0",
+        f"seed:{seed}",
         f"step:1/20000 train_loss:6.2357 train_time:{train_ms / 20:.0f}ms step_avg:100.00ms",
         f"step:20/20000 val_loss:{loss + 0.05:.4f} val_bpb:{bpb + 0.03:.4f} "
         f"train_time:{train_ms:.0f}ms step_avg:100.00ms",
@@ -103,14 +115,21 @@ def make_run(root: Path, seed: int, loss: float, train_ms: float = 150_100.0,
         f"final_int6_sliding_window val_loss:{loss:.4f} val_bpb:{bpb:.4f} stride:128 "
         "eval_time:3400ms",
         f"final_int6_sliding_window_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}",
-    ]  # fmt: skip
+    ]
     (d / "log.txt").write_text("\n".join(lines) + "\n")
     (d / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "train_loss": 6.0 - s / 10}) + "\n" for s in range(1, 21))
     )
-    res = {"preset": "cpu-tiny", "steps": 20, "train_seconds": train_ms / 1000, "val_loss": loss,
-           "val_bpb": bpb, "artifact_bytes": model_bytes + code, "model_bytes": model_bytes,
-           "code_bytes": code}  # fmt: skip
+    res = {
+        "preset": "cpu-tiny",
+        "steps": 20,
+        "train_seconds": train_ms / 1000,
+        "val_loss": loss,
+        "val_bpb": bpb,
+        "artifact_bytes": model_bytes + code,
+        "model_bytes": model_bytes,
+        "code_bytes": code,
+    }
     if non_record:
         res["non_record"] = non_record
     (d / "result.json").write_text(json.dumps(res))
@@ -149,8 +168,14 @@ def built(tmp_path_factory):
         runs = [make_run(root / "runs", s, l) for s, l in ((1, 4.00), (2, 4.01), (3, 3.99))]
         base = [make_run(root / "base", s, l) for s, l in ((1, 4.05), (2, 4.06), (3, 4.04))]
         export(base, root / "baseline_record", name="baseline")
-        export(runs, root / "rec", name="test", author="a", github_id="g",
-               against=str(root / "baseline_record"))  # fmt: skip
+        export(
+            runs,
+            root / "rec",
+            name="test",
+            author="a",
+            github_id="g",
+            against=str(root / "baseline_record"),
+        )
     return root
 
 
@@ -185,8 +210,19 @@ def test_export_then_verify_is_clean(record):
     bad = [c for c in checks if c.status == V.FAIL]
     assert not bad, V.format_checks(checks)
     st = {c.name: c.status for c in checks}
-    for name in ("files", "seed_logs", "seed_results", "aggregates", "bytes_code", "bytes_cap",
-                 "bundle_hash", "train_time", "eval_time", "readme_numbers", "stats"):  # fmt: skip
+    for name in (
+        "files",
+        "seed_logs",
+        "seed_results",
+        "aggregates",
+        "bytes_code",
+        "bytes_cap",
+        "bundle_hash",
+        "train_time",
+        "eval_time",
+        "readme_numbers",
+        "stats",
+    ):
         assert st[name] == V.PASS, name
     sub = json.loads((record / "submission.json").read_text())
     assert sub["seeds"] == [1, 2, 3] and sub["frontier_rule_met"] is True
@@ -277,8 +313,9 @@ def test_stats_cli_reads_runs_and_records(record, built, capsys):
     assert "one-sample" in text and out["comparison"]["test"] == "one-sample"
     assert out["comparison"]["gap_nats"] == pytest.approx(0.05)
     runs = sorted((built / "runs").iterdir())
-    out = cmd_stats([str(r) for r in runs], str(built / "baseline_record"), None, None,
-                    "loss", True)  # fmt: skip
+    out = cmd_stats(
+        [str(r) for r in runs], str(built / "baseline_record"), None, None, "loss", True
+    )
     assert out["comparison"]["test"] == "welch" and out["comparison"]["readme_rule"]["met"]
 
 

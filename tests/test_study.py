@@ -64,7 +64,7 @@ def test_near_duplicates_across_halves_are_tagged():
     spans, _ = D.units(toks, 1, 64)
     A, B = D.split_halves(spans)
     a, b = spans[A[3]], spans[B[5]]
-    toks[b[0] + 1:b[0] + 100] = toks[a[0] + 1:a[0] + 100]  # B[5] copies most of A[3]
+    toks[b[0] + 1 : b[0] + 100] = toks[a[0] + 1 : a[0] + 100]  # B[5] copies most of A[3]
     dups = D.near_duplicates(toks, spans, A, B)
     assert set(dups) == {B[5]} and dups[B[5]][0] == A[3] and dups[B[5]][1] > 0.6
 
@@ -76,7 +76,7 @@ def test_decoy_shuffle_keeps_each_unit_s_tokens():
     sh = D.shuffle_within(s, 0)
     assert not torch.equal(sh, s.tokens)
     for a, b in s.ranges:
-        assert sh[a] == 1 and sorted(sh[a:b + 1].tolist()) == sorted(s.tokens[a:b + 1].tolist())
+        assert sh[a] == 1 and sorted(sh[a : b + 1].tolist()) == sorted(s.tokens[a : b + 1].tolist())
 
 
 def test_canaries_pool_across_seeds_same_lengths_other_tokens():
@@ -144,9 +144,14 @@ def tokenizer(tmp_path_factory) -> Path:
     texts = [" ".join(rng.choice(words) for _ in range(60)) + "." for _ in range(300)]
     path = tmp_path_factory.mktemp("tok") / "t.model"
     with path.open("wb") as f:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=f,
-                                       vocab_size=VOCAB, num_threads=1, minloglevel=2,
-                                       **SP_TRAINER_ARGS)  # fmt: skip
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=f,
+            vocab_size=VOCAB,
+            num_threads=1,
+            minloglevel=2,
+            **SP_TRAINER_ARGS,
+        )
     return path
 
 
@@ -164,17 +169,36 @@ def _tiny_run(tmp: Path, tok: Path, lr: float, docs_seed: int = 0, vocab: int = 
     write_shard(data / "t_val_000000.bin", _corpus(lengths, docs_seed, 300).numpy())
     write_shard(data / "t_train_000000.bin", _corpus([100] * 80, docs_seed + 1, 300).numpy())
     cfg = C.preset("cpu-tiny")
-    m = replace(cfg.model, vocab_size=vocab, num_layers=2, model_dim=32, num_heads=2,
-                num_kv_heads=1, xsa_layers=(0, 1), ve_dim=8, ve_layers=(1,), parallel_start=1,
-                recur_layers=(0, 1), rope_dims=8)  # fmt: skip
-    cfg = replace(cfg, model=m,
-                  data=replace(cfg.data, data_path=str(data), tokenizer_path=str(tok)),
-                  eval=replace(cfg.eval, eval_seq_len=64, eval_stride=32, val_batch_seqs=8),
-                  quant=replace(cfg.quant, calib="train", calib_seqs=4, passthrough_numel=256),
-                  train=replace(cfg.train, train_seq_len=64, iterations=1, train_batch_tokens=64),
-                  ttt=replace(cfg.ttt, prequant_lr=lr, prequant_min_lr=lr / 10,
-                              prequant_freeze_blocks=0, prequant_batch_seqs=4,
-                              prequant_seq_len=64))  # fmt: skip
+    m = replace(
+        cfg.model,
+        vocab_size=vocab,
+        num_layers=2,
+        model_dim=32,
+        num_heads=2,
+        num_kv_heads=1,
+        xsa_layers=(0, 1),
+        ve_dim=8,
+        ve_layers=(1,),
+        parallel_start=1,
+        recur_layers=(0, 1),
+        rope_dims=8,
+    )
+    cfg = replace(
+        cfg,
+        model=m,
+        data=replace(cfg.data, data_path=str(data), tokenizer_path=str(tok)),
+        eval=replace(cfg.eval, eval_seq_len=64, eval_stride=32, val_batch_seqs=8),
+        quant=replace(cfg.quant, calib="train", calib_seqs=4, passthrough_numel=256),
+        train=replace(cfg.train, train_seq_len=64, iterations=1, train_batch_tokens=64),
+        ttt=replace(
+            cfg.ttt,
+            prequant_lr=lr,
+            prequant_min_lr=lr / 10,
+            prequant_freeze_blocks=0,
+            prequant_batch_seqs=4,
+            prequant_seq_len=64,
+        ),
+    )
     run = tmp / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(C.to_dict(cfg)))
@@ -195,10 +219,25 @@ def test_study_on_a_tiny_run_writes_table_json_and_plots(tmp_path, tokenizer):
         assert (out / f).stat().st_size > 500, f
     js = json.loads((out / "study.json").read_text())
     assert js["non_record"] is True and "NON-RECORD" in (out / "study.txt").read_text()
-    for k in ("protocol", "config", "unit", "units_A", "units_B", "near_duplicates_B", "epochs",
-              "arms", "memorization_crossfit", "generalization_crossfit", "curves", "canaries",
-              "by_length", "train_control_unseen", "raw", "capacity",
-              "A_gain_minus_train_control_A_gain"):
+    for k in (
+        "protocol",
+        "config",
+        "unit",
+        "units_A",
+        "units_B",
+        "near_duplicates_B",
+        "epochs",
+        "arms",
+        "memorization_crossfit",
+        "generalization_crossfit",
+        "curves",
+        "canaries",
+        "by_length",
+        "train_control_unseen",
+        "raw",
+        "capacity",
+        "A_gain_minus_train_control_A_gain",
+    ):
         assert k in js, k
     assert set(js["arms"]) == {"A", "B", "train", "decoy", "score_first"}
     assert js["unit"] == "documents" and js["units_A"] >= 8
@@ -222,8 +261,16 @@ def test_a_planted_memorizer_shows_a_gap_with_an_interval_above_zero(tmp_path, t
     from pgolf.lab.study import StudyConfig, run_study
 
     run = _tiny_run(tmp_path, tokenizer, 2e-2)
-    sc = StudyConfig(epochs=(0.0, 4.0, 12.0), tokens=6000, canaries=3, reps=200,
-                     schedule="snapshot", quant="none", crossfit=False, controls=False)  # fmt: skip
+    sc = StudyConfig(
+        epochs=(0.0, 4.0, 12.0),
+        tokens=6000,
+        canaries=3,
+        reps=200,
+        schedule="snapshot",
+        quant="none",
+        crossfit=False,
+        controls=False,
+    )
     res = run_study(run, sc, tmp_path / "out")
     est, lo, hi = res["memorization_crossfit"][-1]
     assert lo > 0 and est > 0.05, res["memorization_crossfit"]

@@ -30,8 +30,14 @@ def built(tmp_path) -> Path:
     write_shard(folder / "c_train_000000.bin", [1, 5, 6] * 50)
     write_shard(folder / "c_val_000000.bin", [1, 5, 6] * 50)
     (tmp_path / "out" / "c_300_bpe.model").write_bytes(b"right")
-    manifest = {"variants": {"sp300": {"tokenizer": {"file": "c_300_bpe.model"},
-                                       "files": {"c_300_bpe.model": _sha(b"right")}}}}  # fmt: skip
+    manifest = {
+        "variants": {
+            "sp300": {
+                "tokenizer": {"file": "c_300_bpe.model"},
+                "files": {"c_300_bpe.model": _sha(b"right")},
+            }
+        }
+    }
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -44,9 +50,16 @@ def test_manifest_layouts(tmp_path, built):
     assert manifest_tokenizer_sha(bench)[0] == "ab" * 32
     hub = tmp_path / "hub" / "datasets" / "fineweb10B_sp1024"
     hub.mkdir(parents=True)
-    m = {"datasets": [{"name": hub.name, "tokenizer_name": "sp1024"}],
-         "tokenizers": [{"name": "sp1024", "model_path": "tokenizers/a.model",
-                         "sha256": {"tokenizers/a.model": "cd" * 32}}]}  # fmt: skip
+    m = {
+        "datasets": [{"name": hub.name, "tokenizer_name": "sp1024"}],
+        "tokenizers": [
+            {
+                "name": "sp1024",
+                "model_path": "tokenizers/a.model",
+                "sha256": {"tokenizers/a.model": "cd" * 32},
+            }
+        ],
+    }
     (tmp_path / "hub" / "manifest.json").write_text(json.dumps(m))
     assert manifest_tokenizer_sha(hub)[0] == "cd" * 32
     assert manifest_tokenizer_sha(tmp_path) is None  # no manifest: nothing to check against
@@ -64,8 +77,10 @@ def test_same_size_other_tokenizer_is_refused_and_missing_is_missing(tmp_path, b
 
 def test_training_config_refuses_it_and_stores_absolute_paths(tmp_path, built, monkeypatch):
     cfg = C.preset("cpu-tiny")
-    bad = dc.replace(cfg, data=dc.replace(cfg.data, data_path=str(built),
-                                          tokenizer_path=str(tmp_path / "x.model")))  # fmt: skip
+    bad = dc.replace(
+        cfg,
+        data=dc.replace(cfg.data, data_path=str(built), tokenizer_path=str(tmp_path / "x.model")),
+    )
     (tmp_path / "x.model").write_bytes(b"wrong")
     with pytest.raises(ValueError, match="is not the one the shards"):
         pipeline.resolve_data(bad)

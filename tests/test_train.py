@@ -29,15 +29,30 @@ def tiny_cfg(loader: str = "stream", **train: object) -> RunConfig:
     """2 layers, D 64, vocab 256, seq 32, 4 sequences per step, iteration-driven, CPU."""
     b = preset("cpu-tiny")
     model = dc.replace(
-        b.model, vocab_size=V, num_layers=2, model_dim=64, xsa_layers=(0, 1), ve_layers=(1,),
-        parallel_start=1, recur_layers=(0, 1, 0, 1),
-    )  # fmt: skip
+        b.model,
+        vocab_size=V,
+        num_layers=2,
+        model_dim=64,
+        xsa_layers=(0, 1),
+        ve_layers=(1,),
+        parallel_start=1,
+        recur_layers=(0, 1, 0, 1),
+    )
     t = dict(
-        iterations=6, train_batch_tokens=128, train_seq_len=32, grad_accum_steps=1,
-        warmup_steps=0, val_loss_every=0, train_log_every=1, max_wallclock_seconds=1e9,
-        recur_start_step=3, recur_start_frac=-1.0, checkpoint_every=0, compile=False,
+        iterations=6,
+        train_batch_tokens=128,
+        train_seq_len=32,
+        grad_accum_steps=1,
+        warmup_steps=0,
+        val_loss_every=0,
+        train_log_every=1,
+        max_wallclock_seconds=1e9,
+        recur_start_step=3,
+        recur_start_frac=-1.0,
+        checkpoint_every=0,
+        compile=False,
         device="cpu",
-    )  # fmt: skip
+    )
     t.update(train)
     return dc.replace(
         b,
@@ -174,8 +189,9 @@ def test_warmup_reset_leaves_weights_at_init(tmp_path, data_dir):
     log = (tmp_path / "warm" / "log.txt").read_text()
     # plain graph then the recurrent graph (recurrence is configured)
     assert [f"warmup_step:{k}/4" for k in range(1, 5)] == re.findall(r"warmup_step:\d+/\d+", log)
-    assert re.search(r"^step:1/3 train_loss:\d+\.\d{4} train_time:\d+ms step_avg:[\d.]+ms$",
-                     log, re.M)  # fmt: skip
+    assert re.search(
+        r"^step:1/3 train_loss:\d+\.\d{4} train_time:\d+ms step_avg:[\d.]+ms$", log, re.M
+    )
     assert "ema:applying EMA weights" in log
     assert re.search(r"^step:3/3 val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4} train_time:", log, re.M)
 
@@ -206,8 +222,9 @@ def test_step_schedule_ignores_a_wallclock_cap_that_does_not_bind(
 ):
     quick = run_train(tiny_cfg(schedule=schedule), tmp_path / "quick", data_dir)
     monkeypatch.setattr(T, "_Clock", _SlowClock)
-    slow = run_train(tiny_cfg(schedule=schedule, max_wallclock_seconds=40.0), tmp_path / "slow",
-                     data_dir)  # fmt: skip
+    slow = run_train(
+        tiny_cfg(schedule=schedule, max_wallclock_seconds=40.0), tmp_path / "slow", data_dir
+    )
     assert quick.steps == slow.steps == 6 and not slow.stopped_early
     same = losses(tmp_path / "quick") == losses(tmp_path / "slow")
     # 'time' (the records) warms down by the clock, so the control run must differ
@@ -232,8 +249,13 @@ def test_cpu_tiny_is_capped_by_steps():
 
 
 def _worker(rank: int, world: int, port: int, cfg: RunConfig, out: str, data: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     from pgolf import dist
 
@@ -274,10 +296,30 @@ def test_throughput_benchmark_smoke(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "b.jsonl"
-    sets = ["model.num_layers=2", "model.model_dim=64", "model.xsa_layers=0,1",
-            "model.ve_layers=1", "model.parallel_start=1", "model.recur_layers=0,1,1"]  # fmt: skip
-    argv = ["--preset", "cpu-tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
-            "--batch-seqs", "1", "--seq-len", "32", "--out", str(out)]  # fmt: skip
+    sets = [
+        "model.num_layers=2",
+        "model.model_dim=64",
+        "model.xsa_layers=0,1",
+        "model.ve_layers=1",
+        "model.parallel_start=1",
+        "model.recur_layers=0,1,1",
+    ]
+    argv = [
+        "--preset",
+        "cpu-tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-seqs",
+        "1",
+        "--seq-len",
+        "32",
+        "--out",
+        str(out),
+    ]
     for s in sets:
         argv += ["--set", s]
     bench.main(argv)

@@ -19,11 +19,20 @@ from pgolf.evaluate import eval_sliding
 
 V, CPU = 32, torch.device("cpu")
 MCFG = ModelConfig(
-    vocab_size=V, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0,
-    rope_dims=8, xsa_layers=(0, 1, 2), ve_dim=8, ve_layers=(1, 2), parallel_start=1,
-    recur_layers=(0, 1, 1, 2), attn_backend="sdpa",
-)  # fmt: skip
-
+    vocab_size=V,
+    num_layers=3,
+    model_dim=32,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_mult=2.0,
+    rope_dims=8,
+    xsa_layers=(0, 1, 2),
+    ve_dim=8,
+    ve_layers=(1, 2),
+    parallel_start=1,
+    recur_layers=(0, 1, 1, 2),
+    attn_backend="sdpa",
+)
 
 
 def tables() -> ByteTables:

@@ -16,14 +16,38 @@ from pgolf.lab.configdoc import describe
 from pgolf.lab.report import flags
 from pgolf.runlog import size_lines
 
-MEASURED = ["RUN_ID", "VAL_BATCH_SIZE", "WARMDOWN_ITERS", "TIE_EMBEDDINGS", "EMBED_LR", "HEAD_LR",
-            "BETA1", "BETA2", "ADAM_EPS", "MUON_WEIGHT_DECAY", "ADAM_WEIGHT_DECAY", "XSA_LAST_N",
-            "NUM_LOOPS", "TTT_ENABLED"]  # fmt: skip
-VALUES = {"RUN_ID": "abc", "VAL_BATCH_SIZE": "262144", "WARMDOWN_ITERS": "5000",
-          "TIE_EMBEDDINGS": "0", "EMBED_LR": "0.6", "HEAD_LR": "0.008", "BETA1": "0.8",
-          "BETA2": "0.9", "ADAM_EPS": "1e-6", "MUON_WEIGHT_DECAY": "0.05",
-          "ADAM_WEIGHT_DECAY": "0.01", "XSA_LAST_N": "4", "NUM_LOOPS": "2",
-          "TTT_ENABLED": "0"}  # fmt: skip
+MEASURED = [
+    "RUN_ID",
+    "VAL_BATCH_SIZE",
+    "WARMDOWN_ITERS",
+    "TIE_EMBEDDINGS",
+    "EMBED_LR",
+    "HEAD_LR",
+    "BETA1",
+    "BETA2",
+    "ADAM_EPS",
+    "MUON_WEIGHT_DECAY",
+    "ADAM_WEIGHT_DECAY",
+    "XSA_LAST_N",
+    "NUM_LOOPS",
+    "TTT_ENABLED",
+]
+VALUES = {
+    "RUN_ID": "abc",
+    "VAL_BATCH_SIZE": "262144",
+    "WARMDOWN_ITERS": "5000",
+    "TIE_EMBEDDINGS": "0",
+    "EMBED_LR": "0.6",
+    "HEAD_LR": "0.008",
+    "BETA1": "0.8",
+    "BETA2": "0.9",
+    "ADAM_EPS": "1e-6",
+    "MUON_WEIGHT_DECAY": "0.05",
+    "ADAM_WEIGHT_DECAY": "0.01",
+    "XSA_LAST_N": "4",
+    "NUM_LOOPS": "2",
+    "TTT_ENABLED": "0",
+}
 
 
 @pytest.mark.parametrize("var", MEASURED)
@@ -35,8 +59,16 @@ def test_every_measured_variable_changes_the_config_or_is_reported(var):
 
 
 def test_converters_follow_the_records_semantics():
-    cfg = C.load("pr1550", environ={"XSA_LAST_N": "4", "NUM_LOOPS": "2", "WARMDOWN_ITERS": "5000",
-                                    "VAL_BATCH_SIZE": "524288", "RUN_ID": "r1"})  # fmt: skip
+    cfg = C.load(
+        "pr1550",
+        environ={
+            "XSA_LAST_N": "4",
+            "NUM_LOOPS": "2",
+            "WARMDOWN_ITERS": "5000",
+            "VAL_BATCH_SIZE": "524288",
+            "RUN_ID": "r1",
+        },
+    )
     assert cfg.model.xsa_layers == (7, 8, 9, 10)
     assert cfg.model.recur_layers == (0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10)
     assert cfg.optim.warmdown_frac == 5000 / 20000
@@ -46,8 +78,11 @@ def test_converters_follow_the_records_semantics():
 
 
 def test_every_record_variable_is_mapped_converted_unsupported_or_torchrun():
-    src = open("/work/ref/train_gpt_1550.py").read() if __import__("os").path.exists(
-        "/work/ref/train_gpt_1550.py") else ""  # fmt: skip
+    src = (
+        open("/work/ref/train_gpt_1550.py").read()
+        if __import__("os").path.exists("/work/ref/train_gpt_1550.py")
+        else ""
+    )
     names = set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', src))
     known = set(E.ENV_VARS) | set(E.CONVERTERS) | set(E.UNSUPPORTED)
     torchrun = {"RANK", "WORLD_SIZE", "LOCAL_RANK"}
@@ -93,9 +128,11 @@ def test_corpus_splits_paragraphs_and_refuses_an_empty_validation_split(tmp_path
 
 
 def test_help_and_version_do_not_import_torch():
-    code = ("import sys\nfrom pgolf.cli_parser import build_parser\n"
-            "try:\n    build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")  # fmt: skip
+    code = (
+        "import sys\nfrom pgolf.cli_parser import build_parser\n"
+        "try:\n    build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "Parameter Golf" in r.stdout and "pgolf config show" in r.stdout
@@ -111,8 +148,13 @@ def test_resume_refuses_another_config_or_seed_but_not_another_budget(tmp_path):
     from pgolf.cli import _check_resume
 
     cfg = C.load("cpu-tiny", ["seed=7"])
-    ck = save_checkpoint(tmp_path / "ck.safetensors", {"w": torch.zeros(1)}, None, {},
-                         {"config": C.to_dict(cfg), "step": 1})  # fmt: skip
+    ck = save_checkpoint(
+        tmp_path / "ck.safetensors",
+        {"w": torch.zeros(1)},
+        None,
+        {},
+        {"config": C.to_dict(cfg), "step": 1},
+    )
     _check_resume(ck, C.load("cpu-tiny", ["seed=7", "iterations=900", "run_dir=elsewhere"]))
     with pytest.raises(ValueError, match="seed 7"):
         _check_resume(ck, C.load("cpu-tiny", ["seed=8"]))
@@ -148,12 +190,14 @@ def test_loss_plot_has_a_legend_units_and_a_wall_clock_axis(tmp_path, monkeypatc
 def test_params_does_not_pay_for_torch_dynamo():
     """`pgolf params` builds on the meta device without running initialisers: torch's meta refs
     (normal_, stack) import torch._dynamo on first use, seconds of a command meant to be quick."""
-    code = ("import sys, io, contextlib\nimport torch\n"
-            "if 'torch._dynamo' in sys.modules:\n    sys.exit(77)\n"
-            "from pgolf import cli\nwith contextlib.redirect_stdout(io.StringIO()) as f:\n"
-            "    cli.main(['params', '--preset', 'pr1550'])\n"
-            "assert f.getvalue().split()[-1] == '36311132', f.getvalue()\n"
-            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n")  # fmt: skip
+    code = (
+        "import sys, io, contextlib\nimport torch\n"
+        "if 'torch._dynamo' in sys.modules:\n    sys.exit(77)\n"
+        "from pgolf import cli\nwith contextlib.redirect_stdout(io.StringIO()) as f:\n"
+        "    cli.main(['params', '--preset', 'pr1550'])\n"
+        "assert f.getvalue().split()[-1] == '36311132', f.getvalue()\n"
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode == 77:
         pytest.skip("this torch imports torch._dynamo at `import torch`")

@@ -224,8 +224,15 @@ def wrap(payload: bytes, codec: str = "brotli", shuffle: int = DEFAULT_SHUFFLE) 
         shapes = [(r, t.numel // r if r else math.prod(t.shape[1:])) for r, t in zip(rows, ints)]
         coder = (lambda c: crans.encode(c, shapes)) if codec == "crans" else None
         squeeze = lambda b: compress(byte_shuffle(b, shuffle), "brotli")  # noqa: E731
-        stream = rans.wrap_split(payload, 56 + lens[0], 56 + sum(lens[:2]),
-                                 [t.numel for t in ints], squeeze, coder, codec)  # fmt: skip
+        stream = rans.wrap_split(
+            payload,
+            56 + lens[0],
+            56 + sum(lens[:2]),
+            [t.numel for t in ints],
+            squeeze,
+            coder,
+            codec,
+        )
     else:
         stream = compress(byte_shuffle(payload, shuffle), codec)
     head = _WRAP.pack(
@@ -235,9 +242,12 @@ def wrap(payload: bytes, codec: str = "brotli", shuffle: int = DEFAULT_SHUFFLE) 
 
 
 def encode_artifact(
-    tensors: Iterable[QTensor], meta: dict, codec: str = "brotli", pack_bits: bool = False,
+    tensors: Iterable[QTensor],
+    meta: dict,
+    codec: str = "brotli",
+    pack_bits: bool = False,
     shuffle: int = DEFAULT_SHUFFLE,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """tensors + JSON-able meta -> artifact bytes."""
     return wrap(build_payload(tensors, meta, pack_bits), codec, shuffle)
 
@@ -262,8 +272,11 @@ def _header(head: bytes, size: int, source: str, max_raw: int) -> tuple[str, int
         raise fail(f"stream of {slen} bytes is too long for a {plen}-byte payload")
     if size - 32 != slen:
         got = size - 32
-        raise fail(f"truncated: stream has {got} of {slen} bytes" if got < slen else
-                   f"{got - slen} unexpected trailing bytes after the stream")  # fmt: skip
+        raise fail(
+            f"truncated: stream has {got} of {slen} bytes"
+            if got < slen
+            else f"{got - slen} unexpected trailing bytes after the stream"
+        )
     return codec, stride, plen, slen
 
 

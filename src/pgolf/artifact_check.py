@@ -209,8 +209,10 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
     layers = {int(m.group(1)) for n in got if (m := re.match(r"blocks\.(\d+)\.", n))}
     nl = cfg.model.num_layers
     if not set(range(nl)) <= layers:
-        raise ArtifactError(f"{source}: config says {nl} layers but the artifact stores blocks "
-                            f"{sorted(layers)[:8]}...: config and weights disagree")  # fmt: skip
+        raise ArtifactError(
+            f"{source}: config says {nl} layers but the artifact stores blocks "
+            f"{sorted(layers)[:8]}...: config and weights disagree"
+        )
     try:  # normal_ on meta tensors costs seconds of lazy imports; on meta it has nothing to do
         with torch.device("meta"), mock.patch.object(torch.nn.init, "normal_", _keep):
             want = {k: tuple(v.shape) for k, v in GPT(cfg.model).state_dict().items()}
@@ -218,10 +220,15 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
         raise ArtifactError(f"{source}: metadata config builds no model: {e}") from None
     for k in [k for k in got if k.endswith((".lqer.a", ".lqer.b"))]:  # low-rank terms (lqer)
         shape, w = got.pop(k), want.get(k[:-7])
-        if not (w and len(shape) == 2 and (shape[0] == w[0] if k[-1] == "a" else
-                                           shape[1] == math.prod(w[1:]))):  # fmt: skip
-            raise ArtifactError(f"{source}: low-rank term {k!r} {shape} does not fit "
-                                f"{k[:-7]!r} {w}; re-quantize the run")  # fmt: skip
+        if not (
+            w
+            and len(shape) == 2
+            and (shape[0] == w[0] if k[-1] == "a" else shape[1] == math.prod(w[1:]))
+        ):
+            raise ArtifactError(
+                f"{source}: low-rank term {k!r} {shape} does not fit "
+                f"{k[:-7]!r} {w}; re-quantize the run"
+            )
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if diff:
         k = diff[0]
@@ -235,8 +242,10 @@ def require_finite(label: str, scores: Mapping[str, Any]) -> None:
     """A NaN/inf score is an error (broken weights), never a result."""
     bad = {k: v for k, v in scores.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
-        raise ValueError(f"{label}: scores are not finite {bad}: the weights are broken (NaN/inf); "
-                         "retrain or re-quantize")  # fmt: skip
+        raise ValueError(
+            f"{label}: scores are not finite {bad}: the weights are broken (NaN/inf); "
+            "retrain or re-quantize"
+        )
 
 
 def byte_shuffle(data: bytes, stride: int) -> bytes:

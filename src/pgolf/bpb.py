@@ -87,8 +87,11 @@ def _listed_sha(m: dict, name: str) -> str | None:
     if isinstance(m.get("tokenizer"), dict) and isinstance(m["tokenizer"].get("sha256"), str):
         return m["tokenizer"]["sha256"]
     ds = [d for d in m.get("datasets", []) if isinstance(d, dict) and d.get("name") == name]
-    toks = [t for t in m.get("tokenizers", []) if isinstance(t, dict) and ds
-            and t.get("name") == ds[0].get("tokenizer_name")]  # fmt: skip
+    toks = [
+        t
+        for t in m.get("tokenizers", [])
+        if isinstance(t, dict) and ds and t.get("name") == ds[0].get("tokenizer_name")
+    ]
     if toks:
         sha, rel = toks[0].get("sha256"), toks[0].get("model_path") or toks[0].get("path")
         if isinstance(sha, dict):

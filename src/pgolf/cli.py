@@ -97,7 +97,11 @@ def cmd_params(preset: str, overrides: list[str]) -> int:
 
 
 def cmd_train(
-    preset: str, overrides: list[str], data: str | None, run_dir: str | None, resume: str | None,
+    preset: str,
+    overrides: list[str],
+    data: str | None,
+    run_dir: str | None,
+    resume: str | None,
     any_seed: bool = False,
 ) -> dict:
     from pgolf import pipeline, train
@@ -130,9 +134,15 @@ def cmd_train(
     return out
 
 
-RESUME_FREE = {("train", "run_dir"), ("data", "data_path"), ("data", "tokenizer_path"),
-               ("train", "iterations"), ("train", "max_wallclock_seconds"),
-               ("train", "val_loss_every"), ("train", "train_log_every")}  # fmt: skip
+RESUME_FREE = {
+    ("train", "run_dir"),
+    ("data", "data_path"),
+    ("data", "tokenizer_path"),
+    ("train", "iterations"),
+    ("train", "max_wallclock_seconds"),
+    ("train", "val_loss_every"),
+    ("train", "train_log_every"),
+}
 """Fields a resumed run may change: where things are and how long/loud it runs."""
 
 
@@ -149,10 +159,15 @@ def _check_resume(ckpt: Path, cfg: C.RunConfig) -> None:
             f"{cfg.train.seed}: set --set seed={seed} (or SEED={seed}), or pass "
             "--resume-any-seed to continue anyway"
         )
-    diff = [f"{s}.{k}: {v!r} -> {new[s].get(k)!r}" for s, sec in old.items()
-            if isinstance(sec, dict) for k, v in sec.items()
-            if (s, k) not in RESUME_FREE and new.get(s, {}).get(k) != v
-            and not (isinstance(v, list) and tuple(v) == new.get(s, {}).get(k))]  # fmt: skip
+    diff = [
+        f"{s}.{k}: {v!r} -> {new[s].get(k)!r}"
+        for s, sec in old.items()
+        if isinstance(sec, dict)
+        for k, v in sec.items()
+        if (s, k) not in RESUME_FREE
+        and new.get(s, {}).get(k) != v
+        and not (isinstance(v, list) and tuple(v) == new.get(s, {}).get(k))
+    ]
     if diff:
         raise ValueError(
             f"checkpoint {ckpt} was trained with another config ({'; '.join(diff[:5])}): resume "
@@ -162,7 +177,11 @@ def _check_resume(ckpt: Path, cfg: C.RunConfig) -> None:
 
 
 def cmd_run(
-    preset: str, overrides: list[str], data: str | None, run_dir: str | None, quantize: bool,
+    preset: str,
+    overrides: list[str],
+    data: str | None,
+    run_dir: str | None,
+    quantize: bool,
     allow_over: bool = False,
 ) -> dict:
     from pgolf import pipeline
@@ -187,16 +206,23 @@ def cmd_data_default(vocab_size: int, out: str | None) -> Path:
 
 
 def cmd_data_corpus(
-    inputs: list[str], out: str, tokenizer: str | None, vocab_size: int | None,
-    split: str = "paragraph", val_share: float = 0.1,
+    inputs: list[str],
+    out: str,
+    tokenizer: str | None,
+    vocab_size: int | None,
+    split: str = "paragraph",
+    val_share: float = 0.1,
 ) -> Path:
     from pgolf.lab import datasets
 
     path = datasets.build_corpus(
-        [Path(p) for p in inputs], Path(out), tokenizer=Path(tokenizer) if tokenizer else None,
-        vocab_size=None if tokenizer else vocab_size, val_permille=round(1000 * val_share),
+        [Path(p) for p in inputs],
+        Path(out),
+        tokenizer=Path(tokenizer) if tokenizer else None,
+        vocab_size=None if tokenizer else vocab_size,
+        val_permille=round(1000 * val_share),
         split=split,
-    )  # fmt: skip
+    )
     print(path)
     return path
 
@@ -272,8 +298,13 @@ def cmd_quantize(
 
 
 def cmd_eval(
-    artifact: str, stride: int | None, data: str | None, sliding: bool, ttt: str | None = None,
-    allow_over: bool = False, weights: str | None = None,
+    artifact: str,
+    stride: int | None,
+    data: str | None,
+    sliding: bool,
+    ttt: str | None = None,
+    allow_over: bool = False,
+    weights: str | None = None,
 ) -> dict:
     from pgolf import pipeline
     from pgolf.dist import log0
@@ -299,7 +330,11 @@ def cmd_eval(
 
 
 def _eval_weights(
-    target: str, weights: str | None, stride: int | None, data: str | None, sliding: bool,
+    target: str,
+    weights: str | None,
+    stride: int | None,
+    data: str | None,
+    sliding: bool,
     ttt: str | None,
 ) -> dict:
     """`pgolf eval RUN_DIR --weights ...`: the unquantized weights (pgolf.lab.evalweights); the
@@ -309,8 +344,10 @@ def _eval_weights(
 
     run = _run_folder(Path(target))
     try:
-        log0(f"eval:{target} weights:{weights or 'file'} stride:{stride} data:{data} "
-             f"sliding:{sliding} ttt:{ttt}")  # fmt: skip
+        log0(
+            f"eval:{target} weights:{weights or 'file'} stride:{stride} data:{data} "
+            f"sliding:{sliding} ttt:{ttt}"
+        )
         res = eval_weights(target, weights, data, stride, sliding, ttt)
         if run is not None and data is None and res["weights_label"] == "pre_quant":
             run.write_result({k: v for k, v in res.items() if k.startswith("val_")})
@@ -321,8 +358,14 @@ def _eval_weights(
 
 
 def cmd_audit(
-    artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
-    static: str | None = None, train: str | None = None, overrides: list[str] = (),
+    artifact: str | None,
+    ttt: str | None,
+    data: str | None,
+    as_json: bool,
+    quick: bool,
+    static: str | None = None,
+    train: str | None = None,
+    overrides: list[str] = (),
 ) -> int:
     """Compliance audit (pgolf.lab.audit_run): prints the table; 1 on any failure."""
     from pgolf.lab.audit_run import main
@@ -352,8 +395,9 @@ def cmd_budget(
     from pgolf.lab import budget as B
 
     if fit is not None:
-        return cmd_budget_fit(artifact, fit, out, calib_tokens, fit_bits, fit_ranks, as_json,
-                              fit_prunes)  # fmt: skip
+        return cmd_budget_fit(
+            artifact, fit, out, calib_tokens, fit_bits, fit_ranks, as_json, fit_prunes
+        )
     path = Path(artifact)
     tensors, meta = A.load_artifact(path / "artifact.pgolf" if path.is_dir() else path)
     # The code bytes the run measured (kept in the artifact), else the bundle for its config.
@@ -388,8 +432,16 @@ def _ints(flag: str, text: str, lo: int, hi: int) -> tuple[int, ...]:
     return vals
 
 
-def cmd_budget_fit(run: str, cap: int, out: str | None, calib_tokens: int, bits: str,
-                   ranks: str, as_json: bool, prunes: str = "0.1,0.25,0.5") -> dict:  # fmt: skip
+def cmd_budget_fit(
+    run: str,
+    cap: int,
+    out: str | None,
+    calib_tokens: int,
+    bits: str,
+    ranks: str,
+    as_json: bool,
+    prunes: str = "0.1,0.25,0.5",
+) -> dict:
     """`pgolf budget RUN --fit BYTES`: measure the options, solve, write the plan (planner)."""
     from pgolf.lab import planner as P
 
@@ -401,8 +453,9 @@ def cmd_budget_fit(run: str, cap: int, out: str | None, calib_tokens: int, bits:
     except ValueError:
         prunes_t = (-1.0,)
     if not all(0 <= v <= 1 for v in prunes_t):
-        raise ValueError(f"--fit-prunes {prunes!r}: expected comma-separated fractions in 0..1 "
-                         "(or '' for none)")  # fmt: skip
+        raise ValueError(
+            f"--fit-prunes {prunes!r}: expected comma-separated fractions in 0..1 (or '' for none)"
+        )
     bench = P.Bench(run, calib_tokens)
     grid = P.default_grid(bench, bits_t, ranks_t, prunes=prunes_t)
     table = P.measure(bench, grid, log=None if as_json else print)
@@ -529,9 +582,7 @@ def dispatch(a: argparse.Namespace):
         if a.data_cmd == "default":
             return cmd_data_default(a.vocab_size, a.out)
         if a.data_cmd == "corpus":
-            return cmd_data_corpus(
-                a.input, a.out, a.tokenizer, a.vocab_size, a.split, a.val_share
-            )
+            return cmd_data_corpus(a.input, a.out, a.tokenizer, a.vocab_size, a.split, a.val_share)
         if a.data_cmd == "fineweb":
             return cmd_data_fineweb(a.variant, a.train_shards, a.out)
         return cmd_data_inspect(a.path, a.tokenizer, a.json)
@@ -542,8 +593,9 @@ def dispatch(a: argparse.Namespace):
             a.artifact, a.stride, a.data, not a.no_sliding, a.ttt, a.allow_over_budget, a.weights
         )
     if a.cmd == "audit":
-        sys.exit(cmd_audit(a.artifact, a.ttt, a.data, a.json, a.quick, a.static, a.train,
-                           a.overrides))  # fmt: skip
+        sys.exit(
+            cmd_audit(a.artifact, a.ttt, a.data, a.json, a.quick, a.static, a.train, a.overrides)
+        )
     if a.cmd == "study":
         from pgolf.lab.study import study_main
         from pgolf.lab.study_report import table
@@ -553,9 +605,21 @@ def dispatch(a: argparse.Namespace):
         print(f"wrote {res['out_dir']}/study.json, study.txt, study_delta.png, study_canary.png")
         return res
     if a.cmd == "budget":
-        return cmd_budget(a.artifact, a.bits, a.clip_k, a.ve_dim, a.prune_to, a.weights, a.json,
-                          a.fit, a.out, a.calib_tokens, a.fit_bits, a.fit_ranks,
-                          a.fit_prunes)  # fmt: skip
+        return cmd_budget(
+            a.artifact,
+            a.bits,
+            a.clip_k,
+            a.ve_dim,
+            a.prune_to,
+            a.weights,
+            a.json,
+            a.fit,
+            a.out,
+            a.calib_tokens,
+            a.fit_bits,
+            a.fit_ranks,
+            a.fit_prunes,
+        )
     if a.cmd == "bundle":
         return cmd_bundle(a.preset, a.overrides, a.out, a.form)
     if a.cmd == "stats":
@@ -577,10 +641,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 _OS_FIXES = {  # errno -> the fix, for OS errors on the user's paths (full disk, read-only, ...)
     (errno.ENOSPC, errno.EDQUOT): "free disk space or write elsewhere (--run-dir / --out)",
     (errno.EROFS, errno.EACCES, errno.EPERM): "check the permissions or write to a writable folder "
-    "(--run-dir / --out)", (errno.ENOENT, errno.EISDIR): "check the path",
+    "(--run-dir / --out)",
+    (errno.ENOENT, errno.EISDIR): "check the path",
     (errno.ENOTDIR, errno.EEXIST): "a file is in the way (a part of the path is a file, not a "
     "folder): move it or choose another path",
-}  # fmt: skip
+}
 
 
 def describe_error(e: BaseException) -> str:

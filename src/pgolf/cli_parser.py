@@ -54,35 +54,52 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def _sub(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, epilog=epilog,
-                          formatter_class=_Formatter)  # fmt: skip
+    return sub.add_parser(
+        name, help=help, description=help, epilog=epilog, formatter_class=_Formatter
+    )
 
 
 def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
-    p.add_argument("--preset", default=default_preset, required=default_preset is None,
-                   choices=list(C.PRESETS), help="named configuration to start from")  # fmt: skip
+    p.add_argument(
+        "--preset",
+        default=default_preset,
+        required=default_preset is None,
+        choices=list(C.PRESETS),
+        help="named configuration to start from",
+    )
     _set(p)
 
 
 def _set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config field (section.field or a unique field name; repeatable)",
-    )  # fmt: skip
+    )
 
 
 def _budget_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-over-budget", action="store_true",
-                   help="exit 0 even when the artifact exceeds quant.byte_budget (16,000,000 "
-                   "bytes): for experiments the cap does not apply to")  # fmt: skip
+    p.add_argument(
+        "--allow-over-budget",
+        action="store_true",
+        help="exit 0 even when the artifact exceeds quant.byte_budget (16,000,000 "
+        "bytes): for experiments the cap does not apply to",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pgolf", description=DESCRIPTION, formatter_class=_Formatter)
     ap.add_argument("--version", action="version", version=f"pgolf {pgolf.__version__}")
-    ap.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                    help="progress bars of long stages, on stderr only (never in log.txt), rank "
-                    "0 only: auto = when stderr is a terminal; or PGOLF_PROGRESS=1/0")  # fmt: skip
+    ap.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bars of long stages, on stderr only (never in log.txt), rank "
+        "0 only: auto = when stderr is a terminal; or PGOLF_PROGRESS=1/0",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = _sub(sub, "run", "the main job: data -> train -> quantize -> eval -> summary", RUN_EXAMPLES)
@@ -97,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="shard folder (default: build the embedded one)")
     p.add_argument("--run-dir", default=None, help="run folder (default out/TIME_PRESET_sSEED)")
     p.add_argument("--resume", default=None, help="checkpoint (.safetensors) to resume from")
-    p.add_argument("--resume-any-seed", action="store_true",
-                   help="resume a checkpoint trained with another seed or config (the run "
-                   "folder and step/time budgets may always differ)")  # fmt: skip
+    p.add_argument(
+        "--resume-any-seed",
+        action="store_true",
+        help="resume a checkpoint trained with another seed or config (the run "
+        "folder and step/time budgets may always differ)",
+    )
 
     p = _sub(sub, "params", "parameter count of a preset (built on the meta device)")
     _common(p, None)
@@ -118,16 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(pd, "corpus", "any text -> SentencePiece tokenizer -> shards")
     p.add_argument("--input", nargs="+", required=True, help=".txt files (UTF-8)")
     p.add_argument("--tokenizer", default=None, help="existing .model (default: train one)")
-    p.add_argument("--vocab-size", type=int, default=512,
-                   help="vocabulary of the tokenizer trained when --tokenizer is not given")
-    p.add_argument("--split", choices=["paragraph", "line", "file"], default="paragraph",
-                   help="one document per blank-line paragraph, per line or per file")
-    p.add_argument("--val-share", type=float, default=0.1,
-                   help="share of the documents kept for validation (0 < share < 1)")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=512,
+        help="vocabulary of the tokenizer trained when --tokenizer is not given",
+    )
+    p.add_argument(
+        "--split",
+        choices=["paragraph", "line", "file"],
+        default="paragraph",
+        help="one document per blank-line paragraph, per line or per file",
+    )
+    p.add_argument(
+        "--val-share",
+        type=float,
+        default=0.1,
+        help="share of the documents kept for validation (0 < share < 1)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p = _sub(pd, "fineweb", "download the published FineWeb exports (needs the hub)")
-    p.add_argument("--variant", choices=["sp1024", "sp4096", "sp8192"], required=True,
-                   help="tokenizer variant")  # fmt: skip
+    p.add_argument(
+        "--variant", choices=["sp1024", "sp4096", "sp8192"], required=True, help="tokenizer variant"
+    )
     p.add_argument("--train-shards", type=int, default=80, help="train shards to fetch")
     p.add_argument("--out", default="data", help="output folder")
     p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder")
@@ -138,93 +171,169 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "quantize", "quantize a finished run into an artifact (logged in the run)")
     p.add_argument("run_dir", help="folder of a finished `pgolf train`/`pgolf run`")
     p.add_argument(
-        "--plan", action="append", default=[], metavar="GROUP=KEY:VAL[,KEY:VAL] | PLAN.json",
+        "--plan",
+        action="append",
+        default=[],
+        metavar="GROUP=KEY:VAL[,KEY:VAL] | PLAN.json",
         help="per-group override, e.g. mlp=bits:5,clip_k:10 or embed=method:rtn; or the JSON "
         "file `pgolf budget --fit` writes (bits, clip k and low-rank ranks per group); applied "
         "as --set quant.groups=... (over the run's own) and quant.lqer=..., kept in the config",
-    )  # fmt: skip
+    )
     _set(p)
     p.add_argument("--out", default=None, help="artifact path (default RUN_DIR/artifact.pgolf)")
     _budget_flag(p)
 
-    p = _sub(sub, "eval", "score an artifact, or a run's unquantized weights, in a fresh process "
-             "(logged in its run folder)", EVAL_EXAMPLES)  # fmt: skip
-    p.add_argument("artifact", metavar="ARTIFACT|RUN_DIR|WEIGHTS",
-                   help="artifact.pgolf written by quantize/run, a run folder (its artifact, or "
-                   "with --weights its weights), or a run's .safetensors weights")  # fmt: skip
-    p.add_argument("--weights", default=None, choices=["final", "checkpoint"],
-                   help="score the run's unquantized weights instead of its artifact: final = "
-                   "final_model.safetensors (its plain score is the run's val_bpb_prequant), "
-                   "checkpoint = checkpoint.safetensors (its EMA copy if kept)")  # fmt: skip
+    p = _sub(
+        sub,
+        "eval",
+        "score an artifact, or a run's unquantized weights, in a fresh process "
+        "(logged in its run folder)",
+        EVAL_EXAMPLES,
+    )
+    p.add_argument(
+        "artifact",
+        metavar="ARTIFACT|RUN_DIR|WEIGHTS",
+        help="artifact.pgolf written by quantize/run, a run folder (its artifact, or "
+        "with --weights its weights), or a run's .safetensors weights",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        choices=["final", "checkpoint"],
+        help="score the run's unquantized weights instead of its artifact: final = "
+        "final_model.safetensors (its plain score is the run's val_bpb_prequant), "
+        "checkpoint = checkpoint.safetensors (its EMA copy if kept)",
+    )
     p.add_argument("--stride", type=int, default=None, help="sliding stride (default: the run's)")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
     p.add_argument("--no-sliding", action="store_true", help="round trip only")
-    p.add_argument("--ttt", default=None, choices=["none", "score_first", "lora"],
-                   help="test-time training mode (default: the run's)")  # fmt: skip
+    p.add_argument(
+        "--ttt",
+        default=None,
+        choices=["none", "score_first", "lora"],
+        help="test-time training mode (default: the run's)",
+    )
     _budget_flag(p)
 
-    p = _sub(sub, "audit", "compliance tests (issue #1017 conditions) on an artifact; exit 1 on "
-             "a failure")  # fmt: skip
+    p = _sub(
+        sub,
+        "audit",
+        "compliance tests (issue #1017 conditions) on an artifact; exit 1 on a failure",
+    )
     p.add_argument("artifact", nargs="?", default=None, help="artifact.pgolf")
     p.add_argument("--ttt", default=None, help="plain, sliding, score_first, lora or prequant")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="a short slice, fewer probes")
     p.add_argument("--static", default=None, metavar="SCRIPT", help="static pre-screen only")
-    p.add_argument("--train", default=None, metavar="CONFIG_OR_RUN",
-                   help="T1.3: two short runs, real vs decoy validation shard")  # fmt: skip
+    p.add_argument(
+        "--train",
+        default=None,
+        metavar="CONFIG_OR_RUN",
+        help="T1.3: two short runs, real vs decoy validation shard",
+    )
     _set(p)
 
     p = _sub(sub, "study", "NON-RECORD studies: ttt-memorization RUN_DIR [RUN_DIR...]")
     p.add_argument("study", choices=["ttt-memorization"])
-    p.add_argument("run_dir", nargs="+", help="run folder(s) with final_model.safetensors "
-                   "(several: training seeds, an outer random effect)")  # fmt: skip
-    p.add_argument("--epochs", default=None, help="epoch ladder (default 0,0.5,1,2,3,4,6,8,12; "
-                   "fractions stop mid-epoch)")  # fmt: skip
+    p.add_argument(
+        "run_dir",
+        nargs="+",
+        help="run folder(s) with final_model.safetensors "
+        "(several: training seeds, an outer random effect)",
+    )
+    p.add_argument(
+        "--epochs",
+        default=None,
+        help="epoch ladder (default 0,0.5,1,2,3,4,6,8,12; fractions stop mid-epoch)",
+    )
     p.add_argument("--seeds", default=None, help="study seeds (canaries, calibration), e.g. 0,1,2")
     p.add_argument("--tokens", type=int, default=None, help="validation tokens used (32768)")
     p.add_argument("--canaries", type=int, default=None, help="canary documents per half (4)")
-    p.add_argument("--schedule", choices=["separate", "snapshot"], default=None,
-                   help="one TTT run per epoch count (default) or one run read at each")
-    p.add_argument("--quant", choices=["run", "none"], default=None,
-                   help="quantize each result with the run's plan (default) or not")
+    p.add_argument(
+        "--schedule",
+        choices=["separate", "snapshot"],
+        default=None,
+        help="one TTT run per epoch count (default) or one run read at each",
+    )
+    p.add_argument(
+        "--quant",
+        choices=["run", "none"],
+        default=None,
+        help="quantize each result with the run's plan (default) or not",
+    )
     p.add_argument("--reps", type=int, default=None, help="bootstrap replicates (1000)")
     p.add_argument("--no-crossfit", action="store_true", help="skip TTT on B")
     p.add_argument("--no-controls", action="store_true", help="skip the three control TTTs")
     p.add_argument("--quick", action="store_true", help="CI-sized: 4096 tokens, 0,0.5,1,2")
     p.add_argument("--out", default=None, help="output folder (RUN_DIR/study_ttt_memorization)")
 
-    p = _sub(sub, "budget", "byte budget per component, with what-ifs (each from the artifact, "
-             "not stacked)")  # fmt: skip
+    p = _sub(
+        sub,
+        "budget",
+        "byte budget per component, with what-ifs (each from the artifact, not stacked)",
+    )
     p.add_argument("artifact", help="artifact.pgolf")
-    p.add_argument("--bits", action="append", default=[], metavar="GROUP=N",
-                   help="what if GROUP were N-bit (repeatable)")  # fmt: skip
-    p.add_argument("--clip-k", action="append", default=[], metavar="GROUP=K",
-                   help="what if GROUP used SDClip k=K (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--bits",
+        action="append",
+        default=[],
+        metavar="GROUP=N",
+        help="what if GROUP were N-bit (repeatable)",
+    )
+    p.add_argument(
+        "--clip-k",
+        action="append",
+        default=[],
+        metavar="GROUP=K",
+        help="what if GROUP used SDClip k=K (repeatable)",
+    )
     p.add_argument("--ve-dim", type=int, default=None, help="what if the VE table were N wide")
-    p.add_argument("--prune-to", type=int, default=None,
-                   help="total artifact bytes (model + code) to reach by ±1 pruning")  # fmt: skip
+    p.add_argument(
+        "--prune-to",
+        type=int,
+        default=None,
+        help="total artifact bytes (model + code) to reach by ±1 pruning",
+    )
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--fit", type=int, default=None, metavar="BYTES",
-                   help="plan per-group bits / clip k / low-rank rank / ±1 pruning to fill "
-                   "BYTES (model + code); ARTIFACT is then a finished run folder (or its "
-                   "artifact)")  # fmt: skip
+    p.add_argument(
+        "--fit",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="plan per-group bits / clip k / low-rank rank / ±1 pruning to fill "
+        "BYTES (model + code); ARTIFACT is then a finished run folder (or its "
+        "artifact)",
+    )
     p.add_argument("--out", default=None, help="--fit: plan file to write (JSON)")
-    p.add_argument("--calib-tokens", type=int, default=65536,
-                   help="--fit: training-shard tokens the options are scored on")  # fmt: skip
+    p.add_argument(
+        "--calib-tokens",
+        type=int,
+        default=65536,
+        help="--fit: training-shard tokens the options are scored on",
+    )
     p.add_argument("--fit-bits", default="4,5,6,7,8", help="--fit: bit widths tried per group")
-    p.add_argument("--fit-ranks", default="0,4,8",
-                   help="--fit: low-rank ranks tried (groups with a Hessian)")  # fmt: skip
-    p.add_argument("--fit-prunes", default="0.1,0.25,0.5",
-                   help="--fit: fractions of a group's ±1 codes zeroed tried ('' for none)")
+    p.add_argument(
+        "--fit-ranks", default="0,4,8", help="--fit: low-rank ranks tried (groups with a Hessian)"
+    )
+    p.add_argument(
+        "--fit-prunes",
+        default="0.1,0.25,0.5",
+        help="--fit: fractions of a group's ±1 codes zeroed tried ('' for none)",
+    )
 
-    p = _sub(sub, "bundle", "write the single-file train_gpt.py a submission ships",
-             BUNDLE_EXAMPLES)  # fmt: skip
+    p = _sub(
+        sub, "bundle", "write the single-file train_gpt.py a submission ships", BUNDLE_EXAMPLES
+    )
     _common(p, None)
     p.add_argument("--out", default="train_gpt.py", help="file to write")
-    p.add_argument("--form", default="auto", choices=["auto", "raw", "stripped", "lzma", "brotli"],
-                   help="auto keeps the smallest form")  # fmt: skip
+    p.add_argument(
+        "--form",
+        default="auto",
+        choices=["auto", "raw", "stripped", "lzma", "brotli"],
+        help="auto keeps the smallest form",
+    )
     _records(sub)
     return ap
 
@@ -232,13 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
 def _records(sub) -> None:
     """stats, export, verify: from runs to a records folder and back."""
     p = _sub(sub, "stats", "per-seed table, mean/std, t tests against a baseline")
-    p.add_argument("paths", nargs="+", metavar="RUN_OR_RECORD",
-                   help="pgolf run folders or challenge records folders")  # fmt: skip
-    p.add_argument("--against", default=None, metavar="RECORD_DIR",
-                   help="baseline records folder (Welch test on its per-seed values)")  # fmt: skip
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="RUN_OR_RECORD",
+        help="pgolf run folders or challenge records folders",
+    )
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="RECORD_DIR",
+        help="baseline records folder (Welch test on its per-seed values)",
+    )
     p.add_argument("--against-bpb", type=float, default=None, help="baseline val_bpb (one value)")
-    p.add_argument("--against-loss", type=float, default=None,
-                   help="baseline val_loss (one value: one-sample t test)")  # fmt: skip
+    p.add_argument(
+        "--against-loss",
+        type=float,
+        default=None,
+        help="baseline val_loss (one value: one-sample t test)",
+    )
     p.add_argument("--metric", choices=["loss", "bpb"], default="loss", help="tested quantity")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -249,15 +370,24 @@ def _records(sub) -> None:
     p.add_argument("--author", default="unknown", help="author for submission.json")
     p.add_argument("--github-id", default="unknown", help="GitHub id for submission.json")
     p.add_argument("--track", default="10min_16mb", help="10min_16mb or a non-record track")
-    p.add_argument("--against", default=None, metavar="RECORD_DIR",
-                   help="baseline records folder for the statistics")  # fmt: skip
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="RECORD_DIR",
+        help="baseline records folder for the statistics",
+    )
 
     p = _sub(sub, "verify", "check a records folder (exit 1 on any failure)")
     p.add_argument("folder", metavar="RECORD_DIR", help="a records folder (ours or not)")
     p.add_argument("--artifact", default=None, help="artifact to re-score in a fresh process")
     p.add_argument("--data", default=None, help="validation shards for the re-score")
-    p.add_argument("--against", default=None, metavar="RECORD_DIR",
-                   help="baseline records folder for the statistics")  # fmt: skip
-    p.add_argument("--strict-time", action="store_true",
-                   help="no one-step tolerance on the 600 s training cap")  # fmt: skip
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="RECORD_DIR",
+        help="baseline records folder for the statistics",
+    )
+    p.add_argument(
+        "--strict-time", action="store_true", help="no one-step tolerance on the 600 s training cap"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -182,8 +182,12 @@ class RunConfig:
 
 
 SECTIONS = ("data", "model", "optim", "train", "eval", "quant", "ttt")
-SECTION_CLASSES: dict[str, type] = dict(zip(SECTIONS, (
-    DataConfig, ModelConfig, OptimConfig, TrainConfig, EvalConfig, QuantConfig, TTTConfig)))
+SECTION_CLASSES: dict[str, type] = dict(
+    zip(
+        SECTIONS,
+        (DataConfig, ModelConfig, OptimConfig, TrainConfig, EvalConfig, QuantConfig, TTTConfig),
+    )
+)
 
 # ----------------------------------------------------------------------------------------------
 # Presets
@@ -329,7 +333,11 @@ def cpu_tiny() -> RunConfig:
 
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {
-    "cpu-tiny": cpu_tiny, "baseline": baseline, "pr1493": pr1493, "pr1550": pr1550}  # fmt: skip
+    "cpu-tiny": cpu_tiny,
+    "baseline": baseline,
+    "pr1493": pr1493,
+    "pr1550": pr1550,
+}
 
 
 def preset(name: str) -> RunConfig:
@@ -400,8 +408,11 @@ def _nearest(key: str) -> str:
     names = [f"{s}.{f.name}" for s, c in SECTION_CLASSES.items() for f in fields(c)]
     pool = names if "." in key else [n.split(".", 1)[1] for n in names]
     near = difflib.get_close_matches(key, pool, n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(near)}? (`pgolf config show` lists every key)" if near else (
-        "; `pgolf config show` lists every key")
+    return (
+        f"; did you mean {', '.join(near)}? (`pgolf config show` lists every key)"
+        if near
+        else ("; `pgolf config show` lists every key")
+    )
 
 
 def name_in(cls: type, name: str) -> bool:
@@ -482,8 +493,10 @@ def modules_needed(cfg: RunConfig) -> set[str]:
 def refuse_absent(cfg: RunConfig, absent: tuple[str, ...], script: str) -> None:
     """Stop a bundle (`script`) that left out a module `cfg` (environment included) needs."""
     if missing := sorted(modules_needed(cfg) & set(absent)):
-        raise SystemExit(f"{script} lacks {', '.join(missing)}, which this config needs "
-                         "(environment included): rebuild it with `pgolf bundle` for this config")
+        raise SystemExit(
+            f"{script} lacks {', '.join(missing)}, which this config needs "
+            "(environment included): rebuild it with `pgolf bundle` for this config"
+        )
 
 
 QUANT_GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")  # pgolf.quant
@@ -495,11 +508,16 @@ def check_groups(groups: Mapping[str, Mapping[str, Any]], where: str) -> dict[st
     """Per-group plan overrides {group: {bits, clip_k, method, prune}} -> a copy, or ValueError."""
     for g, ov in groups.items():
         bad = g not in QUANT_GROUPS or set(ov) - set(QUANT_KEYS)
-        if bad or ov.get("method", "gptq") not in QUANT_METHODS or not 0 <= ov.get("prune", 0) <= 1\
-                or not (ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8):  # fmt: skip
-            raise ValueError(f"{where}: {g}={ov}: groups are {QUANT_GROUPS}, keys "
-                             f"{tuple(QUANT_KEYS)}, methods {QUANT_METHODS}, bits 2..8, prune 0..1"
-                             )  # fmt: skip
+        if (
+            bad
+            or ov.get("method", "gptq") not in QUANT_METHODS
+            or not 0 <= ov.get("prune", 0) <= 1
+            or not (ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8)
+        ):
+            raise ValueError(
+                f"{where}: {g}={ov}: groups are {QUANT_GROUPS}, keys "
+                f"{tuple(QUANT_KEYS)}, methods {QUANT_METHODS}, bits 2..8, prune 0..1"
+            )
     return {g: dict(ov) for g, ov in groups.items()}
 
 
@@ -512,33 +530,50 @@ def parse_groups(spec: str) -> dict[str, dict[str, Any]]:
             try:
                 out.setdefault(group.strip(), {})[key] = QUANT_KEYS[key](val.strip())
             except (KeyError, ValueError):
-                raise ValueError(f"quant.groups {spec!r}: {part!r} is not GROUP=key:value[,key:"
-                                 "value]; e.g. --set 'quant.groups=mlp=bits:5;attn=clip_k:10'"
-                                 ) from None  # fmt: skip
+                raise ValueError(
+                    f"quant.groups {spec!r}: {part!r} is not GROUP=key:value[,key:"
+                    "value]; e.g. --set 'quant.groups=mlp=bits:5;attn=clip_k:10'"
+                ) from None
     return check_groups(out, f"quant.groups {spec!r}")
 
 
-SDPA_PLANS = tuple(f"sdpa:{k}{r}" for k in ("default", "cudnn", "flash", "efficient", "math")
-                   for r in ("", "+repeat"))  # fmt: skip  (pgolf.kernels.parse_sdpa)
+SDPA_PLANS = tuple(
+    f"sdpa:{k}{r}"
+    for k in ("default", "cudnn", "flash", "efficient", "math")
+    for r in ("", "+repeat")
+)
 CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `validate` up front
-    "data.loader": ("stream", "shuffled"), "model.activation": ("relu2", "leaky_relu2"),
-    "model.skip_gate": ("none", "sigmoid", "lerp"), "optim.ns_coeffs": ("polar_express", "quintic"),
-    "model.parallel_residual": ("none", "lanes", "gptj"), "train.schedule": ("time", "steps"),
+    "data.loader": ("stream", "shuffled"),
+    "model.activation": ("relu2", "leaky_relu2"),
+    "model.skip_gate": ("none", "sigmoid", "lerp"),
+    "optim.ns_coeffs": ("polar_express", "quintic"),
+    "model.parallel_residual": ("none", "lanes", "gptj"),
+    "train.schedule": ("time", "steps"),
     "model.attn_backend": ("auto", "sdpa", "fa3", "naive", *SDPA_PLANS),
     "quant.method": ("gptq", "rtn"),
-    "train.device": ("auto", "cpu", "cuda", "mps"), "quant.embed_method": ("gptq", "rtn"),
-    "quant.calib": ("train", "selfgen"), "quant.codec": ("brotli", "lzma", "zstd", "rans", "crans"),
-    "ttt.mode": ("none", "score_first", "lora", "prequant"), "ttt.lora_init": ("reset", "warm"),
-}  # fmt: skip
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "quant.embed_method": ("gptq", "rtn"),
+    "quant.calib": ("train", "selfgen"),
+    "quant.codec": ("brotli", "lzma", "zstd", "rans", "crans"),
+    "ttt.mode": ("none", "score_first", "lora", "prequant"),
+    "ttt.lora_init": ("reset", "warm"),
+}
 
 
 def validate(cfg: RunConfig) -> None:
     m, t, e = cfg.model, cfg.train, cfg.eval
-    positive = {"num_heads": m.num_heads, "num_kv_heads": m.num_kv_heads, "model_dim": m.model_dim,
-                "num_layers": m.num_layers, "vocab_size": m.vocab_size,
-                "train_seq_len": t.train_seq_len, "eval_seq_len": e.eval_seq_len,
-                "iterations": t.iterations, "train_batch_tokens": t.train_batch_tokens,
-                "val_batch_seqs": e.val_batch_seqs}  # fmt: skip
+    positive = {
+        "num_heads": m.num_heads,
+        "num_kv_heads": m.num_kv_heads,
+        "model_dim": m.model_dim,
+        "num_layers": m.num_layers,
+        "vocab_size": m.vocab_size,
+        "train_seq_len": t.train_seq_len,
+        "eval_seq_len": e.eval_seq_len,
+        "iterations": t.iterations,
+        "train_batch_tokens": t.train_batch_tokens,
+        "val_batch_seqs": e.val_batch_seqs,
+    }
     bad = [k for k, v in positive.items() if v <= 0]
     if bad:
         raise ValueError(f"invalid config: {', '.join(bad)} must be positive")

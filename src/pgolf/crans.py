@@ -135,8 +135,9 @@ def _ctx_ids(flags, cls: np.ndarray, k: int, rows: int) -> np.ndarray:
     return (f[:, None] * k + cls[None, :]).reshape(-1)
 
 
-def encode(codes: np.ndarray, shapes: list[tuple[int, int]], prec: int = rans.DEFAULT_PREC,
-           lanes: int = 0) -> bytes:  # fmt: skip
+def encode(
+    codes: np.ndarray, shapes: list[tuple[int, int]], prec: int = rans.DEFAULT_PREC, lanes: int = 0
+) -> bytes:
     """Flat int8 codes of tensors shaped `shapes` ([rows, cols] each, in order) -> stream."""
     codes = np.ascontiguousarray(codes, dtype=np.int8).reshape(-1)
     n = sum(r * c for r, c in shapes)

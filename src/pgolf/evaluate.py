@@ -242,9 +242,18 @@ def eval_plain(
     """
     plan = plain_windows(torch.as_tensor(val_tokens).numel() - 1, seq_len)
     return score_windows(
-        model, val_tokens, plan, seq_len, batch_seqs, tables, device, autocast_dtype,
-        token_nll, pad_batches, bar="eval plain",
-    )  # fmt: skip
+        model,
+        val_tokens,
+        plan,
+        seq_len,
+        batch_seqs,
+        tables,
+        device,
+        autocast_dtype,
+        token_nll,
+        pad_batches,
+        bar="eval plain",
+    )
 
 
 def eval_sliding(
@@ -268,9 +277,18 @@ def eval_sliding(
     n_targets = torch.as_tensor(val_tokens).numel() - 1
     plan = sliding_windows(n_targets, seq_len, stride)
     r = score_windows(
-        model, val_tokens, plan, seq_len, batch_seqs, tables, device, autocast_dtype,
-        token_nll, pad_batches, bar="eval sliding",
-    )  # fmt: skip
+        model,
+        val_tokens,
+        plan,
+        seq_len,
+        batch_seqs,
+        tables,
+        device,
+        autocast_dtype,
+        token_nll,
+        pad_batches,
+        bar="eval sliding",
+    )
     pdist.log0(
         f"eval_sliding windows:{plan[0].numel()} seq_len:{seq_len} stride:{stride} "
         f"scored_tokens:{r.tokens} targets:{n_targets}",

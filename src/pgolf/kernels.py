@@ -68,8 +68,12 @@ class SdpaPlan:
             return None
         from torch.nn.attention import SDPBackend
 
-        names = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
-                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}  # fmt: skip
+        names = {
+            "cudnn": "CUDNN_ATTENTION",
+            "flash": "FLASH_ATTENTION",
+            "efficient": "EFFICIENT_ATTENTION",
+            "math": "MATH",
+        }
         return [getattr(SDPBackend, names[self.kernel])]
 
 

@@ -52,8 +52,10 @@ def parse_spec(spec: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         group, _, rank = part.partition(":")
         if group not in GROUPS or not rank.isdigit():
-            raise ValueError(f"quant.lqer: {part!r} is not group:rank with a group from "
-                             f"{', '.join(GROUPS)} (e.g. 'mlp:8,attn:4')")  # fmt: skip
+            raise ValueError(
+                f"quant.lqer: {part!r} is not group:rank with a group from "
+                f"{', '.join(GROUPS)} (e.g. 'mlp:8,attn:4')"
+            )
         out[group] = int(rank)
     return out
 
@@ -97,8 +99,10 @@ def add_back(state: dict[str, Tensor]) -> dict[str, Tensor]:
             raise ValueError(f"low-rank term {key!r} has no matching {SUFFIX_B} factor or tensor")
         rows = W.shape[0] if W.dim() > 1 else 1
         if (A.shape[0], B.shape[1]) != (rows, W.numel() // max(rows, 1)):
-            raise ValueError(f"low-rank term {key!r}: {tuple(A.shape)}@{tuple(B.shape)} "
-                             f"does not fit {base!r} {tuple(W.shape)}")  # fmt: skip
+            raise ValueError(
+                f"low-rank term {key!r}: {tuple(A.shape)}@{tuple(B.shape)} "
+                f"does not fit {base!r} {tuple(W.shape)}"
+            )
         state[base] = W + (A @ B).reshape(W.shape)
     orphans = [k for k in state if k.endswith(SUFFIX_B)]
     if orphans:

@@ -224,8 +224,9 @@ def evaluate_model(
     out.update(roundtrip_bpb=r.val_bpb, roundtrip_loss=r.val_loss, roundtrip_seconds=r.seconds)
     if sliding:
         e = cfg.eval
-        s = E.eval_sliding(model, val_tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs,
-                           tables, device, amp)  # fmt: skip
+        s = E.eval_sliding(
+            model, val_tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs, tables, device, amp
+        )
         for line in E.format_eval_line(
             f"{label}_sliding_window", s, extra=f"stride:{cfg.eval.eval_stride}"
         ):
@@ -234,7 +235,8 @@ def evaluate_model(
     AC.require_finite(label, out)
     if label.startswith("final_"):  # the baseline-era line the challenge's parsers read
         k = "sliding" if sliding else "roundtrip"
-        log0(f"final_int8_zlib_roundtrip_exact val_loss:{out[k + '_loss']:.8f} val_bpb:{out[k + '_bpb']:.8f}")  # noqa: E501
+        loss, bpb = out[k + "_loss"], out[k + "_bpb"]
+        log0(f"final_int8_zlib_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
     return out
 
 
@@ -291,8 +293,14 @@ Extras = Callable[[C.RunConfig, Any, Any, Any], dict[str, Any]]
 """(cfg, run folder, val tokens, byte tables) -> more result fields (the CLI adds references)."""
 
 
-def run(cfg: C.RunConfig, run_dir: str | None = None, quantize: bool = True, *,
-        code_size: CodeSize, extras: Extras | None = None) -> dict[str, Any]:  # fmt: skip
+def run(
+    cfg: C.RunConfig,
+    run_dir: str | None = None,
+    quantize: bool = True,
+    *,
+    code_size: CodeSize,
+    extras: Extras | None = None,
+) -> dict[str, Any]:
     """The main job (see the module docstring); returns what it writes to result.json."""
     from pgolf.runlog import new_run
 
@@ -316,13 +324,20 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
     device = next(model.parameters()).device
     tables = result.tables  # built by train() from the same tokenizer, already on the device
     val = result.val_tokens
-    out: dict[str, Any] = dict(preset=cfg.preset, steps=result.steps,
-                               train_seconds=result.train_seconds, run_dir=str(run.path),
-                               stopped_early=result.stopped_early, data_path=str(data_dir))
+    out: dict[str, Any] = dict(
+        preset=cfg.preset,
+        steps=result.steps,
+        train_seconds=result.train_seconds,
+        run_dir=str(run.path),
+        stopped_early=result.stopped_early,
+        data_path=str(data_dir),
+    )
     pre = evaluate_model(cfg, model, val, tables, "pre_quant", False, device)
     out["val_bpb_prequant"], out["val_loss_prequant"] = pre["roundtrip_bpb"], pre["roundtrip_loss"]
-    log0(f"DIAGNOSTIC post_ema val_loss:{pre['roundtrip_loss']:.4f} val_bpb:"
-         f"{pre['roundtrip_bpb']:.4f} eval_time:{1000 * pre['roundtrip_seconds']:.0f}ms")
+    log0(
+        f"DIAGNOSTIC post_ema val_loss:{pre['roundtrip_loss']:.4f} val_bpb:"
+        f"{pre['roundtrip_bpb']:.4f} eval_time:{1000 * pre['roundtrip_seconds']:.0f}ms"
+    )
     if cfg.ttt.mode == "prequant":  # after EMA, before calibration/GPTQ; NON-RECORD
         model = TT.prequant_stage(cfg, model, val, device, out)
     if quantize:
@@ -356,9 +371,14 @@ def load_run_model(cfg: C.RunConfig, weights: Path, device: torch.device):
     return model_from_state(cfg, load_file(str(weights)), device, wmeta, str(weights))
 
 
-def quantize_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                 out: str | None = None, plan: dict[str, dict] | None = None, *,
-                 code_size: CodeSize) -> dict[str, Any]:  # fmt: skip
+def quantize_run(
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | None = None,
+    plan: dict[str, dict] | None = None,
+    *,
+    code_size: CodeSize,
+) -> dict[str, Any]:
     """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact."""
     run_dir = Path(run_dir)
     cfg_file, weights = run_dir / "config.json", run_dir / "final_model.safetensors"

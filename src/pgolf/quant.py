@@ -95,8 +95,15 @@ def _upper_chol_of_inverse(H: Tensor) -> Tensor:
     raise ValueError("gptq: Hessian is not positive definite even with damping 1.0*mean(diag H)")
 
 
-def gptq_quantize(W: Tensor, H: Tensor, bits: int, k: float, block_size: int = 128,
-                  damp: float = 0.01, act_order: bool = True) -> tuple[Tensor, Tensor]:
+def gptq_quantize(
+    W: Tensor,
+    H: Tensor,
+    bits: int,
+    k: float,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = True,
+) -> tuple[Tensor, Tensor]:
     """GPTQ with fixed SDClip scales -> (codes int8 [R, C] in original column order, scales [R]).
 
     W [R, C], H [C, C] (≈ XᵀX of the layer inputs). Works in fp32, or fp64 when W is fp64.
@@ -158,8 +165,12 @@ class PlanEntry:
     prune: float = 0.0  # fraction of the group's ±1 codes zeroed after quantization
 
 
-def make_plan(state_dict: Mapping[str, Tensor], qcfg: QuantConfig, model_cfg: ModelConfig,
-              overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlanEntry]:
+def make_plan(
+    state_dict: Mapping[str, Tensor],
+    qcfg: QuantConfig,
+    model_cfg: ModelConfig,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[PlanEntry]:
     """One PlanEntry per tensor; `qcfg.groups` then `overrides` (what-ifs) replace defaults."""
     cfg_groups, over = parse_groups(qcfg.groups), check_groups(overrides or {}, "plan override")
     groups = {g: {**cfg_groups.get(g, {}), **over.get(g, {})} for g in GROUPS}

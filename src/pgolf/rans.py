@@ -285,24 +285,32 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
 
 
 def wrap_split(
-    data: bytes, a: int, b: int, sizes: list[int], squeeze: Callable[[bytes], bytes],
-    coder: Callable[[np.ndarray], bytes] | None = None, name: str = "rans",
-) -> bytes:  # fmt: skip
+    data: bytes,
+    a: int,
+    b: int,
+    sizes: list[int],
+    squeeze: Callable[[bytes], bytes],
+    coder: Callable[[np.ndarray], bytes] | None = None,
+    name: str = "rans",
+) -> bytes:
     """data[a:b] (int8 codes in segments of `sizes`) by rANS (or `coder`), the rest by `squeeze`
     -> u64 len(rest) + u64 a + u64 len(squeezed) + squeezed + coded stream."""
     if sum(sizes) != b - a:
-        raise ValueError(f"codec {name!r} needs one int8 byte per code ({sum(sizes)}), got {b - a}"
-                         " bytes: bit-packed codes cannot be entropy-coded, use pack_bits=False")
+        raise ValueError(
+            f"codec {name!r} needs one int8 byte per code ({sum(sizes)}), got {b - a}"
+            " bytes: bit-packed codes cannot be entropy-coded, use pack_bits=False"
+        )
     rest = data[:a] + data[b:]
     sq = squeeze(rest)
     coded = (coder or (lambda c: encode(c, sizes)))(
-        np.frombuffer(data, dtype=np.int8, count=b - a, offset=a))
+        np.frombuffer(data, dtype=np.int8, count=b - a, offset=a)
+    )
     return struct.pack("<QQQ", len(rest), a, len(sq)) + sq + coded
 
 
 def unwrap_split(
     stream: bytes, total: int, unsqueeze: Callable[[bytes, int], bytes], dec: Callable = decode
-) -> bytes:  # fmt: skip
+) -> bytes:
     """Inverse of `wrap_split` for `total` data bytes; unsqueeze(bytes, n) must return n bytes;
     `dec(stream, expect=n)` decodes the codes (rANS `decode` or `crans.decode`)."""
     if len(stream) < 24:

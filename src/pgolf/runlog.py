@@ -238,8 +238,9 @@ class RunDir:
 CODEC_TAG = {"brotli": "BROT", "lzma": "LZMA", "zstd": "ZSTD"}
 
 
-def train_header(cfg: C.RunConfig, ddir: Path, val_tokens: int, n_params: int, accum: int,
-                 device: torch.device) -> list[str]:  # fmt: skip
+def train_header(
+    cfg: C.RunConfig, ddir: Path, val_tokens: int, n_params: int, accum: int, device: torch.device
+) -> list[str]:
     """The training header: loaders, parameters, world and attention backends as the records
     print them, then pgolf's device/thread line."""
     shards = len(list(ddir.glob("*_train_*.bin")))

@@ -47,7 +47,6 @@ class KVCache:
         return kc, vc
 
 
-
 @torch.no_grad()
 def generate(
     model: Any,  # pgolf.model.GPT

@@ -155,9 +155,16 @@ class _Trainer:
     def new_loader(self) -> Any:
         c = self.cfg
         return make_train_loader(
-            self.data_dir, c.data.loader, self.di.rank, self.di.world_size, c.train.train_seq_len,
-            self.local_seqs, c.train.seed, c.data.train_shards, c.model.vocab_size,
-        )  # fmt: skip
+            self.data_dir,
+            c.data.loader,
+            self.di.rank,
+            self.di.world_size,
+            c.train.train_seq_len,
+            self.local_seqs,
+            c.train.seed,
+            c.data.train_shards,
+            c.model.vocab_size,
+        )
 
     def step(self) -> Tensor:
         """One optimizer step (all micro-steps); returns this rank's mean loss (a tensor)."""
@@ -210,8 +217,13 @@ class _Trainer:
             tdist.all_gather_object(loaders, self.loader_state)
         if not self.all_finite():
             return None
-        meta = dict(step=step, train_ms=train_ms, **graph_state(self.model),
-                    world_size=self.di.world_size, config=C.to_dict(self.cfg))  # fmt: skip
+        meta = dict(
+            step=step,
+            train_ms=train_ms,
+            **graph_state(self.model),
+            world_size=self.di.world_size,
+            config=C.to_dict(self.cfg),
+        )
         state = {"optim": self.opt.state_dict(), "loaders": loaders, "rng": CK.rng_state()}
         ema = self.ema.state_dict() if self.ema is not None else None
         target = self.run.checkpoint_path  # never replaced by a rank-0-only state:
@@ -249,8 +261,15 @@ class _Trainer:
 
     def validate(self, val_tokens: Tensor, tables: ByteTables, step: int, ms: float) -> EvalResult:
         e, iters = self.cfg.eval, self.cfg.train.iterations
-        r = eval_plain(self.model, val_tokens, e.eval_seq_len, e.val_batch_seqs, tables,
-                       self.device, self.autocast_dtype)  # fmt: skip
+        r = eval_plain(
+            self.model,
+            val_tokens,
+            e.eval_seq_len,
+            e.val_batch_seqs,
+            tables,
+            self.device,
+            self.autocast_dtype,
+        )
         dist.log0(
             f"step:{step}/{iters} val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f} "
             f"train_time:{ms:.0f}ms step_avg:{ms / max(step, 1):.2f}ms"
@@ -370,19 +389,33 @@ def train(
         tr.ema.copy_to(model)
     ema_applied = tr.ema is not None
     CK.save_weights(
-        run.final_model_path, model.state_dict(),
+        run.final_model_path,
+        model.state_dict(),
         {"step": step, "ema": ema_applied, **graph_state(model)},
-    )  # fmt: skip
-    run.write_result(dict(
-        status="trained", steps=step, train_seconds=now_ms / 1000.0, stopped_early=stopped_early,
-        ema_applied=ema_applied, val_loss_live=val.val_loss if val else None,
-        val_bpb_live=val.val_bpb if val else None,
-    ))  # fmt: skip
+    )
+    run.write_result(
+        dict(
+            status="trained",
+            steps=step,
+            train_seconds=now_ms / 1000.0,
+            stopped_early=stopped_early,
+            ema_applied=ema_applied,
+            val_loss_live=val.val_loss if val else None,
+            val_bpb_live=val.val_bpb if val else None,
+        )
+    )
     return TrainResult(
-        model=model, ema=tr.ema, ema_applied=ema_applied, steps=step,
-        train_seconds=now_ms / 1000.0, stopped_early=stopped_early, val=val, tables=tables,
-        val_tokens=val_tokens, run=run,
-    )  # fmt: skip
+        model=model,
+        ema=tr.ema,
+        ema_applied=ema_applied,
+        steps=step,
+        train_seconds=now_ms / 1000.0,
+        stopped_early=stopped_early,
+        val=val,
+        tables=tables,
+        val_tokens=val_tokens,
+        run=run,
+    )
 
 
 def _diverged(run: RunDir, step: int, what: str) -> None:

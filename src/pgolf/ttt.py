@@ -68,8 +68,9 @@ class Ledger:
     events: list[dict] = field(default_factory=list)
 
     def score(self, positions: list[tuple[int, int]], weights_version: int) -> None:
-        self.events.append({"kind": "score", "ranges": _clean(positions),
-                            "version": weights_version})  # fmt: skip
+        self.events.append(
+            {"kind": "score", "ranges": _clean(positions), "version": weights_version}
+        )
 
     def update(self, positions: list[tuple[int, int]], new_version: int) -> None:
         self.events.append({"kind": "update", "ranges": _clean(positions), "version": new_version})
@@ -182,8 +183,11 @@ class EvalClock:
                 f"eval_clock:WARNING evaluation took {self.total:.1f}s, over the {budget:.0f}s "
                 "budget (ttt.eval_budget_seconds); a record submission must fit it"
             )
-        return {"eval_stage_seconds": dict(self.stages), "eval_seconds": self.total,
-                "eval_over_budget": over}  # fmt: skip
+        return {
+            "eval_stage_seconds": dict(self.stages),
+            "eval_seconds": self.total,
+            "eval_over_budget": over,
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,9 +205,14 @@ def consumed(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def score_first(
-    cfg: RunConfig, model: nn.Module, val_tokens: torch.Tensor, tables: ByteTables,
-    device: torch.device, ledger: Ledger, token_nll: torch.Tensor | None = None,
-) -> EvalResult:  # fmt: skip
+    cfg: RunConfig,
+    model: nn.Module,
+    val_tokens: torch.Tensor,
+    tables: ByteTables,
+    device: torch.device,
+    ledger: Ledger,
+    token_nll: torch.Tensor | None = None,
+) -> EvalResult:
     """PR #1493's legal TTT (see the module docstring); returns the totals over every target.
     `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it)."""
     t, e = cfg.ttt, cfg.eval
@@ -222,8 +231,18 @@ def score_first(
         if not bool(sel.any()):
             continue
         plan = (starts[sel], lo[sel], hi[sel])
-        r = score_windows(model, tokens, plan, e.eval_seq_len, e.val_batch_seqs, tables, device,
-                          amp, token_nll, bar=None)  # fmt: skip
+        r = score_windows(
+            model,
+            tokens,
+            plan,
+            e.eval_seq_len,
+            e.val_batch_seqs,
+            tables,
+            device,
+            amp,
+            token_nll,
+            bar=None,
+        )
         acc += (r.nll_sum, r.tokens, r.bytes)
         a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())
         ledger.score([(a, b)], version)
@@ -233,14 +252,25 @@ def score_first(
         for g in opt.param_groups:
             g["lr"] = lr
         for _ in range(t.epochs):
-            ttt_lora.sgd_on_ranges(model, opt, tokens, [(a, b)], e.eval_seq_len,
-                                   e.val_batch_seqs, t.grad_clip, device, amp)  # fmt: skip
+            ttt_lora.sgd_on_ranges(
+                model,
+                opt,
+                tokens,
+                [(a, b)],
+                e.eval_seq_len,
+                e.val_batch_seqs,
+                t.grad_clip,
+                device,
+                amp,
+            )
             version += 1
             ledger.update(consumed([(a, b)]), version)
         if c % 10 == 0 or c == n_chunks - 2:
-            pdist.log0(f"ttt_chunk:{c + 1}/{n_chunks} lr:{lr:.6f} running_loss:"
-                       f"{acc[0] / max(acc[1], 1):.4f} time:{time.perf_counter() - t0:.1f}s",
-                       console=False)  # fmt: skip
+            pdist.log0(
+                f"ttt_chunk:{c + 1}/{n_chunks} lr:{lr:.6f} running_loss:"
+                f"{acc[0] / max(acc[1], 1):.4f} time:{time.perf_counter() - t0:.1f}s",
+                console=False,
+            )
     model.eval()
     return result_from_sums(float(acc[0]), int(acc[1]), int(acc[2]), time.perf_counter() - t0)
 
@@ -250,9 +280,13 @@ def score_first(
 
 
 def run_ttt(
-    cfg: RunConfig, model: nn.Module, val_tokens: torch.Tensor, tables: ByteTables,
-    device: torch.device | str, token_nll: torch.Tensor | None = None,
-) -> tuple[EvalResult, Ledger]:  # fmt: skip
+    cfg: RunConfig,
+    model: nn.Module,
+    val_tokens: torch.Tensor,
+    tables: ByteTables,
+    device: torch.device | str,
+    token_nll: torch.Tensor | None = None,
+) -> tuple[EvalResult, Ledger]:
     """The eval-time modes (none = plain sliding, score_first, lora) -> (totals, ledger);
     `token_nll` as in `pgolf.evaluate.eval_sliding`."""
     device = torch.device(device)
@@ -268,8 +302,18 @@ def run_ttt(
         n = torch.as_tensor(val_tokens).numel() - 1
         plan = sliding_windows(n, e.eval_seq_len, e.eval_stride)
         amp = torch.bfloat16 if device.type == "cuda" else None
-        r = score_windows(model, val_tokens, plan, e.eval_seq_len, e.val_batch_seqs, tables,
-                          device, amp, token_nll, bar="eval sliding")  # fmt: skip
+        r = score_windows(
+            model,
+            val_tokens,
+            plan,
+            e.eval_seq_len,
+            e.val_batch_seqs,
+            tables,
+            device,
+            amp,
+            token_nll,
+            bar="eval sliding",
+        )
         ledger.score([(0, n)], 0)
         return r, ledger
     raise ValueError(
@@ -312,8 +356,10 @@ def prequant_ttt(
         for p in block.parameters():
             p.requires_grad_(i >= t.prequant_freeze_blocks)
     params = [p for p in net.parameters() if p.requires_grad]
-    pdist.log0(f"ttt:prequant NON-RECORD ({NON_RECORD_REASON}) trainable:"
-               f"{sum(p.numel() for p in params)} epochs:{t.prequant_epochs}")  # fmt: skip
+    pdist.log0(
+        f"ttt:prequant NON-RECORD ({NON_RECORD_REASON}) trainable:"
+        f"{sum(p.numel() for p in params)} epochs:{t.prequant_epochs}"
+    )
     opt = torch.optim.AdamW(params, lr=t.prequant_lr, weight_decay=0.0)
     fwd = torch.compile(net, dynamic=False) if device.type == "cuda" else net
     amp = torch.bfloat16 if device.type == "cuda" else None
@@ -324,8 +370,10 @@ def prequant_ttt(
     n_seq = (tokens.numel() - 1) // L
     n_batches = n_seq // gb
     if n_batches < 1:
-        raise ValueError(f"ttt: {n_seq} sequences of {L} tokens, fewer than one batch of {gb}; "
-                         "lower ttt.prequant_seq_len or ttt.prequant_batch_seqs")  # fmt: skip
+        raise ValueError(
+            f"ttt: {n_seq} sequences of {L} tokens, fewer than one batch of {gb}; "
+            "lower ttt.prequant_seq_len or ttt.prequant_batch_seqs"
+        )
     per = gb // di.world_size
     ar = torch.arange(L + 1)
     version, t0 = 0, time.perf_counter()
@@ -333,7 +381,8 @@ def prequant_ttt(
     stop = False
     for ep in pdist.progress(range(t.prequant_epochs), desc="prequant ttt epochs"):
         lr = t.prequant_min_lr + (t.prequant_lr - t.prequant_min_lr) * 0.5 * (
-            1 + math.cos(math.pi * ep / t.prequant_epochs))  # fmt: skip
+            1 + math.cos(math.pi * ep / t.prequant_epochs)
+        )
         for g in opt.param_groups:
             g["lr"] = lr
         total = 0.0
@@ -357,8 +406,10 @@ def prequant_ttt(
             if on_batch is not None and on_batch(ep + (bi + 1) / n_batches, net):
                 stop = True
                 break
-        pdist.log0(f"ttt:epoch {ep + 1}/{t.prequant_epochs} loss={total / n_batches:.4f} "
-                   f"lr={lr:.2e} time={time.perf_counter() - t0:.1f}s non_record:true")  # fmt: skip
+        pdist.log0(
+            f"ttt:epoch {ep + 1}/{t.prequant_epochs} loss={total / n_batches:.4f} "
+            f"lr={lr:.2e} time={time.perf_counter() - t0:.1f}s non_record:true"
+        )
         if stop:
             break
         if on_epoch is not None:
@@ -382,9 +433,14 @@ def eval_stage(cfg: RunConfig, model, val, tables, device, clock, non_record=Fal
         pdist.log0(line)
     c3, c4 = score_before_update(ledger), single_pass(ledger, val.numel() - 1)
     pdist.log0(f"ttt_ledger events:{len(ledger.events)} condition3:{not c3} condition4:{not c4}")
-    out.update(ttt_mode=cfg.ttt.mode, val_bpb_ttt=r.val_bpb, val_loss_ttt=r.val_loss,
-               ttt_seconds=r.seconds, ttt_condition3_violations=c3[:5],
-               ttt_condition4_violations=c4[:5])  # fmt: skip
+    out.update(
+        ttt_mode=cfg.ttt.mode,
+        val_bpb_ttt=r.val_bpb,
+        val_loss_ttt=r.val_loss,
+        ttt_seconds=r.seconds,
+        ttt_condition3_violations=c3[:5],
+        ttt_condition4_violations=c4[:5],
+    )
     return {**out, **clock.report(cfg.ttt.eval_budget_seconds)}
 
 
@@ -392,7 +448,10 @@ def prequant_stage(cfg: RunConfig, model: nn.Module, val, device, out: dict) -> 
     """`prequant_ttt` inside a run: labels `out` (result.json) non-record and logs why."""
     t0 = time.perf_counter()
     model = prequant_ttt(cfg, model, val, device)
-    out.update(non_record=True, non_record_reason=NON_RECORD_REASON,
-               prequant_ttt_seconds=time.perf_counter() - t0)  # fmt: skip
+    out.update(
+        non_record=True,
+        non_record_reason=NON_RECORD_REASON,
+        prequant_ttt_seconds=time.perf_counter() - t0,
+    )
     pdist.log0(f"non_record:true reason:{NON_RECORD_REASON}")
     return model

@@ -38,8 +38,14 @@ from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
 from pgolf.evaluate import EvalResult, result_from_sums, score_batch
 
-TARGETS = {"q": ("attn", "c_q"), "k": ("attn", "c_k"), "v": ("attn", "c_v"),
-           "o": ("attn", "proj"), "fc": ("mlp", "fc"), "mlp_proj": ("mlp", "proj")}  # fmt: skip
+TARGETS = {
+    "q": ("attn", "c_q"),
+    "k": ("attn", "c_k"),
+    "v": ("attn", "c_v"),
+    "o": ("attn", "proj"),
+    "fc": ("mlp", "fc"),
+    "mlp_proj": ("mlp", "proj"),
+}
 
 
 class LoRALinear(nn.Module):
@@ -55,8 +61,9 @@ class LoRALinear(nn.Module):
         self.b = nn.Parameter(torch.zeros(rows, w.size(0), rank, device=w.device))
 
     def forward(self, x: Tensor) -> Tensor:
-        delta = torch.bmm(torch.bmm(x, self.a.to(x.dtype).transpose(1, 2)),
-                          self.b.to(x.dtype).transpose(1, 2))  # fmt: skip
+        delta = torch.bmm(
+            torch.bmm(x, self.a.to(x.dtype).transpose(1, 2)), self.b.to(x.dtype).transpose(1, 2)
+        )
         return self.base(x) + delta
 
 
@@ -125,8 +132,23 @@ def lora_ttt(
     for bi, batch in pdist.progress(enumerate(batches), len(batches), "ttt lora batches"):
         if bi % di.world_size == di.rank:
             n_ev = len(ledger.events)
-            warm = _run_batch(model, batch, tokens, targets, t, L, ar, tab, device, amp, acc,
-                              ledger, version, warm, token_nll)  # fmt: skip
+            warm = _run_batch(
+                model,
+                batch,
+                tokens,
+                targets,
+                t,
+                L,
+                ar,
+                tab,
+                device,
+                amp,
+                acc,
+                ledger,
+                version,
+                warm,
+                token_nll,
+            )
             version += 10**6  # each batch's adapters are a new state lineage
             for ev in ledger.events[n_ev:]:
                 ev["order"] = bi
@@ -156,8 +178,9 @@ def lora_ttt(
     return result_from_sums(nll, int(n), int(nb), time.perf_counter() - t0)
 
 
-def _run_batch(model, batch, tokens, targets, t, L, ar, tab, device, amp, acc, ledger, version,
-               warm, token_nll):  # fmt: skip
+def _run_batch(
+    model, batch, tokens, targets, t, L, ar, tab, device, amp, acc, ledger, version, warm, token_nll
+):
     """Score-then-step every chunk of one batch of documents; returns the adapters' mean."""
     rows = len(batch)
     wrappers = attach(model, targets, rows, t.lora_rank)
@@ -202,8 +225,11 @@ def _run_batch(model, batch, tokens, targets, t, L, ar, tab, device, amp, acc, l
             opt.step()
             # consumed: the window's inputs up to the chunk's last target, except a document's
             # own BOS (boundaries are read up front, as in every LoRA TTT record)
-            rng = [(int(a) if a == s else int(a) - 1, int(b))
-                   for a, b, s, x in zip(start, cb, s_doc, nxt, strict=True) if x]  # fmt: skip
+            rng = [
+                (int(a) if a == s else int(a) - 1, int(b))
+                for a, b, s, x in zip(start, cb, s_doc, nxt, strict=True)
+                if x
+            ]
             ledger.update(rng, version + k + 1)
         if t.lora_init != "warm":
             return None

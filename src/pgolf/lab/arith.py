@@ -43,8 +43,9 @@ class Decoder:
         s = int(np.searchsorted(cum, idx, side="right"))
         s = min(s, f.size - 1)
         c0 = int(cum[s] - f[s])
-        self.low, self.rng, self.den = self.low * tot + c0 * self.rng, self.rng * int(f[s]), \
-            self.den * tot  # fmt: skip
+        self.low, self.rng, self.den = (
+            self.low * tot + c0 * self.rng,
+            self.rng * int(f[s]),
+            self.den * tot,
+        )
         return s
-
-

@@ -103,8 +103,10 @@ class Steps:
             register_optimizer_step_pre_hook,
         )
 
-        hs = [register_optimizer_step_pre_hook(self._pre),
-              register_optimizer_step_post_hook(self._post)]  # fmt: skip
+        hs = [
+            register_optimizer_step_pre_hook(self._pre),
+            register_optimizer_step_post_hook(self._post),
+        ]
         try:
             yield self
         finally:
@@ -154,8 +156,9 @@ class Tap:
 
 def ledger_from_plan(ledger: TT.Ledger, plan, version: int = 0) -> None:
     starts, lo, hi = plan
-    ledger.score([(int(s + a), int(s + b)) for s, a, b in zip(starts, lo, hi, strict=True)],
-                 version)  # fmt: skip
+    ledger.score(
+        [(int(s + a), int(s + b)) for s, a, b in zip(starts, lo, hi, strict=True)], version
+    )
 
 
 @dataclass
@@ -176,11 +179,16 @@ class Evaluator:
 
     def with_batch(self, n: int) -> Evaluator:
         c = self.cfg
-        return replace(self, cfg=replace(c, eval=replace(c.eval, val_batch_seqs=n),
-                                          ttt=replace(c.ttt, lora_batch_docs=n)))  # fmt: skip
+        return replace(
+            self,
+            cfg=replace(
+                c, eval=replace(c.eval, val_batch_seqs=n), ttt=replace(c.ttt, lora_batch_docs=n)
+            ),
+        )
 
-    def score(self, model: nn.Module, tokens: torch.Tensor, nll: torch.Tensor,
-              ledger: TT.Ledger, tap: Tap) -> tuple[EvalResult, nn.Module]:  # fmt: skip
+    def score(
+        self, model: nn.Module, tokens: torch.Tensor, nll: torch.Tensor, ledger: TT.Ledger, tap: Tap
+    ) -> tuple[EvalResult, nn.Module]:
         """Run the mode; fills `nll` and `ledger`; returns (reported totals, scoring model)."""
         e, dev = self.cfg.eval, torch.device(self.device)
         c = replace(self.cfg, ttt=replace(self.cfg.ttt, mode=self.mode))
@@ -190,12 +198,21 @@ class Evaluator:
         try:
             n = tokens.numel() - 1
             if self.mode == "plain":
-                r = eval_plain(model, tokens, e.eval_seq_len, e.val_batch_seqs, self.tables, dev,
-                               token_nll=nll)  # fmt: skip
+                r = eval_plain(
+                    model, tokens, e.eval_seq_len, e.val_batch_seqs, self.tables, dev, token_nll=nll
+                )
                 ledger_from_plan(ledger, plain_windows(n, e.eval_seq_len))
             elif self.mode in ("sliding", "prequant"):
-                r = eval_sliding(model, tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs,
-                                 self.tables, dev, token_nll=nll)  # fmt: skip
+                r = eval_sliding(
+                    model,
+                    tokens,
+                    e.eval_seq_len,
+                    e.eval_stride,
+                    e.val_batch_seqs,
+                    self.tables,
+                    dev,
+                    token_nll=nll,
+                )
                 v = max((ev["version"] for ev in ledger.events), default=0)
                 ledger_from_plan(ledger, sliding_windows(n, e.eval_seq_len, e.eval_stride), v)
             elif self.mode == "score_first":  # run_ttt's branches, with the auditor's ledger
@@ -208,8 +225,13 @@ class Evaluator:
             h.remove()
         return r, model
 
-    def run(self, model: nn.Module, tokens: torch.Tensor, probes: list[int] = (),
-            off: frozenset[int] = frozenset()) -> EvalOut:  # fmt: skip
+    def run(
+        self,
+        model: nn.Module,
+        tokens: torch.Tensor,
+        probes: list[int] = (),
+        off: frozenset[int] = frozenset(),
+    ) -> EvalOut:
         """One evaluation on a copy of `model` (no copy for the stateless base modes);
         optimizer steps numbered in `off` are undone (T3.4)."""
         tokens = torch.as_tensor(tokens).to(torch.int64).cpu()
@@ -218,8 +240,9 @@ class Evaluator:
         with Steps(off).active() as steps:
             ledger = StampLedger(steps=steps)
             tap = Tap(tokens, list(probes), self.cfg.eval.eval_seq_len)
-            r, scorer = self.score(model if stateless else copy.deepcopy(model), tokens, nll,
-                                   ledger, tap)  # fmt: skip
+            r, scorer = self.score(
+                model if stateless else copy.deepcopy(model), tokens, nll, ledger, tap
+            )
         return EvalOut(nll, r.nll_sum, r.tokens, ledger, tap.probs, scorer, r.bytes, steps.n)
 
 
@@ -228,12 +251,18 @@ def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
     at most 4 windows per batch (short streams need no more, and padding costs time)."""
     L, t = cfg.eval.eval_seq_len, cfg.ttt
     chunk = max(cfg.eval.eval_stride, min(t.chunk_tokens, n_targets // 4))
-    ttt = replace(t, chunk_tokens=chunk, lora_chunk=min(t.lora_chunk, max(1, L // 2)),
-                  prequant_seq_len=min(t.prequant_seq_len, L), prequant_epochs=1,
-                  prequant_batch_seqs=max(1, min(t.prequant_batch_seqs,
-                                                 n_targets // (2 * min(t.prequant_seq_len, L)))))
+    ttt = replace(
+        t,
+        chunk_tokens=chunk,
+        lora_chunk=min(t.lora_chunk, max(1, L // 2)),
+        prequant_seq_len=min(t.prequant_seq_len, L),
+        prequant_epochs=1,
+        prequant_batch_seqs=max(
+            1, min(t.prequant_batch_seqs, n_targets // (2 * min(t.prequant_seq_len, L)))
+        ),
+    )
     ev = replace(cfg.eval, val_batch_seqs=min(cfg.eval.val_batch_seqs, 4))
-    return replace(cfg, eval=ev, ttt=ttt)  # fmt: skip
+    return replace(cfg, eval=ev, ttt=ttt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,8 +317,11 @@ def cut_points(ev: Evaluator, tokens: torch.Tensor, bos: int) -> dict[str, int]:
     """Token cut points c (tokens[c:] perturbed): inside a chunk, at a boundary, at a BOS."""
     n = tokens.numel() - 1
     L = ev.cfg.eval.eval_seq_len
-    unit = ev.cfg.ttt.chunk_tokens if ev.mode == "score_first" else (
-        ev.cfg.ttt.lora_chunk if ev.mode == "lora" else L)  # fmt: skip
+    unit = (
+        ev.cfg.ttt.chunk_tokens
+        if ev.mode == "score_first"
+        else (ev.cfg.ttt.lora_chunk if ev.mode == "lora" else L)
+    )
     cuts = {"inside_chunk": min(n - 1, unit // 2 + 3), "chunk_boundary": min(n - 1, unit + 1)}
     bos_at = [int(i) for i in torch.nonzero(tokens[: n - 1] == bos).flatten() if 4 < i < n - 1]
     if bos_at:
@@ -297,8 +329,15 @@ def cut_points(ev: Evaluator, tokens: torch.Tensor, bos: int) -> dict[str, int]:
     return {k: max(2, v) for k, v in cuts.items()}
 
 
-def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool = False,
-          seed: int = 0, coder_tokens: int | None = None) -> list[Row]:  # fmt: skip
+def audit(
+    ev: Evaluator,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    coder_tokens: int | None = None,
+) -> list[Row]:
     """All empirical tests of `ev` on (model, tokens); see the module docstring."""
     tokens = torch.as_tensor(tokens).to(torch.int64).cpu()
     n, bos = tokens.numel() - 1, ev.cfg.model.bos_id
@@ -320,14 +359,19 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
     for label, c in cut_points(ev, tokens, bos).items():
         pert = ev.run(model, _random_tail(tokens, c, g))
         d, j = maxdiff(base.nll[: c - 1], pert.nll[: c - 1])
-        add("C1", f"T1.1 prefix invariance ({label}, cut {c})", d <= tol,
+        add(
+            "C1",
+            f"T1.1 prefix invariance ({label}, cut {c})",
+            d <= tol,
             f"max|dNLL| over {c - 1} earlier targets {d:.2e} (tol {tol:.0e})"
-            + (f", first at target {j}" if d > tol else ""))
+            + (f", first at target {j}" if d > tol else ""),
+        )
     worst, where = 0.0, ""
     for t in flips:
         x = tokens.clone()
-        x[t + 1] = (int(x[t + 1]) + 1 + int(torch.randint(0, 7, (1,), generator=g))) % \
-            ev.cfg.model.vocab_size  # fmt: skip
+        x[t + 1] = (
+            int(x[t + 1]) + 1 + int(torch.randint(0, 7, (1,), generator=g))
+        ) % ev.cfg.model.vocab_size
         if int(x[t + 1]) == bos:
             x[t + 1] = (bos + 1) % ev.cfg.model.vocab_size
         out = ev.run(model, x, [t])
@@ -336,8 +380,12 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
         dp = float((r0[1] - r1[1]).abs().max()) if r0 and r1 else float("inf")
         if max(d, dp) > worst:
             worst, where = max(d, dp), f" (target {t}: earlier {d:.2e}, p_t {dp:.2e})"
-    add("C1", "T1.2 target-flip invariance", worst <= tol,
-        f"{len(flips)} flips at {flips}: max change {worst:.2e}{where}")
+    add(
+        "C1",
+        "T1.2 target-flip invariance",
+        worst <= tol,
+        f"{len(flips)} flips at {flips}: max change {worst:.2e}{where}",
+    )
     if ev.per_document:
         docs = documents(tokens, bos)
         if len(docs) >= 3:
@@ -351,16 +399,28 @@ def audit(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, *, quick: bool 
                 x[lo_:hi_] = torch.where(seg == bos, seg, new)
             d1, _ = maxdiff(base.nll[a:b], ev.run(model, x).nll[a:b])
             d2, _ = maxdiff(base.nll, ev.with_batch(1).run(model, tokens).nll)
-            add("C1", "T1.4 document isolation / batch composition", max(d1, d2) <= tol,
-                f"doc [{a},{b}) with neighbours replaced: {d1:.2e}; batch size 1: {d2:.2e}")
+            add(
+                "C1",
+                "T1.4 document isolation / batch composition",
+                max(d1, d2) <= tol,
+                f"doc [{a},{b}) with neighbours replaced: {d1:.2e}; batch size 1: {d2:.2e}",
+            )
         else:
             add("C1", "T1.4 document isolation / batch composition", None, "fewer than 3 docs")
     else:
-        add("C1", "T1.4 document isolation / batch composition", None,
-            f"mode {ev.mode} does not claim per-document scoring")
+        add(
+            "C1",
+            "T1.4 document isolation / batch composition",
+            None,
+            f"mode {ev.mode} does not claim per-document scoring",
+        )
     bad = [o for o in opened if "train" in o.rsplit("/", 1)[-1] or o.startswith("socket")]
-    add("C1", "T1.5 no training data / network at eval", not bad,
-        f"{len(opened)} file/network events during evaluation" + (f": {bad[:2]}" if bad else ""))
+    add(
+        "C1",
+        "T1.5 no training data / network at eval",
+        not bad,
+        f"{len(opened)} file/network events during evaluation" + (f": {bad[:2]}" if bad else ""),
+    )
 
     # C2, C3, C4 -----------------------------------------------------------------------------
     from pgolf.lab import audit_c2, audit_c3

@@ -40,9 +40,13 @@ def normalization(base: EvalOut, tokens: torch.Tensor, probes: list[int]) -> Row
         worst_sum = max(worst_sum, abs(s - 1))
         worst_nll = max(worst_nll, abs(-float(p[int(tokens[t + 1])]) - float(base.nll[t])))
     ok = not missing and worst_sum < 1e-5 and worst_nll < 1e-4
-    return Row("C2", "T2.1 normalization and NLL = -log p", "pass" if ok else "fail",
-               f"{len(probes)} positions: max|sum p - 1| {worst_sum:.1e}, max|NLL + log p| "
-               f"{worst_nll:.1e}" + (f"; no distribution at {missing[:3]}" if missing else ""))
+    return Row(
+        "C2",
+        "T2.1 normalization and NLL = -log p",
+        "pass" if ok else "fail",
+        f"{len(probes)} positions: max|sum p - 1| {worst_sum:.1e}, max|NLL + log p| "
+        f"{worst_nll:.1e}" + (f"; no distribution at {missing[:3]}" if missing else ""),
+    )
 
 
 def round_trip(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, k: int, tol: float) -> Row:
@@ -129,9 +133,11 @@ def byte_oracle(ev: Evaluator, tokens: torch.Tensor) -> Row:
         if tab != text:
             bad.append(f"document at token {p}: tables {tab} bytes, text {text}")
     skipped = segs[0][0]
-    txt = (f"{len(segs)} documents, {total} bytes of decoded text"
-           + (f" ({skipped} targets before the first BOS not compared)" if skipped else "")
-           + (f"; {len(bad)} differ, {bad[0]}" if bad else ": equal"))  # fmt: skip
+    txt = (
+        f"{len(segs)} documents, {total} bytes of decoded text"
+        + (f" ({skipped} targets before the first BOS not compared)" if skipped else "")
+        + (f"; {len(bad)} differ, {bad[0]}" if bad else ": equal")
+    )
     return Row("C2", test, "fail" if bad else "pass", txt)
 
 
@@ -151,6 +157,10 @@ def coverage(ev: Evaluator, tokens: torch.Tensor, base: EvalOut) -> Row:
                 hit[max(0, min(b, n))] -= 1
     covered = int((hit.cumsum(0)[:n] > 0).sum())
     ok = base.tokens == n and covered == n and base.bytes == canon
-    return Row("C2", "T2.5 coverage (all targets, canonical bytes)", "pass" if ok else "fail",
-               f"reported {base.tokens} targets / {base.bytes} bytes; canonical {n} / {canon} "
-               f"({src} byte tables); ledger covers {covered} of {n}")
+    return Row(
+        "C2",
+        "T2.5 coverage (all targets, canonical bytes)",
+        "pass" if ok else "fail",
+        f"reported {base.tokens} targets / {base.bytes} bytes; canonical {n} / {canon} "
+        f"({src} byte tables); ledger covers {covered} of {n}",
+    )

@@ -56,14 +56,20 @@ def step_owners(out: EvalOut) -> tuple[list[dict | None], int]:
     return owners, out.steps - done
 
 
-def counterfactual(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, base: EvalOut,
-                   tol: float) -> Row:  # fmt: skip
+def counterfactual(
+    ev: Evaluator, model: nn.Module, tokens: torch.Tensor, base: EvalOut, tol: float
+) -> Row:
     """T3.4 (module docstring) on the scored chunk nearest the middle of the run."""
     test = "T3.4 no-update counterfactual (one chunk)"
     owners, hidden = step_owners(base)
     if hidden:
-        return Row("C3", test, "fail", f"{hidden} of {base.steps} optimizer steps are followed by "
-                   "no ledger update (updates the ledger does not announce)")  # fmt: skip
+        return Row(
+            "C3",
+            test,
+            "fail",
+            f"{hidden} of {base.steps} optimizer steps are followed by "
+            "no ledger update (updates the ledger does not announce)",
+        )
     if not base.steps:
         return Row("C3", test, "n.a.", "no optimizer step: nothing to disable")
     scores = [e for e in base.ledger.events if e["kind"] == "score"]
@@ -82,11 +88,15 @@ def counterfactual(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, base: 
     d, j = maxdiff(base.nll[mask], cf.nll[mask])
     rest, _ = maxdiff(base.nll[~mask], cf.nll[~mask])
     a, b = chunk[0]
-    return Row("C3", test, "pass" if d <= tol else "fail",
-               f"score event {k} ({int(mask.sum())} targets, first [{a},{b})): {len(off)} of "
-               f"{base.steps} optimizer steps consumed it and were undone; its scores moved "
-               f"{d:.2e} (tol {tol:.0e}), other targets {rest:.2e}"
-               + (f"; first moved: target {int(mask.nonzero()[j])}" if d > tol else ""))
+    return Row(
+        "C3",
+        test,
+        "pass" if d <= tol else "fail",
+        f"score event {k} ({int(mask.sum())} targets, first [{a},{b})): {len(off)} of "
+        f"{base.steps} optimizer steps consumed it and were undone; its scores moved "
+        f"{d:.2e} (tol {tol:.0e}), other targets {rest:.2e}"
+        + (f"; first moved: target {int(mask.nonzero()[j])}" if d > tol else ""),
+    )
 
 
 def order(ev: Evaluator, base: EvalOut, tokens: torch.Tensor) -> Row:
@@ -111,16 +121,28 @@ def order(ev: Evaluator, base: EvalOut, tokens: torch.Tensor) -> Row:
         for key, (lo, _) in span.items():
             if lo < last.get(key, 0):
                 where = f"document from target {starts[key]}" if per_doc else "the stream"
-                return Row("C4", test, "fail", f"score commit {n_scores - 1} (event {i}) scores "
-                           f"target {lo} after target {last[key] - 1} of {where}")  # fmt: skip
+                return Row(
+                    "C4",
+                    test,
+                    "fail",
+                    f"score commit {n_scores - 1} (event {i}) scores "
+                    f"target {lo} after target {last[key] - 1} of {where}",
+                )
         for key, (_, hi) in span.items():
             last[key] = max(last.get(key, 0), hi)
     unit = f"per document ({len(starts)})" if per_doc else "along the stream"
     return Row("C4", test, "pass", f"{n_scores} score commits, non-decreasing {unit}")
 
 
-def rows(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, base: EvalOut, again: EvalOut,
-         floor: float, tol: float) -> list[Row]:  # fmt: skip
+def rows(
+    ev: Evaluator,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    base: EvalOut,
+    again: EvalOut,
+    floor: float,
+    tol: float,
+) -> list[Row]:
     """The C3 and C4 rows."""
     n, led = tokens.numel() - 1, base.ledger
     out = []
@@ -130,21 +152,41 @@ def rows(ev: Evaluator, model: nn.Module, tokens: torch.Tensor, base: EvalOut, a
 
     n_up = sum(e["kind"] == "update" for e in led.events)
     v = TT.score_before_update(led)
-    add("C3", "T3.1/T3.2 score before update (ledger)", not v,
-        f"{n_up} updates, {len(led.events) - n_up} score events" + (f"; {v[0]}" if v else ""))
+    add(
+        "C3",
+        "T3.1/T3.2 score before update (ledger)",
+        not v,
+        f"{n_up} updates, {len(led.events) - n_up} score events" + (f"; {v[0]}" if v else ""),
+    )
     dsum = abs(base.total - float(base.nll.sum()))
-    add("C3", "T3.3 reported total = sum of per-target scores", dsum <= 1e-6 * max(1.0, base.total)
-        and base.tokens == n, f"reported {base.total:.6f} over {base.tokens} targets, per-target "
-        f"sum {float(base.nll.sum()):.6f} over {n}")  # fmt: skip
+    add(
+        "C3",
+        "T3.3 reported total = sum of per-target scores",
+        dsum <= 1e-6 * max(1.0, base.total) and base.tokens == n,
+        f"reported {base.total:.6f} over {base.tokens} targets, per-target "
+        f"sum {float(base.nll.sum()):.6f} over {n}",
+    )
     out.append(counterfactual(ev, model, tokens, base, tol))
     inf = inference_tensors(base.model)
-    add("C3", "T3.5 no inference-mode tensors", not inf,
-        f"{len(inf)} inference tensors" + (f": {inf[:3]}" if inf else ""))
+    add(
+        "C3",
+        "T3.5 no inference-mode tensors",
+        not inf,
+        f"{len(inf)} inference tensors" + (f": {inf[:3]}" if inf else ""),
+    )
     v = TT.single_pass(led, n)
-    add("C4", "T4.1 every target scored exactly once", not v and base.tokens == n,
-        f"{n} targets, reported {base.tokens}" + (f"; {v[0]}" if v else ""))
+    add(
+        "C4",
+        "T4.1 every target scored exactly once",
+        not v and base.tokens == n,
+        f"{n} targets, reported {base.tokens}" + (f"; {v[0]}" if v else ""),
+    )
     out.append(order(ev, base, tokens))
     dt = abs(base.total - again.total)
-    add("C4", "T4.3 one sweep, reproducible", dt <= max(100 * floor * n, 1e-9 * abs(base.total)),
-        f"re-run total differs by {dt:.2e} nats (noise floor {floor:.1e}/target)")
+    add(
+        "C4",
+        "T4.3 one sweep, reproducible",
+        dt <= max(100 * floor * n, 1e-9 * abs(base.total)),
+        f"re-run total differs by {dt:.2e} nats (noise floor {floor:.1e}/target)",
+    )
     return out

@@ -57,8 +57,12 @@ def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
     test = "T2.5 run scores the whole validation set"
     try:
         canon = sum(int(read_shard(f).size) for f in find_shards(data_dir, "val")) - 1
-        scored = load_val_tokens(data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens,
-                                 cfg.model.vocab_size).numel() - 1  # fmt: skip
+        scored = (
+            load_val_tokens(
+                data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens, cfg.model.vocab_size
+            ).numel()
+            - 1
+        )
     except (OSError, ValueError) as e:
         return Row("C2", test, "n.a.", f"validation shards unreadable ({e})"[:160])
     log = path.parent / "log.txt"
@@ -70,13 +74,22 @@ def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
     short = canon - scored
     full = load_val_tokens(data_dir, cfg.eval.eval_seq_len, 0, cfg.model.vocab_size).numel() - 1
     if scored < full:
-        return Row("C2", test, "fail", f"data.max_val_tokens={cfg.data.max_val_tokens}: scores "
-                   f"{scored} of {canon} canonical targets (subset evaluation){said}")  # fmt: skip
+        return Row(
+            "C2",
+            test,
+            "fail",
+            f"data.max_val_tokens={cfg.data.max_val_tokens}: scores "
+            f"{scored} of {canon} canonical targets (subset evaluation){said}",
+        )
     ok = short < cfg.eval.eval_seq_len
-    why = (f" - the loader's documented cut to k x eval_seq_len + 1 tokens drops the last {short}"
-           if 0 < short < cfg.eval.eval_seq_len else "")  # fmt: skip
-    return Row("C2", test, "pass" if ok else "fail",
-               f"{scored} of {canon} canonical targets{why}{said}")  # fmt: skip
+    why = (
+        f" - the loader's documented cut to k x eval_seq_len + 1 tokens drops the last {short}"
+        if 0 < short < cfg.eval.eval_seq_len
+        else ""
+    )
+    return Row(
+        "C2", test, "pass" if ok else "fail", f"{scored} of {canon} canonical targets{why}{said}"
+    )
 
 
 def audit_stream(data_dir: Path, n: int, vocab: int, bos: int, sp, docs: int = 4):
@@ -115,40 +128,78 @@ def artifact_rows(path: Path, cfg, meta: dict, data_dir: Path | None = None) -> 
     res_file = path.parent / "result.json"
     res = json.loads(res_file.read_text()) if res_file.is_file() else {}
     if cfg.ttt.mode == "prequant" or res.get("non_record"):
-        rows.append(Row("C1", "T1.3 artifact independent of validation data", "fail",
-                        "the weights were trained on the validation stream before quantization "
-                        "(ttt.mode=prequant, non-record)"))  # fmt: skip
-        rows.append(Row("C3", "T3.2 no training on unscored validation tokens", "fail",
-                        "pre-quant TTT read every validation token with grad before any score"))
+        rows.append(
+            Row(
+                "C1",
+                "T1.3 artifact independent of validation data",
+                "fail",
+                "the weights were trained on the validation stream before quantization "
+                "(ttt.mode=prequant, non-record)",
+            )
+        )
+        rows.append(
+            Row(
+                "C3",
+                "T3.2 no training on unscored validation tokens",
+                "fail",
+                "pre-quant TTT read every validation token with grad before any score",
+            )
+        )
     else:
-        rows.append(Row("C1", "T1.3 artifact independent of validation data", "n.a.",
-                        "no validation-trained stage in the metadata; the empirical test is "
-                        "`pgolf audit --train`"))  # fmt: skip
+        rows.append(
+            Row(
+                "C1",
+                "T1.3 artifact independent of validation data",
+                "n.a.",
+                "no validation-trained stage in the metadata; the empirical test is "
+                "`pgolf audit --train`",
+            )
+        )
     code = meta.get("code_bytes", res.get("code_bytes"))
     size = path.stat().st_size
     if code is None:
-        rows.append(Row("C4", "T4.4 artifact bytes (model + code)", "n.a.",
-                        f"model {size} bytes; code bytes unknown"))  # fmt: skip
+        rows.append(
+            Row(
+                "C4",
+                "T4.4 artifact bytes (model + code)",
+                "n.a.",
+                f"model {size} bytes; code bytes unknown",
+            )
+        )
     else:
         total = size + int(code)
-        rows.append(Row("C4", "T4.4 artifact bytes (model + code)",
-                        "pass" if total <= LIMIT_BYTES else "fail",
-                        f"{size} + {int(code)} code = {total} <= {LIMIT_BYTES}"))  # fmt: skip
+        rows.append(
+            Row(
+                "C4",
+                "T4.4 artifact bytes (model + code)",
+                "pass" if total <= LIMIT_BYTES else "fail",
+                f"{size} + {int(code)} code = {total} <= {LIMIT_BYTES}",
+            )
+        )
     for key, what in (("train_seconds", "train"), ("eval_seconds", "eval")):
         if key in res:
             s = float(res[key])
-            rows.append(Row("C4", f"T4.4 {what} time", "pass" if s <= LIMIT_SECONDS else "fail",
-                            f"{s:.1f}s from {res_file.name} (limit {LIMIT_SECONDS:.0f}s; "
-                            "hardware of that run)"))  # fmt: skip
+            rows.append(
+                Row(
+                    "C4",
+                    f"T4.4 {what} time",
+                    "pass" if s <= LIMIT_SECONDS else "fail",
+                    f"{s:.1f}s from {res_file.name} (limit {LIMIT_SECONDS:.0f}s; "
+                    "hardware of that run)",
+                )
+            )
         else:
             rows.append(Row("C4", f"T4.4 {what} time", "n.a.", f"no {key} in a result.json"))
     return rows
 
 
 def audit_artifact(
-    path: str | Path, mode: str | None = None, data: str | None = None, quick: bool = False,
+    path: str | Path,
+    mode: str | None = None,
+    data: str | None = None,
+    quick: bool = False,
     n_tokens: int | None = None,
-) -> tuple[list[Row], dict]:  # fmt: skip
+) -> tuple[list[Row], dict]:
     """(rows, info) for the artifact at `path` with evaluation `mode` (default: its own)."""
     from pgolf import bpb
     from pgolf.data import find_tokenizer
@@ -172,19 +223,38 @@ def audit_artifact(
     with one_thread():
         rows = audit(ev, model, val, quick=quick)
     rows += artifact_rows(path, cfg, meta, data_dir)
-    info = {"artifact": str(path), "mode": mode, "targets": val.numel() - 1, "stream": picked,
-            "seconds": time.perf_counter() - t0, "quick": quick,
-            "failures": sum(r.verdict == "fail" for r in rows)}  # fmt: skip
+    info = {
+        "artifact": str(path),
+        "mode": mode,
+        "targets": val.numel() - 1,
+        "stream": picked,
+        "seconds": time.perf_counter() - t0,
+        "quick": quick,
+        "failures": sum(r.verdict == "fail" for r in rows),
+    }
     return rows, info
 
 
-TRAIN_DEFAULTS = ["iterations=2", "max_val_tokens=8192", "warmup_steps=0", "val_loss_every=0",
-                  "ttt.prequant_epochs=1", "ttt.prequant_batch_seqs=4"]
+TRAIN_DEFAULTS = [
+    "iterations=2",
+    "max_val_tokens=8192",
+    "warmup_steps=0",
+    "val_loss_every=0",
+    "ttt.prequant_epochs=1",
+    "ttt.prequant_batch_seqs=4",
+]
 
 
-def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
-         static: str | None = None, train: str | None = None,
-         overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
+def main(
+    artifact: str | None,
+    ttt: str | None,
+    data: str | None,
+    as_json: bool,
+    quick: bool,
+    static: str | None = None,
+    train: str | None = None,
+    overrides: list[str] = (),
+) -> tuple[str, int]:
     """The CLI's `pgolf audit`: (text to print, exit code: 1 on any failure); with --json the
     runs' log lines stay off stdout, so the printed text is JSON alone."""
     from pgolf import dist
@@ -196,9 +266,16 @@ def main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool,
         dist.set_quiet(False)
 
 
-def _main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool, quick: bool,
-          static: str | None = None, train: str | None = None,
-          overrides: list[str] = ()) -> tuple[str, int]:  # fmt: skip
+def _main(
+    artifact: str | None,
+    ttt: str | None,
+    data: str | None,
+    as_json: bool,
+    quick: bool,
+    static: str | None = None,
+    train: str | None = None,
+    overrides: list[str] = (),
+) -> tuple[str, int]:
     import tempfile
     from dataclasses import asdict
 
@@ -211,8 +288,13 @@ def _main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool
         fails = sum(r.verdict == "fail" for r in rows)
         if as_json:
             return json.dumps([asdict(r) for r in rows]), int(bool(fails))
-        return "\n".join([f"audit --train {train} ({' '.join(ov)})", *format_rows(rows),
-                          f"audit: {fails} failure(s)"]), int(bool(fails))  # fmt: skip
+        return "\n".join(
+            [
+                f"audit --train {train} ({' '.join(ov)})",
+                *format_rows(rows),
+                f"audit: {fails} failure(s)",
+            ]
+        ), int(bool(fails))
 
     if static:
         from pgolf.lab.audit_static import format_findings, screen
@@ -225,9 +307,12 @@ def _main(artifact: str | None, ttt: str | None, data: str | None, as_json: bool
     rows, info = audit_artifact(artifact, ttt, data, quick)
     if as_json:
         return json.dumps({**info, "rows": [asdict(r) for r in rows]}, indent=1), int(
-            bool(info["failures"]))
-    head = (f"audit {info['artifact']} mode:{info['mode']} targets:{info['targets']} "
-            f"({info['stream']}; {info['seconds']:.1f}s, CPU)")  # fmt: skip
+            bool(info["failures"])
+        )
+    head = (
+        f"audit {info['artifact']} mode:{info['mode']} targets:{info['targets']} "
+        f"({info['stream']}; {info['seconds']:.1f}s, CPU)"
+    )
     lines = [head, *format_rows(rows), f"audit: {info['failures']} failure(s)"]
     return "\n".join(lines), int(bool(info["failures"]))
 
@@ -280,8 +365,9 @@ def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Ro
     src = Path(config_or_run)
     if src.is_dir():
         if not (src / "config.json").is_file():
-            raise FileNotFoundError(f"{src / 'config.json'} not found: --train takes a preset "
-                                    "name or a run folder")  # fmt: skip
+            raise FileNotFoundError(
+                f"{src / 'config.json'} not found: --train takes a preset name or a run folder"
+            )
         cfg = C.from_dict(json.loads((src / "config.json").read_text()))
         cfg = C.apply_overrides(cfg, overrides) if overrides else cfg
         C.validate(cfg)
@@ -295,15 +381,23 @@ def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Ro
         c = replace(cfg, data=replace(cfg.data, data_path=str(d), tokenizer_path=str(tok)))
         vals = {f.name for f in find_shards(d, "val")}
         with one_thread():
-            res, opened = traced(partial(pipeline.run, code_size=lambda _c: code), c,
-                                 str(work / name))  # fmt: skip
+            res, opened = traced(
+                partial(pipeline.run, code_size=lambda _c: code), c, str(work / name)
+            )
         arts.append(Path(res["artifact_path"]))
         reads.append(sum(o.startswith("open:") and o.rsplit("/", 1)[-1] in vals for o in opened))
     (a, ma), (b, mb) = _fingerprint(arts[0]), _fingerprint(arts[1])
     same = a == b and ma == mb
     why = "identical" if same else ("tensors differ" if a != b else "metadata differs")
-    note = " (ttt.mode=prequant trains on the validation stream)" if cfg.ttt.mode == "prequant" \
-        else ""  # fmt: skip
-    return [Row("C1", "T1.3 artifact independent of validation data", "pass" if same else "fail",
-                f"real vs random-token decoy validation shards: artifacts {why} ({len(a)} payload "
-                f"bytes; val shards opened {reads[0]}/{reads[1]} times){note}")]  # fmt: skip
+    note = (
+        " (ttt.mode=prequant trains on the validation stream)" if cfg.ttt.mode == "prequant" else ""
+    )
+    return [
+        Row(
+            "C1",
+            "T1.3 artifact independent of validation data",
+            "pass" if same else "fail",
+            f"real vs random-token decoy validation shards: artifacts {why} ({len(a)} payload "
+            f"bytes; val shards opened {reads[0]}/{reads[1]} times){note}",
+        )
+    ]

@@ -57,8 +57,11 @@ def _call_name(node: ast.Call) -> str:
 
 def _is_scoring(node: ast.AST) -> bool:
     if isinstance(node, ast.With):
-        return any("no_grad" in ast.unparse(i.context_expr) or "inference_mode" in
-                   ast.unparse(i.context_expr) for i in node.items)  # fmt: skip
+        return any(
+            "no_grad" in ast.unparse(i.context_expr)
+            or "inference_mode" in ast.unparse(i.context_expr)
+            for i in node.items
+        )
     if isinstance(node, ast.Call):
         return bool(re.search(r"eval|score", _call_name(node), re.I))
     return False
@@ -69,10 +72,14 @@ def _loops_training_on_val(tree: ast.AST) -> list[Finding]:
     loops = [n for n in ast.walk(tree) if isinstance(n, ast.For | ast.While)]
     hits = {}
     for loop in loops:
-        trains = [n for n in ast.walk(loop) if isinstance(n, ast.Call)
-                  and _call_name(n) in ("backward", "step")]  # fmt: skip
-        vals = sorted({n.lineno for n in ast.walk(loop) if isinstance(n, ast.Name)
-                       and VAL.search(n.id)})  # fmt: skip
+        trains = [
+            n
+            for n in ast.walk(loop)
+            if isinstance(n, ast.Call) and _call_name(n) in ("backward", "step")
+        ]
+        vals = sorted(
+            {n.lineno for n in ast.walk(loop) if isinstance(n, ast.Name) and VAL.search(n.id)}
+        )
         if trains and vals:
             first_train = min(n.lineno for n in trains)
             scored = any(_is_scoring(n) and n.lineno < first_train for n in ast.walk(loop))
@@ -81,11 +88,16 @@ def _loops_training_on_val(tree: ast.AST) -> list[Finding]:
         inner = [n for n in ast.walk(loop) if n is not loop and n in hits]
         if inner or scored:  # report the innermost loop; a score-first loop is not flagged
             continue
-        out.append(Finding("val-train", line,
-                           f"loop at line {loop.lineno} reads validation data (lines "
-                           f"{', '.join(map(str, vals[:4]))}) and calls backward/step at line "
-                           f"{line} with no scoring before it in the loop: training on "
-                           "unscored validation tokens? (Condition 3)"))  # fmt: skip
+        out.append(
+            Finding(
+                "val-train",
+                line,
+                f"loop at line {loop.lineno} reads validation data (lines "
+                f"{', '.join(map(str, vals[:4]))}) and calls backward/step at line "
+                f"{line} with no scoring before it in the loop: training on "
+                "unscored validation tokens? (Condition 3)",
+            )
+        )
     return out
 
 
@@ -100,9 +112,14 @@ def _target_hashes(tree: ast.AST) -> list[Finding]:
         if key is not None:
             hit = sorted(x for x in _names(key) if TARGET.match(x))
             if hit:
-                out.append(Finding("target-hash", n.lineno,
-                                   f"key built from target name(s) {', '.join(hit)}: "
-                                   f"`{ast.unparse(n)[:70]}` (Conditions 1-2, #779 family)"))
+                out.append(
+                    Finding(
+                        "target-hash",
+                        n.lineno,
+                        f"key built from target name(s) {', '.join(hit)}: "
+                        f"`{ast.unparse(n)[:70]}` (Conditions 1-2, #779 family)",
+                    )
+                )
     return out
 
 
@@ -112,31 +129,55 @@ def _subset_and_switches(tree: ast.AST) -> list[Finding]:
         if isinstance(n, ast.Assign) and isinstance(n.value, ast.Subscript):
             tgt = [t.id for t in n.targets if isinstance(t, ast.Name) and VAL.search(t.id)]
             sl = n.value.slice
-            if tgt and isinstance(sl, ast.Slice) and sl.lower is None and sl.upper is not None \
-                    and VAL.search(ast.unparse(n.value.value)):  # fmt: skip
-                out.append(Finding("subset-eval", n.lineno,
-                                   f"`{ast.unparse(n)[:70]}` keeps a prefix of the validation "
-                                   "data (T2.5: all documents must be scored)"))  # fmt: skip
+            if (
+                tgt
+                and isinstance(sl, ast.Slice)
+                and sl.lower is None
+                and sl.upper is not None
+                and VAL.search(ast.unparse(n.value.value))
+            ):
+                out.append(
+                    Finding(
+                        "subset-eval",
+                        n.lineno,
+                        f"`{ast.unparse(n)[:70]}` keeps a prefix of the validation "
+                        "data (T2.5: all documents must be scored)",
+                    )
+                )
         first = n.args[0] if isinstance(n, ast.Call) and n.args else None
         if _call_name(n) in ("get", "getenv") if isinstance(n, ast.Call) else False:
             if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
                 continue
             name = first.value
             default = n.args[1] if len(n.args) > 1 else None
-            off = default is None or (isinstance(default, ast.Constant)
-                                      and str(default.value).lower() in ("0", "false", "", "none"))
+            off = default is None or (
+                isinstance(default, ast.Constant)
+                and str(default.value).lower() in ("0", "false", "", "none")
+            )
             if BOS_ENV.search(name) and off:
-                out.append(Finding("bos-switch-off", n.lineno,
-                                   f"{name} defaults to off: a BOS / document-isolation fix "
-                                   "the reported run may not have used (T1.4)"))  # fmt: skip
+                out.append(
+                    Finding(
+                        "bos-switch-off",
+                        n.lineno,
+                        f"{name} defaults to off: a BOS / document-isolation fix "
+                        "the reported run may not have used (T1.4)",
+                    )
+                )
             if LIMIT_ENV.search(name):
-                out.append(Finding("subset-eval", n.lineno,
-                                   f"{name} can limit the validation set (T2.5)"))
-        if isinstance(n, ast.With) and any("inference_mode" in ast.unparse(i.context_expr)
-                                           for i in n.items):  # fmt: skip
-            out.append(Finding("inference-mode", n.lineno,
-                               "inference_mode block: tensors made here must not reach "
-                               "training (T3.5; informational)"))  # fmt: skip
+                out.append(
+                    Finding("subset-eval", n.lineno, f"{name} can limit the validation set (T2.5)")
+                )
+        if isinstance(n, ast.With) and any(
+            "inference_mode" in ast.unparse(i.context_expr) for i in n.items
+        ):
+            out.append(
+                Finding(
+                    "inference-mode",
+                    n.lineno,
+                    "inference_mode block: tensors made here must not reach "
+                    "training (T3.5; informational)",
+                )
+            )
     return out
 
 
@@ -152,6 +193,8 @@ def screen(path: str | Path) -> list[Finding]:
 
 
 def format_findings(path: str | Path, found: list[Finding]) -> str:
-    head = (f"STATIC PRE-SCREEN of {path} - not a verdict: run `pgolf audit ARTIFACT` (empirical "
-            f"tests) for the ground truth. {len(found)} finding(s).")  # fmt: skip
+    head = (
+        f"STATIC PRE-SCREEN of {path} - not a verdict: run `pgolf audit ARTIFACT` (empirical "
+        f"tests) for the ground truth. {len(found)} finding(s)."
+    )
     return "\n".join([head, *(f"  line {f.line:>5}  {f.rule:<15} {f.message}" for f in found)])

@@ -40,11 +40,20 @@ from pgolf.dist import progress
 from pgolf.model import param_role
 from pgolf.quant import pm1_order, zero_codes
 
-__all__ = ["budget_report", "compare_codecs", "format_budget", "format_what_if",
-           "what_if", "byteshuffle_brotli_reference", "reference_input", "group_of"]  # fmt: skip
+__all__ = [
+    "budget_report",
+    "compare_codecs",
+    "format_budget",
+    "format_what_if",
+    "what_if",
+    "byteshuffle_brotli_reference",
+    "reference_input",
+    "group_of",
+]
 BYTE_BUDGET = 16_000_000
 MATRIX_GROUPS = ("attn", "mlp")
 _DEFAULT_K = {"attn": 12.85, "mlp": 12.85, "embed": 20.0, "value_embed": 20.0}
+
 
 def group_of(t: QTensor) -> str:
     """Budget component of a tensor's integer codes (its `group`, else its role's group)."""
@@ -104,10 +113,21 @@ def budget_report(
     for i, name in enumerate([*names, "container"]):
         params = comps[name][0] if name in comps else 0
         bpp = 8 * share[i] / params if params else None
-        rows.append(dict(name=name, params=params, raw=raw[i], alone=alone[i],
-                         compressed=share[i], bits_per_param=bpp))  # fmt: skip
-    rows.append(dict(name="code", params=0, raw=code_n, alone=code_n, compressed=code_n,
-                     bits_per_param=None))  # fmt: skip
+        rows.append(
+            dict(
+                name=name,
+                params=params,
+                raw=raw[i],
+                alone=alone[i],
+                compressed=share[i],
+                bits_per_param=bpp,
+            )
+        )
+    rows.append(
+        dict(
+            name="code", params=0, raw=code_n, alone=code_n, compressed=code_n, bits_per_param=None
+        )
+    )
     params = sum(t.numel for t in tensors)
     total = model + code_n
     return {
@@ -134,19 +154,27 @@ def budget_report(
 def format_budget(report: Mapping[str, Any]) -> list[str]:
     """Human-readable lines (`budget:` prefix) for logs."""
     r = report
-    lines = [f"budget: {'component':<12} {'params':>12} {'raw':>12} {'alone':>12} "
-             f"{'compressed':>12} {'bits/param':>10}"]  # fmt: skip
+    lines = [
+        f"budget: {'component':<12} {'params':>12} {'raw':>12} {'alone':>12} "
+        f"{'compressed':>12} {'bits/param':>10}"
+    ]
     for c in r["components"]:
         bpp = "" if c["bits_per_param"] is None else f"{c['bits_per_param']:.3f}"
-        lines.append(f"budget: {c['name']:<12} {c['params']:>12,} {c['raw']:>12,} "
-                     f"{c['alone']:>12,} {c['compressed']:>12,} {bpp:>10}")  # fmt: skip
+        lines.append(
+            f"budget: {c['name']:<12} {c['params']:>12,} {c['raw']:>12,} "
+            f"{c['alone']:>12,} {c['compressed']:>12,} {bpp:>10}"
+        )
     pack = "bit-packed codes" if r["packed"] else "one byte per code"
-    lines.append(f"budget: model {r['model_bytes']:,} bytes ({r['codec']}, shuffle {r['shuffle']}, "
-                 f"{pack}) + code {r['code_bytes']:,} = {r['total_bytes']:,} bytes")  # fmt: skip
+    lines.append(
+        f"budget: model {r['model_bytes']:,} bytes ({r['codec']}, shuffle {r['shuffle']}, "
+        f"{pack}) + code {r['code_bytes']:,} = {r['total_bytes']:,} bytes"
+    )
     if r["code_desc"]:
         lines.append(f"budget: code counted as {r['code_desc']}")
-    lines.append(f"budget: limit {r['byte_budget']:,} bytes, margin {r['margin']:,} bytes"
-                 + (" (OVER BUDGET)" if r["margin"] < 0 else ""))  # fmt: skip
+    lines.append(
+        f"budget: limit {r['byte_budget']:,} bytes, margin {r['margin']:,} bytes"
+        + (" (OVER BUDGET)" if r["margin"] < 0 else "")
+    )
     lines.append(f"budget: note: {r['note']}")
     return lines
 
@@ -227,8 +255,9 @@ def what_if(
                 W, src = dequantize(t.codes.reshape(t.rows, -1), t.scales), "dequantised codes"
             used[src] += 1
             codes, scales = rtn_quantize(W, b, k)
-            new[i] = QTensor(t.name, t.shape, "int", b, codes.reshape(t.shape), scales, None,
-                             t.group)  # fmt: skip
+            new[i] = QTensor(
+                t.name, t.shape, "int", b, codes.reshape(t.shape), scales, None, t.group
+            )
             out["changes"].append(f"{t.name}: int{t.bits} -> int{b}, k={k:g} (RTN from {src})")
         out["requant_source"] = {k: v for k, v in used.items() if v}
     if ve_dim is not None:
@@ -243,8 +272,7 @@ def what_if(
                 keep.append(t)
         new = keep
     if prune_to is not None:
-        new, out["pruned"], out["prune_candidates"] = _prune(new, groups, prune_to, size,
-                                                             prune_tol)  # fmt: skip
+        new, out["pruned"], out["prune_candidates"] = _prune(new, groups, prune_to, size, prune_tol)
         out["changes"].append(f"pruned {out['pruned']:,} of {out['prune_candidates']:,} ±1 codes")
     out["bytes"] = size(new)
     out["delta"] = out["bytes"] - out["baseline_bytes"]
@@ -253,8 +281,9 @@ def what_if(
     return out
 
 
-def format_what_if(r: Mapping[str, Any], limit: int = 6, code: int | None = None,
-                   cap: int = BYTE_BUDGET) -> list[str]:  # fmt: skip
+def format_what_if(
+    r: Mapping[str, Any], limit: int = 6, code: int | None = None, cap: int = BYTE_BUDGET
+) -> list[str]:
     """Log lines for a `what_if` result (at most `limit` change lines, then a count); with the
     code bytes, the new submission total and its margin to `cap` too. What-ifs do not stack:
     each starts from the artifact as it is."""
@@ -265,17 +294,21 @@ def format_what_if(r: Mapping[str, Any], limit: int = 6, code: int | None = None
         src = ", ".join(f"{v} tensors from {k}" for k, v in r["requant_source"].items())
         lines.append(f"what-if: re-quantised with RTN + SDClip: {src}")
     flag = "" if r["reached"] else " (target NOT reached: pruning alone cannot get there)"
-    lines.append(f"what-if: model {r['baseline_bytes']:,} -> {r['bytes']:,} bytes "
-                 f"({r['delta']:+,}){flag}")  # fmt: skip
+    lines.append(
+        f"what-if: model {r['baseline_bytes']:,} -> {r['bytes']:,} bytes ({r['delta']:+,}){flag}"
+    )
     if code is not None:
         total = r["bytes"] + code
-        lines.append(f"what-if: total {total:,} bytes (model + code {code:,}), margin to "
-                     f"{cap:,}: {cap - total:+,} (from the artifact as it is; not stacked)")
+        lines.append(
+            f"what-if: total {total:,} bytes (model + code {code:,}), margin to "
+            f"{cap:,}: {cap - total:+,} (from the artifact as it is; not stacked)"
+        )
     return lines
 
 
-def _prune(tensors: list[QTensor], groups: tuple[str, ...], target: int, size: Any,
-           tol: float) -> tuple[list[QTensor], int, int]:  # fmt: skip
+def _prune(
+    tensors: list[QTensor], groups: tuple[str, ...], target: int, size: Any, tol: float
+) -> tuple[list[QTensor], int, int]:
     """Smallest count (within tol) of ±1 codes to zero, lowest row scale² first, so size fits."""
     idx, flat = pm1_order(tensors, lambda t: group_of(t) in groups)
     if not idx.numel():

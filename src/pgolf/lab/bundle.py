@@ -96,9 +96,14 @@ def rewrite_imports(src: str, name: str) -> str:
             else:
                 parts.append(f'{target} = _M["{mod.split(".")[1]}"].{a.name}')
         edits.append(
-            (node.lineno, node.col_offset, node.end_lineno or node.lineno, node.end_col_offset or 0,
-             "; ".join(parts))
-        )  # fmt: skip
+            (
+                node.lineno,
+                node.col_offset,
+                node.end_lineno or node.lineno,
+                node.end_col_offset or 0,
+                "; ".join(parts),
+            )
+        )
     for l0, c0, l1, c1, text in sorted(edits, reverse=True):
         head, tail = lines[l0 - 1][:c0], lines[l1 - 1][c1:]
         lines[l0 - 1 : l1] = [head + text + tail]
@@ -124,9 +129,12 @@ def strip_source(src: str) -> str:
         kept = [
             s
             for s in body
-            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
-                    and isinstance(s.value.value, str))
-        ]  # fmt: skip
+            if not (
+                isinstance(s, ast.Expr)
+                and isinstance(s.value, ast.Constant)
+                and isinstance(s.value.value, str)
+            )
+        ]
         node.body = kept or [ast.Pass()]
     return ast.unparse(tree) + "\n"
 
@@ -140,8 +148,12 @@ def _unannotate(s: ast.stmt) -> ast.stmt:
     return s
 
 
-PER_RUN = {("train", "seed"), ("train", "run_dir"), ("data", "data_path"),
-           ("data", "tokenizer_path")}  # fmt: skip
+PER_RUN = {
+    ("train", "seed"),
+    ("train", "run_dir"),
+    ("data", "data_path"),
+    ("data", "tokenizer_path"),
+}
 """Config fields that differ between the runs of one record: the seed (`SEED` sets it), the run
 folder and this machine's paths. The bundle leaves them at their defaults; export ignores them
 when it checks that runs share one config."""
@@ -185,9 +197,11 @@ def assemble(cfg: C.RunConfig, strip: bool) -> str:
     ]
     for name, src in core_sources():
         if name in gone:  # AttributeError, so hasattr() on the stub stays quiet
-            stub = (f"def __getattr__(a):\n    raise AttributeError(f'{name}.{{a}}: this "
-                    "train_gpt.py was bundled without it (its config does not use it); rebuild "
-                    "it with `pgolf bundle`')\n")  # fmt: skip
+            stub = (
+                f"def __getattr__(a):\n    raise AttributeError(f'{name}.{{a}}: this "
+                "train_gpt.py was bundled without it (its config does not use it); rebuild "
+                "it with `pgolf bundle`')\n"
+            )
             parts.append(f"_mod({name!r}, {stub!r})\n")
             continue
         src = rewrite_imports(src, name)

@@ -83,10 +83,16 @@ def read_documents(inputs: list[Path], split: str = "file") -> list[tuple[str, s
         try:
             with opener.get(path.suffix, open)(path, "rt", encoding="utf-8") as f:
                 if ext == ".txt":
-                    parts = {"file": lambda t: [t], "line": str.splitlines,
-                             "paragraph": lambda t: re.split(r"\n\s*\n", t)}[split](f.read())
-                    docs += [(stem if split == "file" else f"{stem}/{i}", t)
-                             for i, t in enumerate(parts) if t.strip()]  # fmt: skip
+                    parts = {
+                        "file": lambda t: [t],
+                        "line": str.splitlines,
+                        "paragraph": lambda t: re.split(r"\n\s*\n", t),
+                    }[split](f.read())
+                    docs += [
+                        (stem if split == "file" else f"{stem}/{i}", t)
+                        for i, t in enumerate(parts)
+                        if t.strip()
+                    ]
                     continue
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
@@ -225,7 +231,10 @@ def build_corpus(
                 D.write_atomically(model_path, lambda tmp: shutil.copyfile(tokenizer, tmp))
         folder.mkdir(parents=True, exist_ok=True)
         stats = {s: _write_split(sp, t, folder, prefix, s, shard_tokens) for s, t in texts.items()}
-        rels = [model_path.name, *(f"{variant}/{f}" for s in stats.values() for f in s["bin_files"])]  # noqa: E501
+        rels = [
+            model_path.name,
+            *(f"{variant}/{f}" for s in stats.values() for f in s["bin_files"]),
+        ]  # noqa: E501
         manifest.setdefault("name", out.name)
         manifest.update(format=SHARD_FORMAT, split_rule=SPLIT_RULE)
         manifest.setdefault("variants", {})[variant] = {
@@ -309,6 +318,7 @@ def download_fineweb(
         log0(f"data: fetching {repo}:{remote}")
         src = Path(fetch(repo_id=repo, filename=remote, repo_type="dataset")).resolve()
         dest.parent.mkdir(parents=True, exist_ok=True)
+
         def place(tmp: Path) -> None:  # hard link out of the hub cache where possible
             try:
                 os.link(src, tmp)

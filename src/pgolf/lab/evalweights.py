@@ -30,18 +30,23 @@ def locate(target: Path, which: str | None) -> tuple[Path, Path]:
     if target.is_dir():
         weights = target / WEIGHTS[which or "final"]
     elif which is not None:
-        raise ValueError(f"--weights {which} takes a run folder, not the file {target}: pass the "
-                         f"folder, or the weights file alone")  # fmt: skip
+        raise ValueError(
+            f"--weights {which} takes a run folder, not the file {target}: pass the "
+            f"folder, or the weights file alone"
+        )
     else:
         weights = target
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: pass a finished `pgolf train`/`pgolf run` "
-                                "folder, or its final_model/checkpoint .safetensors")  # fmt: skip
+        raise FileNotFoundError(
+            f"{weights} not found: pass a finished `pgolf train`/`pgolf run` "
+            "folder, or its final_model/checkpoint .safetensors"
+        )
     cfg_file = weights.parent / "config.json"
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file} not found: the weights {weights} are scored with "
-                                "the config of the run that wrote them; keep them in its folder"
-                                )  # fmt: skip
+        raise FileNotFoundError(
+            f"{cfg_file} not found: the weights {weights} are scored with "
+            "the config of the run that wrote them; keep them in its folder"
+        )
     return weights, cfg_file
 
 
@@ -69,14 +74,20 @@ def load_weights(cfg: C.RunConfig, weights: Path, cfg_file: Path, device: torch.
     try:
         return model_from_state(cfg, state, device, meta, str(weights)), label
     except ValueError as e:
-        raise ValueError(f"{weights} does not fit the config {cfg_file} ({e}); score weights with "
-                         "the config.json of the run that wrote them (keep them in its folder)"
-                         ) from e  # fmt: skip
+        raise ValueError(
+            f"{weights} does not fit the config {cfg_file} ({e}); score weights with "
+            "the config.json of the run that wrote them (keep them in its folder)"
+        ) from e
 
 
-def eval_weights(target: str | Path, which: str | None = None, data: str | None = None,
-                 stride: int | None = None, sliding: bool = True,
-                 ttt: str | None = None) -> dict[str, Any]:  # fmt: skip
+def eval_weights(
+    target: str | Path,
+    which: str | None = None,
+    data: str | None = None,
+    stride: int | None = None,
+    sliding: bool = True,
+    ttt: str | None = None,
+) -> dict[str, Any]:
     """Score the weights (see the module docstring) -> {label, val_bpb_prequant..., weights}."""
     from pgolf import bpb
     from pgolf import ttt as TT
@@ -98,21 +109,28 @@ def eval_weights(target: str | Path, which: str | None = None, data: str | None 
     if data:
         tok = find_tokenizer(data_dir)
         if run_tok.is_file() and sha256_file(tok) != sha256_file(run_tok):
-            raise ValueError(f"{tok} is not the tokenizer {weights} was trained with "
-                             f"({run_tok}): score it on validation shards made with the run's "
-                             "tokenizer")  # fmt: skip
+            raise ValueError(
+                f"{tok} is not the tokenizer {weights} was trained with "
+                f"({run_tok}): score it on validation shards made with the run's "
+                "tokenizer"
+            )
     bpb.check_tokenizer(data_dir, tok)  # present, and the one the folder's manifest lists
     V = cfg.model.vocab_size
     val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens, V)
     tables = bpb.build_byte_tables(str(tok), V)
     r = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
     key = "prequant" if label == "pre_quant" else label
-    out: dict[str, Any] = {"weights": str(weights), "weights_label": label,
-                           f"val_bpb_{key}": r["roundtrip_bpb"],
-                           f"val_loss_{key}": r["roundtrip_loss"]}  # fmt: skip
+    out: dict[str, Any] = {
+        "weights": str(weights),
+        "weights_label": label,
+        f"val_bpb_{key}": r["roundtrip_bpb"],
+        f"val_loss_{key}": r["roundtrip_loss"],
+    }
     if sliding:
         out[f"val_bpb_{key}_sliding"], out[f"val_loss_{key}_sliding"] = (
-            r["sliding_bpb"], r["sliding_loss"])  # fmt: skip
+            r["sliding_bpb"],
+            r["sliding_loss"],
+        )
     if cfg.ttt.mode in ("score_first", "lora"):  # after the plain scores: TTT adapts the model
         t, _ = TT.run_ttt(cfg, model, val, tables, di.device)
         for line in format_eval_line(f"{label}_ttt", t, extra=f"mode:{cfg.ttt.mode}"):

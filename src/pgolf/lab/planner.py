@@ -77,9 +77,12 @@ def solve(table: Mapping[str, Sequence[Row]], budget: int) -> dict[str, Row]:
     front: list[tuple[int, float, tuple[Row, ...]]] = [(0, 0.0, ())]
     for i, g in enumerate(groups):
         slack = budget - rest[i + 1]
-        cand = [(b + r.d_bytes, loss + r.d_bpb, picks + (r,))
-                for b, loss, picks in front for r in table[g]
-                if b + r.d_bytes <= slack]  # fmt: skip
+        cand = [
+            (b + r.d_bytes, loss + r.d_bpb, picks + (r,))
+            for b, loss, picks in front
+            for r in table[g]
+            if b + r.d_bytes <= slack
+        ]
         cand.sort(key=lambda c: (c[0], c[1]))
         front = []
         for c in cand:  # Pareto: keep a point only if it loses less than every smaller one
@@ -115,8 +118,10 @@ class Bench:
         cfg_file, weights = run / "config.json", run / "final_model.safetensors"
         for f in (cfg_file, weights):
             if not f.exists():
-                raise FileNotFoundError(f"{f} not found: --fit needs a finished run folder "
-                                        "(config.json + final_model.safetensors)")  # fmt: skip
+                raise FileNotFoundError(
+                    f"{f} not found: --fit needs a finished run folder "
+                    "(config.json + final_model.safetensors)"
+                )
         cfg = C.from_dict(json.loads(cfg_file.read_text()))
         C.validate(cfg)
         self.device = init("auto").device
@@ -138,15 +143,22 @@ class Bench:
         arr = read_shard(find_shards(data_dir, "train")[-1], cfg.model.vocab_size)
         half = max(1, calib_tokens // (2 * seq)) * seq
         if arr.size < 2 * half + 1:
-            raise ValueError(f"{data_dir}: last train shard has {arr.size} tokens, fewer than "
-                             f"--calib-tokens {2 * half}: lower --calib-tokens")  # fmt: skip
-        tail = torch.from_numpy(arr[-(2 * half + 1):].astype("int64"))
+            raise ValueError(
+                f"{data_dir}: last train shard has {arr.size} tokens, fewer than "
+                f"--calib-tokens {2 * half}: lower --calib-tokens"
+            )
+        tail = torch.from_numpy(arr[-(2 * half + 1) :].astype("int64"))
         self.halves = (tail[: half + 1], tail[half:])
         self.tables = build_byte_tables(str(tok), cfg.model.vocab_size)
         self.eval_model = copy.deepcopy(model)
-        self.meta = {"format": "pgolf-artifact", "config": None, "code_bytes": 0,
-                     "code_desc": "", **graph_state(model),
-                     "tokenizer_sha256": sha256_file(tok)}  # fmt: skip
+        self.meta = {
+            "format": "pgolf-artifact",
+            "config": None,
+            "code_bytes": 0,
+            "code_desc": "",
+            **graph_state(model),
+            "tokenizer_sha256": sha256_file(tok),
+        }
         self._code_size, self._code = code_size, {}
         self.code_bytes, self.meta["code_desc"] = self.code(cfg)
         self._groups: dict[tuple[str, Option], tuple[list, list]] = {}
@@ -173,8 +185,7 @@ class Bench:
                 kept = {k: v for k, v in groups.get(g, {}).items() if k != "prune"}
                 groups[g] = {**kept, **o.overrides()}
         spec = own if groups == parse_groups(own) else groups_spec(groups)
-        return replace(self.cfg, quant=replace(self.cfg.quant, groups=spec,
-                                               lqer=lqer_spec(choice)))  # fmt: skip
+        return replace(self.cfg, quant=replace(self.cfg.quant, groups=spec, lqer=lqer_spec(choice)))
 
     def plan_sets(self, choice: Mapping[str, Option]) -> list[str]:
         """The `--set` overrides that quantize this run as `choice` (kept in the plan file)."""
@@ -186,12 +197,19 @@ class Bench:
 
         if (g, o) not in self._groups:
             q = self.cfg.quant
-            plan = quant.make_plan(self.state, q, self.cfg.model,
-                                   overrides={g: {**o.overrides(), "prune": o.prune}})  # fmt: skip
+            plan = quant.make_plan(
+                self.state, q, self.cfg.model, overrides={g: {**o.overrides(), "prune": o.prune}}
+            )
             entries = [e for e in plan if e.group == g and e.method != "fp16"]
-            qts = quant.quantize_state(self.state, self.hessians, entries, log=False,
-                                       block_size=q.block_size, damp=q.damp,
-                                       act_order=q.act_order)  # fmt: skip
+            qts = quant.quantize_state(
+                self.state,
+                self.hessians,
+                entries,
+                log=False,
+                block_size=q.block_size,
+                damp=q.damp,
+                act_order=q.act_order,
+            )
             low = lqer.lqer_tensors(self.state, qts, self.hessians, {g: o.rank}, q.damp)
             self._groups[(g, o)] = (qts, low)
         return self._groups[(g, o)]
@@ -236,17 +254,26 @@ class Bench:
             state = lqer.add_back(quant.dequantize_state(self.tensors(choice)))
             self.eval_model.load_state_dict(state, strict=False)
             e = self.cfg.eval
-            rs = [E.eval_plain(self.eval_model, h, e.eval_seq_len, e.val_batch_seqs, self.tables,
-                               self.device) for h in self.halves]  # fmt: skip
-            full = bits_per_byte(sum(r.nll_sum for r in rs), sum(r.tokens for r in rs),
-                                 sum(r.bytes for r in rs))  # fmt: skip
+            rs = [
+                E.eval_plain(
+                    self.eval_model, h, e.eval_seq_len, e.val_batch_seqs, self.tables, self.device
+                )
+                for h in self.halves
+            ]
+            full = bits_per_byte(
+                sum(r.nll_sum for r in rs), sum(r.tokens for r in rs), sum(r.bytes for r in rs)
+            )
             self._scores[key] = (full, rs[0].val_bpb, rs[1].val_bpb)
         return self._scores[key]
 
 
-def default_grid(bench: Bench, bits: Iterable[int] = (4, 5, 6, 7, 8),
-                 ranks: Iterable[int] = (0, 4, 8), k_scales: Iterable[float] = (0.8, 1.25),
-                 prunes: Iterable[float] = (0.1, 0.25, 0.5)) -> dict[str, list[Option]]:
+def default_grid(
+    bench: Bench,
+    bits: Iterable[int] = (4, 5, 6, 7, 8),
+    ranks: Iterable[int] = (0, 4, 8),
+    k_scales: Iterable[float] = (0.8, 1.25),
+    prunes: Iterable[float] = (0.1, 0.25, 0.5),
+) -> dict[str, list[Option]]:
     """Per group: every bits x rank at the run's k (ranks only where a Hessian exists), the run's
     bits with k scaled by each of `k_scales`, and the run's option with each ±1 prune fraction."""
     grid = {}
@@ -270,8 +297,10 @@ def measure(bench: Bench, grid: Mapping[str, Sequence[Option]], log=None) -> dic
             row = Row(g, o, b - b0, loss - l0, (a1 - h1, a2 - h2))
             table.setdefault(g, []).append(row)
             if log:
-                log(f"plan: measured {g:<12} {o.label():<20} Δbytes {row.d_bytes:+9,} "
-                    f"Δbpb {row.d_bpb:+.5f}")  # fmt: skip
+                log(
+                    f"plan: measured {g:<12} {o.label():<20} Δbytes {row.d_bytes:+9,} "
+                    f"Δbpb {row.d_bpb:+.5f}"
+                )
     return table
 
 
@@ -283,61 +312,110 @@ def fit(bench: Bench, table: Mapping[str, Sequence[Row]], cap: int, tries: int =
         try:
             picks = solve(table, budget)
         except InfeasibleBudget as e:
-            raise InfeasibleBudget(f"--fit {cap:,} (the run's own plan: {base_bytes:,} bytes, "
-                                   f"model + code): {e}") from None  # fmt: skip
+            raise InfeasibleBudget(
+                f"--fit {cap:,} (the run's own plan: {base_bytes:,} bytes, model + code): {e}"
+            ) from None
         choice = {g: r.option for g, r in picks.items()}
         real = bench.size(choice, exact_code=True)
         if real <= cap:
             break
         budget -= real - cap  # compression is not additive: ask for the overshoot back
     else:
-        raise InfeasibleBudget(f"no plan measured under the cap {cap:,} after {tries} tries "
-                               f"(last {real:,} bytes): raise --fit")  # fmt: skip
+        raise InfeasibleBudget(
+            f"no plan measured under the cap {cap:,} after {tries} tries "
+            f"(last {real:,} bytes): raise --fit"
+        )
     d = sum(r.d_bpb for r in picks.values())
     halves = [sum(r.d_halves[i] for r in picks.values()) for i in (0, 1)]
-    moved = sorted((r for r in picks.values() if r.option != bench.base[r.group]),
-                   key=lambda r: -abs(r.d_bpb))  # fmt: skip
+    moved = sorted(
+        (r for r in picks.values() if r.option != bench.base[r.group]), key=lambda r: -abs(r.d_bpb)
+    )
     pair = None
     if len(moved) >= 2:
         a, b = moved[:2]
         got = bench.score({a.group: a.option, b.group: b.option})[0] - base_bpb
-        pair = {"groups": [a.group, b.group], "measured_d_bpb": got,
-                "additive_d_bpb": a.d_bpb + b.d_bpb, "residual": got - a.d_bpb - b.d_bpb}
+        pair = {
+            "groups": [a.group, b.group],
+            "measured_d_bpb": got,
+            "additive_d_bpb": a.d_bpb + b.d_bpb,
+            "residual": got - a.d_bpb - b.d_bpb,
+        }
     n_pairs = len(moved) * (len(moved) - 1) // 2
     err = (abs(pair["residual"]) * n_pairs if pair else 0.0) + abs(halves[0] - halves[1])
     full = bench.score(choice)[0] - base_bpb
-    return {"choice": choice, "picks": picks, "cap": cap, "solver": SOLVER,
-            "set": bench.plan_sets(choice),
-            "baseline": {"bytes": base_bytes, "bpb_calib": base_bpb, "options": {
-                g: o.label() for g, o in bench.base.items()}},
-            "predicted": {"bytes": base_bytes + sum(r.d_bytes for r in picks.values()),
-                          "bytes_built": real, "d_bpb": d, "d_bpb_halves": halves,
-                          "error_bpb": err, "pair": pair, "changed_groups": len(moved),
-                          "d_bpb_calib_full_plan": full}}  # fmt: skip
+    return {
+        "choice": choice,
+        "picks": picks,
+        "cap": cap,
+        "solver": SOLVER,
+        "set": bench.plan_sets(choice),
+        "baseline": {
+            "bytes": base_bytes,
+            "bpb_calib": base_bpb,
+            "options": {g: o.label() for g, o in bench.base.items()},
+        },
+        "predicted": {
+            "bytes": base_bytes + sum(r.d_bytes for r in picks.values()),
+            "bytes_built": real,
+            "d_bpb": d,
+            "d_bpb_halves": halves,
+            "error_bpb": err,
+            "pair": pair,
+            "changed_groups": len(moved),
+            "d_bpb_calib_full_plan": full,
+        },
+    }
 
 
-def plan_report(res: Mapping[str, Any], table: Mapping[str, Sequence[Row]],
-                base_val_bpb: float | None) -> tuple[list[str], dict]:  # fmt: skip
+def plan_report(
+    res: Mapping[str, Any], table: Mapping[str, Sequence[Row]], base_val_bpb: float | None
+) -> tuple[list[str], dict]:
     """Log lines and the JSON `extra` of a `fit` result."""
     p, b = res["predicted"], res["baseline"]
     lines = [f"plan: solver: {res['solver']}; cap {res['cap']:,} bytes"]
     for g, r in sorted(res["picks"].items()):
-        lines.append(f"plan: {g:<12} {b['options'][g]:<20} -> {r.option.label():<20} "
-                     f"Δbytes {r.d_bytes:+,} Δbpb {r.d_bpb:+.5f}")  # fmt: skip
-    lines.append(f"plan: bytes {b['bytes']:,} -> predicted {p['bytes']:,}, built "
-                 f"{p['bytes_built']:,} (cap {res['cap']:,})")  # fmt: skip
-    lines.append(f"plan: Δbpb predicted {p['d_bpb']:+.5f} ± {p['error_bpb']:.5f} (calibration "
-                 f"tokens; the whole plan measured there: {p['d_bpb_calib_full_plan']:+.5f})")
+        lines.append(
+            f"plan: {g:<12} {b['options'][g]:<20} -> {r.option.label():<20} "
+            f"Δbytes {r.d_bytes:+,} Δbpb {r.d_bpb:+.5f}"
+        )
+    lines.append(
+        f"plan: bytes {b['bytes']:,} -> predicted {p['bytes']:,}, built "
+        f"{p['bytes_built']:,} (cap {res['cap']:,})"
+    )
+    lines.append(
+        f"plan: Δbpb predicted {p['d_bpb']:+.5f} ± {p['error_bpb']:.5f} (calibration "
+        f"tokens; the whole plan measured there: {p['d_bpb_calib_full_plan']:+.5f})"
+    )
     if base_val_bpb is not None:
-        lines.append(f"plan: predicted round-trip val bpb {base_val_bpb + p['d_bpb']:.5f} "
-                     f"(run's own {base_val_bpb:.5f} + Δ)")  # fmt: skip
-    rows = [{"group": r.group, "bits": r.option.bits, "clip_k": r.option.clip_k,
-             "lqer_rank": r.option.rank, "prune": r.option.prune, "d_bytes": r.d_bytes,
-             "d_bpb": r.d_bpb,
-             "d_bpb_halves": list(r.d_halves)}
-            for g in sorted(table) for r in table[g]]  # fmt: skip
-    pred = {**p, "bpb": None if base_val_bpb is None else base_val_bpb + p["d_bpb"],
-            "base_val_bpb_roundtrip": base_val_bpb}  # fmt: skip
+        lines.append(
+            f"plan: predicted round-trip val bpb {base_val_bpb + p['d_bpb']:.5f} "
+            f"(run's own {base_val_bpb:.5f} + Δ)"
+        )
+    rows = [
+        {
+            "group": r.group,
+            "bits": r.option.bits,
+            "clip_k": r.option.clip_k,
+            "lqer_rank": r.option.rank,
+            "prune": r.option.prune,
+            "d_bytes": r.d_bytes,
+            "d_bpb": r.d_bpb,
+            "d_bpb_halves": list(r.d_halves),
+        }
+        for g in sorted(table)
+        for r in table[g]
+    ]
+    pred = {
+        **p,
+        "bpb": None if base_val_bpb is None else base_val_bpb + p["d_bpb"],
+        "base_val_bpb_roundtrip": base_val_bpb,
+    }
     lines.append("plan: as config: " + " ".join(f"--set {shlex.quote(x)}" for x in res["set"]))
-    return lines, {"cap": res["cap"], "solver": res["solver"], "baseline": b, "set": res["set"],
-                   "predicted": pred, "table": rows}  # fmt: skip
+    return lines, {
+        "cap": res["cap"],
+        "solver": res["solver"],
+        "baseline": b,
+        "set": res["set"],
+        "predicted": pred,
+        "table": rows,
+    }

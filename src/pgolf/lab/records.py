@@ -37,9 +37,10 @@ class ExportError(ValueError):
 def _config_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         sec: {k: v for k, v in vals.items() if (sec, k) not in PER_RUN}
-        if isinstance(vals, dict) else vals
+        if isinstance(vals, dict)
+        else vals
         for sec, vals in cfg.items()
-    }  # fmt: skip
+    }
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -47,8 +48,11 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     for sec in sorted(set(a) | set(b)):
         x, y = a.get(sec), b.get(sec)
         if isinstance(x, dict) and isinstance(y, dict):
-            out += [f"{sec}.{k}: {x.get(k)!r} vs {y.get(k)!r}"
-                    for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]  # fmt: skip
+            out += [
+                f"{sec}.{k}: {x.get(k)!r} vs {y.get(k)!r}"
+                for k in sorted(set(x) | set(y))
+                if x.get(k) != y.get(k)
+            ]
         elif x != y:
             out.append(f"{sec}: {x!r} vs {y!r}")
     return out
@@ -79,8 +83,9 @@ def check_runs(runs: Sequence[str | Path], track: str) -> list[dict[str, Any]]:
             except (ValueError, KeyError, TypeError) as e:
                 errors.append(f"{r}/artifact.pgolf: unreadable config ({e}); re-quantize the run")
         facts = R.parse_log((r / "log.txt").read_text(errors="replace"))
-        loaded.append({"dir": r, "result": res, "config": cfg, "facts": facts,
-                       "seed": R.read_run(r)})  # fmt: skip
+        loaded.append(
+            {"dir": r, "result": res, "config": cfg, "facts": facts, "seed": R.read_run(r)}
+        )
         total = res.get("artifact_bytes")
         if total is None:
             errors.append(f"{r}: no artifact_bytes in result.json (run with quantization on)")
@@ -124,11 +129,15 @@ def technique_lines(cfg: dict[str, Any]) -> list[str]:
     if m.get("parallel_residual_start") not in (None, -1, 0):
         out.append(f"parallel residuals from layer {m['parallel_residual_start']} (PR #1412)")
     if q.get("method"):
-        out.append(f"{q['method']} int{q.get('matrix_bits')} matrices, codec {q.get('codec')} "
-                   "(GPTQ + SDClip: PR #1394)")  # fmt: skip
+        out.append(
+            f"{q['method']} int{q.get('matrix_bits')} matrices, codec {q.get('codec')} "
+            "(GPTQ + SDClip: PR #1394)"
+        )
     if q.get("groups") or q.get("lqer"):
-        out.append(f"per-group quantization {q.get('groups') or '-'}, low-rank terms "
-                   f"{q.get('lqer') or '-'} (pgolf budget planner; LQER: PR #1797)")  # fmt: skip
+        out.append(
+            f"per-group quantization {q.get('groups') or '-'}, low-rank terms "
+            f"{q.get('lqer') or '-'} (pgolf budget planner; LQER: PR #1797)"
+        )
     if e.get("sliding"):
         out.append(f"sliding-window eval, stride {e.get('eval_stride')} (PR #50 lineage)")
     if o.get("ema_decay"):
@@ -176,6 +185,7 @@ def export(
 ) -> dict[str, Any]:
     """Write the records folder; returns its submission.json content."""
     from pgolf import config as C
+
     try:  # lazily: the bundler is a lab tool of its own
         from pgolf.lab.bundle import write_bundle
     except ImportError as e:
@@ -197,16 +207,20 @@ def export(
         model = r["result"].get("model_bytes", facts.model_bytes)
         total = model + code if model is not None else sr.artifact_bytes
         if total is not None and total >= CAP_BYTES:
-            raise ExportError(f"{r['dir']}: model {model} + bundle {code} = {total} bytes, "
-                              f"not under {CAP_BYTES}")  # fmt: skip
+            raise ExportError(
+                f"{r['dir']}: model {model} + bundle {code} = {total} bytes, not under {CAP_BYTES}"
+            )
         seeds.append(sr)
         seed_results[str(sr.seed)] = {
-            "val_loss": round(sr.val_loss, 8), "val_bpb": round(sr.val_bpb, 8),
-            "artifact_bytes": sr.artifact_bytes, "model_bytes": model,
-            "bytes_with_bundle": total, "steps": sr.steps,
+            "val_loss": round(sr.val_loss, 8),
+            "val_bpb": round(sr.val_bpb, 8),
+            "artifact_bytes": sr.artifact_bytes,
+            "model_bytes": model,
+            "bytes_with_bundle": total,
+            "steps": sr.steps,
             "train_time_s": None if sr.train_seconds is None else round(sr.train_seconds, 3),
             "eval_time_s": None if sr.eval_seconds is None else round(sr.eval_seconds, 1),
-        }  # fmt: skip
+        }
     summ = S.summarize(seeds)
     worst = max(v["bytes_with_bundle"] or 0 for v in seed_results.values())
     sub: dict[str, Any] = {
@@ -232,14 +246,20 @@ def export(
     if against:
         base = R.load_results([against])
         cmp = S.compare(seeds, base) if len(seeds) > 1 else None
-        sub["baseline"] = {"name": str(against), "val_loss": [b.val_loss for b in base],
-                           "val_bpb": [b.val_bpb for b in base]}  # fmt: skip
+        sub["baseline"] = {
+            "name": str(against),
+            "val_loss": [b.val_loss for b in base],
+            "val_bpb": [b.val_bpb for b in base],
+        }
         if cmp:
-            sub.update(t_statistic=round(cmp["t"], 4), welch_df=round(cmp["df"], 4),
-                       p_value=float(f"{cmp['p']:.4g}"),
-                       delta_nats=round(-cmp["gap_nats"], 8),
-                       readme_rule_met=cmp["readme_rule"]["met"],
-                       frontier_rule_met=cmp["frontier_rule"]["met"])  # fmt: skip
+            sub.update(
+                t_statistic=round(cmp["t"], 4),
+                welch_df=round(cmp["df"], 4),
+                p_value=float(f"{cmp['p']:.4g}"),
+                delta_nats=round(-cmp["gap_nats"], 8),
+                readme_rule_met=cmp["readme_rule"]["met"],
+                frontier_rule_met=cmp["frontier_rule"]["met"],
+            )
     tr = [s.train_seconds for s in seeds if s.train_seconds is not None]
     ev = [s.eval_seconds for s in seeds if s.eval_seconds is not None]
     sub["compliance"] = {

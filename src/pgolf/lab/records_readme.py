@@ -31,8 +31,10 @@ def readme(
     L += ["", "## Results", ""]
     L += ["| Seed | val_loss | val_bpb | Artifact | Steps | Train s | Eval s |", "|---" * 7 + "|"]
     for s, r in sub["seed_results"].items():
-        L.append(f"| {s} | {r['val_loss']:.8f} | {r['val_bpb']:.8f} | {r['bytes_with_bundle']:,} "
-                 f"| {r['steps']} | {r['train_time_s']} | {r['eval_time_s']} |")  # fmt: skip
+        L.append(
+            f"| {s} | {r['val_loss']:.8f} | {r['val_bpb']:.8f} | {r['bytes_with_bundle']:,} "
+            f"| {r['steps']} | {r['train_time_s']} | {r['eval_time_s']} |"
+        )
     L.append(f"| Mean | {summ['val_loss_mean']:.8f} | {summ['val_bpb_mean']:.8f} | | | | |")
     L.append(f"| Std | {summ['val_loss_std']:.8f} | {summ['val_bpb_std']:.8f} | | | | |")
     L += ["", "## Statistics", ""]
@@ -53,8 +55,10 @@ def readme(
         L.append("No baseline given at export (`pgolf export --against RECORD_DIR`).")
     L += ["", "## Artifact budget", ""]
     for s, r in sub["seed_results"].items():
-        L.append(f"- seed {s}: model {r['model_bytes']} + code (bundled train_gpt.py) "
-                 f"{sub['bytes_code']} = {r['bytes_with_bundle']} bytes of 16,000,000")  # fmt: skip
+        L.append(
+            f"- seed {s}: model {r['model_bytes']} + code (bundled train_gpt.py) "
+            f"{sub['bytes_code']} = {r['bytes_with_bundle']} bytes of 16,000,000"
+        )
     L += ["", "## Techniques", ""] + [f"- {t}" for t in technique_lines(cfg)]
     L += ["", "## Compliance", ""] + [f"- {k}: {v}" for k, v in sub["compliance"].items()]
     L += [

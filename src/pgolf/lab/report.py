@@ -32,8 +32,9 @@ def plot_losses(run_dir: Path) -> Path | None:
         ax2.set_ylabel("validation bits per byte")
     if tr and all(t[2] is not None for t in tr) and tr[-1][0] > 0:  # wall clock on top
         s_per_step = tr[-1][2] / tr[-1][0]
-        top = ax.secondary_xaxis("top", functions=(lambda x: x * s_per_step,
-                                                   lambda x: x / s_per_step))  # fmt: skip
+        top = ax.secondary_xaxis(
+            "top", functions=(lambda x: x * s_per_step, lambda x: x / s_per_step)
+        )
         top.set_xlabel("training wall clock (s, at the mean step time)")
     if handles:
         ax.legend(handles=handles, loc="upper right")
@@ -83,14 +84,20 @@ def flags(res: dict[str, Any]) -> list[str]:
     out = []
     bpb, uni = res.get("val_bpb"), res.get("unigram_bpb")
     if bpb is not None and uni is not None and bpb > uni:
-        out.append(f"WARNING: {bpb:.4f} bpb is worse than the unigram reference {uni:.4f}: "
-                   "the model learned less than token frequencies (steps? LR?)")  # fmt: skip
+        out.append(
+            f"WARNING: {bpb:.4f} bpb is worse than the unigram reference {uni:.4f}: "
+            "the model learned less than token frequencies (steps? LR?)"
+        )
     steps, want = res.get("steps"), res.get("iterations")
     if steps is not None and want and steps < 0.5 * want and res.get("stopped_early"):
-        out.append(f"WARNING: {steps} steps of {want} configured (the wall clock stopped it): "
-                   "the LR schedule was cut short")  # fmt: skip
+        out.append(
+            f"WARNING: {steps} steps of {want} configured (the wall clock stopped it): "
+            "the LR schedule was cut short"
+        )
     live, ema = res.get("val_bpb_live"), res.get("val_bpb_prequant")
     if live is not None and ema is not None and ema - live > 0.05:
-        out.append(f"WARNING: live weights {live:.4f} bpb beat the EMA weights {ema:.4f}: "
-                   "EMA decay too slow for this many steps (optim.ema_decay)")  # fmt: skip
+        out.append(
+            f"WARNING: live weights {live:.4f} bpb beat the EMA weights {ema:.4f}: "
+            "EMA decay too slow for this many steps (optim.ema_decay)"
+        )
     return out

@@ -111,13 +111,17 @@ class Replicate:
         self.dups = D.near_duplicates(val, self.spans, self.iA, self.iB)
         lens = [b - a for a, b in self.spans]
         can = D.canaries(lens, 2 * sc.canaries, m.vocab_size, m.bos_id, 1000 + seed)
-        self.sA = D.build_stream(val, self.spans, self.iA, can[:sc.canaries])
-        self.sB = D.build_stream(val, self.spans, self.iB, can[sc.canaries:])
+        self.sA = D.build_stream(val, self.spans, self.iA, can[: sc.canaries])
+        self.sB = D.build_stream(val, self.spans, self.iB, can[sc.canaries :])
         n_seq = (min(self.sA.tokens.numel(), self.sB.tokens.numel()) - 1) // min(
-            cfg.ttt.prequant_seq_len, e.eval_seq_len)  # fmt: skip
-        t = replace(cfg.ttt, mode="prequant", prequant_seq_len=min(cfg.ttt.prequant_seq_len,
-                    e.eval_seq_len), prequant_batch_seqs=max(1, min(cfg.ttt.prequant_batch_seqs,
-                    n_seq // 8)))  # fmt: skip
+            cfg.ttt.prequant_seq_len, e.eval_seq_len
+        )
+        t = replace(
+            cfg.ttt,
+            mode="prequant",
+            prequant_seq_len=min(cfg.ttt.prequant_seq_len, e.eval_seq_len),
+            prequant_batch_seqs=max(1, min(cfg.ttt.prequant_batch_seqs, n_seq // 8)),
+        )
         self.cfg = replace(cfg, ttt=t)
         self.sc, self.seed, self.run_dir = sc, seed, run_dir
         self.calib = None
@@ -126,7 +130,8 @@ class Replicate:
             self.calib = calibration_batches(c, self.model, Path(cfg.data.data_path), self.dev)
         consumed = cfg.train.iterations * cfg.train.train_batch_tokens
         self.train_tokens, self.train_unseen = D.train_slice(
-            cfg.data.data_path, self.sA.tokens.numel() - 1, consumed, m.vocab_size)
+            cfg.data.data_path, self.sA.tokens.numel() - 1, consumed, m.vocab_size
+        )
 
     def quantize(self, net):
         """The run's quant plan on `net` -> a model with the dequantized weights."""
@@ -145,8 +150,16 @@ class Replicate:
 
         e = self.cfg.eval
         nll = torch.zeros(s.tokens.numel() - 1, dtype=torch.float64)
-        eval_sliding(net, s.tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs, self.tables,
-                     self.dev, token_nll=nll)  # fmt: skip
+        eval_sliding(
+            net,
+            s.tokens,
+            e.eval_seq_len,
+            e.eval_stride,
+            e.val_batch_seqs,
+            self.tables,
+            self.dev,
+            token_nll=nll,
+        )
         return np.array([float(nll[a:b].sum()) for a, b in s.ranges])
 
     def score(self, net) -> dict:
@@ -175,15 +188,21 @@ class Replicate:
         for c in range(last + 1):
             sel = owner == c
             plan = (starts[sel], lo[sel], hi[sel])
-            score_windows(net, tok, plan, ev.eval_seq_len, ev.val_batch_seqs, self.tables,
-                          self.dev, None, nll)  # fmt: skip
+            score_windows(
+                net, tok, plan, ev.eval_seq_len, ev.val_batch_seqs, self.tables, self.dev, None, nll
+            )
             if c == last:
                 break
             a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())
             seen: list[float] = []
             cfg = replace(self.cfg, ttt=replace(t, prequant_epochs=math.ceil(e)))
-            net = prequant_ttt(cfg, net, tok[a:b + 1], self.dev,
-                               on_batch=lambda d, _n, s=seen: s.append(d) or d >= e - 1e-9)
+            net = prequant_ttt(
+                cfg,
+                net,
+                tok[a : b + 1],
+                self.dev,
+                on_batch=lambda d, _n, s=seen: s.append(d) or d >= e - 1e-9,
+            )
             done.append(seen[-1])
         return np.array([float(nll[a:b].sum()) for a, b in self.sA.ranges]), float(np.mean(done))
 
@@ -202,8 +221,15 @@ class Replicate:
         for arm in arms:
             res = out.setdefault(arm, {0.0: base})
             pdist.log0(f"study: arm {arm} seed {self.seed} (NON-RECORD)")
-            ladder(self.cfg, self.model, streams[arm], sc.epochs, sc.schedule, self.dev,
-                   lambda e, d, net, res=res: res.__setitem__(e, {**self.score(net), "done": d}))
+            ladder(
+                self.cfg,
+                self.model,
+                streams[arm],
+                sc.epochs,
+                sc.schedule,
+                self.dev,
+                lambda e, d, net, res=res: res.__setitem__(e, {**self.score(net), "done": d}),
+            )
         if sc.controls:
             res = out.setdefault("score_first", {0.0: base})
             for e in (x for x in sc.epochs if x > 0):
@@ -241,21 +267,30 @@ def analyse(reps: list[Replicate], raw: list[dict], sc: StudyConfig) -> dict:
             arms[arm] = S.summarize_arm(E, G[arm]["A"], G[arm]["B"])
         else:
             arms[arm] = {"delta_A": S.interval(G[arm]["A"])}
-        arms[arm]["epochs_done"] = [float(np.mean([x[arm][e]["done"] for x in raw]))
-                                    for e in sc.epochs]  # fmt: skip
+        arms[arm]["epochs_done"] = [
+            float(np.mean([x[arm][e]["done"] for x in raw])) for e in sc.epochs
+        ]
     memA = G["A"]["A"] - G["A"]["B"]
     gen, mem = G["A"]["B"], memA
     if "B" in G:  # cross-fit: trained on B, B is the seen half
         mem = (memA + G["B"]["B"] - G["B"]["A"]) / 2
         gen = (G["A"]["B"] + G["B"]["A"]) / 2
-    out = {"arms": arms, "memorization_crossfit": S.interval(mem),
-           "generalization_crossfit": S.interval(gen), "curves": S.curves(E, gen, mem)}
+    out = {
+        "arms": arms,
+        "memorization_crossfit": S.interval(mem),
+        "generalization_crossfit": S.interval(gen),
+        "curves": S.curves(E, gen, mem),
+    }
     if "train" in G:
         out["A_gain_minus_train_control_A_gain"] = S.interval(G["A"]["A"] - G["train"]["A"])
     out["canaries"] = canary_summary(r0, raw, sc, rng)
-    out["capacity"] = {"bytes_A": float(byA.sum()), "memorized_bits_at_max_epoch":
-                       float(np.array(out["memorization_crossfit"])[-1, 0] * byA.sum()),
-                       "note": "spec step 8: bits saved = memorization gain x scored bytes"}
+    out["capacity"] = {
+        "bytes_A": float(byA.sum()),
+        "memorized_bits_at_max_epoch": float(
+            np.array(out["memorization_crossfit"])[-1, 0] * byA.sum()
+        ),
+        "note": "spec step 8: bits saved = memorization gain x scored bytes",
+    }
     lens = np.array([r0.spans[i][1] - r0.spans[i][0] for i in r0.iA])
     lensB = np.array([r0.spans[i][1] - r0.spans[i][0] for i in r0.iB])
     dupB = np.array([i in r0.dups for i in r0.iB])
@@ -264,24 +299,31 @@ def analyse(reps: list[Replicate], raw: list[dict], sc: StudyConfig) -> dict:
         if mA.sum() == 0 or mB.sum() == 0:
             continue
         dA, dB = g("A", "A", mA.astype(float)), g("A", "B", mB.astype(float))
-        bl[name] = {"units_A": int(mA.sum()), "units_B": int(mB.sum()),
-                    **S.summarize_arm(E, dA, dB)}  # fmt: skip
+        bl[name] = {
+            "units_A": int(mA.sum()),
+            "units_B": int(mB.sum()),
+            **S.summarize_arm(E, dA, dB),
+        }
     out["by_length"] = bl
     return out
 
 
 def canary_summary(r0: Replicate, raw: list[dict], sc: StudyConfig, rng) -> dict:
-    ta = np.array([b - a for a, b in r0.sA.ranges[r0.sA.n_real:]], float)
-    tb = np.array([b - a for a, b in r0.sB.ranges[r0.sB.n_real:]], float)
+    ta = np.array([b - a for a, b in r0.sA.ranges[r0.sA.n_real :]], float)
+    tb = np.array([b - a for a, b in r0.sB.ranges[r0.sB.n_real :]], float)
     nA, nB = r0.sA.n_real, r0.sB.n_real
     out: dict = {"per_half": sc.canaries, "tokens_A": int(ta.sum()), "tokens_B": int(tb.sum())}
     for arm in (a for a in raw[0] if a != "score_first"):
         A = np.array([[x[arm][e]["A"][nA:] for e in sc.epochs] for x in raw])  # [R, E, m]
         B = np.array([[x[arm][e]["B"][nB:] for e in sc.epochs] for x in raw])
-        out[arm] = {"nll_A": [S.canary_nll(A[:, k].mean(0), ta) for k in range(len(sc.epochs))],
-                    "nll_B": [S.canary_nll(B[:, k].mean(0), tb) for k in range(len(sc.epochs))],
-                    "gap": [S.canary_gap(A[:, 0], A[:, k], B[:, 0], B[:, k], ta, tb, sc.reps, rng)
-                            for k in range(len(sc.epochs))]}  # fmt: skip
+        out[arm] = {
+            "nll_A": [S.canary_nll(A[:, k].mean(0), ta) for k in range(len(sc.epochs))],
+            "nll_B": [S.canary_nll(B[:, k].mean(0), tb) for k in range(len(sc.epochs))],
+            "gap": [
+                S.canary_gap(A[:, 0], A[:, k], B[:, 0], B[:, k], ta, tb, sc.reps, rng)
+                for k in range(len(sc.epochs))
+            ],
+        }
     return out
 
 
@@ -294,8 +336,10 @@ def run_study(run_dirs, sc: StudyConfig = StudyConfig(), out: str | Path | None 
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, str | Path) else run_dirs)]
     for r in run_dirs:
         if not (r / "final_model.safetensors").is_file() or not (r / "config.json").is_file():
-            raise FileNotFoundError(f"{r}: needs config.json and final_model.safetensors "
-                                    "(a finished `pgolf train`/`pgolf run` folder)")  # fmt: skip
+            raise FileNotFoundError(
+                f"{r}: needs config.json and final_model.safetensors "
+                "(a finished `pgolf train`/`pgolf run` folder)"
+            )
     reps, raw = [], []
     for r in run_dirs:
         for seed in sc.seeds:
@@ -305,29 +349,60 @@ def run_study(run_dirs, sc: StudyConfig = StudyConfig(), out: str | Path | None 
     r0 = reps[0]
     for r in reps[1:]:
         if (r.spans, r.sA.ranges, r.sB.ranges) != (r0.spans, r0.sA.ranges, r0.sB.ranges):
-            raise ValueError(f"study: {r.run_dir} reads other validation data than "
-                             f"{r0.run_dir}; replicates must share the data and --tokens")
-    res = {"non_record": True, "non_record_reason": NON_RECORD_REASON,
-           "protocol": __doc__.split("Protocol (pre-registered")[1].strip(),
-           "config": {**{k: getattr(sc, k) for k in sc.__dataclass_fields__},
-                      "quantizer": _quantizer(r0), "ttt": {k: getattr(r0.cfg.ttt, k) for k in (
-                          "prequant_lr", "prequant_min_lr", "prequant_freeze_blocks",
-                          "prequant_seq_len", "prequant_batch_seqs")}},
-           "runs": [str(r) for r in run_dirs], "unit": r0.unit,
-           "units_A": r0.sA.n_real, "units_B": r0.sB.n_real, "tokens_A": int(r0.sA.tokens.numel()),
-           "tokens_B": int(r0.sB.tokens.numel()), "near_duplicates_B": len(r0.dups),
-           "train_control_unseen": all(r.train_unseen for r in reps),
-           "epochs": list(sc.epochs), **analyse(reps, raw, sc),
-           "raw": [{arm: {str(e): {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                   for k, v in d.items()} for e, d in x.items()}
-                    for arm, x in rr.items()} for rr in raw]}  # fmt: skip
+            raise ValueError(
+                f"study: {r.run_dir} reads other validation data than "
+                f"{r0.run_dir}; replicates must share the data and --tokens"
+            )
+    res = {
+        "non_record": True,
+        "non_record_reason": NON_RECORD_REASON,
+        "protocol": __doc__.split("Protocol (pre-registered")[1].strip(),
+        "config": {
+            **{k: getattr(sc, k) for k in sc.__dataclass_fields__},
+            "quantizer": _quantizer(r0),
+            "ttt": {
+                k: getattr(r0.cfg.ttt, k)
+                for k in (
+                    "prequant_lr",
+                    "prequant_min_lr",
+                    "prequant_freeze_blocks",
+                    "prequant_seq_len",
+                    "prequant_batch_seqs",
+                )
+            },
+        },
+        "runs": [str(r) for r in run_dirs],
+        "unit": r0.unit,
+        "units_A": r0.sA.n_real,
+        "units_B": r0.sB.n_real,
+        "tokens_A": int(r0.sA.tokens.numel()),
+        "tokens_B": int(r0.sB.tokens.numel()),
+        "near_duplicates_B": len(r0.dups),
+        "train_control_unseen": all(r.train_unseen for r in reps),
+        "epochs": list(sc.epochs),
+        **analyse(reps, raw, sc),
+        "raw": [
+            {
+                arm: {
+                    str(e): {
+                        k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()
+                    }
+                    for e, d in x.items()
+                }
+                for arm, x in rr.items()
+            }
+            for rr in raw
+        ],
+    }
     out_dir = Path(out) if out else run_dirs[0] / "study_ttt_memorization"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.json").write_text(json.dumps(res, indent=1))
     (out_dir / "study.txt").write_text("\n".join(study_report.table(res)) + "\n")
     study_report.plots(res, out_dir)
-    pdist.log0(f"study: wrote {out_dir}/study.json, study.txt, study_delta.png, study_canary.png",
-               console=False)  # fmt: skip
+    pdist.log0(
+        f"study: wrote {out_dir}/study.json, study.txt, study_delta.png, study_canary.png",
+        console=False,
+    )
     res["out_dir"] = str(out_dir)
     return res
 
@@ -337,8 +412,10 @@ def _quantizer(r: Replicate) -> str:
     if r.sc.quant == "none":
         return "none (scored unquantized)"
     calib = f"{q.calib} calibration fixed per replicate" if r.calib is not None else "no Hessians"
-    return (f"the run's plan: matrices {q.method} {q.matrix_bits}-bit, embeddings "
-            f"{q.embed_method} {q.embed_bits}-bit, lqer {q.lqer or 'off'}; {calib}")
+    return (
+        f"the run's plan: matrices {q.method} {q.matrix_bits}-bit, embeddings "
+        f"{q.embed_method} {q.embed_bits}-bit, lqer {q.lqer or 'off'}; {calib}"
+    )
 
 
 def study_main(a) -> dict:

@@ -31,8 +31,9 @@ def _hash(i: int) -> int:
     return int.from_bytes(hashlib.sha256(f"pgolf-study-doc-{i}".encode()).digest()[:8], "big")
 
 
-def units(tokens: torch.Tensor, bos: int, seg: int, min_docs: int = MIN_DOCS
-          ) -> tuple[list[tuple[int, int]], str]:  # fmt: skip
+def units(
+    tokens: torch.Tensor, bos: int, seg: int, min_docs: int = MIN_DOCS
+) -> tuple[list[tuple[int, int]], str]:
     """Token ranges [a, b) of the documents (each with its BOS), or of `seg`-token segments
     when there are fewer than `min_docs` documents."""
     docs = [(a, b + 1) for a, b in documents(tokens, bos)]
@@ -40,8 +41,10 @@ def units(tokens: torch.Tensor, bos: int, seg: int, min_docs: int = MIN_DOCS
         return docs, "documents"
     n = tokens.numel() - 1
     segs = [(a, min(a + seg, n) + 1) for a in range(0, n, seg) if min(a + seg, n) - a >= 8]
-    return segs, (f"{seg}-token segments (FALLBACK: only {len(docs)} documents in the slice, "
-                  f"fewer than {min_docs}; segments of one document are not independent)")
+    return segs, (
+        f"{seg}-token segments (FALLBACK: only {len(docs)} documents in the slice, "
+        f"fewer than {min_docs}; segments of one document are not independent)"
+    )
 
 
 def split_halves(spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -62,11 +65,12 @@ def split_halves(spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
 
 def shingles(toks: np.ndarray, k: int) -> set[bytes]:
     t = np.ascontiguousarray(toks.astype("<u4"))
-    return {t[i:i + k].tobytes() for i in range(max(0, len(t) - k + 1))}
+    return {t[i : i + k].tobytes() for i in range(max(0, len(t) - k + 1))}
 
 
-def near_duplicates(tokens: torch.Tensor, spans, A: list[int], B: list[int], k: int = 8,
-                    threshold: float = 0.3) -> dict[int, tuple[int, float]]:  # fmt: skip
+def near_duplicates(
+    tokens: torch.Tensor, spans, A: list[int], B: list[int], k: int = 8, threshold: float = 0.3
+) -> dict[int, tuple[int, float]]:
     """{B unit: (most similar A unit, Jaccard)} for B units with k-shingle Jaccard >= threshold
     against some A unit (exact Jaccard over the candidates sharing any shingle)."""
     arr = tokens.numpy()
@@ -81,8 +85,9 @@ def near_duplicates(tokens: torch.Tensor, spans, A: list[int], B: list[int], k: 
         for s in sh[j]:
             for i in index.get(s, ()):
                 shared[i] = shared.get(i, 0) + 1
-        best = max(((c / (len(sh[i]) + len(sh[j]) - c), i) for i, c in shared.items()),
-                   default=(0.0, -1))  # fmt: skip
+        best = max(
+            ((c / (len(sh[i]) + len(sh[j]) - c), i) for i, c in shared.items()), default=(0.0, -1)
+        )
         if best[0] >= threshold:
             out[j] = (best[1], float(best[0]))
     return out
@@ -111,7 +116,7 @@ class Stream:
 
 
 def build_stream(tokens: torch.Tensor, spans, idx: list[int], extra: list[torch.Tensor]) -> Stream:
-    parts = [tokens[spans[i][0]:spans[i][1]] for i in idx] + list(extra)
+    parts = [tokens[spans[i][0] : spans[i][1]] for i in idx] + list(extra)
     ranges, pos = [], 0
     for p in parts:
         ranges.append((pos, pos + p.numel() - 1))  # targets whose input is inside the unit
@@ -125,13 +130,14 @@ def shuffle_within(s: Stream, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     out = s.tokens.clone()
     for a, b in s.ranges:
-        body = out[a + 1:b + 1]
-        out[a + 1:b + 1] = body[torch.randperm(body.numel(), generator=g)]
+        body = out[a + 1 : b + 1]
+        out[a + 1 : b + 1] = body[torch.randperm(body.numel(), generator=g)]
     return out
 
 
-def train_slice(data_dir: str | Path, n: int, consumed: int, vocab: int
-                ) -> tuple[torch.Tensor, bool]:  # fmt: skip
+def train_slice(
+    data_dir: str | Path, n: int, consumed: int, vocab: int
+) -> tuple[torch.Tensor, bool]:
     """Control (a): the LAST n tokens of the training shards, and whether the run cannot have
     read them (`consumed` tokens read from the start by the stream loader)."""
     from pgolf.data import find_shards, read_shard
@@ -141,10 +147,12 @@ def train_slice(data_dir: str | Path, n: int, consumed: int, vocab: int
         arr = read_shard(p, vocab)
         total += arr.size
         if have <= n:
-            take = np.asarray(arr[max(0, arr.size - (n + 1 - have)):])
+            take = np.asarray(arr[max(0, arr.size - (n + 1 - have)) :])
             parts.insert(0, take)
             have += take.size
     if have < n + 1:
-        raise ValueError(f"{data_dir}: training shards hold {have} tokens, need {n + 1} "
-                         "for the unseen-training-data control; lower --tokens")  # fmt: skip
+        raise ValueError(
+            f"{data_dir}: training shards hold {have} tokens, need {n + 1} "
+            "for the unseen-training-data control; lower --tokens"
+        )
     return torch.from_numpy(np.concatenate(parts).astype(np.int64)), consumed <= total - n - 1

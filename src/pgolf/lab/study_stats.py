@@ -33,8 +33,9 @@ def rep_draws(r: int, reps: int, rng: np.random.Generator) -> np.ndarray:
     return np.vstack([np.arange(r)[None], rng.integers(0, r, (reps, r))])
 
 
-def gains(n0: np.ndarray, ne: np.ndarray, nbytes: np.ndarray, cnt: np.ndarray,
-          rdraw: np.ndarray) -> np.ndarray:  # fmt: skip
+def gains(
+    n0: np.ndarray, ne: np.ndarray, nbytes: np.ndarray, cnt: np.ndarray, rdraw: np.ndarray
+) -> np.ndarray:
     """Bootstrap bpb gains. n0 [R, n] NLL at epoch 0, ne [R, E, n] at the ladder, nbytes [n],
     cnt [D, n] document draws, rdraw [D, R] replicate draws -> [D, E] (row 0 = estimate)."""
     s0 = np.einsum("dn,rn->dr", cnt, n0)
@@ -75,9 +76,12 @@ def curves(e: np.ndarray, gen: np.ndarray, mem: np.ndarray) -> dict:
     """Fitted curves with intervals: saturating on the generalization gain, slope on the
     memorization gap (both [D, E] with row 0 the estimate)."""
     sat, m = fit_saturating(e, gen), fit_slope(e, mem)
-    return {"generalization_g": interval(sat[:, 0]), "generalization_tau": interval(sat[:, 1]),
-            "memorization_slope": interval(m),
-            "formula": "gen(e) = g (1 - exp(-e/tau)); mem(e) = m e"}  # fmt: skip
+    return {
+        "generalization_g": interval(sat[:, 0]),
+        "generalization_tau": interval(sat[:, 1]),
+        "memorization_slope": interval(m),
+        "formula": "gen(e) = g (1 - exp(-e/tau)); mem(e) = m e",
+    }
 
 
 def canary_nll(nll: np.ndarray, ntok: np.ndarray) -> float:
@@ -94,13 +98,16 @@ def canary_gap(a0, ae, b0, be, ta, tb, reps: int, rng) -> list:
     return interval(dA - dB)
 
 
-def buckets(len_a: np.ndarray, len_b: np.ndarray, dup_b: np.ndarray
-            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def buckets(
+    len_a: np.ndarray, len_b: np.ndarray, dup_b: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(A mask, B mask) of the per-length breakdown: short (<= the median length of all units),
     long; and, if any, B's near-duplicates of A units against all of A."""
     med = float(np.median(np.concatenate([len_a, len_b]))) if len_a.size + len_b.size else 0.0
-    out = {f"short (<={med:.0f} tok)": (len_a <= med, len_b <= med),
-           f"long (>{med:.0f} tok)": (len_a > med, len_b > med)}  # fmt: skip
+    out = {
+        f"short (<={med:.0f} tok)": (len_a <= med, len_b <= med),
+        f"long (>{med:.0f} tok)": (len_a > med, len_b > med),
+    }
     if dup_b.any():
         out["near-duplicate B"] = (np.ones(len_a.size, bool), dup_b)
     return out

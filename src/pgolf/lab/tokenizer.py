@@ -10,13 +10,19 @@ from typing import Any
 from pgolf.data import atomic_write
 from pgolf.dist import log0
 
-# fmt: off
 SP_TRAINER_ARGS: dict[str, Any] = dict(
-    model_type="bpe", character_coverage=0.999, byte_fallback=True, split_digits=True,
-    normalization_rule_name="nmt_nfkc", add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2,
-    unk_id=3, hard_vocab_limit=False,
+    model_type="bpe",
+    character_coverage=0.999,
+    byte_fallback=True,
+    split_digits=True,
+    normalization_rule_name="nmt_nfkc",
+    add_dummy_prefix=False,
+    pad_id=0,
+    bos_id=1,
+    eos_id=2,
+    unk_id=3,
+    hard_vocab_limit=False,
 )
-# fmt: on
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
@@ -47,5 +53,3 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buf.getvalue())  # unique temporary name, removed on failure
     return path
-
-
