@@ -3,7 +3,7 @@
     python benchmarks/planner_fit.py RUN_DIR --caps 340000,400000 --out-dir out/plans
     python benchmarks/planner_fit.py --synthetic pr1550 [--fraction 0.05]   bytes only
 
-Same code path as `pgolf budget RUN --fit CAP --out plan.json` (pgolf.lab.planner), but the
+Same code path as `pgolf budget RUN --fit CAP --out plan.json` (pgolf.lab.budget.planner), but the
 options are measured once for all caps. Writes OUT_DIR/table.json and OUT_DIR/plan_CAP.json; check
 each plan with `pgolf quantize RUN --plan plan_CAP.json --out A && pgolf eval A --no-sliding`.
 
@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from pgolf.lab import planner as P
+from pgolf.lab.budget import planner as P
 
 
 def synthetic_bytes(preset: str, fraction: float, bits: tuple[int, ...]) -> None:

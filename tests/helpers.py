@@ -38,7 +38,7 @@ def tiny_corpus(folder, vocab: int = 320, docs: int = 60, seed: int = 0):
     import sentencepiece as spm
 
     from pgolf.data import write_shard
-    from pgolf.lab.tokenizer import train_tokenizer
+    from pgolf.lab.data.tokenizer import train_tokenizer
 
     rng = random.Random(seed)
     texts = [

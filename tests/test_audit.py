@@ -16,8 +16,8 @@ from test_ttt import MCFG, cfg, stream, tables
 
 from pgolf.evaluate import eval_sliding, score_windows, sliding_windows
 from pgolf.lab import audit as AU
-from pgolf.lab.arith import Decoder, encode
-from pgolf.lab.audit_c3 import inference_tensors
+from pgolf.lab.audit.arith import Decoder, encode
+from pgolf.lab.audit.c3 import inference_tensors
 from pgolf.model import GPT
 from pgolf.ttt_lora import sgd_on_ranges
 
@@ -263,7 +263,7 @@ val_tokens = val_tokens[:5_000_000]
 
 
 def test_static_prescreen_finds_each_rule_with_lines(tmp_path) -> None:
-    from pgolf.lab.audit_static import format_findings, screen
+    from pgolf.lab.audit.static import format_findings, screen
 
     f = tmp_path / "train_gpt.py"
     f.write_text(SCRIPT)
@@ -276,7 +276,7 @@ def test_static_prescreen_finds_each_rule_with_lines(tmp_path) -> None:
 
 
 def test_cli_static_and_artifact_rows(tmp_path) -> None:
-    from pgolf.lab.audit_run import artifact_rows, main
+    from pgolf.lab.audit.run import artifact_rows, main
 
     f = tmp_path / "train_gpt.py"
     f.write_text(SCRIPT)

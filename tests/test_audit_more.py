@@ -16,9 +16,9 @@ from test_audit import MCFG, N, evaluator, failed, run_audit
 
 from pgolf import bpb
 from pgolf.data import read_shard
-from pgolf.evaluate import eval_sliding, score_windows, sliding_windows
+from pgolf.evaluate import EvalResult, eval_sliding, score_windows, sliding_windows
 from pgolf.lab import audit as AU
-from pgolf.lab.audit_c2 import byte_oracle, coverage
+from pgolf.lab.audit.c2 import byte_oracle, coverage
 from pgolf.ttt import consumed
 from pgolf.ttt_lora import sgd_on_ranges
 
@@ -139,7 +139,7 @@ class ChunkTTT(AU.Evaluator):
             ledger.update(consumed(rng), version)
         h.remove()
         model.eval()
-        return AU.EvalResult(acc[0] / acc[1], 0.0, acc[0], acc[1], acc[2], 0.0), model
+        return EvalResult(acc[0] / acc[1], 0.0, acc[0], acc[1], acc[2], 0.0), model
 
 
 class TrainFirst(ChunkTTT):

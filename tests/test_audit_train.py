@@ -14,7 +14,7 @@ from helpers import tiny_corpus
 
 from pgolf.data import read_shard
 from pgolf.lab.audit import Row
-from pgolf.lab.audit_run import TRAIN_DEFAULTS, audit_artifact, audit_train, decoy_data, main
+from pgolf.lab.audit.run import TRAIN_DEFAULTS, audit_artifact, audit_train, decoy_data, main
 
 TINY = [
     "num_layers=2",
@@ -97,7 +97,7 @@ def test_run_coverage_fails_a_subset_and_passes_the_documented_tail_cut(tmp_path
     from dataclasses import replace
 
     from pgolf import config as C
-    from pgolf.lab.audit_run import run_coverage
+    from pgolf.lab.audit.run import run_coverage
 
     data, _, _ = tiny_corpus(tmp_path / "d")
     n = read_shard(data / "tiny_val_000000.bin").size - 1
@@ -117,7 +117,7 @@ def test_run_coverage_fails_a_subset_and_passes_the_documented_tail_cut(tmp_path
 def test_audit_stream_takes_document_heads_when_documents_are_long(tmp_path):
     import torch
 
-    from pgolf.lab.audit_run import audit_stream
+    from pgolf.lab.audit.run import audit_stream
 
     data, _, sp = tiny_corpus(tmp_path / "d")
     val = torch.from_numpy(read_shard(data / "tiny_val_000000.bin").astype("int64"))

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgolf import bpb
-from pgolf.lab.datasets import read_documents, split_of
-from pgolf.lab.tokenizer import SP_TRAINER_ARGS
+from pgolf.lab.data.datasets import read_documents, split_of
+from pgolf.lab.data.tokenizer import SP_TRAINER_ARGS
 
 # ../shared beside the checkout (as in CI), or PGOLF_BENCH_DIR
 BENCH = Path(

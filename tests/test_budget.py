@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgolf.artifact import CODECS, QTensor, byte_unshuffle, encode_artifact
-from pgolf.lab.budget import (
+from pgolf.lab.budget.sizes import (
     _apportion,
     budget_report,
     byteshuffle_brotli_reference,

@@ -48,7 +48,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A tiny synthetic corpus → SentencePiece tokenizer → shards in the challenge format."""
-    from pgolf.lab.datasets import build_corpus
+    from pgolf.lab.data.datasets import build_corpus
 
     root = tmp_path_factory.mktemp("bundle")
     rng = random.Random(0)

@@ -19,7 +19,7 @@ import sentencepiece as spm
 import torch
 
 from pgolf import data as D
-from pgolf.lab import datasets as S
+from pgolf.lab.data import datasets as S
 
 # ../shared beside the checkout (as in CI), or PGOLF_BENCH_DIR
 BENCH = Path(

@@ -24,7 +24,7 @@ from pgolf.evaluate import (
     plain_windows,
     sliding_windows,
 )
-from pgolf.lab.references import bigram_bpb, unigram_bpb
+from pgolf.lab.data.references import bigram_bpb, unigram_bpb
 
 V = 32
 CPU = torch.device("cpu")

@@ -60,10 +60,87 @@ def test_lab_modules_never_import_the_cli_and_the_walk_catches_a_core_that_impor
     assert "pgolf.lab.budget" in pgolf_imports(fake)
 
 
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph(files: list[Path]) -> dict[str, set[str]]:
+    """Module -> the package modules it imports, lazy imports included; `from pkg import sub`
+    is an edge to `pkg.sub` when `sub` is a module of the package (the implicit import of a
+    package's own __init__ by its submodules is not an edge)."""
+    names = {module_name(p): p for p in files}
+    graph = {}
+    for name, path in names.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pgolf"):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    deps.add(sub if sub in names else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("pgolf"))
+        graph[name] = {d for d in deps if d in names and d != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d) :] + [d]
+            if d not in state and (c := visit(d)):
+                return c
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def test_no_import_circles_lazy_imports_included(tmp_path):
+    graph = import_graph(sorted(SRC.rglob("*.py")))
+    assert "pgolf.lab.audit.c2" in graph and "pgolf.lab.audit.base" in graph["pgolf.lab.audit.c2"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    # the walk is not vacuous: a lazy import back from a sibling closes a circle
+    graph["pgolf.lab.audit.base"] = graph["pgolf.lab.audit.base"] | {"pgolf.lab.audit.conditions"}
+    assert find_cycle(graph) is not None
+
+
+def test_lab_groups_have_a_public_face_and_members_never_import_it():
+    lab = SRC / "lab"
+    groups = [p.parent for p in lab.glob("*/__init__.py")]
+    assert {g.name for g in groups} >= {"audit", "budget", "data", "records", "study"}
+    for g in groups:
+        face = f"pgolf.lab.{g.name}"
+        assert ast.get_docstring(ast.parse((g / "__init__.py").read_text())), (
+            f"{face}: no docstring"
+        )
+        for p in g.glob("*.py"):
+            if p.name == "__init__.py":
+                continue
+            for node in ast.walk(ast.parse(p.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == face:
+                    subs = {a.name for a in node.names}
+                    mods = {q.stem for q in g.glob("*.py")}
+                    assert subs <= mods, f"{p}: imports {subs - mods} from {face}, not a sibling"
+
+
 def test_import_has_no_side_effects():
     code = (
         "import torch.distributed as d, pgolf.cli, pgolf.pipeline, pgolf.train,"
-        " pgolf.lab.budget, pgolf.lab.datasets, pgolf.lab.bundle;"
+        " pgolf.lab.budget, pgolf.lab.data.datasets, pgolf.lab.bundle;"
         " assert not d.is_initialized(); print('ok')"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -10,8 +10,8 @@ import random
 import pytest
 
 from pgolf import cli
-from pgolf.lab import planner as P
-from pgolf.lab.planner import InfeasibleBudget, Option, Row, solve
+from pgolf.lab.budget import planner as P
+from pgolf.lab.budget.planner import InfeasibleBudget, Option, Row, solve
 
 
 def brute_force(table: dict[str, list[Row]], budget: int) -> float | None:
@@ -197,7 +197,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A trained tiny run (4 steps, zstd codec for speed) and its own artifact."""
-    from pgolf.lab.datasets import build_default
+    from pgolf.lab.data.datasets import build_default
 
     root = tmp_path_factory.mktemp("plan")
     data = build_default(root / "data")

@@ -11,7 +11,7 @@ import torch
 
 from pgolf import dist, quant
 from pgolf.config import ModelConfig, QuantConfig
-from pgolf.lab import datasets as D
+from pgolf.lab.data import datasets as D
 from pgolf.runlog import RunDir
 
 TINY = ModelConfig(

@@ -96,7 +96,7 @@ def test_bad_prune_values_are_refused_naming_quant_groups() -> None:
 def test_budget_prune_what_if_uses_the_core_rule() -> None:
     """`pgolf budget --prune-to`: the zeroed codes are the first `pruned` of `pm1_order` over the
     groups it prunes."""
-    from pgolf.lab.budget import _prune
+    from pgolf.lab.budget.sizes import _prune
 
     ts = qtensors(3)
 

@@ -264,7 +264,7 @@ GROUP_SPECS = {
 
 @pytest.mark.parametrize("spec", list(GROUP_SPECS))
 def test_quant_groups_spec_parses_and_round_trips(spec):
-    from pgolf.lab.planner import groups_spec
+    from pgolf.lab.budget.planner import groups_spec
 
     want = GROUP_SPECS[spec]
     got = quant.parse_groups(spec)

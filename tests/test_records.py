@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from pgolf import config as C
-from pgolf.lab import results as R
-from pgolf.lab import stats as S
-from pgolf.lab import verify as V
+from pgolf.lab.records import results as R
+from pgolf.lab.records import stats as S
+from pgolf.lab.records import verify as V
 
 # ----------------------------------------------------------------------------------------------
 # Welch, by hand
@@ -323,14 +323,13 @@ def test_stats_cli_reads_runs_and_records(record, built, capsys):
 def test_real_cpu_tiny_runs_export_and_verify(tmp_path):
     """Three real `cpu-tiny` runs (minutes each) → export → verify clean; train_gpt.py runs."""
     from pgolf import pipeline
+    from pgolf.lab.bundle import code_size
     from pgolf.lab.records import export
 
-    if importlib.util.find_spec("pgolf.lab.bundle") is None:
-        pytest.skip("pgolf.lab.bundle not on this branch yet")
     runs = []
     for seed in (1, 2, 3):
         cfg = C.load("cpu-tiny", [f"train.seed={seed}"])
-        pipeline.run(cfg, str(tmp_path / f"s{seed}"))
+        pipeline.run(cfg, str(tmp_path / f"s{seed}"), code_size=code_size)
         runs.append(tmp_path / f"s{seed}")
     out = tmp_path / "rec"
     export(runs, out)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pgolf import config as C
-from pgolf.lab import study_data as D
-from pgolf.lab import study_stats as S
+from pgolf.lab.study import data as D
+from pgolf.lab.study import stats as S
 
 VOCAB = 320
 
@@ -137,7 +137,7 @@ def tokenizer(tmp_path_factory) -> Path:
 
     import sentencepiece as spm
 
-    from pgolf.lab.tokenizer import SP_TRAINER_ARGS
+    from pgolf.lab.data.tokenizer import SP_TRAINER_ARGS
 
     rng = random.Random(0)
     words = "the of and to a in that is was he for it with as his on be at by had not".split()
@@ -209,7 +209,7 @@ def _tiny_run(tmp: Path, tok: Path, lr: float, docs_seed: int = 0, vocab: int = 
 
 def test_study_on_a_tiny_run_writes_table_json_and_plots(tmp_path, tokenizer):
     from pgolf.lab.study import StudyConfig, run_study
-    from pgolf.lab.study_report import table
+    from pgolf.lab.study.report import table
 
     run = _tiny_run(tmp_path, tokenizer, 3e-3)
     sc = StudyConfig(epochs=(0.0, 0.5, 1.0), tokens=3000, canaries=2, reps=100)

@@ -11,8 +11,8 @@ import pytest
 
 from pgolf import config as C
 from pgolf import config_env as E
-from pgolf.lab import datasets as D
 from pgolf.lab.configdoc import describe
+from pgolf.lab.data import datasets as D
 from pgolf.lab.report import flags
 from pgolf.runlog import size_lines
 

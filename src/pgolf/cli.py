@@ -198,7 +198,7 @@ def cmd_run(
 
 
 def cmd_data_default(vocab_size: int, out: str | None) -> Path:
-    from pgolf.lab import datasets
+    from pgolf.lab.data import datasets as datasets
 
     path = datasets.build_default(Path(out) if out else None, vocab_size=vocab_size)
     print(path)
@@ -213,7 +213,7 @@ def cmd_data_corpus(
     split: str = "paragraph",
     val_share: float = 0.1,
 ) -> Path:
-    from pgolf.lab import datasets
+    from pgolf.lab.data import datasets as datasets
 
     path = datasets.build_corpus(
         [Path(p) for p in inputs],
@@ -228,7 +228,7 @@ def cmd_data_corpus(
 
 
 def cmd_data_fineweb(variant: str, train_shards: int, out: str) -> Path:
-    from pgolf.lab import datasets
+    from pgolf.lab.data import datasets as datasets
 
     path = datasets.download_fineweb(variant, train_shards, Path(out))
     print(path)
@@ -236,7 +236,7 @@ def cmd_data_fineweb(variant: str, train_shards: int, out: str) -> Path:
 
 
 def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
-    from pgolf.lab import datasets
+    from pgolf.lab.data import datasets as datasets
 
     rep = datasets.inspect(Path(path), Path(tokenizer) if tokenizer else None)
     if as_json:
@@ -252,7 +252,7 @@ def parse_plan(specs: list[str], base: str = "") -> list[str]:
     budget --fit`) → the equal config overrides: `quant.groups` (the plans over `base`, the
     run's own quant.groups) and the file's `quant.lqer`; none for no plans."""
     from pgolf.config import parse_groups
-    from pgolf.lab.planner import groups_spec, read_plan
+    from pgolf.lab.budget.planner import groups_spec, read_plan
 
     plan, sets = parse_groups(base), []
     for spec in specs:
@@ -367,8 +367,8 @@ def cmd_audit(
     train: str | None = None,
     overrides: list[str] = (),
 ) -> int:
-    """Compliance audit (pgolf.lab.audit_run): prints the table; 1 on any failure."""
-    from pgolf.lab.audit_run import main
+    """Compliance audit (pgolf.lab.audit.run): prints the table; 1 on any failure."""
+    from pgolf.lab.audit.run import main
 
     text, rc = main(artifact, ttt, data, as_json, quick, static, train, overrides)
     print(text)
@@ -443,7 +443,7 @@ def cmd_budget_fit(
     prunes: str = "0.1,0.25,0.5",
 ) -> dict:
     """`pgolf budget RUN --fit BYTES`: measure the options, solve, write the plan (planner)."""
-    from pgolf.lab import planner as P
+    from pgolf.lab.budget import planner as P
 
     if cap <= 0 or calib_tokens <= 0:
         raise ValueError(f"--fit {cap} / --calib-tokens {calib_tokens}: both must be positive")
@@ -490,8 +490,8 @@ def cmd_stats(
     metric: str,
     as_json: bool,
 ) -> dict:
-    from pgolf.lab import results as R
-    from pgolf.lab import stats as S
+    from pgolf.lab.records import results as R
+    from pgolf.lab.records import stats as S
 
     seeds = R.load_results(paths)
     summ = S.summarize(seeds)
@@ -531,7 +531,7 @@ def cmd_verify(
     as_json: bool,
 ) -> list:
     """Exit 1 when any check fails."""
-    from pgolf.lab import verify as V
+    from pgolf.lab.records import verify as V
 
     checks = V.verify(folder, artifact, data, against, strict_time)
     print(V.as_json(checks) if as_json else V.format_checks(checks))
@@ -550,7 +550,7 @@ def _default_data(cfg: C.RunConfig) -> C.RunConfig:
     from dataclasses import replace
 
     from pgolf.dist import init
-    from pgolf.lab import datasets
+    from pgolf.lab.data import datasets as datasets
 
     init(cfg.train.device)  # rank-aware: the build is locked and idempotent on every rank
     path = datasets.build_default(vocab_size=cfg.model.vocab_size)
@@ -558,7 +558,7 @@ def _default_data(cfg: C.RunConfig) -> C.RunConfig:
 
 
 def _references(cfg: C.RunConfig, run, val_tokens, tables) -> dict:
-    from pgolf.lab.references import references
+    from pgolf.lab.data.references import references
 
     return references(Path(cfg.data.data_path), val_tokens, tables, cfg.model.vocab_size)
 
@@ -598,7 +598,7 @@ def dispatch(a: argparse.Namespace):
         )
     if a.cmd == "study":
         from pgolf.lab.study import study_main
-        from pgolf.lab.study_report import table
+        from pgolf.lab.study.report import table
 
         res = study_main(a)
         print("\n".join(table(res)))

@@ -21,7 +21,7 @@ never scored (the model must be causal). NLL, token and byte counts are summed i
 all-reduced; bytes follow the spec section 2.2 rule via `pgolf.bpb.target_bytes`.
 
 Log lines in the challenge's shape come from `format_eval_line`. (The n-gram reference points
-live in the lab: `pgolf.lab.references`.)
+live in the lab: `pgolf.lab.data.references`.)
 """
 
 from __future__ import annotations

@@ -504,7 +504,7 @@ def restore_graph_state(model: GPT, meta: dict[str, Any], source: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Parameter roles: the one table from which the optimizer groups (optim.py), the quantization
-# groups (quant.py) and the budget components (lab/budget.py) are all derived.
+# groups (quant.py) and the budget components (lab/budget/sizes.py) are all derived.
 
 
 @dataclass(frozen=True)

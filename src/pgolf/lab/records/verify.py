@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pgolf.lab import results as R
-from pgolf.lab import stats as S
+from pgolf.lab.records import results as R
+from pgolf.lab.records import stats as S
 
 CAP_BYTES = 16_000_000
 TRAIN_S = 600.0

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pgolf.lab.results import SeedResult
+from pgolf.lab.records.results import SeedResult
 
 README_MARGIN_NATS = 0.005
 README_P = 0.01

@@ -31,7 +31,7 @@ import numpy as np
 from pgolf import data as D
 from pgolf.bpb import StreamCounter, check_tokenizer, load_sp
 from pgolf.dist import log0, progress
-from pgolf.lab.tokenizer import SP_TRAINER_ARGS, train_tokenizer
+from pgolf.lab.data.tokenizer import SP_TRAINER_ARGS, train_tokenizer
 
 BOS_ID = 1
 SHARD_TOKENS = 10**8

@@ -6,7 +6,7 @@ nothing here is, or may be quoted as, a leaderboard number.
 Protocol (pre-registered in this docstring; `study.json` carries it):
 1. Validation documents into halves A and B by a fixed hash, stratified by length; B units that
    are near-duplicates of A units tagged (token 8-shingle Jaccard >= 0.3). A slice with too few
-   documents falls back to fixed segments, and every output says so (`pgolf.lab.study_data`).
+   documents falls back to fixed segments, and every output says so (`pgolf.lab.study.data`).
    M canaries (random-token documents) join each half.
 2. From the run's post-EMA weights (`final_model.safetensors`), the core's pre-quant TTT
    (`pgolf.ttt.prequant_ttt`: AdamW, cosine lr, frozen first blocks, the run's ttt.prequant_*)
@@ -17,7 +17,7 @@ Protocol (pre-registered in this docstring; `study.json` carries it):
    bits/clip; Hessians collected on the TTT'd model from one fixed set of calibration sequences
    drawn once per replicate) -- `--quant none` skips this -- and A and B are scored with the core's
    sliding-window evaluator. Epoch 0 = the quantized post-EMA model, no TTT.
-4. Estimands (`pgolf.lab.study_stats`): DeltaA(e), DeltaB(e) (bpb gains), memorization ~ DeltaA -
+4. Estimands (`pgolf.lab.study.stats`): DeltaA(e), DeltaB(e) (bpb gains), memorization ~ DeltaA -
    DeltaB, cross-fitted (train on B too) and averaged; generalization = gain on the unseen half.
 5. Controls: (a) TTT on an equal number of tokens from the END of the training shards (flagged
    if the run may have read them); (b) legal score-first TTT on stream A with the same optimizer
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from pgolf import dist as pdist
-from pgolf.lab import study_data as D
-from pgolf.lab import study_stats as S
+from pgolf.lab.study import data as D
+from pgolf.lab.study import stats as S
 from pgolf.ttt import NON_RECORD_REASON, prequant_ttt
 
 FULL_LADDER = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
@@ -329,7 +329,7 @@ def canary_summary(r0: Replicate, raw: list[dict], sc: StudyConfig, rng) -> dict
 
 def run_study(run_dirs, sc: StudyConfig = StudyConfig(), out: str | Path | None = None) -> dict:
     """The whole study (module docstring) -> the study.json dict; writes study.json and PNGs."""
-    from pgolf.lab import study_report
+    from pgolf.lab.study import report as study_report
 
     if sc.schedule not in ("separate", "snapshot") or sc.quant not in ("run", "none"):
         raise ValueError("study: --schedule must be separate|snapshot, --quant run|none")

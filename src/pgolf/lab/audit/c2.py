@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from pgolf import bpb
-from pgolf.lab.arith import Decoder, encode, freqs
-from pgolf.lab.audit import EvalOut, Evaluator, Row, scoring_row
+from pgolf.lab.audit.arith import Decoder, encode, freqs
+from pgolf.lab.audit.base import EvalOut, Evaluator, Row, scoring_row
 
 
 def normalization(base: EvalOut, tokens: torch.Tensor, probes: list[int]) -> Row:

@@ -6,7 +6,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgolf.lab.records import RECORD_TRACK, technique_lines
+RECORD_TRACK = "10min_16mb"
+
+
+def technique_lines(cfg: dict[str, Any]) -> list[str]:
+    """Technique summary from the config, with PR credits (the spec's pr1550-stack notes)."""
+    m, q, e, o = (cfg.get(k, {}) for k in ("model", "quant", "eval", "optim"))
+    out = [f"{m.get('num_layers')} layers x {m.get('model_dim')} dim, vocab {m.get('vocab_size')}"]
+    if m.get("recur_layers"):
+        out.append(f"depth recurrence over layers {m['recur_layers']} (PR #1331, #1437)")
+    if m.get("parallel_residual_start") not in (None, -1, 0):
+        out.append(f"parallel residuals from layer {m['parallel_residual_start']} (PR #1412)")
+    if q.get("method"):
+        out.append(
+            f"{q['method']} int{q.get('matrix_bits')} matrices, codec {q.get('codec')} "
+            "(GPTQ + SDClip: PR #1394)"
+        )
+    if q.get("groups") or q.get("lqer"):
+        out.append(
+            f"per-group quantization {q.get('groups') or '-'}, low-rank terms "
+            f"{q.get('lqer') or '-'} (pgolf budget planner; LQER: PR #1797)"
+        )
+    if e.get("sliding"):
+        out.append(f"sliding-window eval, stride {e.get('eval_stride')} (PR #50 lineage)")
+    if o.get("ema_decay"):
+        out.append(f"EMA {o['ema_decay']}")
+    return out
 
 
 def readme(

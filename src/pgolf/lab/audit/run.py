@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from pgolf.lab.audit import MODES, Evaluator, Row, audit, audit_scale
+from pgolf.lab.audit.base import MODES, Evaluator, Row, audit_scale, traced
+from pgolf.lab.audit.conditions import audit, format_rows
 
 LIMIT_BYTES, LIMIT_SECONDS = 16_000_000, 600.0
 
@@ -279,8 +280,6 @@ def _main(
     import tempfile
     from dataclasses import asdict
 
-    from pgolf.lab.audit import format_rows
-
     if train:
         ov = TRAIN_DEFAULTS + ([f"data.data_path={data}"] if data else []) + list(overrides)
         with tempfile.TemporaryDirectory(prefix="pgolf-audit-") as tmp:
@@ -297,7 +296,7 @@ def _main(
         ), int(bool(fails))
 
     if static:
-        from pgolf.lab.audit_static import format_findings, screen
+        from pgolf.lab.audit.static import format_findings, screen
 
         found = screen(static)
         text = json.dumps([asdict(f) for f in found]) if as_json else format_findings(static, found)
@@ -359,7 +358,6 @@ def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Ro
     from pgolf import config as C
     from pgolf import pipeline
     from pgolf.data import find_shards
-    from pgolf.lab.audit import traced
     from pgolf.lab.bundle import code_size
 
     src = Path(config_or_run)

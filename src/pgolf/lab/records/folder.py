@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pgolf.lab import results as R
-from pgolf.lab import stats as S
 from pgolf.lab.bundle import PER_RUN
+from pgolf.lab.records import results as R
+from pgolf.lab.records import stats as S
+from pgolf.lab.records.readme import RECORD_TRACK, readme, technique_lines
 
 CAP_BYTES = 16_000_000
-RECORD_TRACK = "10min_16mb"
 
 
 class ExportError(ValueError):
@@ -118,31 +118,6 @@ def check_runs(runs: Sequence[str | Path], track: str) -> list[dict[str, Any]]:
     if not loaded:
         raise ExportError("no runs given: pass finished `pgolf run` folders")
     return loaded
-
-
-def technique_lines(cfg: dict[str, Any]) -> list[str]:
-    """Technique summary from the config, with PR credits (the spec's pr1550-stack notes)."""
-    m, q, e, o = (cfg.get(k, {}) for k in ("model", "quant", "eval", "optim"))
-    out = [f"{m.get('num_layers')} layers x {m.get('model_dim')} dim, vocab {m.get('vocab_size')}"]
-    if m.get("recur_layers"):
-        out.append(f"depth recurrence over layers {m['recur_layers']} (PR #1331, #1437)")
-    if m.get("parallel_residual_start") not in (None, -1, 0):
-        out.append(f"parallel residuals from layer {m['parallel_residual_start']} (PR #1412)")
-    if q.get("method"):
-        out.append(
-            f"{q['method']} int{q.get('matrix_bits')} matrices, codec {q.get('codec')} "
-            "(GPTQ + SDClip: PR #1394)"
-        )
-    if q.get("groups") or q.get("lqer"):
-        out.append(
-            f"per-group quantization {q.get('groups') or '-'}, low-rank terms "
-            f"{q.get('lqer') or '-'} (pgolf budget planner; LQER: PR #1797)"
-        )
-    if e.get("sliding"):
-        out.append(f"sliding-window eval, stride {e.get('eval_stride')} (PR #50 lineage)")
-    if o.get("ema_decay"):
-        out.append(f"EMA {o['ema_decay']}")
-    return out
 
 
 def _plot(runs: list[dict[str, Any]], out: Path) -> Path | None:
@@ -274,7 +249,6 @@ def export(
     (dest / "submission.json").write_text(json.dumps(sub, indent=2) + "\n")
     (dest / "requirements.txt").write_text(_requirements())
     png = _plot(loaded, dest / "loss.png")
-    from pgolf.lab.records_readme import readme
 
     (dest / "README.md").write_text(readme(sub, summ, cmp, cfg_d, png is not None, loaded))
     return sub

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pgolf import ttt as TT
-from pgolf.lab.audit import EvalOut, Evaluator, Row, maxdiff
+from pgolf.lab.audit.base import EvalOut, Evaluator, Row, maxdiff
 from pgolf.ttt_lora import documents
 
 
