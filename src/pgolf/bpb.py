@@ -188,6 +188,9 @@ def with_sidecar(
                 "build the data with `pgolf data corpus --caseops` (or `data default --caseops`)"
             )
         return tables
+    from pgolf.dist import log0
+
+    log0(f"val_bytes_source:sidecar tokens:{side.size} bytes:{int(side[1:].sum(dtype=np.int64))}")
     return replace(tables, sidecar=torch.from_numpy(side))
 
 

@@ -117,11 +117,11 @@ def score_batch(
     hi: torch.Tensor,
     tab: ByteTables,
     autocast_dtype: torch.dtype | None = None,
-    pos: torch.Tensor | None = None,
+    at: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The scoring primitive: inputs x / targets y [B,T] (on the model's device), row b scores
     offsets [lo[b], hi[b]). Returns (nll [B,T] fp32 with autograd when grad is enabled, mask
-    [B,T] bool, bytes [B,T]). Every evaluator and every TTT mode scores through this. `pos`
+    [B,T] bool, bytes [B,T]). Every evaluator and every TTT mode scores through this. `at`
     [B,T]: the targets' positions in the validation stream (read by a byte sidecar)."""
     with _autocast(x.device, autocast_dtype):
         logits = model(x)
@@ -130,7 +130,7 @@ def score_batch(
     ).view(y.shape)
     pos = torch.arange(x.size(1), device=x.device)
     mask = (pos >= lo.to(x.device)[:, None]) & (pos < hi.to(x.device)[:, None])
-    return nll, mask, target_bytes(x, y, tab, pos)
+    return nll, mask, target_bytes(x, y, tab, at)
 
 
 def score_windows(

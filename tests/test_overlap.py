@@ -1,0 +1,124 @@
+"""`pgolf data overlap` (issue 20, deliverable 2): planted leaks of known size are all found
+(exact copies, near copies, one across a shard border), a clean split and a below-threshold
+look-alike are not reported; exit 1 on overlap, 0 clean, 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgolf.data import write_shard
+from pgolf.lab import overlap as O
+
+V, BOS = 2000, 1
+
+
+def _doc(rng, n=None):
+    return rng.integers(4, V, size=n or int(rng.integers(60, 300)))
+
+
+def _stream(docs):
+    return np.concatenate([np.concatenate([[BOS], d]) for d in docs])
+
+
+def _planted(folder: Path, leak: bool = True, seed: int = 0):
+    """val: 60 docs; train: 300 docs, with (when `leak`) 5 exact copies of val docs (one across
+    the two train shards' border), 4 near copies (3 with ~5% of tokens changed, 1 cut to 80%) and
+    one look-alike sharing 30% of a val doc (Jaccard ~0.2, below the threshold)."""
+    rng = np.random.default_rng(seed)
+    val = [_doc(rng) for _ in range(60)]
+    train = [_doc(rng) for _ in range(300)]
+    exact, near = {3, 11, 25, 40, 59}, {7, 18, 33, 52}
+    if leak:
+        for i in (3, 11, 25, 40):
+            train.insert(int(rng.integers(0, len(train))), val[i].copy())
+        for i in (7, 18, 33):
+            d = val[i].copy()
+            pos = rng.choice(d.size, size=max(1, d.size // 20), replace=False)
+            d[pos] = rng.integers(4, V, size=pos.size)
+            train.insert(int(rng.integers(0, len(train))), d)
+        train.insert(5, val[52][: int(0.8 * val[52].size)].copy())
+        v = val[45]
+        train.insert(9, np.concatenate([v[: int(0.3 * v.size)], _doc(rng, 200)]))
+        train.insert(150, val[59].copy())  # across the border of the two train shards
+        cut = sum(d.size + 1 for d in train[:150]) + 1 + train[150].size // 2
+    stream = _stream(train)
+    cut = cut if leak else stream.size // 2
+    folder.mkdir(parents=True, exist_ok=True)
+    write_shard(folder / "t_train_000000.bin", stream[:cut])
+    write_shard(folder / "t_train_000001.bin", stream[cut:])
+    write_shard(folder / "t_val_000000.bin", _stream(val))
+    return (exact, near) if leak else (set(), set())
+
+
+def test_every_planted_leak_is_found_and_nothing_else(tmp_path):
+    exact, near = _planted(tmp_path / "d")
+    rep = O.check_overlap(tmp_path / "d", tmp_path / "d")
+    assert set(rep.exact) == exact
+    assert set(rep.near) == near  # the 30% look-alike (val doc 45) stays below 0.5
+    assert all(0.5 <= m.jaccard < 1 for m in rep.near.values())
+    d = rep.as_dict()
+    assert (d["val_docs"], d["train_docs"], d["exact_docs"], d["near_docs"]) == (60, 310, 5, 4)
+    assert d["exact_examples"][0]["val_doc"] == 3
+    assert rep.leaks == 9
+
+
+def test_a_clean_split_reports_nothing(tmp_path):
+    _planted(tmp_path / "d", leak=False)
+    rep = O.check_overlap(tmp_path / "d", tmp_path / "d")
+    assert rep.leaks == 0 and rep.train_docs == 300 and rep.val_docs == 60
+
+
+def test_near_copies_are_measured_exactly():
+    rng = np.random.default_rng(1)
+    a = _doc(rng, 400)
+    b = a.copy()
+    b[::40] = 7
+    got = O.jaccard(O.shingles(a), O.shingles(b))
+    sa, sb = ({tuple(x[i : i + O.SHINGLE]) for i in range(x.size - O.SHINGLE + 1)} for x in (a, b))
+    assert got == pytest.approx(len(sa & sb) / len(sa | sb))
+    est = np.mean(O.signature(O.shingles(a)) == O.signature(O.shingles(b)))
+    assert abs(est - got) < 0.2  # MinHash estimates it (64 hash functions)
+
+
+def test_text_documents_are_compared_by_words(tmp_path):
+    train = tmp_path / "train.jsonl"
+    val = tmp_path / "val.jsonl"
+    words = " ".join(f"w{i}" for i in range(50))
+    train.write_text(
+        "\n".join(json.dumps({"text": t}) for t in ["alpha beta", words, "x y z"]) + "\n"
+    )
+    val.write_text(json.dumps({"text": "  " + words.replace(" ", "\n")}) + "\n")
+    rep = O.check_overlap(train, val)
+    assert set(rep.exact) == {0} and rep.exact[0].train_doc == 1
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "pgolf", "data", "overlap", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_cli_exit_codes(tmp_path):
+    _planted(tmp_path / "leaky")
+    _planted(tmp_path / "clean", leak=False)
+    r = _cli(tmp_path / "leaky", tmp_path / "leaky", "--json", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["exact_docs"] == 5
+    r = _cli(tmp_path / "clean", tmp_path / "clean", cwd=tmp_path)
+    assert r.returncode == 0 and "clean" in r.stdout
+    bad = tmp_path / "bad_val_000000.bin"
+    bad.write_bytes(b"not a shard")
+    for args in [(tmp_path / "missing", tmp_path / "clean"), (tmp_path / "clean", bad)]:
+        r = _cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert str(args[0] if "missing" in str(args[0]) else bad) in r.stderr
