@@ -5,8 +5,6 @@ look-alike are not reported; exit 1 on overlap, 0 clean, 2 on bad input."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,27 +96,31 @@ def test_text_documents_are_compared_by_words(tmp_path):
     assert set(rep.exact) == {0} and rep.exact[0].train_doc == 1
 
 
-def _cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "pgolf", "data", "overlap", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    from pgolf.cli import main
+
+    try:
+        main(["data", "overlap", *map(str, args)])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_exit_codes(tmp_path):
+def test_cli_exit_codes(tmp_path, capsys):
     _planted(tmp_path / "leaky")
     _planted(tmp_path / "clean", leak=False)
-    r = _cli(tmp_path / "leaky", tmp_path / "leaky", "--json", cwd=tmp_path)
-    assert r.returncode == 1, r.stderr
-    assert json.loads(r.stdout)["exact_docs"] == 5
-    r = _cli(tmp_path / "clean", tmp_path / "clean", cwd=tmp_path)
-    assert r.returncode == 0 and "clean" in r.stdout
+    code, out, err = _cli(capsys, tmp_path / "leaky", tmp_path / "leaky", "--json")
+    assert code == 1, err
+    assert json.loads(out)["exact_docs"] == 5
+    code, out, _ = _cli(capsys, tmp_path / "clean", tmp_path / "clean")
+    assert code == 0 and "clean" in out
     bad = tmp_path / "bad_val_000000.bin"
     bad.write_bytes(b"not a shard")
-    for args in [(tmp_path / "missing", tmp_path / "clean"), (tmp_path / "clean", bad)]:
-        r = _cli(*args, cwd=tmp_path)
-        assert r.returncode == 2 and "Traceback" not in r.stderr
-        assert str(args[0] if "missing" in str(args[0]) else bad) in r.stderr
+    for args, named in [
+        ((tmp_path / "missing", tmp_path / "clean"), "missing"),
+        ((tmp_path / "clean", bad), bad.name),
+    ]:
+        code, _, err = _cli(capsys, *args)
+        assert code == 2 and "Traceback" not in err and named in err

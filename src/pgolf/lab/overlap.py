@@ -105,7 +105,7 @@ def _digest(seq: np.ndarray) -> bytes:
 # Reading documents
 
 
-def _shard_docs(files: list[Path], bos_id: int) -> Iterator[np.ndarray]:
+def _shard_docs(files: list[Path], bos_id: int) -> Iterator[tuple[np.ndarray, str]]:
     carry: list[np.ndarray] = []
     for f in files:
         arr = D.read_shard(f)
@@ -116,19 +116,19 @@ def _shard_docs(files: list[Path], bos_id: int) -> Iterator[np.ndarray]:
             doc = np.concatenate(carry)
             carry = []
             if doc.size:
-                yield doc
+                yield doc, ""
             prev = c + 1
         carry.append(np.asarray(arr[prev:]))
     doc = np.concatenate(carry) if carry else np.zeros(0, dtype=np.uint16)
     if doc.size:
-        yield doc
+        yield doc, ""
 
 
 def _words(text: str) -> np.ndarray:
     return np.array([zlib.crc32(w.encode("utf-8")) for w in text.split()], dtype=np.uint32)
 
 
-def _text_docs(path: Path) -> Iterator[np.ndarray]:
+def _text_docs(path: Path) -> Iterator[tuple[np.ndarray, str]]:
     import json
 
     opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
@@ -146,13 +146,13 @@ def _text_docs(path: Path) -> Iterator[np.ndarray]:
                 else:
                     text = line
                 if (w := _words(text)).size:
-                    yield w
+                    yield w, " ".join(text[:120].split())[:80]
     except (UnicodeDecodeError, ValueError, lzma.LZMAError, OSError, EOFError) as e:
         raise ValueError(f"{path}: cannot read documents ({e}); expected UTF-8 text") from None
 
 
-def documents(path: Path, split: str, bos_id: int = 1) -> Iterator[np.ndarray]:
-    """The documents of `path` as token arrays (see the module docstring)."""
+def documents(path: Path, split: str, bos_id: int = 1) -> Iterator[tuple[np.ndarray, str]]:
+    """(tokens, first words of the text or "") of each document of `path` (module docstring)."""
     path = Path(path)
     if path.is_dir():
         files = D.find_shards(path, split)
@@ -180,6 +180,9 @@ class Match:
     jaccard: float
     val_tokens: int
     head: list[int]
+    """The val document's first tokens (text: word hashes)."""
+    preview: str = ""
+    """Its first words, decoded with the shards' tokenizer when one is found (shards only)."""
 
 
 @dataclass
@@ -232,7 +235,8 @@ class OverlapReport:
             for m in d[f"{kind}_examples"]:
                 out.append(
                     f"  {kind}: val doc {m['val_doc']} ~ train doc {m['train_doc']} "
-                    f"jaccard:{m['jaccard']:.3f} tokens:{m['val_tokens']} starts {m['head']}"
+                    f"jaccard:{m['jaccard']:.3f} tokens:{m['val_tokens']} starts "
+                    + (repr(m["preview"]) if m["preview"] else str(m["head"]))
                 )
         out.append(
             f"LEAK: {self.leaks} of {self.val_docs} validation documents are in training"
@@ -248,9 +252,11 @@ def check_overlap(
     threshold: float = 0.5,
     examples: int = 5,
     bos_id: int = 1,
+    tokenizer: str | Path | None = None,
 ) -> OverlapReport:
     """Find the validation documents of `val` that occur in `train`, exactly or nearly
-    (see the module docstring). Bad input raises ValueError / FileNotFoundError / ShardError."""
+    (see the module docstring). Bad input raises ValueError / FileNotFoundError / ShardError.
+    `tokenizer` (a .model; default: the one beside shards of `val`, if any) decodes previews."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"--threshold {threshold}: a Jaccard similarity in (0, 1]")
     rep = OverlapReport(str(train), str(val), threshold, examples=examples)
@@ -258,7 +264,9 @@ def check_overlap(
     sigs: list[np.ndarray] = []
     exact: dict[bytes, list[int]] = {}
     buckets: dict[bytes, list[int]] = {}
-    for i, doc in enumerate(documents(Path(val), "val", bos_id)):
+    heads: list[str] = []
+    for i, (doc, head) in enumerate(documents(Path(val), "val", bos_id)):
+        heads.append(head)
         small = doc.astype(np.uint16) if doc.max(initial=0) < 1 << 16 else doc.astype(np.uint32)
         docs.append(small)
         exact.setdefault(_digest(doc), []).append(i)
@@ -271,7 +279,7 @@ def check_overlap(
     if not docs:
         raise ValueError(f"{val}: no validation documents")
     sig_arr = np.stack(sigs)
-    for t, doc in enumerate(documents(Path(train), "train", bos_id)):
+    for t, (doc, _) in enumerate(documents(Path(train), "train", bos_id)):
         rep.train_docs += 1
         for i in exact.get(_digest(doc), ()):
             if i not in rep.exact:
@@ -286,4 +294,22 @@ def check_overlap(
             j = jaccard(shingles(docs[i]), sh)
             if j >= threshold and (i not in rep.near or j > rep.near[i].jaccard):
                 rep.near[i] = Match(i, t, round(j, 4), int(docs[i].size), docs[i][:8].tolist())
+    sp = _tokenizer(Path(val), tokenizer)
+    for m in (*rep.exact.values(), *rep.near.values()):
+        m.preview = heads[m.val_doc] or (
+            sp.decode(docs[m.val_doc][:24].tolist())[:80] if sp is not None else ""
+        )
     return rep
+
+
+def _tokenizer(val: Path, tokenizer: str | Path | None) -> Any:
+    from pgolf.bpb import load_sp
+
+    if tokenizer is not None:
+        return load_sp(tokenizer)
+    if val.suffix != ".bin" and not val.is_dir():
+        return None
+    try:
+        return load_sp(D.find_tokenizer(val if val.is_dir() else val.parent))
+    except (OSError, ValueError):  # no (single) tokenizer beside the shards: ids only
+        return None
