@@ -29,7 +29,7 @@ DOCS = [
     "The quick brown fox jumps over the lazy dog in 1999.",
     "NASA and the ESA met in Paris; Dr. Smith spoke to IBM about it.",
     "McDonald's sells the iPhone case to JavaScript fans and eBay users daily.",
-    "ÉCOLE Élan Ünïcode straße Straße İstanbul ıi ǅ 中文字符 😀🎉 x.",
+    "ÉCOLE Élan Ünïcode straße Straße İstanbul ıi ΣΑΣ σας 中文字符 😀🎉 x.",
     "Literal operators \ue001 and \ue004\ue002 and \ue003\ue003 stay as they were.",
     "A I O aBC ABc AbC abC X1Y2Z3 ABC123def 42 is the answer; e.g. USA-made.",
     "Mixed CamelCaseWord HTTPServer getHTTPResponse XMLHttpRequest in 2026.",
@@ -310,3 +310,36 @@ def test_cpu_tiny_run_with_data_caseops_on_the_embedded_corpus(tmp_path):
     nats = res["val_loss_prequant"] * (n - 1)
     implied = nats / math.log(2) / res["val_bpb_prequant"]
     assert abs(implied - oracle) < 0.5
+
+
+def test_fineweb_path_keeps_the_first_documents_for_validation(built, tmp_path):
+    """`pgolf data fineweb --caseops`: docs_selected.jsonl (fetched through `fetch`) -> the first
+    N documents val with sidecars, the rest train; the folder scores like any other."""
+    folder, _ = built
+    tok = D.find_tokenizer(folder)
+    texts = [f"{d} Number {i}." for i in range(5) for d in DOCS]
+    docs = tmp_path / "hub" / "docs_selected.jsonl"
+    docs.parent.mkdir()
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    asked = []
+
+    def fetch(repo_id, filename, repo_type):
+        asked.append((repo_id, filename, repo_type))
+        return str(docs)
+
+    out = datasets.build_fineweb_caseops(
+        tmp_path / "data", tok, val_docs=7, shard_tokens=300, fetch=fetch, repo_id="r/x"
+    )
+    assert asked == [("r/x", "datasets/docs_selected.jsonl", "dataset")]
+    assert out.name == "fineweb10B_sp400_caseops"
+    assert D.find_tokenizer(out).parent.name == "tokenizers"
+    bpb.check_tokenizer(out, D.find_tokenizer(out))  # the folder's manifest lists it
+    val = np.concatenate([np.asarray(D.read_shard(f)) for f in D.find_shards(out, "val")])
+    train = np.concatenate([np.asarray(D.read_shard(f)) for f in D.find_shards(out, "train")])
+    assert len(D.find_shards(out, "val")) > 1  # several shards, each with its sidecar
+    assert ((val == 1).sum(), (train == 1).sum()) == (7, len(texts) - 7)
+    side = D.load_val_bytes(out, val.size)
+    per_doc = [int(s.sum()) for s in np.split(side, np.flatnonzero(val == 1)[1:])]
+    assert per_doc == [len(t.encode("utf-8")) for t in texts[:7]]
+    with pytest.raises(ValueError, match="only 40 documents"):
+        datasets.build_fineweb_caseops(tmp_path / "d2", tok, docs=docs, val_docs=41)

@@ -141,11 +141,13 @@ def _write_split(
     counter, files, buf, side, held = StreamCounter(sp, BOS_ID), [], [], [], 0
     sidecar = caseops is not None and split == "val"
     utf8 = n_side = 0
+    counter_shards = [0]
 
     def flush(n: int) -> None:
         nonlocal buf, side, held, n_side
         arr = np.concatenate(buf)
-        path = folder / f"{prefix}_{split}_{len(files):06d}.bin"
+        path = folder / f"{prefix}_{split}_{counter_shards[0]:06d}.bin"
+        counter_shards[0] += 1
         D.write_shard(path, arr[:n])
         counter.feed(arr[:n])
         files.append(path.name)
