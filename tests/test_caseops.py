@@ -343,3 +343,32 @@ def test_fineweb_path_keeps_the_first_documents_for_validation(built, tmp_path):
     assert per_doc == [len(t.encode("utf-8")) for t in texts[:7]]
     with pytest.raises(ValueError, match="only 40 documents"):
         datasets.build_fineweb_caseops(tmp_path / "d2", tok, docs=docs, val_docs=41)
+
+
+def test_cli_builds_caseops_corpora_and_refuses_a_fineweb_build_without_tokenizer(tmp_path, capsys):
+    from pgolf.cli import main
+
+    files = _corpus(tmp_path / "text", copies=2)
+    main(
+        [
+            "data",
+            "corpus",
+            "--caseops",
+            "--vocab-size",
+            "400",
+            "--split",
+            "line",
+            "--val-share",
+            "0.4",
+            "--out",
+            str(tmp_path / "out"),
+            "--input",
+            *map(str, files),
+        ]
+    )
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert folder.name == "sp400_caseops"
+    assert [p.name for p in sorted(folder.glob("*_bytes_*.bin"))] == ["corpus_val_bytes_000000.bin"]
+    with pytest.raises(SystemExit) as e:
+        main(["data", "fineweb", "--caseops", "--out", str(tmp_path / "fw")])
+    assert e.value.code == 2 and "--tokenizer" in capsys.readouterr().err
