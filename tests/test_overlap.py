@@ -66,6 +66,15 @@ def test_every_planted_leak_is_found_and_nothing_else(tmp_path):
     assert rep.leaks == 9
 
 
+def test_exact_only_finds_the_exact_copies(tmp_path, capsys):
+    exact, _ = _planted(tmp_path / "d")
+    rep = O.check_overlap(tmp_path / "d", tmp_path / "d", near=False)
+    assert set(rep.exact) == exact and not rep.near
+    assert "not checked" in rep.as_dict()["method"]
+    code, out, _ = _cli(capsys, tmp_path / "d", tmp_path / "d", "--exact-only", "--json")
+    assert code == 1 and json.loads(out)["near_docs"] == 0
+
+
 def test_a_clean_split_reports_nothing(tmp_path):
     _planted(tmp_path / "d", leak=False)
     rep = O.check_overlap(tmp_path / "d", tmp_path / "d")

@@ -248,11 +248,13 @@ def cmd_data_fineweb(variant: str | None, train_shards: int, out: str, caseops=N
     return path
 
 
-def cmd_data_overlap(train: str, val: str, threshold: float, examples: int, as_json: bool) -> dict:
+def cmd_data_overlap(
+    train: str, val: str, threshold: float, examples: int, as_json: bool, near: bool = True
+) -> dict:
     """Exit 1 when a validation document is (nearly) a training document."""
     from pgolf.lab import overlap
 
-    rep = overlap.check_overlap(Path(train), Path(val), threshold=threshold, examples=examples)
+    rep = overlap.check_overlap(Path(train), Path(val), threshold, examples, near=near)
     print(json.dumps(rep.as_dict(), indent=1) if as_json else "\n".join(rep.lines()))
     if rep.leaks:
         raise SystemExit(1)
@@ -613,7 +615,9 @@ def dispatch(a: argparse.Namespace):
             ops = (a.tokenizer, a.docs, a.val_docs, a.max_train_docs) if a.caseops else None
             return cmd_data_fineweb(a.variant, a.train_shards, a.out, ops)
         if a.data_cmd == "overlap":
-            return cmd_data_overlap(a.train, a.val, a.threshold, a.examples, a.json)
+            return cmd_data_overlap(
+                a.train, a.val, a.threshold, a.examples, a.json, not a.exact_only
+            )
         return cmd_data_inspect(a.path, a.tokenizer, a.json)
     if a.cmd == "quantize":
         return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out, a.allow_over_budget)

@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="near duplicate: Jaccard similarity of 5-token shingle sets at least this",
     )
     p.add_argument("--examples", type=int, default=5, help="overlapping pairs to show")
+    p.add_argument(
+        "--exact-only", action="store_true", help="skip near duplicates (fast, any size)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder")
     p.add_argument("path", help="a .bin shard or a shard folder")

@@ -196,6 +196,7 @@ class OverlapReport:
     exact: dict[int, Match] = field(default_factory=dict)
     near: dict[int, Match] = field(default_factory=dict)
     examples: int = 5
+    near_checked: bool = True
 
     @property
     def leaks(self) -> int:
@@ -209,8 +210,13 @@ class OverlapReport:
         return {
             "train": self.train,
             "val": self.val,
-            "method": f"exact: BLAKE2b of the tokens; near: Jaccard of {SHINGLE}-token shingles "
-            f">= {self.threshold} (MinHash {NUM_PERM}, LSH {BANDS}x{ROWS}, verified exactly)",
+            "method": "exact: BLAKE2b of the tokens; "
+            + (
+                f"near: Jaccard of {SHINGLE}-token shingles >= {self.threshold} (MinHash "
+                f"{NUM_PERM}, LSH {BANDS}x{ROWS}, verified exactly)"
+                if self.near_checked
+                else "near duplicates not checked (--exact-only)"
+            ),
             "train_docs": self.train_docs,
             "val_docs": self.val_docs,
             "val_tokens": self.val_tokens,
@@ -253,13 +259,15 @@ def check_overlap(
     examples: int = 5,
     bos_id: int = 1,
     tokenizer: str | Path | None = None,
+    near: bool = True,
 ) -> OverlapReport:
     """Find the validation documents of `val` that occur in `train`, exactly or nearly
     (see the module docstring). Bad input raises ValueError / FileNotFoundError / ShardError.
-    `tokenizer` (a .model; default: the one beside shards of `val`, if any) decodes previews."""
+    `tokenizer` (a .model; default: the one beside shards of `val`, if any) decodes previews.
+    `near=False`: exact duplicates only (hashing alone: for FineWeb-sized training splits)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"--threshold {threshold}: a Jaccard similarity in (0, 1]")
-    rep = OverlapReport(str(train), str(val), threshold, examples=examples)
+    rep = OverlapReport(str(train), str(val), threshold, examples=examples, near_checked=near)
     docs: list[np.ndarray] = []
     sigs: list[np.ndarray] = []
     exact: dict[bytes, list[int]] = {}
@@ -270,21 +278,25 @@ def check_overlap(
         small = doc.astype(np.uint16) if doc.max(initial=0) < 1 << 16 else doc.astype(np.uint32)
         docs.append(small)
         exact.setdefault(_digest(doc), []).append(i)
+        rep.val_tokens += int(doc.size)
+        if not near:
+            continue
         sig = signature(shingles(doc))
         sigs.append(sig)
         for key in _bands(sig):
             buckets.setdefault(key, []).append(i)
-        rep.val_tokens += int(doc.size)
     rep.val_docs = len(docs)
     if not docs:
         raise ValueError(f"{val}: no validation documents")
-    sig_arr = np.stack(sigs)
+    sig_arr = np.stack(sigs) if near else None
     for t, (doc, _) in enumerate(documents(Path(train), "train", bos_id)):
         rep.train_docs += 1
         for i in exact.get(_digest(doc), ()):
             if i not in rep.exact:
                 rep.exact[i] = Match(i, t, 1.0, int(docs[i].size), docs[i][:8].tolist())
                 rep.near.pop(i, None)
+        if sig_arr is None:
+            continue
         sh = shingles(doc)
         sig = signature(sh)
         cands = {i for key in _bands(sig) for i in buckets.get(key, ())} - rep.exact.keys()
