@@ -309,9 +309,19 @@ def check_overlap(
     sp = _tokenizer(Path(val), tokenizer)
     for m in (*rep.exact.values(), *rep.near.values()):
         m.preview = heads[m.val_doc] or (
-            sp.decode(docs[m.val_doc][:24].tolist())[:80] if sp is not None else ""
+            _readable(sp.decode(docs[m.val_doc][:24].tolist()))[:80] if sp is not None else ""
         )
     return rep
+
+
+def _readable(text: str) -> str:
+    """CaseOps text (a CaseOps tokenizer's pieces) back to its original case, where it decodes."""
+    from pgolf.lab import caseops
+
+    try:
+        return caseops.decode(text.rstrip("".join(caseops.OPERATORS)))
+    except caseops.CaseOpsError:  # cut inside an operator pair: show it as it is
+        return text
 
 
 def _tokenizer(val: Path, tokenizer: str | Path | None) -> Any:
