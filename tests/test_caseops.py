@@ -112,6 +112,9 @@ def test_sidecar_bytes_equal_the_original_bytes_of_every_val_document(built):
     m = json.loads((folder.parent / "manifest.json").read_text())["variants"][folder.name]
     assert m["text_transform"] == K.NAME
     assert m["splits"]["val"]["sidecar_bytes"] == sum(len(t.encode("utf-8")) for t in val)
+    rep = datasets.inspect(folder)
+    assert rep["splits"]["val"]["sidecar_bytes"] == m["splits"]["val"]["sidecar_bytes"]
+    assert rep["splits"]["val"]["bytes"] > rep["splits"]["val"]["sidecar_bytes"]
 
 
 def test_the_plain_byte_table_rule_overcounts_caseops_text(built):
@@ -182,6 +185,14 @@ def test_a_sidecar_that_is_not_the_shards_is_refused(built, tmp_path):
         D.write_shard(bad / side.name, arr)
         with pytest.raises(D.ShardError, match=f"{side.name}.*{want}"):
             D.load_val_bytes(bad, n)
+    two = tmp_path / "two"  # a second val shard without its sidecar
+    two.mkdir()
+    (two / shard.name).write_bytes(shard.read_bytes())
+    (two / side.name).write_bytes(side.read_bytes())
+    (two / shard.name.replace("000000", "000001")).write_bytes(shard.read_bytes())
+    with pytest.raises(D.ShardError, match="val_bytes_000001.bin: byte sidecar missing"):
+        D.load_val_bytes(two, 2 * n)
+    assert D.load_val_bytes(two, n).size == n  # the first shard alone is covered
     # no sidecar: None, and data.caseops refuses the folder
     plain = tmp_path / "plain"
     plain.mkdir()

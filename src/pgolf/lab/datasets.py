@@ -544,7 +544,8 @@ def inspect(path: Path, tokenizer: Path | None = None) -> dict[str, Any]:
     Keys: docs (BOS count), tokens, bytes (eval rule, every target after the stream's first token),
     tokens_per_byte ((tokens - 1) / bytes), byte_fallback_share, vocab_used, vocab_size, files,
     tokenizer, splits (same keys per split; totals read train then val as one stream; no
-    tokenizer: byte statistics None)."""
+    tokenizer: byte statistics None; a val split with byte sidecars adds sidecar_bytes, the
+    bytes its scores divide by, where `bytes` is the per-id rule)."""
     path = Path(path)
     if path.is_file():
         m = re.match(r"^.+_([A-Za-z0-9]+)_\d{6}\.bin$", path.name)
@@ -574,6 +575,10 @@ def inspect(path: Path, tokenizer: Path | None = None) -> dict[str, Any]:
             total.feed(arr)
             report["files"].append(str(f))
         report["splits"][split] = counter.summary()
+        if split == "val" and path.is_dir():  # CaseOps: the bytes every score divides by
+            side = D.load_val_bytes(path, report["splits"][split]["tokens"])
+            if side is not None:
+                report["splits"][split]["sidecar_bytes"] = int(side.sum(dtype=np.int64))
     report.update(total.summary())
     report.update(vocab_size=V, tokenizer=None if sp is None else str(tokenizer))
     return report
