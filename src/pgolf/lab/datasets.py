@@ -168,7 +168,7 @@ def _write_split(
         utf8 += sum(len(t.encode("utf-8")) for t in batch)
         enc = [K.encode(t) for t in batch] if caseops is not None else batch
         for text, ids in zip(enc, sp.encode(enc), strict=True):
-            buf.append(np.array([BOS_ID, *ids], dtype=np.int64))
+            buf.append(np.array([BOS_ID, *ids], dtype=np.int32))  # 4 B a token held
             held += buf[-1].size
             if sidecar:
                 nb = caseops(ids)
@@ -178,7 +178,7 @@ def _write_split(
                         f"{folder}: byte sidecar {int(nb.sum())} != {want} decoded bytes for "
                         f"the document starting {text[:60]!r}"
                     )
-                side.append(np.concatenate([[0], nb]))
+                side.append(np.concatenate([[0], nb]).astype(np.int32))
             while held >= shard_tokens:
                 flush(shard_tokens)
     if held:
