@@ -133,3 +133,13 @@ def test_cli_exit_codes(tmp_path, capsys):
     ]:
         code, _, err = _cli(capsys, *args)
         assert code == 2 and "Traceback" not in err and named in err
+
+
+def test_verify_evidence_names_the_leaks(tmp_path):
+    _planted(tmp_path / "leaky")
+    _planted(tmp_path / "clean", leak=False)
+    ok, ev = O.verify_evidence(tmp_path / "leaky", tmp_path / "leaky")
+    assert not ok and ev.startswith("5 exact + 4 near-duplicate of 60 val docs in 310 train docs")
+    assert "val 3~train" in ev
+    ok, ev = O.verify_evidence(tmp_path / "clean", tmp_path / "clean")
+    assert ok and ev == "0 exact + 0 near-duplicate of 60 val docs in 300 train docs"

@@ -335,3 +335,20 @@ def _tokenizer(val: Path, tokenizer: str | Path | None) -> Any:
         return load_sp(D.find_tokenizer(val if val.is_dir() else val.parent))
     except (OSError, ValueError):  # no (single) tokenizer beside the shards: ids only
         return None
+
+
+def verify_evidence(
+    train: str | Path, val: str | Path, threshold: float = 0.5, near: bool = True
+) -> tuple[bool, str]:
+    """(clean, one line of evidence) for `pgolf verify` where a record ships its data
+    preparation: run it on the prepared shards (`train` = `val` = the folder works) and report
+    `Check("data_overlap", PASS if clean else FAIL, evidence)`."""
+    d = check_overlap(train, val, threshold, examples=3, near=near).as_dict()
+    pairs = [f"val {m['val_doc']}~train {m['train_doc']}" for m in d["exact_examples"]]
+    pairs += [
+        f"val {m['val_doc']}~train {m['train_doc']} J {m['jaccard']}" for m in d["near_examples"]
+    ]
+    return d["exact_docs"] + d["near_docs"] == 0, (
+        f"{d['exact_docs']} exact + {d['near_docs']} near-duplicate of {d['val_docs']} val docs "
+        f"in {d['train_docs']} train docs" + (f" (e.g. {', '.join(pairs[:3])})" if pairs else "")
+    )
