@@ -28,6 +28,7 @@ on a record's prepared data.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import lzma
@@ -48,9 +49,6 @@ ROWS = NUM_PERM // BANDS
 PREFILTER = 0.25
 TEXT_SUFFIXES = (".jsonl", ".txt")
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-_SEEDS = np.random.Generator(np.random.PCG64(20240520)).integers(
-    0, 2**63, size=NUM_PERM, dtype=np.uint64
-)
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -76,12 +74,21 @@ def shingles(seq: np.ndarray) -> np.ndarray:
     return np.unique(h)
 
 
+@functools.cache
+def _seeds() -> np.ndarray:
+    """One fixed 64-bit seed per MinHash function (the same on every run and machine)."""
+    return np.random.Generator(np.random.PCG64(20240520)).integers(
+        0, 2**63, size=NUM_PERM, dtype=np.uint64
+    )
+
+
 def signature(sh: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
     """MinHash signature (uint64 [NUM_PERM]) of a shingle set."""
+    seeds = _seeds()
     sig = np.full(NUM_PERM, _M64, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for i in range(0, sh.size, chunk):
-            v = _mix(sh[i : i + chunk, None] ^ _SEEDS[None, :])
+            v = _mix(sh[i : i + chunk, None] ^ seeds[None, :])
             np.minimum(sig, v.min(axis=0), out=sig)
     return sig
 
