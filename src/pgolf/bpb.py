@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ class ByteTables:
     """bool [V]: the piece starts with '▁' (worth one byte after a non-boundary token)."""
     is_boundary: torch.Tensor
     """bool [V]: control / unknown / unused / out-of-vocabulary ids (0 bytes)."""
+    sidecar: torch.Tensor | None = None
+    """int32 [N] or None: bytes of each token of the validation stream, by position, from the
+    folder's byte sidecar (CaseOps); when set it replaces the per-id rule (`with_sidecar`)."""
 
     @property
     def vocab_size(self) -> int:
@@ -51,6 +54,7 @@ class ByteTables:
             self.base_bytes.to(device),
             self.has_leading_space.to(device),
             self.is_boundary.to(device),
+            None if self.sidecar is None else self.sidecar.to(device),
         )
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,17 +172,55 @@ def build_byte_tables(
     return ByteTables(torch.from_numpy(base), torch.from_numpy(lead), torch.from_numpy(boundary))
 
 
+def with_sidecar(
+    tables: ByteTables, data_dir: str | Path, n_tokens: int, required: bool = False
+) -> ByteTables:
+    """`tables` with the validation stream's byte sidecar (its first `n_tokens` counts) when the
+    shard folder has one (`pgolf.data.load_val_bytes`); `required` (data.caseops): refuse a
+    folder without one, since the per-id rule overcounts CaseOps text (operators are 3 bytes)."""
+    from pgolf.data import ShardError, load_val_bytes
+
+    side = load_val_bytes(data_dir, n_tokens)
+    if side is None:
+        if required:
+            raise ShardError(
+                f"data.caseops is on but {data_dir} has no byte sidecar (*_val_bytes_NNNNNN.bin): "
+                "build the data with `pgolf data corpus --caseops` (or `data default --caseops`)"
+            )
+        return tables
+    from pgolf.dist import log0
+
+    log0(f"val_bytes_source:sidecar tokens:{side.size} bytes:{int(side[1:].sum(dtype=np.int64))}")
+    return replace(tables, sidecar=torch.from_numpy(side))
+
+
 def target_bytes(
-    prev_ids: torch.Tensor, target_ids: torch.Tensor, tables: ByteTables
+    prev_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    tables: ByteTables,
+    pos: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Bytes of each target given its preceding token (elementwise; int32, same shape)."""
+    """Bytes of each target given its preceding token (elementwise; int32, same shape). With a
+    byte sidecar the count is read at the targets' positions `pos` in the validation stream."""
+    if tables.sidecar is not None:
+        if pos is None:
+            raise ValueError(
+                "these byte tables carry a validation byte sidecar (CaseOps): pass the targets' "
+                "stream positions (pos=) to count their bytes"
+            )
+        return tables.sidecar[pos.to(tables.sidecar.device).long()]
     prev_ids, target_ids = prev_ids.long(), target_ids.long()
     extra = tables.has_leading_space[target_ids] & ~tables.is_boundary[prev_ids]
     return tables.base_bytes[target_ids] + extra.to(torch.int32)
 
 
 def count_bytes(tokens: np.ndarray, tables: ByteTables, chunk: int = 1 << 24) -> int:
-    """Total bytes of targets `tokens[1:]` of a 1-D stream (numpy, chunked; eval's count)."""
+    """Total bytes of targets `tokens[1:]` of a 1-D stream (numpy, chunked; eval's count). With
+    a byte sidecar, `tokens` is taken as the start of the validation stream."""
+    if tables.sidecar is not None:
+        if len(tokens) > tables.sidecar.numel():
+            raise ValueError(f"{len(tokens)} tokens, but the byte sidecar covers fewer")
+        return int(tables.sidecar[1 : len(tokens)].sum(dtype=torch.int64))
     base, lead, boundary = tables.numpy()
     total = 0
     for lo in range(1, len(tokens), chunk):

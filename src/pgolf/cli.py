@@ -197,10 +197,10 @@ def cmd_run(
     return _check_budget(res, allow_over)
 
 
-def cmd_data_default(vocab_size: int, out: str | None) -> Path:
+def cmd_data_default(vocab_size: int, out: str | None, caseops: bool = False) -> Path:
     from pgolf.lab.data import datasets as datasets
 
-    path = datasets.build_default(Path(out) if out else None, vocab_size=vocab_size)
+    path = datasets.build_default(Path(out) if out else None, vocab_size, caseops)
     print(path)
     return path
 
@@ -212,6 +212,7 @@ def cmd_data_corpus(
     vocab_size: int | None,
     split: str = "paragraph",
     val_share: float = 0.1,
+    caseops: bool = False,
 ) -> Path:
     from pgolf.lab.data import datasets as datasets
 
@@ -222,17 +223,42 @@ def cmd_data_corpus(
         vocab_size=None if tokenizer else vocab_size,
         val_permille=round(1000 * val_share),
         split=split,
+        caseops=caseops,
     )
     print(path)
     return path
 
 
-def cmd_data_fineweb(variant: str, train_shards: int, out: str) -> Path:
+def cmd_data_fineweb(variant: str | None, train_shards: int, out: str, caseops=None) -> Path:
+    """`caseops`: None, or (tokenizer, docs, val_docs, max_train_docs) for the CaseOps build."""
     from pgolf.lab.data import datasets as datasets
 
-    path = datasets.download_fineweb(variant, train_shards, Path(out))
+    if caseops is not None:
+        tok, docs, val_docs, max_train = caseops
+        if not tok:
+            raise ValueError("data fineweb --caseops needs --tokenizer: a CaseOps .model")
+        path = datasets.build_fineweb_caseops(
+            Path(out), Path(tok), Path(docs) if docs else None, val_docs, max_train
+        )
+    elif variant is None:
+        raise ValueError("data fineweb: pass --variant (sp1024, sp4096, sp8192) or --caseops")
+    else:
+        path = datasets.download_fineweb(variant, train_shards, Path(out))
     print(path)
     return path
+
+
+def cmd_data_overlap(
+    train: str, val: str, threshold: float, examples: int, as_json: bool, near: bool = True
+) -> dict:
+    """Exit 1 when a validation document is (nearly) a training document."""
+    from pgolf.lab.data import overlap as overlap
+
+    rep = overlap.check_overlap(Path(train), Path(val), threshold, examples, near=near)
+    print(json.dumps(rep.as_dict(), indent=1) if as_json else "\n".join(rep.lines()))
+    if rep.leaks:
+        raise SystemExit(1)
+    return rep.as_dict()
 
 
 def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
@@ -553,7 +579,7 @@ def _default_data(cfg: C.RunConfig) -> C.RunConfig:
     from pgolf.lab.data import datasets as datasets
 
     init(cfg.train.device)  # rank-aware: the build is locked and idempotent on every rank
-    path = datasets.build_default(vocab_size=cfg.model.vocab_size)
+    path = datasets.build_default(vocab_size=cfg.model.vocab_size, caseops=cfg.data.caseops)
     return replace(cfg, data=replace(cfg.data, data_path=str(Path(path).resolve())))
 
 
@@ -580,11 +606,18 @@ def dispatch(a: argparse.Namespace):
         return cmd_params(a.preset, a.overrides)
     if a.cmd == "data":
         if a.data_cmd == "default":
-            return cmd_data_default(a.vocab_size, a.out)
+            return cmd_data_default(a.vocab_size, a.out, a.caseops)
         if a.data_cmd == "corpus":
-            return cmd_data_corpus(a.input, a.out, a.tokenizer, a.vocab_size, a.split, a.val_share)
+            return cmd_data_corpus(
+                a.input, a.out, a.tokenizer, a.vocab_size, a.split, a.val_share, a.caseops
+            )
         if a.data_cmd == "fineweb":
-            return cmd_data_fineweb(a.variant, a.train_shards, a.out)
+            ops = (a.tokenizer, a.docs, a.val_docs, a.max_train_docs) if a.caseops else None
+            return cmd_data_fineweb(a.variant, a.train_shards, a.out, ops)
+        if a.data_cmd == "overlap":
+            return cmd_data_overlap(
+                a.train, a.val, a.threshold, a.examples, a.json, not a.exact_only
+            )
         return cmd_data_inspect(a.path, a.tokenizer, a.json)
     if a.cmd == "quantize":
         return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out, a.allow_over_budget)

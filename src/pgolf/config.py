@@ -32,6 +32,7 @@ class DataConfig:
     loader: str = "stream"  # 'stream' (sequential, #1550) or 'shuffled' (windows, #1493)
     train_shards: int = 0  # use only the first N train shards (0 = all)
     max_val_tokens: int = 0  # truncate the val stream (0 = all); smoke runs only
+    caseops: bool = False  # CaseOps data (#1855): val bytes from the byte sidecar, required
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

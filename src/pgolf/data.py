@@ -170,6 +170,9 @@ def find_tokenizer(data_dir: str | Path) -> Path:
         if len(models) > 1 and m:
             same = [p for p in models if re.search(rf"(?<!\d){m.group(1)}(?!\d)", p.name)]
             models = same or models
+        if len(models) > 1:  # a plain and a CaseOps tokenizer side by side: the folder's kind
+            kind = [p for p in models if ("caseops" in p.name) == ("caseops" in data_dir.name)]
+            models = kind or models
         if len(models) == 1:
             return models[0]
         if len(models) > 1:
@@ -206,6 +209,51 @@ def load_val_tokens(
             f"too few for one sequence of {seq_len}: lower seq_len or raise max_tokens"
         )
     return torch.from_numpy(tokens[: usable + 1].copy())
+
+
+def sidecar_name(shard_name: str) -> str:
+    """Byte sidecar of a token shard: `X_val_000000.bin` -> `X_val_bytes_000000.bin` (the
+    naming of the record #1855's CaseOps preparation)."""
+    stem, sep, num = shard_name.removesuffix(".bin").rpartition("_")
+    return f"{stem}_bytes_{num}.bin" if sep else f"{shard_name}.bytes"
+
+
+def load_val_bytes(data_dir: str | Path, n_tokens: int, bos_id: int = 1) -> np.ndarray | None:
+    """Per-token original UTF-8 byte counts of the validation stream from its byte sidecars
+    (`*_val_bytes_NNNNNN.bin`, the shard format, one count per token of the matching val shard;
+    BOS and CaseOps operators 0), cut to the first `n_tokens` (as `load_val_tokens` cuts the
+    tokens); None when the folder has no sidecar. A sidecar missing for one shard, of another
+    length than its shard, or nonzero at a BOS is refused (ShardError naming the file)."""
+    files = find_shards(data_dir, "val")
+    sides = [f.with_name(sidecar_name(f.name)) for f in files]
+    if not any(s.is_file() for s in sides):
+        return None
+    parts, n = [], 0
+    for f, s in zip(files, sides, strict=True):
+        if n >= n_tokens:
+            break
+        if not s.is_file():
+            raise ShardError(
+                f"{s}: byte sidecar missing for {f.name} while other val shards have one; "
+                "rebuild the folder (`pgolf data corpus --caseops`) or remove every sidecar"
+            )
+        tok, nb = read_shard(f), read_shard(s)
+        if nb.size != tok.size:
+            raise ShardError(
+                f"{s}: byte sidecar holds {nb.size} counts but its shard {f.name} holds "
+                f"{tok.size} tokens; it belongs to another build: rebuild the folder"
+            )
+        k = min(tok.size, n_tokens - n)
+        if np.any(np.asarray(nb[:k])[np.asarray(tok[:k]) == bos_id]):
+            raise ShardError(
+                f"{s}: nonzero byte count at a BOS token of {f.name}; it is not this shard's "
+                "sidecar: rebuild the folder"
+            )
+        parts.append(np.asarray(nb[:k], dtype=np.int32))
+        n += k
+    if n < n_tokens:
+        raise ShardError(f"{data_dir}: byte sidecars cover {n} of {n_tokens} val tokens")
+    return np.concatenate(parts)
 
 
 # ----------------------------------------------------------------------------------------------

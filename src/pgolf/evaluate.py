@@ -18,7 +18,8 @@ as rotary tables that training later reuses), with the model in eval mode (resto
 Windows that run past the end of the stream and a short last batch are padded to the full
 [batch_seqs, seq_len] shape, so a model compiled with static shapes never recompiles; padding is
 never scored (the model must be causal). NLL, token and byte counts are summed in float64 and
-all-reduced; bytes follow the spec section 2.2 rule via `pgolf.bpb.target_bytes`.
+all-reduced; bytes follow the spec section 2.2 rule via `pgolf.bpb.target_bytes` (or the
+folder's byte sidecar, read at the targets' stream positions).
 
 Log lines in the challenge's shape come from `format_eval_line`. (The n-gram reference points
 live in the lab: `pgolf.lab.data.references`.)
@@ -116,10 +117,12 @@ def score_batch(
     hi: torch.Tensor,
     tab: ByteTables,
     autocast_dtype: torch.dtype | None = None,
+    at: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The scoring primitive: inputs x / targets y [B,T] (on the model's device), row b scores
     offsets [lo[b], hi[b]). Returns (nll [B,T] fp32 with autograd when grad is enabled, mask
-    [B,T] bool, bytes [B,T]). Every evaluator and every TTT mode scores through this."""
+    [B,T] bool, bytes [B,T]). Every evaluator and every TTT mode scores through this. `at`
+    [B,T]: the targets' positions in the validation stream (read by a byte sidecar)."""
     with _autocast(x.device, autocast_dtype):
         logits = model(x)
     nll = F.cross_entropy(
@@ -127,7 +130,7 @@ def score_batch(
     ).view(y.shape)
     pos = torch.arange(x.size(1), device=x.device)
     mask = (pos >= lo.to(x.device)[:, None]) & (pos < hi.to(x.device)[:, None])
-    return nll, mask, target_bytes(x, y, tab)
+    return nll, mask, target_bytes(x, y, tab, at)
 
 
 def score_windows(
@@ -191,7 +194,7 @@ def score_windows(
                 idx = (s.to(tokens.device)[:, None] + ar).clamp_(max=n_tok - 1)
                 chunk = tokens[idx].to(device, non_blocking=True)
                 nll, mask, nbytes = score_batch(
-                    model, chunk[:, :-1], chunk[:, 1:], lo_b, hi_b, tab, autocast_dtype
+                    model, chunk[:, :-1], chunk[:, 1:], lo_b, hi_b, tab, autocast_dtype, idx[:, 1:]
                 )
                 acc[0] += torch.where(mask, nll.double(), 0.0).sum()
                 acc[1] += mask.sum()

@@ -274,6 +274,7 @@ def eval_artifact(
         mvt = cfg.data.max_val_tokens if max_val_tokens is None else max_val_tokens
         val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
         tables = bpb.build_byte_tables(str(tok), cfg.model.vocab_size)
+        tables = bpb.with_sidecar(tables, data_dir, val.numel(), cfg.data.caseops)
     label = f"final_int{cfg.quant.matrix_bits}"
     with clock.stage("sliding"):
         res = evaluate_model(cfg, model, val, tables, label, sliding, di.device)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from pgolf import checkpoint as CK
 from pgolf import config as C
 from pgolf import dist
-from pgolf.bpb import ByteTables, build_byte_tables
+from pgolf.bpb import ByteTables, build_byte_tables, with_sidecar
 from pgolf.data import find_tokenizer, load_val_tokens, make_train_loader
 from pgolf.evaluate import EvalResult, eval_plain
 from pgolf.model import GPT, graph_state, restore_graph_state
@@ -301,8 +301,10 @@ def train(
     if tables is None:
         tok = cfg.data.tokenizer_path or find_tokenizer(ddir)
         tables = build_byte_tables(str(tok), V)
-    tables = tables.to(device)
     val_tokens = load_val_tokens(ddir, e.eval_seq_len, cfg.data.max_val_tokens, V)
+    if tables.sidecar is None:  # the folder's byte sidecar (CaseOps), if it has one
+        tables = with_sidecar(tables, ddir, val_tokens.numel(), cfg.data.caseops)
+    tables = tables.to(device)
     tr = _Trainer(cfg, run, ddir)
     model = tr.model
     n_params = sum(p.numel() for p in model.parameters())

