@@ -29,6 +29,12 @@ RANK_MAX = 1024  # low-rank terms; the fit also caps the rank at min(rows, cols)
 KEYS = ("bits", "clip_k", "method", "prune")  # quant.groups keys (and GroupPlan fields)
 
 
+def _short(v: Any) -> str:
+    """repr(v), cut to 60 characters (a message never echoes a megabyte)."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -50,17 +56,17 @@ class GroupPlan:
         fp16 = self.method == "fp16"
         problems = []
         if self.method is not None and self.method not in METHODS:
-            problems.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+            problems.append(f"method {_short(self.method)} is not one of {', '.join(METHODS)}")
         if self.bits is not None and not (
             _is_int(self.bits) and (BITS_MIN <= self.bits <= (16 if fp16 else BITS_MAX))
         ):
-            problems.append(f"bits {self.bits!r} must be an integer {BITS_MIN}..{BITS_MAX}")
+            problems.append(f"bits {_short(self.bits)} must be an integer {BITS_MIN}..{BITS_MAX}")
         if self.clip_k is not None and not (
             _is_num(self.clip_k) and 0 <= self.clip_k <= CLIP_K_MAX
         ):
-            problems.append(f"clip_k {self.clip_k!r} must be a number 0..{CLIP_K_MAX:g}")
+            problems.append(f"clip_k {_short(self.clip_k)} must be a number 0..{CLIP_K_MAX:g}")
         if self.prune is not None and not (_is_num(self.prune) and 0 <= self.prune <= 1):
-            problems.append(f"prune {self.prune!r} must be a fraction 0..1")
+            problems.append(f"prune {_short(self.prune)} must be a fraction 0..1")
         if problems:
             raise ValueError("; ".join(problems))
         for k in ("clip_k", "prune"):  # numbers are floats (1 and 1.0 are one plan)
@@ -85,7 +91,7 @@ class GroupPlan:
 
 def _check_group(g: str, where: str) -> None:
     if g not in GROUPS:
-        raise ValueError(f"{where}: {g!r} is not a group ({', '.join(GROUPS)})")
+        raise ValueError(f"{where}: {_short(g)} is not a group ({', '.join(GROUPS)})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +205,8 @@ def parse_groups(spec: str) -> dict[str, GroupPlan]:
                 out.setdefault(group, {})[key] = conv[key](val.strip())
             except ValueError:
                 raise ValueError(
-                    f"quant.groups {spec!r}: {part!r} is not GROUP=key:value[,key:value] with "
-                    f"keys {', '.join(KEYS)}; {example}"
+                    f"quant.groups {_short(spec)}: {_short(part)} is not "
+                    f"GROUP=key:value[,key:value] with keys {', '.join(KEYS)}; {example}"
                 ) from None
     plans = {}
     for g, keys in out.items():
@@ -209,8 +215,8 @@ def parse_groups(spec: str) -> dict[str, GroupPlan]:
             plans[g] = GroupPlan(**keys)
         except ValueError as e:
             raise ValueError(
-                f"quant.groups {spec!r}: {g}={keys}: {e} (groups are {GROUPS}, methods "
-                f"{METHODS}, bits {BITS_MIN}..{BITS_MAX}, prune 0..1)"
+                f"quant.groups {_short(spec)}: {g[:40]}={_short(keys)}: {e} (groups are "
+                f"{GROUPS}, methods {METHODS}, bits {BITS_MIN}..{BITS_MAX}, prune 0..1)"
             ) from None
     return plans
 
@@ -227,7 +233,7 @@ def parse_lqer(spec: str) -> dict[str, int]:
             or int(rank) > RANK_MAX
         ):
             raise ValueError(
-                f"quant.lqer {spec!r}: {part!r} is not group:rank with a group from "
+                f"quant.lqer {_short(spec)}: {_short(part)} is not group:rank with a group from "
                 f"{', '.join(LQER_GROUPS)} (each once), rank 0..{RANK_MAX} (e.g. 'mlp:8,attn:4')"
             )
         out[group] = int(rank)

@@ -93,15 +93,18 @@ def _read_text(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise ValueError(f"--plan {path}: cannot open ({e.strerror}); check the path") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"--plan {path}: not a regular file; pass the plan's JSON file")
         if st.st_size > MAX_BYTES:
             raise ValueError(
                 f"--plan {path}: {st.st_size:,} bytes, more than a plan's {MAX_BYTES:,}"
             )
-        data = f.read(MAX_BYTES + 1)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_BYTES:
         raise ValueError(f"--plan {path}: more than a plan's {MAX_BYTES:,} bytes")
     try:
