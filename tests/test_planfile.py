@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pgolf import cli
-from pgolf.lab.planfile import MAX_BYTES, MAX_DEPTH, Option, read_plan, write_plan
+from pgolf.lab.planfile import MAX_BYTES, MAX_DEPTH, Option, plan_sets, read_plan, write_plan
 from pgolf.quantplan import QuantPlan
 
 CHOICE = {"mlp": Option(5, 12.85, 4, 0.25), "attn": Option(6, 10.0, 0), "embed": Option(8, 20.0, 2)}
@@ -281,4 +281,4 @@ def test_a_written_plan_reads_back_as_its_typed_plan(tmp_path):
     path = tmp_path / "plan.json"
     doc = json.loads(valid_text(tmp_path))
     path.write_text(json.dumps(doc))
-    assert read_plan(path).sets() == doc["set"]
+    assert plan_sets(read_plan(path)) == doc["set"]

@@ -12,7 +12,7 @@ import pytest
 from pgolf import cli
 from pgolf.lab import planfile as P
 from pgolf.lab import planner
-from pgolf.lab.planfile import Option, read_plan
+from pgolf.lab.planfile import Option, plan_sets, read_plan
 from pgolf.lab.planner import InfeasibleBudget, Row, solve
 from pgolf.quantplan import GroupPlan, QuantPlan
 
@@ -76,7 +76,7 @@ def test_plan_file_round_trips_and_bad_files_name_the_field(tmp_path):
     doc = P.write_plan(path, choice, {"cap": 123})
     assert doc["lqer"] == "embed:2,mlp:4" and json.loads(path.read_text())["cap"] == 123
     plan = read_plan(path)
-    assert plan.lqer_spec() == "embed:2,mlp:4" and plan.sets() == doc["set"]
+    assert plan.lqer_spec() == "embed:2,mlp:4" and plan_sets(plan) == doc["set"]
     assert dict(plan.groups) == {g: GroupPlan(o.bits, o.clip_k) for g, o in choice.items()}
     for field, value, msg in (
         ("format", "x", "format"),
@@ -103,7 +103,7 @@ def test_plan_file_maps_to_the_quant_groups_string_quantize_applies(tmp_path):
     want = "attn=bits:7,clip_k:10.28;embed=bits:8,clip_k:20.0;mlp=bits:5,clip_k:12.85"
     assert doc["set"] == [f"quant.groups={want}", "quant.lqer=embed:2,mlp:4"]
     assert plan.groups_spec() == want and QuantPlan.parse(want).groups == plan.groups
-    assert cli.parse_plan([str(path)]) == plan and plan.sets() == doc["set"]
+    assert cli.parse_plan([str(path)]) == plan and plan_sets(plan) == doc["set"]
     # a run's own quant.groups stays under the plan: methods kept, the file's bits/k on top
     q = QuantConfig(groups="attn=method:rtn,bits:4", lqer="mlp:1")
     top = cli.parse_plan([str(path), "value_embed=bits:6"])
@@ -146,7 +146,7 @@ def test_grid_has_prune_options_and_a_pruned_plan_round_trips(tmp_path):
     spec = doc["set"][0].split("=", 1)[1]
     assert QuantPlan.parse(spec).groups == plan.groups
     assert "mlp=bits:5,clip_k:12.85,prune:0.25" in spec
-    assert cli.parse_plan([str(path)]).sets() == doc["set"]
+    assert plan_sets(cli.parse_plan([str(path)])) == doc["set"]
     for bad in (1.5, -0.1):
         mlp = {**doc["groups"]["mlp"], "prune": bad}
         path.write_text(json.dumps({**doc, "groups": {"mlp": mlp}}))

@@ -541,3 +541,46 @@ def test_hessians_shared_over_two_ranks_equal_one_process(tmp_path):
     torch.save(ref, tmp_path / "ref.pt")
     args = (2, os.fspath(tmp_path / "pg"), os.fspath(tmp_path / "ref.pt"))
     mp.spawn(_hessian_worker, args=args, nprocs=2, join=True)
+
+
+def test_quantize_weights_is_one_stage_and_its_groups_partition_it():
+    """pipeline.quantize_weights: the plan's pruning and low-rank terms are applied in the one
+    stage; quantizing group by group (the planner's what-ifs) and assembling in artifact order
+    (main tensors, then each one's low-rank pair) gives the same tensors; another plan is the
+    same call."""
+    from dataclasses import replace
+
+    from pgolf.config import RunConfig
+    from pgolf.pipeline import quantize_weights
+
+    model = tiny_gpt(steps=2)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    q = replace(QCFG, groups="mlp=prune:0.2", lqer="mlp:2,attn:1")
+    cfg = RunConfig(model=TINY, quant=q)
+    hess = quant.collect_hessians(model, token_batches())
+    whole = quantize_weights(cfg, state, hess, log=False)
+    lq = [t for t in whole if t.group == "lqer"]
+    assert (
+        lq
+        and whole[-len(lq) :] == lq
+        and {t.name.rsplit(".lqer.", 1)[0] for t in lq}
+        <= {t.name for t in whole if t.group in ("mlp", "attn")}
+    )
+    parts = {}
+    for g in {t.group for t in whole if t.group != "lqer"}:
+        for t in quantize_weights(cfg, state, hess, groups={g}, log=False):
+            parts[t.name] = t
+    main = [parts[t.name] for t in whole if t.group != "lqer"]
+    assembled = main + [parts[t.name] for m in main for t in lq if t.name.startswith(m.name + ".")]
+    assert [t.name for t in assembled] == [t.name for t in whole]
+    for a, b in zip(assembled, whole, strict=True):
+        for f in ("codes", "scales", "data"):
+            x, y = getattr(a, f), getattr(b, f)
+            assert (x is None and y is None) or torch.equal(x, y), (a.name, f)
+    # a what-if is the same call with another plan: equal to the config carrying that plan
+    other = QuantPlan.parse("mlp=bits:4", "attn:2")
+    via_plan = quantize_weights(cfg, state, hess, other, log=False)
+    via_cfg = quantize_weights(replace(cfg, quant=other.into(q)), state, hess, log=False)
+    assert [(t.name, t.bits) for t in via_plan] == [(t.name, t.bits) for t in via_cfg]
+    assert all(torch.equal(a.codes, b.codes) for a, b in zip(via_plan, via_cfg) if a.kind == "int")
+    assert not any(t.name.startswith("blocks.0.mlp") and t.group == "lqer" for t in via_plan)

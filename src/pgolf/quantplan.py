@@ -104,24 +104,17 @@ class QuantPlan:
     lqer: tuple[tuple[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
-        names = [g for g, _ in self.groups]
-        if names != sorted(set(names)):
-            raise ValueError(f"quant plan: groups {names} must be sorted, each once")
-        for g, gp in self.groups:
-            _check_group(g, "quant plan")
-            if not isinstance(gp, GroupPlan):
-                raise ValueError(f"quant plan: {g} is not a GroupPlan")
-        if self.lqer is not None:
-            lq = [g for g, _ in self.lqer]
-            if lq != sorted(set(lq)):
-                raise ValueError(f"quant plan: low-rank groups {lq} must be sorted, each once")
-            for g, r in self.lqer:
-                if g not in LQER_GROUPS:
-                    raise ValueError(
-                        f"quant plan: low-rank group {g!r} is not one of {', '.join(LQER_GROUPS)}"
-                    )
-                if not (_is_int(r) and 1 <= r <= RANK_MAX):
-                    raise ValueError(f"quant plan: {g} rank {r!r} must be an integer 1..{RANK_MAX}")
+        gs, lq = [g for g, _ in self.groups], [g for g, _ in self.lqer or ()]
+        if not (
+            gs == sorted(set(gs) & set(GROUPS))
+            and all(isinstance(p, GroupPlan) for _, p in self.groups)
+            and lq == sorted(set(lq) & set(LQER_GROUPS))
+            and all(_is_int(r) and 1 <= r <= RANK_MAX for _, r in self.lqer or ())
+        ):
+            raise ValueError(
+                f"quant plan {_short(self.groups)} / {_short(self.lqer)}: groups from {GROUPS} "
+                f"(low-rank: {LQER_GROUPS}) sorted, each once; ranks 1..{RANK_MAX}"
+            )
 
     # construction
 
@@ -160,10 +153,6 @@ class QuantPlan:
             gs[g] = gs.get(g, GroupPlan()).over(p)
         return QuantPlan.build(gs, self.ranks() if top.lqer is None else top.ranks())
 
-    def with_groups(self, moved: dict[str, GroupPlan], ranks: dict[str, int]) -> QuantPlan:
-        """This plan with whole groups replaced and the given low-rank ranks."""
-        return QuantPlan.build({**dict(self.groups), **moved}, ranks)
-
     # writing
 
     def groups_spec(self) -> str:
@@ -179,11 +168,6 @@ class QuantPlan:
         groups = q.groups if own.groups == self.groups else self.groups_spec()
         lqer = q.lqer if self.lqer is None or own.lqer == self.lqer else self.lqer_spec()
         return replace(q, groups=groups, lqer=lqer)
-
-    def sets(self) -> list[str]:
-        """The `--set` overrides equal to this plan (quant.lqer only when it has a say)."""
-        out = [f"quant.groups={self.groups_spec()}"]
-        return out + ([] if self.lqer is None else [f"quant.lqer={self.lqer_spec()}"])
 
 
 @functools.lru_cache(maxsize=64)

@@ -64,6 +64,12 @@ def plan_of(choice: Mapping[str, Option]) -> QuantPlan:
     )
 
 
+def plan_sets(plan: QuantPlan) -> list[str]:
+    """The `--set` overrides equal to a plan (quant.lqer only when it has a say on ranks)."""
+    out = [f"quant.groups={plan.groups_spec()}"]
+    return out + ([] if plan.lqer is None else [f"quant.lqer={plan.lqer_spec()}"])
+
+
 def write_plan(path: str | Path, choice: Mapping[str, Option], extra: Mapping[str, Any]) -> dict:
     """The plan JSON: per-group bits / clip_k / lqer_rank / prune, the lqer spec, the equal `--set`
     overrides (`set`: quant.groups and quant.lqer, for `pgolf bundle`), and `extra` (report)."""
@@ -76,7 +82,7 @@ def write_plan(path: str | Path, choice: Mapping[str, Option], extra: Mapping[st
             for g, o in sorted(choice.items())
         },
         "lqer": plan.lqer_spec(),
-        "set": plan.sets(),
+        "set": plan_sets(plan),
         **extra,
     }
     Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")

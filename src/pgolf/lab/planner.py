@@ -175,7 +175,8 @@ class Bench:
             if (o.bits, o.clip_k, o.prune) != (b.bits, b.clip_k, b.prune):
                 kept = replace(self.own.group(g), prune=None)
                 moved[g] = kept.over(o.group_plan())
-        return self.own.with_groups(moved, {g: o.rank for g, o in choice.items()})
+        ranks = {g: o.rank for g, o in choice.items()}
+        return QuantPlan.build({**dict(self.own.groups), **moved}, ranks)
 
     def cfg_for(self, choice: Mapping[str, Option]):
         """The run config carrying `plan_for(choice)` (quant.groups, quant.lqer)."""
