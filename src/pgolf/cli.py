@@ -270,11 +270,11 @@ def parse_plan(specs: list[str]):
 def cmd_quantize(
     run_dir: str, overrides: list[str], plan: list[str], out: str | None, allow_over: bool = False
 ) -> dict:
+    typed = parse_plan(plan)  # first: a bad plan is refused before torch loads or a file opens
     from pgolf import pipeline
     from pgolf.dist import log0
     from pgolf.lab.bundle import code_size
 
-    typed = parse_plan(plan)  # before anything is opened: a bad plan changes nothing
     run = _run_folder(Path(run_dir))
     try:
         log0(f"quantize:{run_dir} set:{overrides} plan:{plan}")
@@ -623,10 +623,10 @@ def dispatch(a: argparse.Namespace):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message names the file and the fix (OSError: see `describe_error`)."""
-    from pgolf.train import TrainingDiverged
-
-    return (OSError, ValueError, TrainingDiverged)
+    """Errors whose message names the file and the fix (OSError: see `describe_error`). Training's
+    own only once it is loaded (nothing else raises it): a refused input exits without torch."""
+    train = sys.modules.get("pgolf.train")
+    return (OSError, ValueError) + ((train.TrainingDiverged,) if train else ())
 
 
 _OS_FIXES = {  # errno -> the fix, for OS errors on the user's paths (full disk, read-only, ...)
@@ -666,9 +666,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pgolf {args.cmd}: interrupted (anything already written was kept)", file=sys.stderr)
         sys.exit(130)
     finally:
-        from pgolf.dist import cleanup
-
-        cleanup(ok)
+        if dist := sys.modules.get("pgolf.dist"):  # never loaded: nothing to clean up
+            dist.cleanup(ok)
 
 
 if __name__ == "__main__":
