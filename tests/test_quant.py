@@ -584,3 +584,24 @@ def test_quantize_weights_is_one_stage_and_its_groups_partition_it():
     assert [(t.name, t.bits) for t in via_plan] == [(t.name, t.bits) for t in via_cfg]
     assert all(torch.equal(a.codes, b.codes) for a, b in zip(via_plan, via_cfg) if a.kind == "int")
     assert not any(t.name.startswith("blocks.0.mlp") and t.group == "lqer" for t in via_plan)
+
+
+def test_a_configs_plan_is_parsed_once_and_into_records_what_it_wrote(monkeypatch):
+    from dataclasses import replace
+
+    from pgolf import quantplan
+
+    q = replace(QCFG, groups="mlp=bits:5;mlp=prune:0.1", lqer="mlp:3")
+    plan = QuantPlan.of(q)
+    calls = []
+    monkeypatch.setattr(quantplan, "parse_groups", lambda *a: calls.append(a) or {})
+    state = tiny_gpt().state_dict()
+    for _ in range(3):
+        assert QuantPlan.of(replace(q)) is plan
+        quant.make_plan(state, q, TINY)
+    monkeypatch.undo()
+    assert calls == []
+    moved = plan.over(QuantPlan.parse("attn=bits:4", "attn:2"))
+    q2 = moved.into(q)
+    assert QuantPlan.of(q2) == moved == QuantPlan.parse(q2.groups, q2.lqer)
+    assert (q2.groups, q2.lqer) == ("attn=bits:4;mlp=bits:5,prune:0.1", "attn:2")

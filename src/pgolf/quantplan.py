@@ -4,7 +4,7 @@ fraction over the config's defaults (`GroupPlan`), and the low-rank (LQER) rank 
 
 It enters as text in four places and is parsed once, where it enters, into a `QuantPlan`:
 the config's `quant.groups` / `quant.lqer` (presets, `--set`, environment, an artifact's metadata:
-`QuantPlan.of`, cached per string pair), `pgolf quantize --plan GROUP=key:value` (`parse`), and a
+`QuantPlan.of`, kept per string pair), `pgolf quantize --plan GROUP=key:value` (`parse`), and a
 plan file (`pgolf.lab.planfile.read_plan`). The config keeps the two strings (they are what an
 artifact's metadata and a bundle carry); `into` writes a plan back into them, keeping the config's
 own spelling where the plan equals it. Every value is typed and range-checked on construction
@@ -16,7 +16,6 @@ twice merges key by key, in order); quant.lqer "mlp:8,attn:4" (rank 0 = none).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +25,10 @@ LQER_GROUPS = ("attn", "mlp", "embed", "value_embed")  # groups with a Hessian (
 BITS_MIN, BITS_MAX = 2, 8  # integer codes; fp16 tensors are 16 bits
 CLIP_K_MAX = 100.0  # SDClip k (scale k·std/Q): far past any useful clip (0 = max-abs scaling)
 RANK_MAX = 1024  # low-rank terms; the fit also caps the rank at min(rows, cols)
-KEYS = ("bits", "clip_k", "method", "prune")  # quant.groups keys (and GroupPlan fields)
+KEY_TYPES = {"bits": int, "clip_k": float, "method": str, "prune": float}
+"""quant.groups keys = GroupPlan's fields, with their types: a new per-group setting is one field
+of GroupPlan, one entry here and its range check in `GroupPlan.__post_init__`."""
+KEYS = tuple(KEY_TYPES)
 
 
 def _short(v: Any) -> str:
@@ -84,7 +86,7 @@ class GroupPlan:
     def spec(self) -> str:
         """ "bits:5,clip_k:10.28" (keys sorted; floats as repr, which parse back exactly)."""
         return ",".join(
-            f"{k}:{repr(float(v)) if k in ('clip_k', 'prune') else v}"
+            f"{k}:{repr(float(v)) if KEY_TYPES[k] is float else v}"
             for k, v in sorted(self.items().items())
         )
 
@@ -167,26 +169,35 @@ class QuantPlan:
         own = QuantPlan.of(q)
         groups = q.groups if own.groups == self.groups else self.groups_spec()
         lqer = q.lqer if self.lqer is None or own.lqer == self.lqer else self.lqer_spec()
+        _PARSED[(groups, lqer)] = QuantPlan(
+            self.groups, own.lqer if self.lqer is None else self.lqer
+        )
         return replace(q, groups=groups, lqer=lqer)
 
 
-@functools.lru_cache(maxsize=64)
+_PARSED: dict[tuple[str, str], QuantPlan] = {}  # (quant.groups, quant.lqer) -> their plan
+
+
 def _parsed(groups: str, lqer: str) -> QuantPlan:
-    return QuantPlan.parse(groups, lqer)
+    """The plan of a config's two strings, parsed once (or recorded by `into`, which wrote them)."""
+    if (groups, lqer) not in _PARSED:
+        if len(_PARSED) >= 256:
+            _PARSED.clear()
+        _PARSED[(groups, lqer)] = QuantPlan.parse(groups, lqer)
+    return _PARSED[(groups, lqer)]
 
 
 def parse_groups(spec: str) -> dict[str, GroupPlan]:
     """quant.groups "mlp=bits:5;attn=bits:5,clip_k:10.28" -> {group: GroupPlan}, checked."""
     example = "e.g. --set 'quant.groups=mlp=bits:5;attn=clip_k:10'"
     out: dict[str, dict[str, Any]] = {}
-    conv = {"bits": int, "clip_k": float, "method": str, "prune": float}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         group, eq, body = (s.strip() for s in part.partition("="))
         for key, _, val in (item.strip().partition(":") for item in body.split(",")):
             try:
-                if not eq or key not in conv or len(val) > 40:
+                if not eq or key not in KEY_TYPES or len(val) > 40:
                     raise ValueError
-                out.setdefault(group, {})[key] = conv[key](val.strip())
+                out.setdefault(group, {})[key] = KEY_TYPES[key](val.strip())
             except ValueError:
                 raise ValueError(
                     f"quant.groups {_short(spec)}: {_short(part)} is not "
