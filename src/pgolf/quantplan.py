@@ -169,21 +169,20 @@ class QuantPlan:
         own = QuantPlan.of(q)
         groups = q.groups if own.groups == self.groups else self.groups_spec()
         lqer = q.lqer if self.lqer is None or own.lqer == self.lqer else self.lqer_spec()
-        _PARSED[(groups, lqer)] = QuantPlan(
-            self.groups, own.lqer if self.lqer is None else self.lqer
-        )
+        _parsed(groups, lqer, QuantPlan(self.groups, own.lqer if self.lqer is None else self.lqer))
         return replace(q, groups=groups, lqer=lqer)
 
 
 _PARSED: dict[tuple[str, str], QuantPlan] = {}  # (quant.groups, quant.lqer) -> their plan
 
 
-def _parsed(groups: str, lqer: str) -> QuantPlan:
-    """The plan of a config's two strings, parsed once (or recorded by `into`, which wrote them)."""
+def _parsed(groups: str, lqer: str, known: QuantPlan | None = None) -> QuantPlan:
+    """The plan of a config's two strings, parsed once (`known`: recorded by `into`, which wrote
+    them from it); at most 256 pairs kept."""
     if (groups, lqer) not in _PARSED:
         if len(_PARSED) >= 256:
             _PARSED.clear()
-        _PARSED[(groups, lqer)] = QuantPlan.parse(groups, lqer)
+        _PARSED[(groups, lqer)] = known or QuantPlan.parse(groups, lqer)
     return _PARSED[(groups, lqer)]
 
 
