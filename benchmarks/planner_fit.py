@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from pgolf.lab.budget import planner as P
+from pgolf.lab.budget.planfile import write_plan
 
 
 def synthetic_bytes(preset: str, fraction: float, bits: tuple[int, ...]) -> None:
@@ -108,7 +109,7 @@ def main() -> None:
             continue
         lines, extra = P.plan_report(res, table, base)
         print("\n".join(lines))
-        P.write_plan(out / f"plan_{cap}.json", res["choice"], {"run": str(bench.run), **extra})
+        write_plan(out / f"plan_{cap}.json", res["choice"], {"run": str(bench.run), **extra})
         (out / "table.json").write_text(json.dumps(extra["table"], indent=1) + "\n")
     print(f"total {time.perf_counter() - t0:.0f}s")
 

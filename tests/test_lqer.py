@@ -9,6 +9,7 @@ import torch
 from pgolf import lqer
 from pgolf.artifact import QTensor, decode_artifact, encode_artifact
 from pgolf.quant import dequantize, dequantize_state, gptq_quantize, output_error
+from pgolf.quantplan import parse_lqer
 
 
 def problem(seed: int = 0, R: int = 48, C: int = 64, N: int = 512):
@@ -55,13 +56,14 @@ def test_factors_round_trip_through_an_artifact_and_are_added_back() -> None:
     W, H, codes, scales = problem(seed=3)
     qt = QTensor("blocks.0.mlp.fc.weight", tuple(W.shape), "int", 3, codes, scales, group="mlp")
     args = ({qt.name: W}, [qt], {qt.name: H.float()})
-    extra = lqer.lqer_tensors(*args, lqer.parse_spec("mlp:4,attn:2"))
+    extra = lqer.lqer_tensors(*args, parse_lqer("mlp:4,attn:2"))
     assert [t.name for t in extra] == [qt.name + ".lqer.a", qt.name + ".lqer.b"]
     assert extra[0].shape == (W.shape[0], 4)
     assert lqer.lqer_tensors(*args, {"attn": 4}) == []
-    assert lqer.lqer_tensors(*args, lqer.parse_spec("mlp:0")) == []
-    with pytest.raises(ValueError, match="group:rank"):
-        lqer.parse_spec("mlp:8,ffn:2")
+    assert lqer.lqer_tensors(*args, parse_lqer("mlp:0")) == []
+    for bad in ("mlp:8,ffn:2", "mlp:8,mlp:4", "mlp:1025", "mlp:" + "9" * 5000, "mlp:-1"):
+        with pytest.raises(ValueError, match="group:rank"):
+            parse_lqer(bad)
     for codec in ("brotli", "rans"):
         out, _ = decode_artifact(encode_artifact([qt, *extra], {}, codec=codec))
         state = lqer.add_back(dequantize_state(out))

@@ -10,8 +10,11 @@ import random
 import pytest
 
 from pgolf import cli
-from pgolf.lab.budget import planner as P
-from pgolf.lab.budget.planner import InfeasibleBudget, Option, Row, solve
+from pgolf.lab.budget import planfile as P
+from pgolf.lab.budget import planner as planner
+from pgolf.lab.budget.planfile import Option, plan_sets, read_plan
+from pgolf.lab.budget.planner import InfeasibleBudget, Row, solve
+from pgolf.quantplan import GroupPlan, QuantPlan
 
 
 def brute_force(table: dict[str, list[Row]], budget: int) -> float | None:
@@ -72,9 +75,9 @@ def test_plan_file_round_trips_and_bad_files_name_the_field(tmp_path):
     path = tmp_path / "plan.json"
     doc = P.write_plan(path, choice, {"cap": 123})
     assert doc["lqer"] == "embed:2,mlp:4" and json.loads(path.read_text())["cap"] == 123
-    overrides, spec = P.read_plan(path)
-    assert spec == "embed:2,mlp:4"
-    assert overrides == {g: {"bits": o.bits, "clip_k": o.clip_k} for g, o in choice.items()}
+    plan = read_plan(path)
+    assert plan.lqer_spec() == "embed:2,mlp:4" and plan_sets(plan) == doc["set"]
+    assert dict(plan.groups) == {g: GroupPlan(o.bits, o.clip_k) for g, o in choice.items()}
     for field, value, msg in (
         ("format", "x", "format"),
         ("groups", [1], "groups"),
@@ -85,30 +88,36 @@ def test_plan_file_round_trips_and_bad_files_name_the_field(tmp_path):
         bad = dict(doc, **{field: value})
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=msg):
-            P.read_plan(path)
+            read_plan(path)
 
 
 def test_plan_file_maps_to_the_quant_groups_string_quantize_applies(tmp_path):
     """The plan's `set` lines, `pgolf quantize --plan FILE` and the file's groups agree: one
     quant.groups string, parsed back by the core into the plan's overrides."""
-    from pgolf.quant import parse_groups
+    from pgolf.config import QuantConfig
 
     choice = {"mlp": Option(5, 12.85, 4), "attn": Option(7, 10.28, 0), "embed": Option(8, 20.0, 2)}
     path = tmp_path / "plan.json"
     doc = P.write_plan(path, choice, {})
-    overrides, lqer = P.read_plan(path)
+    plan = read_plan(path)
     want = "attn=bits:7,clip_k:10.28;embed=bits:8,clip_k:20.0;mlp=bits:5,clip_k:12.85"
     assert doc["set"] == [f"quant.groups={want}", "quant.lqer=embed:2,mlp:4"]
-    assert P.groups_spec(overrides) == want and parse_groups(want) == overrides
-    assert cli.parse_plan([str(path)]) == doc["set"]
+    assert plan.groups_spec() == want and QuantPlan.parse(want).groups == plan.groups
+    assert cli.parse_plan([str(path)]) == plan and plan_sets(plan) == doc["set"]
     # a run's own quant.groups stays under the plan: methods kept, the file's bits/k on top
-    sets = cli.parse_plan([str(path), "value_embed=bits:6"], base="attn=method:rtn,bits:4")
-    assert parse_groups(sets[0].split("=", 1)[1]) == {
-        **overrides,
-        "attn": {"method": "rtn", "bits": 7, "clip_k": 10.28},
-        "value_embed": {"bits": 6},
+    q = QuantConfig(groups="attn=method:rtn,bits:4", lqer="mlp:1")
+    top = cli.parse_plan([str(path), "value_embed=bits:6"])
+    got = QuantPlan.of(q).over(top).into(q)
+    assert dict(QuantPlan.parse(got.groups).groups) == {
+        **dict(plan.groups),
+        "attn": GroupPlan(method="rtn", bits=7, clip_k=10.28),
+        "value_embed": GroupPlan(bits=6),
     }
-    assert cli.parse_plan([]) == []
+    assert got.lqer == "embed:2,mlp:4"  # the file's ranks replace the run's
+    # a GROUP=... plan keeps the run's ranks; a plan equal to the run's keeps its spelling
+    same = QuantPlan.of(q).over(cli.parse_plan(["attn=bits:4"])).into(q)
+    assert (same.groups, same.lqer) == (q.groups, q.lqer)
+    assert cli.parse_plan([]) is None
 
 
 def test_grid_has_prune_options_and_a_pruned_plan_round_trips(tmp_path):
@@ -116,48 +125,48 @@ def test_grid_has_prune_options_and_a_pruned_plan_round_trips(tmp_path):
     prune round-trips through plan.json into the quant.groups the core parses back."""
     from types import SimpleNamespace as NS
 
-    from pgolf.quant import parse_groups
-
     bench = NS(
         base={"mlp": Option(6, 12.85, 0), "embed": Option(8, 20.0, 0)}, lowrank_groups={"mlp"}
     )
-    grid = P.default_grid(bench, bits=(5,), ranks=(0,), prunes=(0.1, 0.5))
+    grid = planner.default_grid(bench, bits=(5,), ranks=(0,), prunes=(0.1, 0.5))
     for g, o in bench.base.items():
         assert {Option(o.bits, o.clip_k, 0, p) for p in (0.1, 0.5)} <= set(grid[g])
         assert len(grid[g]) == len(set(grid[g])) <= 6  # modest: base, 1 bits, 2 k, 2 prunes
-    assert all(o.prune == 0 for o in P.default_grid(bench, prunes=())["mlp"])
+    assert all(o.prune == 0 for o in planner.default_grid(bench, prunes=())["mlp"])
     choice = {"mlp": Option(5, 12.85, 2, 0.25), "attn": Option(6, 10.0, 0)}
     path = tmp_path / "plan.json"
     doc = P.write_plan(path, choice, {})
     assert doc["groups"]["mlp"]["prune"] == 0.25 and doc["groups"]["attn"]["prune"] == 0.0
-    overrides, lqer = P.read_plan(path)
-    assert overrides == {
-        "mlp": {"bits": 5, "clip_k": 12.85, "prune": 0.25},
-        "attn": {"bits": 6, "clip_k": 10.0},
+    plan = read_plan(path)
+    assert dict(plan.groups) == {
+        "mlp": GroupPlan(bits=5, clip_k=12.85, prune=0.25),
+        "attn": GroupPlan(bits=6, clip_k=10.0),
     }
-    assert lqer == "mlp:2"
+    assert plan.lqer_spec() == "mlp:2"
     spec = doc["set"][0].split("=", 1)[1]
-    assert parse_groups(spec) == overrides and "mlp=bits:5,clip_k:12.85,prune:0.25" in spec
-    assert cli.parse_plan([str(path)]) == doc["set"]
+    assert QuantPlan.parse(spec).groups == plan.groups
+    assert "mlp=bits:5,clip_k:12.85,prune:0.25" in spec
+    assert plan_sets(cli.parse_plan([str(path)])) == doc["set"]
     for bad in (1.5, -0.1):
         mlp = {**doc["groups"]["mlp"], "prune": bad}
         path.write_text(json.dumps({**doc, "groups": {"mlp": mlp}}))
         with pytest.raises(ValueError, match="prune 0..1"):
-            P.read_plan(path)
+            read_plan(path)
 
 
 def test_a_plan_files_set_moves_only_its_groups_and_must_agree_with_them(tmp_path):
     """`pgolf budget --fit` writes `set` with the groups it moves over the run's own: quantize
     applies exactly those; a `set` that is malformed or contradicts `groups` is refused."""
+    from pgolf.config import QuantConfig
+
     choice = {"mlp": Option(5, 12.85, 0), "attn": Option(6, 12.85, 2)}
     path = tmp_path / "plan.json"
     moved = ["quant.groups=mlp=bits:5,clip_k:12.85", "quant.lqer=attn:2"]
     P.write_plan(path, choice, {"set": moved})  # attn keeps its bits / k: only its rank moves
-    assert P.read_plan(path) == ({"mlp": {"bits": 5, "clip_k": 12.85}}, "attn:2")
-    assert cli.parse_plan([str(path)], base="embed=method:rtn") == [
-        "quant.groups=embed=method:rtn;mlp=bits:5,clip_k:12.85",
-        "quant.lqer=attn:2",
-    ]
+    assert read_plan(path) == QuantPlan.parse("mlp=bits:5,clip_k:12.85", "attn:2")
+    q = QuantConfig(groups="embed=method:rtn")
+    got = QuantPlan.of(q).over(cli.parse_plan([str(path)])).into(q)
+    assert (got.groups, got.lqer) == ("embed=method:rtn;mlp=bits:5,clip_k:12.85", "attn:2")
     doc = json.loads(path.read_text())
     for bad, msg in (
         (["quant.lqer=attn:2"], "field 'set' must be"),
@@ -165,10 +174,11 @@ def test_a_plan_files_set_moves_only_its_groups_and_must_agree_with_them(tmp_pat
         (["quant.groups=mlp=bitz:4", "quant.lqer="], "quant.groups"),
         (["quant.groups=", "quant.lqer=attn"], "quant.lqer"),
         (["model.num_layers=99", "quant.lqer="], "field 'set' must be"),
+        (["quant.groups=mlp=bits:5,clip_k:12.85", "quant.lqer=attn:3"], "low-rank ranks"),
     ):
         path.write_text(json.dumps({**doc, "set": bad}))
         with pytest.raises(ValueError, match=msg):
-            P.read_plan(path)
+            read_plan(path)
 
 
 TINY = [
@@ -209,7 +219,6 @@ def tiny(tmp_path_factory):
 
 def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     from pgolf.artifact import load_artifact
-    from pgolf.config import parse_groups
     from pgolf.lqer import SUFFIX_A
 
     run = tiny / "run"
@@ -246,7 +255,7 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
             for g, v in doc["groups"].items()
         )
     )
-    assert len(doc["table"]) >= 20 and doc["solver"] == P.SOLVER
+    assert len(doc["table"]) >= 20 and doc["solver"] == planner.SOLVER
     art = tiny / "planned.pgolf"
     cli.main(["quantize", str(run), "--plan", str(plan), "--out", str(art)])
     tensors, meta = load_artifact(art)
@@ -262,10 +271,10 @@ def test_fit_plan_is_applied_exactly_by_quantize_and_fits_the_cap(tiny, capsys):
     group_of = {t.name: t.group for t in tensors}
     for name, r in ranks.items():
         assert r == groups[group_of[name]]["lqer_rank"]
-    assert meta["config"]["quant"]["lqer"] == doc["lqer"] == P.read_plan(plan)[1]
+    assert meta["config"]["quant"]["lqer"] == doc["lqer"] == read_plan(plan).lqer_spec()
     # the artifact's config carries the plan as quant.groups: the `set` line the planner printed
     assert doc["set"][0] == f"quant.groups={meta['config']['quant']['groups']}"
-    assert parse_groups(meta["config"]["quant"]["groups"]) == P.read_plan(plan)[0]
+    assert QuantPlan.parse(meta["config"]["quant"]["groups"]).groups == read_plan(plan).groups
 
 
 def test_fit_with_a_cap_below_every_option_exits_2_naming_the_shortfall(tiny, capsys):

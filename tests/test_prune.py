@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pgolf.artifact import QTensor
-from pgolf.config import parse_groups
 from pgolf.quant import PlanEntry, pm1_order, quantize_state, zero_codes
+from pgolf.quantplan import GroupPlan, parse_groups
 
 
 def qtensors(seed: int) -> list[QTensor]:
@@ -87,7 +87,7 @@ def test_quantize_state_applies_the_plans_prune_per_group() -> None:
 
 
 def test_bad_prune_values_are_refused_naming_quant_groups() -> None:
-    assert parse_groups("mlp=prune:0.2,bits:5") == {"mlp": {"prune": 0.2, "bits": 5}}
+    assert parse_groups("mlp=prune:0.2,bits:5") == {"mlp": GroupPlan(prune=0.2, bits=5)}
     for bad in ("mlp=prune:1.5", "mlp=prune:-0.1", "mlp=prune:nan", "mlp=prune:x"):
         with pytest.raises(ValueError, match="quant.groups"):
             parse_groups(bad)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pgolf import quant
 from pgolf.config import ModelConfig, QuantConfig
+from pgolf.quantplan import GroupPlan, QuantPlan
 
 
 def correlated_hessian(C: int, seed: int, n: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -239,39 +240,40 @@ def test_make_plan_groups_and_overrides():
     other = {e.name: e for e in quant.make_plan(big, QCFG, TINY)}
     assert other["mystery.weight"] == quant.PlanEntry("mystery.weight", "rtn", 8, 0.0, "other")
     assert other["step"].method == "fp16"
-    ov = {"mlp": {"bits": 5, "clip_k": 9.0}, "embed": {"method": "rtn"}, "attn": {"method": "fp16"}}
-    plan2 = {e.name: e for e in quant.make_plan(state, QCFG, TINY, overrides=ov)}
+    ov = QuantPlan.parse("mlp=bits:5,clip_k:9.0;embed=method:rtn;attn=method:fp16")
+    plan2 = {e.name: e for e in quant.make_plan(state, QCFG, TINY, ov)}
     fc, ck = plan2["blocks.0.mlp.fc.weight"], plan2["blocks.0.attn.c_k.weight"]
     assert (fc.bits, fc.clip_k, ck.method, ck.bits) == (5, 9.0, "fp16", 16)
     assert plan2["tok_emb.weight"].method == "rtn"
     with pytest.raises(ValueError, match="mpl=.*groups are"):
-        quant.make_plan(state, QCFG, TINY, overrides={"mpl": {"bits": 5}})
+        QuantPlan.parse("mpl=bits:5")
     with pytest.raises(ValueError, match="2..8"):
-        quant.make_plan(state, QCFG, TINY, overrides={"mlp": {"bits": 9}})
+        GroupPlan(bits=9)
 
 
 GROUP_SPECS = {
-    "mlp=bits:5": {"mlp": {"bits": 5}},
+    "mlp=bits:5": {"mlp": GroupPlan(bits=5)},
     " attn = bits:5 , clip_k:10.28 ; embed=method:rtn ;": {
-        "attn": {"bits": 5, "clip_k": 10.28},
-        "embed": {"method": "rtn"},
+        "attn": GroupPlan(bits=5, clip_k=10.28),
+        "embed": GroupPlan(method="rtn"),
     },
-    "mlp=bits:4;mlp=clip_k:9": {"mlp": {"bits": 4, "clip_k": 9.0}},
-    "attn=method:fp16,bits:16": {"attn": {"method": "fp16", "bits": 16}},
+    "mlp=bits:4;mlp=clip_k:9": {"mlp": GroupPlan(bits=4, clip_k=9.0)},
+    "attn=method:fp16,bits:16": {"attn": GroupPlan(method="fp16", bits=16)},
     "": {},
 }
 
 
 @pytest.mark.parametrize("spec", list(GROUP_SPECS))
-def test_quant_groups_spec_parses_and_round_trips(spec):
-    from pgolf.lab.budget.planner import groups_spec
-
+def test_quant_groups_spec_parses_to_the_typed_plan_and_round_trips(spec):
     want = GROUP_SPECS[spec]
-    got = quant.parse_groups(spec)
-    assert got == want
-    assert all(type(v) is type(want[g][k]) for g in got for k, v in got[g].items())
-    assert quant.parse_groups(groups_spec(got)) == got  # the lab's formatter is its inverse
-    assert groups_spec(quant.parse_groups(groups_spec(got))) == groups_spec(got)
+    got = QuantPlan.parse(spec)
+    assert dict(got.groups) == want and got.lqer is None
+    for _, p in got.groups:
+        assert all(
+            type(v) is {"bits": int, "method": str}.get(k, float) for k, v in p.items().items()
+        )
+    assert QuantPlan.parse(got.groups_spec()) == got  # the formatter is the parser's inverse
+    assert QuantPlan.parse(QuantPlan.parse(got.groups_spec()).groups_spec()) == got
 
 
 @pytest.mark.parametrize(
@@ -292,27 +294,28 @@ def test_a_bad_quant_groups_is_refused_naming_the_field(bad):
     from pgolf import config as C
 
     with pytest.raises(ValueError, match=r"quant\.groups"):
-        quant.parse_groups(bad)
+        QuantPlan.parse(bad)
     with pytest.raises(ValueError, match=r"invalid config: quant\.groups") as e:
         C.load("cpu-tiny", [f"quant.groups={bad}"])
     assert "e.g. --set" in str(e.value) or "groups are" in str(e.value)  # the fix
 
 
-def test_make_plan_with_quant_groups_equals_make_plan_with_the_same_overrides():
+def test_make_plan_with_quant_groups_equals_make_plan_with_the_same_typed_plan():
     from dataclasses import replace
 
     state = tiny_gpt().state_dict()
     spec = "mlp=bits:5,clip_k:9.5;attn=method:rtn;embed=bits:7;value_embed=method:fp16"
-    ov = quant.parse_groups(spec)
+    ov = QuantPlan.parse(spec)
     via_cfg = quant.make_plan(state, replace(QCFG, groups=spec), TINY)
-    via_ov = quant.make_plan(state, QCFG, TINY, overrides=ov)
-    assert via_cfg == via_ov != quant.make_plan(state, QCFG, TINY)
+    via_plan = quant.make_plan(state, QCFG, TINY, ov)
+    assert via_cfg == via_plan != quant.make_plan(state, QCFG, TINY)
     e = {p.name: p for p in via_cfg}
     assert (e["blocks.0.mlp.fc.weight"].bits, e["blocks.0.mlp.fc.weight"].clip_k) == (5, 9.5)
     assert e["blocks.1.attn.c_q.weight"].method == "rtn" and e["tok_emb.weight"].bits == 7
     assert e["ve.embed.weight"].method == "fp16"
-    # explicit overrides go on top of quant.groups, key by key
-    top = quant.make_plan(state, replace(QCFG, groups=spec), TINY, overrides={"mlp": {"bits": 4}})
+    # a plan over the config's goes on top of quant.groups, key by key
+    q = replace(QCFG, groups=spec)
+    top = quant.make_plan(state, q, TINY, QuantPlan.of(q).over(QuantPlan.parse("mlp=bits:4")))
     fc = next(p for p in top if p.name == "blocks.0.mlp.fc.weight")
     assert (fc.bits, fc.clip_k) == (4, 9.5)
 
@@ -394,15 +397,28 @@ def test_untied_head_hessian():
     assert plan["tok_emb.weight"].method == "rtn" and plan["lm_head.weight"].method == "gptq"
 
 
-def test_selfgen_and_train_calibration_batches():
+def test_the_one_calibration_batches_selfgen_and_train(monkeypatch):
+    """pipeline.calibration_batches: 'selfgen' is the model's own seeded samples, 'train' cuts the
+    loader's batches to this rank's share of quant.calib_seqs."""
+    from dataclasses import replace
+
+    from pgolf import config as C
+    from pgolf import data
+    from pgolf.pipeline import calibration_batches
+
     model = tiny_gpt()
     a = quant.selfgen_batches(model, 3, 6, temperature=0.8, seed=3, batch=2)
-    b = quant.calibration_batches("selfgen", model=model, n_seqs=3, seq_len=6, seed=3, batch=2)
     c = quant.selfgen_batches(model, 3, 6, temperature=0.8, seed=4, batch=2)
     assert [x.shape for x in a] == [(2, 6), (1, 6)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
     assert all(x.dtype == torch.long and 0 <= x.min() and x.max() < TINY.vocab_size for x in a)
+    cfg = C.load(
+        "cpu-tiny",
+        ["train_seq_len=6", "train_batch_tokens=48", "calib_seqs=3", "seed=3", "calib=selfgen"],
+    )
+    b = calibration_batches(cfg, model, None, torch.device("cpu"))
+    want = quant.selfgen_batches(model, 3, 6, temperature=0.8, seed=3)
+    assert len(b) == len(want) and all(torch.equal(x, y) for x, y in zip(b, want))
 
     class Loader:
         def __init__(self):
@@ -413,10 +429,14 @@ def test_selfgen_and_train_calibration_batches():
             x = torch.full((4, 6), self.i)
             return x, x + 1
 
-    out = quant.calibration_batches("train", loader=Loader(), n_seqs=10)
+    monkeypatch.setattr(data, "make_train_loader", lambda *a, **k: Loader())
+    cfg = replace(cfg, quant=replace(cfg.quant, calib="train", calib_seqs=10))
+    out = calibration_batches(cfg, model, None, torch.device("cpu"))
     assert [x.shape[0] for x in out] == [4, 4, 2] and out[2][0, 0] == 3
     with pytest.raises(ValueError, match="selfgen"):
-        quant.calibration_batches("bogus", n_seqs=1)
+        calibration_batches(
+            replace(cfg, quant=replace(cfg.quant, calib="bogus")), model, None, "cpu"
+        )
 
 
 def test_quantize_state_gptq_beats_rtn_and_loads():
@@ -521,3 +541,67 @@ def test_hessians_shared_over_two_ranks_equal_one_process(tmp_path):
     torch.save(ref, tmp_path / "ref.pt")
     args = (2, os.fspath(tmp_path / "pg"), os.fspath(tmp_path / "ref.pt"))
     mp.spawn(_hessian_worker, args=args, nprocs=2, join=True)
+
+
+def test_quantize_weights_is_one_stage_and_its_groups_partition_it():
+    """pipeline.quantize_weights: the plan's pruning and low-rank terms are applied in the one
+    stage; quantizing group by group (the planner's what-ifs) and assembling in artifact order
+    (main tensors, then each one's low-rank pair) gives the same tensors; another plan is the
+    same call."""
+    from dataclasses import replace
+
+    from pgolf.config import RunConfig
+    from pgolf.pipeline import quantize_weights
+
+    model = tiny_gpt(steps=2)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    q = replace(QCFG, groups="mlp=prune:0.2", lqer="mlp:2,attn:1")
+    cfg = RunConfig(model=TINY, quant=q)
+    hess = quant.collect_hessians(model, token_batches())
+    whole = quantize_weights(cfg, state, hess, log=False)
+    lq = [t for t in whole if t.group == "lqer"]
+    assert (
+        lq
+        and whole[-len(lq) :] == lq
+        and {t.name.rsplit(".lqer.", 1)[0] for t in lq}
+        <= {t.name for t in whole if t.group in ("mlp", "attn")}
+    )
+    parts = {}
+    for g in {t.group for t in whole if t.group != "lqer"}:
+        for t in quantize_weights(cfg, state, hess, groups={g}, log=False):
+            parts[t.name] = t
+    main = [parts[t.name] for t in whole if t.group != "lqer"]
+    assembled = main + [parts[t.name] for m in main for t in lq if t.name.startswith(m.name + ".")]
+    assert [t.name for t in assembled] == [t.name for t in whole]
+    for a, b in zip(assembled, whole, strict=True):
+        for f in ("codes", "scales", "data"):
+            x, y = getattr(a, f), getattr(b, f)
+            assert (x is None and y is None) or torch.equal(x, y), (a.name, f)
+    # a what-if is the same call with another plan: equal to the config carrying that plan
+    other = QuantPlan.parse("mlp=bits:4", "attn:2")
+    via_plan = quantize_weights(cfg, state, hess, other, log=False)
+    via_cfg = quantize_weights(replace(cfg, quant=other.into(q)), state, hess, log=False)
+    assert [(t.name, t.bits) for t in via_plan] == [(t.name, t.bits) for t in via_cfg]
+    assert all(torch.equal(a.codes, b.codes) for a, b in zip(via_plan, via_cfg) if a.kind == "int")
+    assert not any(t.name.startswith("blocks.0.mlp") and t.group == "lqer" for t in via_plan)
+
+
+def test_a_configs_plan_is_parsed_once_and_into_records_what_it_wrote(monkeypatch):
+    from dataclasses import replace
+
+    from pgolf import quantplan
+
+    q = replace(QCFG, groups="mlp=bits:5;mlp=prune:0.1", lqer="mlp:3")
+    plan = QuantPlan.of(q)
+    calls = []
+    monkeypatch.setattr(quantplan, "parse_groups", lambda *a: calls.append(a) or {})
+    state = tiny_gpt().state_dict()
+    for _ in range(3):
+        assert QuantPlan.of(replace(q)) is plan
+        quant.make_plan(state, q, TINY)
+    monkeypatch.undo()
+    assert calls == []
+    moved = plan.over(QuantPlan.parse("attn=bits:4", "attn:2"))
+    q2 = moved.into(q)
+    assert QuantPlan.of(q2) == moved == QuantPlan.parse(q2.groups, q2.lqer)
+    assert (q2.groups, q2.lqer) == ("attn=bits:4;mlp=bits:5,prune:0.1", "attn:2")

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 CORE_MODULES = (
     "config_env",
+    "quantplan",
     "config",
     "dist",
     "data",

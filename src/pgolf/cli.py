@@ -273,32 +273,30 @@ def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
     return rep
 
 
-def parse_plan(specs: list[str], base: str = "") -> list[str]:
-    """`GROUP=key:value[,key:value]` (keys bits, clip_k, method, prune) or a plan JSON file (`pgolf
-    budget --fit`) → the equal config overrides: `quant.groups` (the plans over `base`, the
-    run's own quant.groups) and the file's `quant.lqer`; none for no plans."""
-    from pgolf.config import parse_groups
-    from pgolf.lab.budget.planner import groups_spec, read_plan
+def parse_plan(specs: list[str]):
+    """`--plan` items -> one `QuantPlan` (later items over earlier), None for none: each item
+    `GROUP=key:value[,key:value]` (keys bits, clip_k, method, prune) or a plan JSON file (`pgolf
+    budget --fit`, which also gives the low-rank ranks: `pgolf.lab.budget.planfile.read_plan`)."""
+    from pgolf.lab.budget.planfile import read_plan
+    from pgolf.quantplan import QuantPlan
 
-    plan, sets = parse_groups(base), []
+    plan = None
     for spec in specs:
-        if "=" not in spec and (spec.endswith(".json") or Path(spec).is_file()):
-            groups, lqer = read_plan(spec)
-            sets.append(f"quant.lqer={lqer}")
+        if "=" not in spec and (spec.endswith(".json") or Path(spec).exists()):
+            item = read_plan(spec)
         else:
             try:
-                groups = parse_groups(spec)
+                item = QuantPlan.parse(spec)
             except ValueError as e:
                 raise ValueError(f"--plan {spec!r}: {e}") from None
-        for g, ov in groups.items():
-            plan[g] = {**plan.get(g, {}), **ov}
-    spec = base if plan == parse_groups(base) else groups_spec(plan)
-    return [f"quant.groups={spec}", *sets] if specs else []
+        plan = item if plan is None else plan.over(item)
+    return plan
 
 
 def cmd_quantize(
     run_dir: str, overrides: list[str], plan: list[str], out: str | None, allow_over: bool = False
 ) -> dict:
+    typed = parse_plan(plan)  # first: a bad plan is refused before torch loads or a file opens
     from pgolf import pipeline
     from pgolf.dist import log0
     from pgolf.lab.bundle import code_size
@@ -306,15 +304,7 @@ def cmd_quantize(
     run = _run_folder(Path(run_dir))
     try:
         log0(f"quantize:{run_dir} set:{overrides} plan:{plan}")
-        cfg_file = Path(run_dir) / "config.json"
-        base = ""
-        if plan and cfg_file.is_file():  # a plan goes over the run's own quant.groups
-            cfg = C.apply_overrides(C.from_dict(json.loads(cfg_file.read_text())), overrides)
-            base = cfg.quant.groups
-        sets = parse_plan(plan, base)
-        if sets:
-            log0(f"quantize:plan as config: {' '.join(f'--set {s}' for s in sets)}")
-        res = pipeline.quantize_run(run_dir, [*overrides, *sets], out, code_size=code_size)
+        res = pipeline.quantize_run(run_dir, overrides, out, typed, code_size=code_size)
         if run is not None and out is None:  # the run's own artifact: its result follows
             res = run.write_result(res)
     finally:
@@ -470,6 +460,7 @@ def cmd_budget_fit(
 ) -> dict:
     """`pgolf budget RUN --fit BYTES`: measure the options, solve, write the plan (planner)."""
     from pgolf.lab.budget import planner as P
+    from pgolf.lab.budget.planfile import write_plan
 
     if cap <= 0 or calib_tokens <= 0:
         raise ValueError(f"--fit {cap} / --calib-tokens {calib_tokens}: both must be positive")
@@ -490,7 +481,7 @@ def cmd_budget_fit(
     base = json.loads(result.read_text()).get("val_bpb_roundtrip") if result.is_file() else None
     lines, extra = P.plan_report(res, table, base)
     if out:
-        doc = P.write_plan(out, res["choice"], {"run": str(bench.run), **extra})
+        doc = write_plan(out, res["choice"], {"run": str(bench.run), **extra})
         lines.append(f"plan: wrote {out} (apply: pgolf quantize {bench.run} --plan {out})")
     else:
         doc = {"groups": {g: o.label() for g, o in res["choice"].items()}, **extra}
@@ -665,10 +656,10 @@ def dispatch(a: argparse.Namespace):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message names the file and the fix (OSError: see `describe_error`)."""
-    from pgolf.train import TrainingDiverged
-
-    return (OSError, ValueError, TrainingDiverged)
+    """Errors whose message names the file and the fix (OSError: see `describe_error`). Training's
+    own only once it is loaded (nothing else raises it): a refused input exits without torch."""
+    train = sys.modules.get("pgolf.train")
+    return (OSError, ValueError) + ((train.TrainingDiverged,) if train else ())
 
 
 _OS_FIXES = {  # errno -> the fix, for OS errors on the user's paths (full disk, read-only, ...)
@@ -708,9 +699,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pgolf {args.cmd}: interrupted (anything already written was kept)", file=sys.stderr)
         sys.exit(130)
     finally:
-        from pgolf.dist import cleanup
-
-        cleanup(ok)
+        if dist := sys.modules.get("pgolf.dist"):  # never loaded: nothing to clean up
+            dist.cleanup(ok)
 
 
 if __name__ == "__main__":

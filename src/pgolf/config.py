@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from pgolf import config_env as E
+from pgolf.quantplan import QuantPlan
 
 # ----------------------------------------------------------------------------------------------
 # Sections
@@ -140,7 +141,7 @@ class QuantConfig:
     codec: str = "brotli"  # brotli/lzma/zstd; rans/crans: codes entropy-coded, the rest brotli
     pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
     lqer: str = ""  # low-rank GPTQ-error terms: group:rank list, e.g. "mlp:8,attn:4" (pgolf.lqer)
-    groups: str = ""  # per-group plan, e.g. "mlp=bits:5;embed=method:rtn" (parse_groups)
+    groups: str = ""  # per-group plan, e.g. "mlp=bits:5;embed=method:rtn" (pgolf.quantplan)
     byte_budget: int = 16_000_000
 
 
@@ -500,44 +501,6 @@ def refuse_absent(cfg: RunConfig, absent: tuple[str, ...], script: str) -> None:
         )
 
 
-QUANT_GROUPS = ("passthrough", "attn", "mlp", "embed", "value_embed", "other")  # pgolf.quant
-QUANT_METHODS = ("gptq", "rtn", "fp16")
-QUANT_KEYS = {"bits": int, "clip_k": float, "method": str, "prune": float}
-
-
-def check_groups(groups: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, dict]:
-    """Per-group plan overrides {group: {bits, clip_k, method, prune}} -> a copy, or ValueError."""
-    for g, ov in groups.items():
-        bad = g not in QUANT_GROUPS or set(ov) - set(QUANT_KEYS)
-        if (
-            bad
-            or ov.get("method", "gptq") not in QUANT_METHODS
-            or not 0 <= ov.get("prune", 0) <= 1
-            or not (ov.get("method") == "fp16" or 2 <= ov.get("bits", 2) <= 8)
-        ):
-            raise ValueError(
-                f"{where}: {g}={ov}: groups are {QUANT_GROUPS}, keys "
-                f"{tuple(QUANT_KEYS)}, methods {QUANT_METHODS}, bits 2..8, prune 0..1"
-            )
-    return {g: dict(ov) for g, ov in groups.items()}
-
-
-def parse_groups(spec: str) -> dict[str, dict[str, Any]]:
-    """quant.groups "mlp=bits:5;attn=bits:5,clip_k:10.28" -> {group: {key: value}}, checked."""
-    out: dict[str, dict[str, Any]] = {}
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        group, _, body = part.partition("=")
-        for key, _, val in (item.strip().partition(":") for item in body.split(",")):
-            try:
-                out.setdefault(group.strip(), {})[key] = QUANT_KEYS[key](val.strip())
-            except (KeyError, ValueError):
-                raise ValueError(
-                    f"quant.groups {spec!r}: {part!r} is not GROUP=key:value[,key:"
-                    "value]; e.g. --set 'quant.groups=mlp=bits:5;attn=clip_k:10'"
-                ) from None
-    return check_groups(out, f"quant.groups {spec!r}")
-
-
 SDPA_PLANS = tuple(
     f"sdpa:{k}{r}"
     for k in ("default", "cudnn", "flash", "efficient", "math")
@@ -607,7 +570,7 @@ def validate(cfg: RunConfig) -> None:
     if not 2 <= cfg.quant.matrix_bits <= 8 or not 2 <= cfg.quant.embed_bits <= 8:
         problems.append("quantization bit widths must be within 2..8")
     try:
-        parse_groups(cfg.quant.groups)
+        QuantPlan.of(cfg.quant)  # quant.groups and quant.lqer, typed once (pgolf.quantplan)
     except ValueError as err:
         problems.append(str(err))
     if problems:

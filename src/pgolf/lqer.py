@@ -5,9 +5,9 @@ arXiv:2402.02446); an asymmetric low-rank error term in Parameter Golf: PR #1797
 after GPTQ, for the tensors of the chosen groups, the error E = W - Ŵ is approximated by A·B of
 rank r minimizing the layer's output error tr((E - AB) H (E - AB)ᵀ): with H + λI = L·Lᵀ
 (Cholesky), the best AB is the rank-r truncated SVD of E·L times L⁻¹. A [R, r] and B [r, C] are
-stored as int8 with per-row max-abs scales (rank per group: `quant.lqer` "mlp:8,attn:4"), as two
-more int tensors "<name>.lqer.a"/".lqer.b" of group "lqer"; `add_back` (run on load) folds A·B
-into the dequantized weight and drops them.
+stored as int8 with per-row max-abs scales (rank per group: `quant.lqer` "mlp:8,attn:4", typed
+as `pgolf.quantplan.QuantPlan.ranks`), as two more int tensors "<name>.lqer.a"/".lqer.b" of group
+"lqer"; `add_back` (run on load) folds A·B into the dequantized weight and drops them.
 """
 
 from __future__ import annotations
@@ -41,23 +41,6 @@ def quantized_factors(E: Tensor, H: Tensor, rank: int, damp: float = 0.01):
     """Fit, then int8-quantize both factors -> ((codes_a, scales_a), (codes_b, scales_b))."""
     A, B = fit_lowrank(E, H, rank, damp)
     return rtn_quantize(A, 8, 0.0), rtn_quantize(B, 8, 0.0)
-
-
-GROUPS = ("attn", "mlp", "embed", "value_embed")
-
-
-def parse_spec(spec: str) -> dict[str, int]:
-    """quant.lqer "mlp:8,attn:4" -> {"mlp": 8, "attn": 4} (asymmetric ranks per group)."""
-    out = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        group, _, rank = part.partition(":")
-        if group not in GROUPS or not rank.isdigit():
-            raise ValueError(
-                f"quant.lqer: {part!r} is not group:rank with a group from "
-                f"{', '.join(GROUPS)} (e.g. 'mlp:8,attn:4')"
-            )
-        out[group] = int(rank)
-    return out
 
 
 def lqer_tensors(

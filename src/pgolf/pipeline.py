@@ -89,65 +89,94 @@ def model_from_state(
 
 
 def calibration_batches(cfg: C.RunConfig, model, data_dir: Path, device: torch.device):
-    """Calibration inputs: training batches (inside the budget, #1493) or self-generated (#1550).
-    Each rank takes its own share; `collect_hessians` all-reduces the sums."""
+    """The calibration inputs [b, T] of this rank (its share of quant.calib_seqs; the Hessian
+    sums are all-reduced): training batches (inside the budget, #1493) or sequences the model
+    samples itself (quant.calib 'selfgen', #1550)."""
     from pgolf import quant
     from pgolf.data import make_train_loader
 
-    q, di = cfg.quant, info()
+    q, di, seq = cfg.quant, info(), cfg.train.train_seq_len
     per_rank = max(1, q.calib_seqs // di.world_size)
-    loader = None
-    if q.calib == "train":
+    if q.calib == "selfgen":
+        seed = cfg.train.seed + di.rank
+        batches = quant.selfgen_batches(model, per_rank, seq, q.calib_temperature, seed)
+    elif q.calib == "train":
         loader = make_train_loader(
             data_dir,
             "stream",
             di.rank,
             di.world_size,
-            cfg.train.train_seq_len,
+            seq,
             min(8, per_rank),
             cfg.train.seed + 17,
             vocab_size=cfg.model.vocab_size,
         )
-    batches = quant.calibration_batches(
-        q.calib,
-        n_seqs=per_rank,
-        seq_len=cfg.train.train_seq_len,
-        loader=loader,
-        model=model,
-        temperature=q.calib_temperature,
-        seed=cfg.train.seed + di.rank,
-    )
+        batches, have = [], 0
+        while have < per_rank:
+            x = loader.next_batch()[0][: per_rank - have]
+            batches.append(x)
+            have += x.shape[0]
+    else:
+        raise ValueError(f"quant.calib {q.calib!r} must be 'train' or 'selfgen'")
     return [b.to(device) for b in batches]
 
 
-def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None, batches=None):
-    """Hessians on the model as it really runs, then the plan, then GPTQ/RTN → list[QTensor].
-    `batches`: fixed calibration inputs (default: drawn per `quant.calib`)."""
+def calibrate(cfg: C.RunConfig, model, data_dir: Path, plan=None, batches=None, log: bool = True):
+    """Hessians {name: [C, C]} of the tensors `plan` (default: cfg's) quantizes with GPTQ, on the
+    model as it really runs; {} when none. `batches`: fixed inputs (default: drawn per
+    `quant.calib`); `log`: the timing lines (off for the planner, whose --json is stdout)."""
     from pgolf import quant
 
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    plan = quant.make_plan(state, cfg.quant, cfg.model, overrides=overrides)
-    hessians: dict[str, torch.Tensor] = {}
-    if any(e.method == "gptq" for e in plan):
-        if batches is None:
-            batches = calibration_batches(cfg, model, data_dir, device)
-        names = [e.name for e in plan if e.method == "gptq"]
-        hessians = quant.collect_hessians(model, batches, names)
-        secs, reserve = time.perf_counter() - t0, cfg.train.reserve_seconds
-        log0(f"gptq:collected {len(hessians)} Hessians in {secs:.1f}s")
-        if cfg.quant.calib == "train" and reserve > 0 and secs > reserve:
-            log0(
-                f"gptq:warning calibration on training data took {secs:.1f}s, more than the "
-                f"{reserve:.0f}s reserved from the training budget (train.reserve_seconds)"
-            )
+    state = model.state_dict()
+    names = [
+        e.name for e in quant.make_plan(state, cfg.quant, cfg.model, plan) if e.method == "gptq"
+    ]
+    if not names:
+        return {}
+    if batches is None:
+        batches = calibration_batches(cfg, model, data_dir, next(model.parameters()).device)
+    hessians = quant.collect_hessians(model, batches, names)
+    secs, reserve = time.perf_counter() - t0, cfg.train.reserve_seconds
+    if not log:
+        return hessians
+    log0(f"gptq:collected {len(hessians)} Hessians in {secs:.1f}s")
+    if cfg.quant.calib == "train" and reserve > 0 and secs > reserve:
+        log0(
+            f"gptq:warning calibration on training data took {secs:.1f}s, more than the "
+            f"{reserve:.0f}s reserved from the training budget (train.reserve_seconds)"
+        )
+    return hessians
+
+
+def quantize_weights(
+    cfg: C.RunConfig, state, hessians, plan=None, *, groups=None, log: bool = True
+) -> list:
+    """THE quantize stage: weights {name: tensor} + plan (a `QuantPlan`; default: the one cfg
+    carries) + Hessians -> list[QTensor] in artifact order: plan resolution, GPTQ (RTN where a
+    tensor has no Hessian), ±1 pruning, then the low-rank terms of each tensor after all the
+    others. `groups`: only those groups' tensors (the planner's what-ifs, one group at a time)."""
+    from pgolf import quant
+    from pgolf.quantplan import QuantPlan
+
+    plan = QuantPlan.of(cfg.quant) if plan is None else plan
     q = cfg.quant
+    entries = quant.make_plan(state, q, cfg.model, plan)
+    if groups is not None:
+        entries = [e for e in entries if e.group in groups]
     tensors = quant.quantize_state(
-        state, hessians, plan, block_size=q.block_size, damp=q.damp, act_order=q.act_order
+        state, hessians, entries, log, block_size=q.block_size, damp=q.damp, act_order=q.act_order
     )
-    if q.lqer:  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
-        tensors += lqer.lqer_tensors(state, tensors, hessians, lqer.parse_spec(q.lqer), q.damp)
+    if ranks := plan.ranks():  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
+        tensors += lqer.lqer_tensors(state, tensors, hessians, ranks, q.damp)
+    return tensors
+
+
+def quantize_model(cfg: C.RunConfig, model, data_dir: Path, batches=None):
+    """A model's weights quantized as its config says: `calibrate` then `quantize_weights`."""
+    t0 = time.perf_counter()
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    tensors = quantize_weights(cfg, state, calibrate(cfg, model, data_dir, batches=batches))
     log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
     return tensors
 
@@ -376,11 +405,15 @@ def quantize_run(
     run_dir: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
     out: str | None = None,
-    plan: dict[str, dict] | None = None,
+    plan=None,
     *,
     code_size: CodeSize,
 ) -> dict[str, Any]:
-    """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact."""
+    """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact.
+    `plan`: a `QuantPlan` applied over the run's own (after `overrides`), recorded in the
+    artifact's config as quant.groups / quant.lqer."""
+    from pgolf.quantplan import QuantPlan
+
     run_dir = Path(run_dir)
     cfg_file, weights = run_dir / "config.json", run_dir / "final_model.safetensors"
     for f in (cfg_file, weights):
@@ -388,10 +421,14 @@ def quantize_run(
             raise FileNotFoundError(f"{f} not found: is {run_dir} a finished `pgolf train` run?")
     cfg = C.apply_overrides(C.from_dict(json.loads(cfg_file.read_text())), list(overrides))
     C.validate(cfg)
+    if plan is not None:  # over the run's own plan
+        cfg = replace(cfg, quant=QuantPlan.of(cfg.quant).over(plan).into(cfg.quant))
+        q = cfg.quant
+        log0(f"quantize:plan as config: --set quant.groups={q.groups} --set quant.lqer={q.lqer}")
     di = init("auto")
     model = load_run_model(cfg, weights, di.device)
     cfg, data_dir, _ = resolve_data(cfg)
-    tensors = quantize_model(cfg, model, data_dir, overrides=plan)
+    tensors = quantize_model(cfg, model, data_dir)
     dest = Path(out) if out else run_dir / "artifact.pgolf"
     from pgolf.model import graph_state
 

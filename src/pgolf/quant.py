@@ -10,7 +10,9 @@
   upper Cholesky factor of H^-1, lazy block updates; scales fixed beforehand by SDClip (#1550).
 * Plan (declarative, spec §5.4): small or non-float tensors -> fp16; attn/mlp matrices -> GPTQ
   int6; tied embedding -> int8 GPTQ on the head-side Hessian (#1493) or RTN (#1550); value
-  embedding -> int8 RTN; anything else large -> int8 max-abs RTN; `quant.groups` overrides these.
+  embedding -> int8 RTN; anything else large -> int8 max-abs RTN; the typed plan
+  (`pgolf.quantplan.QuantPlan`: quant.groups) overrides these per group (`make_plan`). The whole
+  stage (plan, GPTQ/RTN, pruning, low-rank terms) is `pgolf.pipeline.quantize_weights`.
 * ±1 pruning (`prune`, PR #1550's selective pruning): after GPTQ/RTN, a fraction of a group's ±1
   codes is zeroed, lowest row scale² first (the same rule as `pgolf budget --prune-to`).
 * Hessians are collected on the model as it really runs (depth recurrence, lanes), hooks keyed by
@@ -31,20 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pgolf.config import (
-    QUANT_GROUPS,
-    QUANT_METHODS,
-    ModelConfig,
-    QuantConfig,
-    check_groups,
-    parse_groups,
-)
+from pgolf.config import ModelConfig, QuantConfig
 from pgolf.dist import all_reduce_, log0, progress
 from pgolf.model import param_role
+from pgolf.quantplan import QuantPlan
 
 SCALE_MIN = 2.0**-24  # smallest positive fp16
 SCALE_MAX = 65504.0  # largest finite fp16
-METHODS, GROUPS = QUANT_METHODS, QUANT_GROUPS  # the plan's, with quant.groups (pgolf.config)
 
 # ----------------------------------------------------------------------------------------------
 # Scales, round-to-nearest, GPTQ
@@ -161,7 +156,7 @@ class PlanEntry:
     method: str  # "gptq" | "rtn" | "fp16"
     bits: int
     clip_k: float
-    group: str  # one of GROUPS
+    group: str  # one of pgolf.quantplan.GROUPS
     prune: float = 0.0  # fraction of the group's ±1 codes zeroed after quantization
 
 
@@ -169,15 +164,15 @@ def make_plan(
     state_dict: Mapping[str, Tensor],
     qcfg: QuantConfig,
     model_cfg: ModelConfig,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    plan: QuantPlan | None = None,
 ) -> list[PlanEntry]:
-    """One PlanEntry per tensor; `qcfg.groups` then `overrides` (what-ifs) replace defaults."""
-    cfg_groups, over = parse_groups(qcfg.groups), check_groups(overrides or {}, "plan override")
-    groups = {g: {**cfg_groups.get(g, {}), **over.get(g, {})} for g in GROUPS}
+    """One PlanEntry per tensor: the config's defaults, then `plan`'s groups over them (default:
+    the plan `qcfg` carries; a what-if passes another)."""
+    plan = QuantPlan.of(qcfg) if plan is None else plan
     for m in (qcfg.method, qcfg.embed_method):
         if m not in ("gptq", "rtn"):
             raise ValueError(f"quant.method/embed_method {m!r} must be 'gptq' or 'rtn'")
-    plan = []
+    entries = []
     for name, t in state_dict.items():
         if not t.is_floating_point() or t.numel() <= qcfg.passthrough_numel:
             entry = PlanEntry(name, "fp16", 16, 0.0, "passthrough")
@@ -194,11 +189,11 @@ def make_plan(
                 entry = PlanEntry(name, "rtn", qcfg.embed_bits, qcfg.embed_clip_k, group)
             else:
                 entry = PlanEntry(name, "rtn", 8, 0.0, "other")
-        if ov := groups.get(entry.group):
+        if ov := plan.group(entry.group).items():
             entry = replace(entry, **ov)
             entry = replace(entry, bits=16) if entry.method == "fp16" else entry
-        plan.append(entry)
-    return plan
+        entries.append(entry)
+    return entries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,34 +284,6 @@ def selfgen_batches(
         prompt = torch.randint(vocab, (b, 1), generator=gen, device=device)
         seqs = generate(model, prompt, seq_len - 1, temperature, gen)
         out.append(seqs[:, -seq_len:])
-    return out
-
-
-def calibration_batches(
-    kind: str,
-    *,
-    n_seqs: int,
-    seq_len: int = 0,
-    loader: Any = None,
-    model: nn.Module | None = None,
-    temperature: float = 0.8,
-    seed: int = 0,
-    batch: int = 8,
-) -> list[Tensor]:
-    """'train': inputs of `loader.next_batch()` until n_seqs sequences; 'selfgen': see above."""
-    if kind == "selfgen":
-        if model is None or seq_len <= 0:
-            raise ValueError("calibration_batches('selfgen') needs model= and seq_len > 0")
-        return selfgen_batches(model, n_seqs, seq_len, temperature, seed, batch)
-    if kind != "train":
-        raise ValueError(f"quant.calib {kind!r} must be 'train' or 'selfgen'")
-    if loader is None:
-        raise ValueError("calibration_batches('train') needs loader= (an object with next_batch())")
-    out, have = [], 0
-    while have < n_seqs:
-        x = loader.next_batch()[0][: n_seqs - have]
-        out.append(x)
-        have += x.shape[0]
     return out
 
 

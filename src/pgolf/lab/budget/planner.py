@@ -15,11 +15,13 @@ combination is then built for real and re-solved with a tighter budget while it 
 The stated prediction error adds (a) the additivity residual measured on the pair of chosen
 options that move the loss most, times the number of pairs of changed groups, and (b) the
 difference of the summed Δbpb between the two halves of the calibration tokens (sampling error).
-The plan file (`pgolf.lab.budget.planfile`) is what `pgolf quantize --plan plan.json` applies, as
-the config overrides `quant.groups` and `quant.lqer` (`Bench.plan_sets`: the groups the plan moves
-over the run's own), so the quantized config, and a bundle of it, carry the plan. The idea of
-spending the budget by measured marginal value is PR #1550's (VE width, not logged); low-rank
-terms are `pgolf.lqer` (LQER, arXiv:2402.02446; PR #1797).
+The plan file (`pgolf.lab.budget.planfile`) is what `pgolf quantize --plan plan.json` applies, as the
+config overrides `quant.groups` and `quant.lqer` (`Bench.plan_sets`: the groups the plan moves over
+the run's own), so the quantized config, and a bundle of it, carry the plan. Every what-if is
+quantized by the quantize stage itself (`pgolf.pipeline.quantize_weights`) with another typed plan
+(`Bench.plan_for`), one group at a time. The idea of spending
+the budget by measured marginal value is PR #1550's (VE width, not logged); low-rank terms are
+`pgolf.lqer` (LQER, arXiv:2402.02446; PR #1797).
 """
 
 from __future__ import annotations
@@ -34,15 +36,8 @@ from typing import Any
 
 import torch
 
-from pgolf.lab.budget.planfile import (  # noqa: F401  (the plan file's API, re-exported)
-    PLAN_FORMAT,
-    Option,
-    choice_sets,
-    groups_spec,
-    lqer_spec,
-    read_plan,
-    write_plan,
-)
+from pgolf.lab.budget.planfile import Option
+from pgolf.quantplan import QuantPlan
 
 SOLVER = "exact multiple-choice knapsack (Pareto-frontier merge over groups)"
 
@@ -110,7 +105,6 @@ class Bench:
         from pgolf.data import find_shards, read_shard, sha256_file
         from pgolf.dist import init
         from pgolf.lab.bundle import code_size
-        from pgolf.lqer import parse_spec
         from pgolf.model import graph_state
 
         run = Path(run_dir)
@@ -127,13 +121,11 @@ class Bench:
         self.device = init("auto").device
         model = pipeline.load_run_model(cfg, weights, self.device)
         cfg, data_dir, tok = pipeline.resolve_data(cfg)
-        self.run, self.cfg = run, cfg
+        self.run, self.cfg, self.own = run, cfg, QuantPlan.of(cfg.quant)
         self.state = {k: v.detach() for k, v in model.state_dict().items()}
-        self.plan = quant.make_plan(self.state, cfg.quant, cfg.model)
-        names = [e.name for e in self.plan if e.method == "gptq"]
-        batches = pipeline.calibration_batches(cfg, model, data_dir, self.device)
-        self.hessians = quant.collect_hessians(model, batches, names) if names else {}
-        ranks = parse_spec(cfg.quant.lqer)
+        self.plan = quant.make_plan(self.state, cfg.quant, cfg.model, self.own)
+        self.hessians = pipeline.calibrate(cfg, model, data_dir, self.own, log=False)
+        ranks = self.own.ranks()
         self.base: dict[str, Option] = {}
         for e in self.plan:
             if e.method != "fp16" and e.group not in self.base:
@@ -173,19 +165,22 @@ class Bench:
             self._code[key] = self._code_size(cfg)
         return self._code[key]
 
-    def cfg_for(self, choice: Mapping[str, Option]):
-        """The run config as `quantize --plan` records the plan (`plan_sets`): quant.groups (the
-        run's own, with bits / clip_k / prune on top for each group the plan moves), quant.lqer."""
-        from pgolf.config import parse_groups
-
-        groups, own = parse_groups(self.cfg.quant.groups), self.cfg.quant.groups
+    def plan_for(self, choice: Mapping[str, Option]) -> QuantPlan:
+        """The run's plan with `choice` {group: Option} over it, as `quantize --plan` records it
+        (`plan_sets`): each group the choice moves gets the run's own keys without prune, then
+        the option's bits / clip_k / prune; the low-rank ranks are the choice's."""
+        moved = {}
         for g, o in choice.items():
             b = self.base[g]
             if (o.bits, o.clip_k, o.prune) != (b.bits, b.clip_k, b.prune):
-                kept = {k: v for k, v in groups.get(g, {}).items() if k != "prune"}
-                groups[g] = {**kept, **o.overrides()}
-        spec = own if groups == parse_groups(own) else groups_spec(groups)
-        return replace(self.cfg, quant=replace(self.cfg.quant, groups=spec, lqer=lqer_spec(choice)))
+                kept = replace(self.own.group(g), prune=None)
+                moved[g] = kept.over(o.group_plan())
+        ranks = {g: o.rank for g, o in choice.items()}
+        return QuantPlan.build({**dict(self.own.groups), **moved}, ranks)
+
+    def cfg_for(self, choice: Mapping[str, Option]):
+        """The run config carrying `plan_for(choice)` (quant.groups, quant.lqer)."""
+        return replace(self.cfg, quant=self.plan_for(choice).into(self.cfg.quant))
 
     def plan_sets(self, choice: Mapping[str, Option]) -> list[str]:
         """The `--set` overrides that quantize this run as `choice` (kept in the plan file)."""
@@ -193,34 +188,28 @@ class Bench:
         return [f"quant.groups={q.groups}", f"quant.lqer={q.lqer}"]
 
     def _group(self, g: str, o: Option) -> tuple[list, list]:
-        from pgolf import lqer, quant
+        """Group g quantized as option o (the quantize stage, that group only) -> (its tensors,
+        its low-rank terms)."""
+        from pgolf.pipeline import quantize_weights
 
         if (g, o) not in self._groups:
-            q = self.cfg.quant
-            plan = quant.make_plan(
-                self.state, q, self.cfg.model, overrides={g: {**o.overrides(), "prune": o.prune}}
+            plan = self.plan_for({**self.base, g: o})
+            out = quantize_weights(self.cfg, self.state, self.hessians, plan, groups={g}, log=False)
+            self._groups[(g, o)] = (
+                [t for t in out if t.group != "lqer"],
+                [t for t in out if t.group == "lqer"],
             )
-            entries = [e for e in plan if e.group == g and e.method != "fp16"]
-            qts = quant.quantize_state(
-                self.state,
-                self.hessians,
-                entries,
-                log=False,
-                block_size=q.block_size,
-                damp=q.damp,
-                act_order=q.act_order,
-            )
-            low = lqer.lqer_tensors(self.state, qts, self.hessians, {g: o.rank}, q.damp)
-            self._groups[(g, o)] = (qts, low)
         return self._groups[(g, o)]
 
     def tensors(self, choice: Mapping[str, Option]) -> list:
         """The artifact's tensors for the run's plan changed by `choice`, in `quantize` order."""
-        from pgolf import quant
+        from pgolf.pipeline import quantize_weights
 
-        if self._fixed is None:
-            fixed = [e for e in self.plan if e.method == "fp16"]
-            self._fixed = quant.quantize_state(self.state, {}, fixed, log=False)
+        if self._fixed is None:  # the groups stored as fp16 (passthrough, method fp16)
+            fp16 = {e.group for e in self.plan if e.method == "fp16"}
+            self._fixed = quantize_weights(
+                self.cfg, self.state, {}, self.own, groups=fp16, log=False
+            )
         full = {**self.base, **choice}
         by_name = {t.name: t for t in self._fixed}
         low: dict[str, list] = {}
