@@ -361,7 +361,7 @@ def unwrap_split(
     unsqueeze: Callable[[bytes, int], bytes],
     dec: Callable = decode,
     max_total_codes: int | None = None,
-) -> bytearray:
+) -> memoryview:
     """Inverse of `wrap_split` for `total` data bytes; unsqueeze(bytes, n) must return n bytes;
     `dec(stream, expect=n)` decodes the codes (rANS `decode` or `crans.decode`). The declared
     codes are checked against `max_total_codes` (the container's element limit) and the coded
@@ -379,10 +379,8 @@ def unwrap_split(
     lanes = struct.unpack_from("<I", coded, 2)[0] if len(coded) >= 6 else 0  # both coders' header
     if 1 <= lanes <= MAX_LANES:  # a bad lane count is the decoder's to report
         check_counts(n, lanes, 0, "rans wrapper")
-    rest = unsqueeze(stream[24 : 24 + slen], rlen)
+    rest = np.frombuffer(unsqueeze(stream[24 : 24 + slen], rlen), np.uint8)
     codes = dec(coded, expect=n)
-    out = bytearray(total)
-    out[:a], out[a + n :] = rest[:a], rest[a:]
-    del rest
-    out[a : a + n] = memoryview(codes).cast("B")
-    return out
+    out = np.empty(total, np.uint8)  # numpy copies slices without a temporary (bytearray won't)
+    out[:a], out[a + n :], out[a : a + n] = rest[:a], rest[a:], codes.view(np.uint8)
+    return memoryview(out)
