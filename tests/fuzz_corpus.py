@@ -17,6 +17,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import brotli
 import numpy as np
@@ -28,6 +29,7 @@ from pgolf.artifact import ArtifactError, QTensor
 
 MiB = 1 << 20
 ONE = 1 << 15  # the frequency of a one-symbol table at precision 15
+AC_MAX = A.MAX_ELEMENTS  # the container's element limit: the most codes an artifact declares
 
 
 def varint(v: int) -> bytes:
@@ -212,7 +214,7 @@ def attempt(fn: Callable[[], object], source: str = "x.pgolf", trace: bool = Tru
         res, msg = ("refused" if str(e).startswith(f"{source}: ") else "unnamed"), str(e)
     except ValueError as e:  # a codec's own error (decode() called directly)
         res, msg = "refused", str(e)
-    except Exception as e:  # noqa: BLE001 - the finding itself
+    except Exception as e:  # the finding itself
         res, msg = f"crashed: {type(e).__name__}", str(e)[:200]
     secs = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1] if trace else 0
@@ -279,19 +281,71 @@ def mutate_resigned(blob: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
+def random_table(rng: random.Random, prec: int = 15) -> bytes:
+    """A table that sums to 2^prec (one symbol, two extreme ones, or random), or a broken one."""
+    kind = rng.choice(["one", "extreme", "random", "broken"])
+    lo = rng.randrange(256)
+    if kind == "one":
+        return table(lo, [1 << prec])
+    if kind == "extreme" and lo < 255:
+        return table(lo, [(1 << prec) - 1, 1])
+    if kind == "random":
+        k = rng.randint(1, 256 - lo)
+        cuts = sorted(rng.sample(range(1, 1 << prec), k - 1)) if k > 1 else []
+        f = [b - a for a, b in zip([0, *cuts], [*cuts, 1 << prec])]
+        return table(lo, f) if all(f) else table(lo, [1 << prec])
+    return bytes((lo, rng.randrange(256))) + rng.randbytes(rng.randint(0, 8))
+
+
+def crafted(rng: random.Random) -> bytes:
+    """An entropy-codec artifact crafted around the decoders' bounds: lanes, declared codes (at,
+    past and far past `rans.max_codes` and the element limit), segments or tensors (some empty
+    with huge rows), tables, lane states, words and CRC at random."""
+    codec, lanes = rng.choice(["rans", "crans"]), rng.choice([1, 2, 3, 64, 2048, 65536])
+    bound = rans.max_codes(lanes)
+    n = rng.choice([0, 1, rng.randrange(1, 4096), bound + 1, AC_MAX + 1, 10**8])
+    n = n if n <= 4096 or n > min(bound, AC_MAX) else 1  # decodable counts stay small (fast)
+    states = None if rng.random() < 0.5 else [rng.getrandbits(32) for _ in range(lanes)]
+    words = tuple(rng.getrandbits(16) for _ in range(rng.choice([0, 0, 1, 7, 100])))
+    crc = const_crc(min(n, 1 << 24)) if rng.random() < 0.7 else rng.getrandbits(32)
+    if codec == "rans":
+        segs = [(0, b"")] * rng.choice([0, 1, 3])
+        segs.append((n, random_table(rng)))
+        if rng.random() < 0.2:
+            segs += [(0, b"")] * rng.choice([rans.MAX_SEGMENTS, rans.MAX_SEGMENTS + 1])
+        coded = rans_stream(segs, lanes, states=states, words=words, crc=crc)
+    else:
+        side = max(1, int(n**0.5))
+        r, c = (side, n // side) if side * (n // side) == n else (1, n)
+        empties = [crans_tensor(rng.choice([0, 1, n, 2**40]), 0)] * rng.choice([0, 1, 3000])
+        mode = 0 if rng.random() < 0.7 else rng.randrange(256)
+        extra = rng.randbytes(rng.randint(0, 16)) if mode else b""
+        t = crans_tensor(r, c, mode, extra, b"\0" + random_table(rng))
+        coded = crans_stream(empties + [t], n, lanes, states=states, words=words, crc=crc)
+    declared = n if rng.random() < 0.8 else rng.choice([0, n + 1, AC_MAX + 1])
+    rest = b"" if rng.random() < 0.5 else rng.randbytes(rng.randint(1, 64))
+    if len(coded) + 64 > A.max_stream_bytes(len(rest) + declared):  # reach the codec
+        rest += bytes(len(coded) + 4096)
+    return split_artifact(codec, coded, declared, rest)
+
+
 def run_corpus(
     seed: int, rounds: int, report: Callable[[str], None] | None = None, trace_every: int = 8
 ) -> dict:
-    """`rounds` re-signed mutations of every valid artifact: each must be refused naming the file
-    or decode; never another exception. -> counts per outcome, the slowest (untraced) and the
-    largest (tracemalloc peak, every `trace_every`-th round) case."""
+    """`rounds` cases: re-signed mutations of every valid artifact and (every third round) a
+    crafted entropy-codec artifact. Each must be refused naming the file or decode; never
+    another exception. -> counts per outcome, the slowest (untraced) and the largest
+    (tracemalloc peak, every `trace_every`-th round) case, the bad ones."""
     rng, valid = random.Random(seed), valid_artifacts(seed)
     counts: dict[str, int] = {}
     worst = {"seconds": 0.0, "peak": 0, "bad": []}
     for i in range(rounds):
-        name = rng.choice(sorted(valid))
-        bad = mutate_resigned(valid[name], rng)
-        o = attempt(lambda: A.decode_artifact(bad, source="x.pgolf"), trace=i % trace_every == 0)  # noqa: B023
+        if i % 3 == 2:
+            name, bad = "crafted", crafted(rng)
+        else:
+            name = rng.choice(sorted(valid))
+            bad = mutate_resigned(valid[name], rng)
+        o = attempt(partial(A.decode_artifact, bad, source="x.pgolf"), trace=i % trace_every == 0)
         counts[o.result] = counts.get(o.result, 0) + 1
         worst["seconds"] = max(worst["seconds"], o.seconds)
         worst["peak"] = max(worst["peak"], o.peak)
