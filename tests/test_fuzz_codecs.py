@@ -137,6 +137,10 @@ def test_decoder_memory_per_code(codec: str) -> None:
     blob = F.split_artifact(codec, coded, n)
     o = F.attempt(lambda: A.unwrap(blob, "x.pgolf"))
     assert o.result == "accepted" and o.peak < max(2, per_code) * n + 2 * MiB, o.peak / n
+    if codec == "crans":  # one row of n columns: per-column arrays are bytes, not int64s
+        row = F.one_symbol_crans(1, n, 2048)
+        o = F.attempt(lambda: dec(row, expect=n))
+        assert o.result == "accepted" and o.peak < per_code * n + 2 * MiB, o.peak / n
 
 
 # ---- segments and tensors -----------------------------------------------------------------------

@@ -250,14 +250,15 @@ def _read_head(buf: bytes, pos: int, nt: int, prec: int, limit: int):
             flags = np.unpackbits(np.frombuffer(fb, np.uint8))[:r].astype(bool)
             pb, pos = _take(buf, pos, cc)
             proto = np.frombuffer(pb, np.int8)
-        cls = np.zeros(cc, np.int64)
-        if b:
+        cls = np.broadcast_to(np.uint8(0), (cc,))  # one class: no memory per column
+        if b:  # a byte per column (8 classes at most), from cc * b bits present
             cb, pos = _take(buf, pos, (cc * b + 7) // 8)
             bits = np.unpackbits(np.frombuffer(cb, np.uint8))[: cc * b].reshape(cc, b)
-            cls = (bits.astype(np.int64) << np.arange(b - 1, -1, -1)).sum(1)
+            cls = (bits << np.arange(b - 1, -1, -1, dtype=np.uint8)).sum(1, dtype=np.uint8)
         k = 1 << b
         nflag = 0 if flags is None else int(flags.sum())
-        rows, ncls = (r - nflag, nflag), np.bincount(cls, minlength=k).tolist()
+        ncls = [int(np.count_nonzero(cls == j)) for j in range(k)] if b else [cc]
+        rows = (r - nflag, nflag)
         tab = []
         for j in range(2 * k):  # context j = flag * k + class; in use when it has codes
             if not rows[j // k] * ncls[j % k]:
@@ -296,14 +297,18 @@ def _table_ids(models: list, ctx_tab: list, n: int) -> np.ndarray:
     for (r, cc, flags, _, cls, k), tab in zip(models, ctx_tab):
         if not r * cc:
             continue
-        t2, lut = tid[pos : pos + r * cc].reshape(r, cc), np.array(tab, np.int64)
-        if flags is None:
-            t2[:] = lut[cls]
-        else:
-            for f in (0, 1):  # rows of either flag value (a context without rows is -1: unused)
-                rows = flags == bool(f)
-                if rows.any():
-                    t2[rows] = lut[f * k + cls]
+        t2, lut = tid[pos : pos + r * cc].reshape(r, cc), np.array(tab).astype(np.uint16)
+        for f in (0, 1):  # rows of either flag value (-1, unused, only where no row has it)
+            rows = np.ones(r, bool) if flags is None else flags == bool(f)
+            if f and flags is None or not rows.any():
+                continue
+            if k == 1:
+                t2[rows] = lut[f]
+                continue
+            row = t2[int(np.argmax(rows))]  # one row's ids in place (no intp index array)...
+            for j in range(k):
+                np.copyto(row, lut[f * k + j], where=cls == j)
+            t2[rows] = row.copy() if r > 1 else row  # ...then copied to the others
         pos += r * cc
     return tid
 
