@@ -143,6 +143,36 @@ def test_decoder_memory_per_code(codec: str) -> None:
         assert o.result == "accepted" and o.peak < per_code * n + 2 * MiB, o.peak / n
 
 
+# ---- brotli (and the container around every codec): the declared payload ------------------------
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    import brotli
+
+    return brotli.compress(bytes(AC.MAX_RAW_BYTES), quality=5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_brotli_bomb_at_the_payload_limit_is_bounded_and_past_it_refused(
+    bomb: bytes, stride: int
+) -> None:
+    """A few hundred bytes of Brotli declaring `MAX_RAW_BYTES` (128 MiB) of zeros: decoded into
+    at most the declared size (plus one unshuffled copy at stride 2), then refused by the
+    payload check; one byte more is refused by the header; a stream that decodes to more than
+    it declares is stopped at the limit."""
+    raw = AC.MAX_RAW_BYTES
+    assert len(bomb) < 64 * 1024
+    blob = F.wrapper(bomb, "brotli", raw, stride)
+    o = F.attempt(lambda: decode_artifact(blob, source="x.pgolf"))
+    assert o.result == "refused" and "tensor table" in o.message, o
+    assert o.seconds < 10 and o.peak < (stride + 0.1) * raw, (o.seconds, o.peak / raw)
+    refused(F.wrapper(bomb, "brotli", raw + 1, 1), "exceeds the", peak=MiB)
+    o = F.attempt(lambda: decode_artifact(F.wrapper(bomb, "brotli", 2**20, 1), source="x.pgolf"))
+    assert o.result == "refused" and "more than the 1048576 bytes" in o.message, o
+    assert o.peak < 4 * MiB, o
+
+
 # ---- segments and tensors -----------------------------------------------------------------------
 
 
