@@ -269,9 +269,10 @@ def check_lowrank(tensors: Iterable[Any], source: str) -> None:
     a_sfx, b_sfx = LOWRANK_SUFFIXES
     by_name = {t.name: t for t in tensors}
     for name, t in by_name.items():
-        if not name.endswith(LOWRANK_SUFFIXES):
+        sfx = next((x for x in LOWRANK_SUFFIXES if name.endswith(x)), None)
+        if sfx is None:
             continue
-        base = name[: -len(a_sfx)]
+        base = name[: -len(sfx)]
         a, b, w = by_name.get(base + a_sfx), by_name.get(base + b_sfx), by_name.get(base)
         try:
             if a is None or b is None or w is None or base.endswith(LOWRANK_SUFFIXES):
