@@ -224,6 +224,43 @@ def test_crans_tables_are_referenced_not_copied() -> None:
     assert o.result == "accepted" and o.peak < 2 * MiB, o
 
 
+def full_tables_crans(tensors: int, tables: int) -> bytes:
+    """`tensors` 2 x 8 tensors with a prototype and 8 classes (16 contexts in use), the first
+    `tables` contexts each storing a new full table (256 symbols), the others referring to one."""
+    tab, side = F.table(0, [128] * 256), bytes([128]) + bytes(8) + bytes([5, 57, 119])
+    ts, stored = [], 0
+    for _ in range(tensors):
+        refs = b""
+        for _ in range(16):
+            refs += b"\0" + tab if stored < tables else b"\1"
+            stored += 1
+        ts.append(F.crans_tensor(2, 8, 7, side, refs))
+    return F.crans_stream(ts, 16 * tensors, lanes=2, crc=0)
+
+
+def test_crans_stored_tables_at_and_past_the_bound() -> None:
+    """MAX_SEGMENTS stored full tables parse in about a second; one more is refused as it is
+    read (before: 65,536 tables, 32 MiB of varints parsed one by one, 32 s)."""
+    m = rans.MAX_SEGMENTS
+    at = full_tables_crans(m // 16, m)
+    o = F.attempt(partial(crans.decode, at), trace=False)
+    assert o.result == "refused" and "runs out of words" in o.message and o.seconds < 5, o
+    o = F.attempt(partial(crans.decode, full_tables_crans(m // 16 + 1, m + 1)), trace=False)
+    assert o.result == "refused" and f"more than {m} tables" in o.message and o.seconds < 5, o
+
+
+def test_crans_encoder_refuses_more_tables_than_the_decoder_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(-3, 4, (4, 50)), rng.integers(-60, 60, (4, 50))  # two unlike tables
+    codes = np.concatenate([a.reshape(-1), b.reshape(-1)]).astype(np.int8)
+    assert crans.decode(crans.encode(codes, [(4, 50), (4, 50)]), expect=400).tolist() == list(codes)
+    monkeypatch.setattr(crans, "MAX_SEGMENTS", 1)
+    with pytest.raises(ValueError, match="more than 1 distinct tables"):
+        crans.encode(codes, [(4, 50), (4, 50)])
+
+
 # ---- valid artifacts still decode, byte for byte ----------------------------------------------
 
 

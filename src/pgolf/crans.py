@@ -29,8 +29,10 @@ stream raises ValueError. Its work and memory follow the bytes present, checked 
 is allocated: codes at most `rans.max_codes(lanes)` (lanes cost 4 bytes each), tensors at most
 `rans.MAX_SEGMENTS` and (each takes 3 bytes at least: R, C, mode) a third of the stream; an
 empty tensor (R·C = 0) carries mode 0 and nothing else, whatever R and C say, and costs no
-allocation; per-context table references, not copies (each stored table is its own bytes); per
-code a u16 table id and the u8 output (3 bytes), not int64 arrays.
+allocation; per-context table references, not copies (each stored table is its own bytes), and
+at most `rans.MAX_SEGMENTS` stored tables (as many as rans has segments: the varints parsed one
+at a time in Python stay under 4096 x 256, ~1 s; without it 16 contexts x 4096 tensors of full
+tables made 32 MiB of tables, 32 s); per code a u16 table id and the u8 output (3 bytes).
 """
 
 from __future__ import annotations
@@ -195,6 +197,8 @@ def encode(
                 _put_varint(head, stored[pool[j]])
                 continue
             stored[pool[j]] = len(stored) + 1
+            if len(stored) > MAX_SEGMENTS:
+                raise ValueError(f"crans: more than {MAX_SEGMENTS} distinct tables to store")
             f, nz = pf[pool[j]], np.flatnonzero(pf[pool[j]])
             head += bytes((0, int(nz[0]), int(nz[-1])))
             for v in f[nz[0] : nz[-1] + 1].tolist():
@@ -268,6 +272,8 @@ def _read_head(buf: bytes, pos: int, nt: int, prec: int, limit: int):
             if ref > len(stored):
                 raise ValueError(f"crans: tensor {i} refers to a table not stored ({ref})")
             if not ref:
+                if len(stored) == MAX_SEGMENTS:  # the table bytes parsed stay <= 4096 x 256
+                    raise ValueError(f"crans: tensor {i} stores more than {MAX_SEGMENTS} tables")
                 stored.append(_read_table(buf, pos, prec, i))
                 pos = stored[-1][2]
                 ref = len(stored)
