@@ -179,7 +179,7 @@ def test_constriction_cross_check() -> None:
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(sym, model)
     theirs = 4 * coder.get_compressed().size
-    ours = len(rans.encode(codes, [codes.size], lanes=1))
+    ours = len(rans.encode(codes, [codes.size], lanes=8))  # 7 more lane states: 28 bytes
     assert abs(ours - theirs) <= 0.002 * theirs + 64
 
 

@@ -66,6 +66,7 @@ from pgolf.artifact_check import (
     ArtifactError,
     byte_shuffle,
     byte_unshuffle,  # noqa: F401  (re-exported: part of the container API)
+    check_lowrank,
     compress,
     decompress,  # noqa: F401
     inflate,
@@ -290,7 +291,9 @@ def unwrap(blob: bytes, source: str = "<bytes>", max_raw: int = MAX_RAW_BYTES) -
     try:
         if codec in ENTROPY_CODECS:
             dec = crans.decode if codec == "crans" else rans.decode
-            return rans.unwrap_split(view[32:], plen, lambda b, n: inflate(b, stride, n), dec)
+            return rans.unwrap_split(
+                view[32:], plen, lambda b, n: inflate(b, stride, n), dec, MAX_ELEMENTS
+            )
         return inflate(view[32:], stride, plen, codec)
     except Exception as e:  # every codec has its own error type; all mean a bad stream
         raise ArtifactError(f"{source}: {codec} stream does not decode: {e}") from None
@@ -306,7 +309,7 @@ def _read_str(tab: memoryview, pos: int) -> tuple[str, int]:
 def parse_payload(payload: bytes, source: str = "<bytes>") -> tuple[list[QTensor], dict]:
     """Payload -> (tensors, meta). Counts are bounded by the bytes that hold them before anything
     is allocated; names must be unique, sections contiguous and in table order, every tensor must
-    pass the writer's own check (`_check`)."""
+    pass the writer's own check (`_check`), every low-rank term `check_lowrank`."""
     fail = lambda msg: ArtifactError(f"{source}: {msg}")  # noqa: E731
     view = memoryview(payload)
     if len(view) < 56 + 32 or view[:8] != PAYLOAD_MAGIC:
@@ -350,6 +353,7 @@ def parse_payload(payload: bytes, source: str = "<bytes>") -> tuple[list[QTensor
         raise fail(f"corrupt tensor table or meta: {e}") from None
     if not isinstance(meta, dict):
         raise fail("meta is not a JSON object")
+    check_lowrank(out, source)
     return out, meta
 
 

@@ -40,6 +40,9 @@ _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 CODEC_IDS = {"brotli": 1, "lzma": 2, "zstd": 3, "rans": 4, "crans": 5}  # rans/crans: artifact.py
 ENTROPY_CODECS = ("rans", "crans")  # int8 codes entropy-coded (rans.py, crans.py), the rest brotli
 CODECS = tuple(CODEC_IDS)
+LOWRANK_SUFFIXES = (".lqer.a", ".lqer.b")
+"""A low-rank term of tensor "<name>" [R, C] (R = shape[0], 1 for a vector; C = the rest) is the
+pair "<name>.lqer.a" A [R, r] and "<name>.lqer.b" B [r, C], added back as W + A @ B (lqer.py)."""
 
 
 class ArtifactError(ValueError):
@@ -218,7 +221,7 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
             want = {k: tuple(v.shape) for k, v in GPT(cfg.model).state_dict().items()}
     except (AssertionError, RuntimeError, ValueError, TypeError) as e:
         raise ArtifactError(f"{source}: metadata config builds no model: {e}") from None
-    for k in [k for k in got if k.endswith((".lqer.a", ".lqer.b"))]:  # low-rank terms (lqer)
+    for k in [k for k in got if k.endswith(LOWRANK_SUFFIXES)]:  # low-rank terms (lqer)
         shape, w = got.pop(k), want.get(k[:-7])
         if not (
             w
@@ -236,6 +239,53 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
             f"{source}: weights do not fit the config in its metadata ({len(diff)} tensors differ, "
             f"e.g. {k!r}: stored {got.get(k)}, config wants {want.get(k)}); re-quantize the run"
         )
+
+
+def lowrank_rank(name: str, a_shape: Any, b_shape: Any, base_shape: Any) -> int:
+    """The rank r of the low-rank term A [R, r] @ B [r, C] of the tensor `name` shaped
+    `base_shape`; ValueError unless both factors are matrices, A has the tensor's R rows, B its
+    C = numel / R columns, their inner sizes agree and 1 <= r <= min(R, C) (a larger rank adds
+    nothing a rank-min(R, C) term cannot, a rank of 0 nothing at all). The one rule for every
+    reader of low-rank terms (the artifact loader, `lqer.add_back`)."""
+    a, b, w = (tuple(int(d) for d in s) for s in (a_shape, b_shape, base_shape))
+    rows = w[0] if len(w) > 1 else 1
+    cols = math.prod(w) // rows if rows else 0
+    r = a[1] if len(a) == 2 else -1
+    if len(a) != 2 or len(b) != 2 or (a[0], b) != (rows, (r, cols)):
+        raise ValueError(
+            f"low-rank term of {name!r} {w}: factors {a} @ {b} must be [{rows}, r] @ [r, {cols}]"
+        )
+    if not 1 <= r <= min(rows, cols):
+        raise ValueError(
+            f"low-rank term of {name!r} {w}: rank {r} outside 1..{min(rows, cols)} (min(R, C))"
+        )
+    return r
+
+
+def check_lowrank(tensors: Iterable[Any], source: str) -> None:
+    """Every low-rank term among an artifact's tensors (`LOWRANK_SUFFIXES`): both factors and
+    their tensor stored (the tensor not itself a factor), shapes and rank by `lowrank_rank`,
+    values finite; ArtifactError naming `source` and the fix otherwise. Cost: the factors only."""
+    a_sfx, b_sfx = LOWRANK_SUFFIXES
+    by_name = {t.name: t for t in tensors}
+    for name, t in by_name.items():
+        sfx = next((x for x in LOWRANK_SUFFIXES if name.endswith(x)), None)
+        if sfx is None:
+            continue
+        base = name[: -len(sfx)]
+        a, b, w = by_name.get(base + a_sfx), by_name.get(base + b_sfx), by_name.get(base)
+        try:
+            if a is None or b is None or w is None or base.endswith(LOWRANK_SUFFIXES):
+                raise ValueError(
+                    f"low-rank factor {name[:80]!r} has no partner factor or no tensor "
+                    f"{base[:80]!r} of its own"
+                )
+            lowrank_rank(base, a.shape, b.shape, w.shape)
+            vals = [getattr(t, f) for f in ("scales", "data")]
+            if not all(bool(torch.isfinite(v.float()).all()) for v in vals if v is not None):
+                raise ValueError(f"low-rank factor {name[:80]!r} has values that are not finite")
+        except ValueError as e:
+            raise ArtifactError(f"{source}: {e}; re-quantize the run") from None
 
 
 def require_finite(label: str, scores: Mapping[str, Any]) -> None:

@@ -25,7 +25,14 @@ table stored so far (contexts with similar statistics share one, chosen greedily
 or 0 + a new table: u8 lo, u8 hi, varint freqs of symbols lo..hi; then varint W words, N u32
 states (if any codes), W u16 words.
 The decoder checks sizes, table sums, states, the word count and the CRC-32: a corrupted
-stream raises ValueError.
+stream raises ValueError. Its work and memory follow the bytes present, checked before anything
+is allocated: codes at most `rans.max_codes(lanes)` (lanes cost 4 bytes each), tensors at most
+`rans.MAX_SEGMENTS` and (each takes 3 bytes at least: R, C, mode) a third of the stream; an
+empty tensor (R·C = 0) carries mode 0 and nothing else, whatever R and C say, and costs no
+allocation; per-context table references, not copies (each stored table is its own bytes), and
+at most `rans.MAX_SEGMENTS` stored tables (as many as rans has segments: the varints parsed one
+at a time in Python stay under 4096 x 256, ~1 s; without it 16 contexts x 4096 tensors of full
+tables made 32 MiB of tables, 32 s); per code a u16 table id and the u8 output (3 bytes).
 """
 
 from __future__ import annotations
@@ -36,7 +43,16 @@ import zlib
 import numpy as np
 
 from pgolf import rans
-from pgolf.rans import MAX_LANES, L, _get_varint, _put_varint, default_lanes, normalize_freqs
+from pgolf.rans import (
+    MAX_LANES,
+    MAX_SEGMENTS,
+    L,
+    _get_varint,
+    _put_varint,
+    check_counts,
+    default_lanes,
+    normalize_freqs,
+)
 
 VERSION = 1
 CLASSES = (1, 2, 4, 8)
@@ -148,6 +164,7 @@ def encode(
     lanes = lanes or default_lanes(n)
     if not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"crans: lanes must be within 1..{MAX_LANES}, got {lanes}")
+    check_counts(n, lanes, len(shapes), "crans")
     sides, cnts, syms, tids, pos = [], [], [], [], 0
     for r, cc in shapes:
         c = codes[pos : pos + r * cc].reshape(r, cc)
@@ -180,6 +197,8 @@ def encode(
                 _put_varint(head, stored[pool[j]])
                 continue
             stored[pool[j]] = len(stored) + 1
+            if len(stored) > MAX_SEGMENTS:
+                raise ValueError(f"crans: more than {MAX_SEGMENTS} distinct tables to store")
             f, nz = pf[pool[j]], np.flatnonzero(pf[pool[j]])
             head += bytes((0, int(nz[0]), int(nz[-1])))
             for v in f[nz[0] : nz[-1] + 1].tolist():
@@ -205,16 +224,28 @@ def _take(buf: bytes, pos: int, k: int) -> tuple[bytes, int]:
     return buf[pos : pos + k], pos + k
 
 
-def _read_head(buf: bytes, pos: int, nt: int, prec: int, expect: int | None):
-    """-> per-tensor (rows, cols, flags, P, classes, k), per-context freqs [*, 256], pos."""
-    models, freqs, stored, n = [], [], [], 0
+MIN_TENSOR_BYTES = 3
+"""Fewest stream bytes one tensor's side information takes: varint R, varint C, the mode byte."""
+
+
+def _read_head(buf: bytes, pos: int, nt: int, prec: int, limit: int):
+    """-> (per-tensor (rows, cols, flags, P, classes, k), per-tensor table index of each of its
+    2k contexts (-1: no code uses it), stored tables [(lo, freqs of lo..hi)], codes, pos).
+    At most `limit` codes; nothing allocated beyond the bytes read and the codes' own sizes."""
+    models, ctx_tab, stored, n = [], [], [], 0
     for i in range(nt):
         r, pos = _get_varint(buf, pos)
         cc, pos = _get_varint(buf, pos)
-        n += r * cc
-        if max(n, r, cc) > (expect if expect is not None else 1 << 31):
-            raise ValueError(f"crans: tensor {i} takes the codes past the expected {expect}")
         mode, pos = _take(buf, pos, 1)
+        if r * cc == 0:  # the encoder writes mode 0 and no tables; R and C only name the shape
+            if mode[0]:
+                raise ValueError(f"crans: empty tensor {i} ({r}x{cc}) has mode {mode[0]}, not 0")
+            models.append((r, cc, None, None, np.zeros(0, np.int64), 1))
+            ctx_tab.append([-1, -1])
+            continue
+        n += r * cc
+        if n > limit:  # also bounds r, cc <= r * cc and every array below by the codes
+            raise ValueError(f"crans: tensor {i} takes the codes past the bound {limit}")
         if mode[0] > 7:
             raise ValueError(f"crans: tensor {i} has a bad mode byte {mode[0]}")
         b, flags, proto = mode[0] >> 1, None, None
@@ -223,33 +254,84 @@ def _read_head(buf: bytes, pos: int, nt: int, prec: int, expect: int | None):
             flags = np.unpackbits(np.frombuffer(fb, np.uint8))[:r].astype(bool)
             pb, pos = _take(buf, pos, cc)
             proto = np.frombuffer(pb, np.int8)
-        cls = np.zeros(cc, np.int64)
-        if b:
+        cls = np.broadcast_to(np.uint8(0), (cc,))  # one class: no memory per column
+        if b:  # a byte per column (8 classes at most), from cc * b bits present
             cb, pos = _take(buf, pos, (cc * b + 7) // 8)
             bits = np.unpackbits(np.frombuffer(cb, np.uint8))[: cc * b].reshape(cc, b)
-            cls = (bits.astype(np.int64) << np.arange(b - 1, -1, -1)).sum(1)
+            cls = (bits << np.arange(b - 1, -1, -1, dtype=np.uint8)).sum(1, dtype=np.uint8)
         k = 1 << b
-        cnt = np.bincount(_ctx_ids(flags, cls, k, r), minlength=2 * k) if r * cc else [0] * 2 * k
-        for j in range(2 * k):
-            f = np.zeros(256, np.int64)
-            if cnt[j]:
-                ref, pos = _get_varint(buf, pos)
-                if ref:
-                    if ref > len(stored):
-                        raise ValueError(f"crans: tensor {i} refers to a table not stored ({ref})")
-                    f = stored[ref - 1]
-                else:
-                    lh, pos = _take(buf, pos, 2)
-                    if lh[0] > lh[1]:
-                        raise ValueError(f"crans: tensor {i} has a bad symbol range")
-                    for s in range(lh[0], lh[1] + 1):
-                        f[s], pos = _get_varint(buf, pos)
-                    if int(f.sum()) != 1 << prec or not f[lh[0]] or not f[lh[1]]:
-                        raise ValueError(f"crans: tensor {i} has a table not summing to 2^{prec}")
-                    stored.append(f)
-            freqs.append(f)
+        nflag = 0 if flags is None else int(flags.sum())
+        ncls = [int(np.count_nonzero(cls == j)) for j in range(k)] if b else [cc]
+        rows = (r - nflag, nflag)
+        tab = []
+        for j in range(2 * k):  # context j = flag * k + class; in use when it has codes
+            if not rows[j // k] * ncls[j % k]:
+                tab.append(-1)
+                continue
+            ref, pos = _get_varint(buf, pos)
+            if ref > len(stored):
+                raise ValueError(f"crans: tensor {i} refers to a table not stored ({ref})")
+            if not ref:
+                if len(stored) == MAX_SEGMENTS:  # the table bytes parsed stay <= 4096 x 256
+                    raise ValueError(f"crans: tensor {i} stores more than {MAX_SEGMENTS} tables")
+                stored.append(_read_table(buf, pos, prec, i))
+                pos = stored[-1][2]
+                ref = len(stored)
+            tab.append(ref - 1)
+        ctx_tab.append(tab)
         models.append((r, cc, flags, proto, cls, k))
-    return models, np.array(freqs, np.int64).reshape(-1, 256), n, pos
+    return models, ctx_tab, [(lo, f) for lo, f, _ in stored], n, pos
+
+
+def _read_table(buf: bytes, pos: int, prec: int, i: int) -> tuple[int, np.ndarray, int]:
+    """u8 lo, u8 hi, varint freqs of lo..hi (summing to 2^M) -> (lo, freqs, pos)."""
+    lh, pos = _take(buf, pos, 2)
+    if lh[0] > lh[1]:
+        raise ValueError(f"crans: tensor {i} has a bad symbol range")
+    f = []
+    for _ in range(lh[1] - lh[0] + 1):
+        v, pos = _get_varint(buf, pos)
+        f.append(v)
+    if sum(f) != 1 << prec or not f[0] or not f[-1]:
+        raise ValueError(f"crans: tensor {i} has a table not summing to 2^{prec}")
+    return lh[0], np.array(f, np.int64), pos
+
+
+def _table_ids(models: list, ctx_tab: list, n: int) -> np.ndarray:
+    """The stored table of every code (u16: at most 2^16 contexts, `MAX_SEGMENTS` x 16)."""
+    tid, pos = np.empty(n, np.uint16), 0
+    for (r, cc, flags, _, cls, k), tab in zip(models, ctx_tab):
+        if not r * cc:
+            continue
+        t2, lut = tid[pos : pos + r * cc].reshape(r, cc), np.array(tab).astype(np.uint16)
+        for f in (0, 1):  # rows of either flag value (-1, unused, only where no row has it)
+            rows = np.ones(r, bool) if flags is None else flags == bool(f)
+            if f and flags is None or not rows.any():
+                continue
+            if k == 1:
+                t2[rows] = lut[f]
+                continue
+            row = t2[int(np.argmax(rows))]  # one row's ids in place (no intp index array)...
+            for j in range(k):
+                np.copyto(row, lut[f * k + j], where=cls == j)
+            t2[rows] = row.copy() if r > 1 else row  # ...then copied to the others
+        pos += r * cc
+    return tid
+
+
+def _entries(stored: list, prec: int) -> tuple[np.ndarray, ...]:
+    """Every (table, symbol) in use, table-major, symbol ascending: search keys (table << M) +
+    cum, symbols, freqs and cums; one entry per coded frequency byte at most."""
+    keys, syms, fs, cs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [], []
+    for t, (lo, f) in enumerate(stored):
+        nz = np.flatnonzero(f)
+        cum = (np.cumsum(f) - f)[nz]
+        keys.append((t << prec) + cum)
+        syms.append(lo + nz)
+        fs.append(f[nz])
+        cs.append(cum)
+    keys, syms = np.concatenate(keys), np.concatenate(syms).astype(np.uint8)
+    return keys, syms, np.concatenate([keys[:0], *fs]), np.concatenate([keys[:0], *cs])
 
 
 def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
@@ -258,24 +340,23 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
     if len(buf) < 14:
         raise ValueError("crans: stream shorter than its 14-byte header")
     ver, prec, lanes, nt, crc = struct.unpack_from("<BBIII", buf)
-    if ver != VERSION or not 8 <= prec <= 15 or not 1 <= lanes <= MAX_LANES or nt > len(buf):
+    if ver != VERSION or not 8 <= prec <= 15 or not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"crans: bad header (version {ver}, precision {prec}, lanes {lanes})")
-    models, fr, n, pos = _read_head(buf, 14, nt, prec, expect)
+    if nt > MAX_SEGMENTS or nt * MIN_TENSOR_BYTES > len(buf) - 14:
+        raise ValueError(
+            f"crans: {nt} tensors cannot fit a {len(buf)}-byte stream (at most {MAX_SEGMENTS})"
+        )
+    limit = rans.max_codes(lanes) if expect is None else min(expect, rans.max_codes(lanes))
+    models, ctx_tab, stored, n, pos = _read_head(buf, 14, nt, prec, limit)
     if expect is not None and n != expect:
         raise ValueError(f"crans: stream holds {n} codes, the header expects {expect}")
+    check_counts(n, lanes, nt, "crans")
     nwords, pos = _get_varint(buf, pos)
     sb = 4 * lanes if n else 0
     if len(buf) - pos != sb + 2 * nwords or nwords > n:
         raise ValueError(f"crans: {len(buf) - pos} bytes left after the tables, counts disagree")
-    tid, base = [], 0
-    for r, _, flags, _, cls, k in models:
-        tid.append(_ctx_ids(flags, cls, k, r) + base)
-        base += 2 * k
-    tid = np.concatenate(tid) if tid else np.zeros(0, np.int64)
-    live = np.nonzero(fr)  # every (context, symbol) in use, context-major, symbol ascending
-    cum = np.cumsum(fr, 1) - fr
-    keys, fs, cs = (live[0] << prec) + cum[live], fr[live], cum[live]
-    sym = np.empty(n, np.int64)
+    keys, esym, ef, ec = _entries(stored, prec)
+    tid, out = _table_ids(models, ctx_tab, n), np.empty(n, np.uint8)
     if n:
         x = np.frombuffer(buf, "<u4", lanes, pos).astype(np.int64)
         words = np.frombuffer(buf, "<u2", nwords, pos + sb).astype(np.int64)
@@ -285,18 +366,21 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
         for a in range(0, n, lanes):
             b = min(n, a + lanes)
             xs = x[: b - a]
-            j = np.searchsorted(keys, (tid[a:b] << prec) + (xs & mask), side="right") - 1
-            sym[a:b] = live[1][j]
-            xs[:] = fs[j] * (xs >> prec) + (xs & mask) - cs[j]
+            slot = xs & mask
+            j = np.searchsorted(keys, (tid[a:b].astype(np.int64) << prec) + slot, side="right")
+            j -= 1
+            out[a:b] = esym[j]
+            xs[:] = ef[j] * (xs >> prec) + slot - ec[j]
             ptr = rans.renorm(xs, words, ptr, "crans")
         rans.check_end(x, ptr, nwords, "crans")
-    out, pos = np.empty(n, np.int8), 0
-    for r, cc, flags, proto, _, _ in models:
-        u = sym[pos : pos + r * cc].reshape(r, cc) - 128
+    del tid
+    pos = 0
+    for r, cc, flags, proto, _, _ in models:  # code = symbol - 128 (+ P on flagged rows), mod 256
+        u = out[pos : pos + r * cc].reshape(r, cc)
+        u ^= 0x80
         if proto is not None:
-            u[flags] += proto.astype(np.int64)
-        out[pos : pos + r * cc] = (((u + 128) & 255) - 128).reshape(-1)
+            np.add(u, proto.view(np.uint8), out=u, where=flags[:, None])
         pos += r * cc
-    if zlib.crc32(out.tobytes()) != crc:
+    if zlib.crc32(out) != crc:
         raise ValueError("crans: CRC-32 of the decoded codes does not match (corrupted stream)")
-    return out
+    return out.view(np.int8)

@@ -7,7 +7,9 @@ rank r minimizing the layer's output error tr((E - AB) H (E - AB)ᵀ): with H + 
 (Cholesky), the best AB is the rank-r truncated SVD of E·L times L⁻¹. A [R, r] and B [r, C] are
 stored as int8 with per-row max-abs scales (rank per group: `quant.lqer` "mlp:8,attn:4", typed
 as `pgolf.quantplan.QuantPlan.ranks`), as two more int tensors "<name>.lqer.a"/".lqer.b" of group
-"lqer"; `add_back` (run on load) folds A·B into the dequantized weight and drops them.
+"lqer"; `add_back` (run on load) folds A·B into the dequantized weight and drops them. Loading
+checks every term first (rank 1..min(R, C), shapes, finite values: `artifact_check.check_lowrank`,
+run by the artifact's parser, and `lowrank_rank`, the same rule in `add_back`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pgolf.artifact_check import LOWRANK_SUFFIXES, lowrank_rank
 from pgolf.quant import dequantize, output_error, rtn_quantize
 
-SUFFIX_A, SUFFIX_B = ".lqer.a", ".lqer.b"
+SUFFIX_A, SUFFIX_B = LOWRANK_SUFFIXES
 
 
 def fit_lowrank(E: Tensor, H: Tensor, rank: int, damp: float = 0.01) -> tuple[Tensor, Tensor]:
@@ -78,14 +81,9 @@ def add_back(state: dict[str, Tensor]) -> dict[str, Tensor]:
         base = key[: -len(SUFFIX_A)]
         A, B = state.pop(key), state.pop(base + SUFFIX_B, None)
         W = state.get(base)
-        if B is None or W is None or A.shape[1] != B.shape[0]:
+        if B is None or W is None:
             raise ValueError(f"low-rank term {key!r} has no matching {SUFFIX_B} factor or tensor")
-        rows = W.shape[0] if W.dim() > 1 else 1
-        if (A.shape[0], B.shape[1]) != (rows, W.numel() // max(rows, 1)):
-            raise ValueError(
-                f"low-rank term {key!r}: {tuple(A.shape)}@{tuple(B.shape)} "
-                f"does not fit {base!r} {tuple(W.shape)}"
-            )
+        lowrank_rank(base, A.shape, B.shape, W.shape)
         state[base] = W + (A @ B).reshape(W.shape)
     orphans = [k for k in state if k.endswith(SUFFIX_B)]
     if orphans:

@@ -2,10 +2,10 @@
 fraction over the config's defaults (`GroupPlan`), and the low-rank (LQER) rank per group
 (`QuantPlan`).
 
-It enters as text in four places and is parsed once, where it enters, into a `QuantPlan`:
-the config's `quant.groups` / `quant.lqer` (presets, `--set`, environment, an artifact's metadata:
-`QuantPlan.of`, kept per string pair), `pgolf quantize --plan GROUP=key:value` (`parse`), and a
-plan file (`pgolf.lab.budget.planfile.read_plan`). The config keeps the two strings (they are what an
+It enters as text in four places and is parsed once, where it enters, into a `QuantPlan`: the
+config's `quant.groups` / `quant.lqer` (presets, `--set`, environment, an artifact's metadata:
+`QuantPlan.of`, kept per string pair), `pgolf quantize --plan GROUP=key:value` (`parse`), and a plan
+file (`pgolf.lab.budget.planfile.read_plan`). The config keeps the two strings (they are what an
 artifact's metadata and a bundle carry); `into` writes a plan back into them, keeping the config's
 own spelling where the plan equals it. Every value is typed and range-checked on construction
 (`GroupPlan.__post_init__`), so no reader can build an unchecked plan.

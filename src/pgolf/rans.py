@@ -28,6 +28,11 @@ The decoder checks everything it can (table sums, state ranges, word counts, tot
 against the caller's expectation), that every lane ends in the encoder's initial state 2^16 and
 the CRC-32 of what it decoded, so a corrupted stream raises ValueError instead of decoding into
 garbage (the final-state check alone lets about one corrupted word in 2^13 through).
+
+Work and memory follow the bytes present, checked before anything is allocated (`max_codes`,
+`MAX_SEGMENTS`): a stream may declare any count in a few bytes, and the bits it holds do not bound
+that count (a one-symbol table costs no bits per code, a table of 2^M - 1 and 1 about 2^-M·1.44
+bits), so the bound is on the decoder's own loop instead: at most `MAX_STEPS` steps of N lanes.
 """
 
 from __future__ import annotations
@@ -42,14 +47,52 @@ VERSION = 1
 L = 1 << 16  # lower bound of a normalized state
 DEFAULT_PREC = 14
 MAX_LANES = 1 << 16
+MAX_STEPS = 1 << 15
+"""Most decoding steps (codes per lane) a stream may take; see `max_codes`."""
+MAX_SEGMENTS = 1 << 12
+"""Most segments (rans) or tensors (crans) in one stream: the container's tensor limit
+(`artifact_check.MAX_TENSORS`). Each costs the decoder one table of 256 counts (rans) or up to 16
+contexts (crans, so 2^16 contexts in all: a context id fits a u16)."""
+
+
+def max_codes(lanes: int) -> int:
+    """The most codes a stream of `lanes` lanes may hold: `lanes * MAX_STEPS`.
+
+    Derivation. Decoding is one vectorized step per N = `lanes` codes, each step a few numpy
+    calls of fixed cost (~25 us here) plus work linear in N; so the Python work is
+    ceil(n / N) steps and the rest is linear in n. Nothing else in the stream bounds n: with a
+    one-symbol table (frequency 2^M) a code moves no state and reads no word, so an 85-byte
+    stream could declare 10^8 codes on one lane (25 minutes of steps). Capping the steps at
+    `MAX_STEPS` = 2^15 (~1 s) makes n <= N * 2^15, and each lane costs 4 bytes of start state in
+    the stream: at most 8,192 codes per byte present, and memory (one byte per code for rans,
+    three for crans) follows. Every stream `encode` writes by default is within it:
+    `default_lanes(n)` >= n / 2^14 up to n = 2^25 and 2048 lanes up to 2^26 (the container's
+    `MAX_ELEMENTS`), so n / lanes <= 2^15, and beyond that it takes n / 2^15 lanes.
+    """
+    return int(lanes) * MAX_STEPS
 
 
 def default_lanes(n: int) -> int:
-    """Power-of-two lane count: ~n/16384, within 1..2048 (state overhead 4 bytes per lane)."""
+    """Power-of-two lane count: ~n/16384, within 1..2048 (state overhead 4 bytes per lane), and
+    never fewer than `max_codes` allows (only past 2^26 codes)."""
     lanes = 1
     while lanes < 2048 and lanes * 16384 < n:
         lanes *= 2
+    while max_codes(lanes) < n and lanes < MAX_LANES:
+        lanes *= 2
     return lanes
+
+
+def check_counts(n: int, lanes: int, segments: int, who: str) -> None:
+    """Refuse a stream (or an encoding) of n codes on `lanes` lanes in `segments` segments that
+    the decoder's bounds (`max_codes`, `MAX_SEGMENTS`) do not allow."""
+    if segments > MAX_SEGMENTS:
+        raise ValueError(f"{who}: {segments} segments, at most {MAX_SEGMENTS} are allowed")
+    if n > max_codes(lanes):
+        raise ValueError(
+            f"{who}: {n} codes on {lanes} lanes exceed the bound {max_codes(lanes)} "
+            f"({MAX_STEPS} codes per lane)"
+        )
 
 
 def normalize_freqs(counts: np.ndarray, prec: int = DEFAULT_PREC) -> np.ndarray:
@@ -132,6 +175,7 @@ def encode(codes: np.ndarray, sizes: list[int], prec: int = DEFAULT_PREC, lanes:
     lanes = lanes or default_lanes(n)
     if not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"rans: lanes must be within 1..{MAX_LANES}, got {lanes}")
+    check_counts(n, lanes, len(segs), "rans")
     freqs, table_bytes = _tables(segs, prec)
     cums = np.concatenate([np.zeros((len(segs), 1), np.int64), np.cumsum(freqs, 1)[:, :-1]], 1)
     sym = np.concatenate(segs) if segs else np.zeros(0, np.uint8)
@@ -227,7 +271,8 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
     """Stream -> flat int8 codes; ValueError for anything that is not a consistent stream.
 
     `expect` (the number of codes the caller's header declares) is checked before any work.
-    Memory and time are linear in the codes and the stream, whatever the stream says.
+    Memory and time are linear in the codes and the stream, and the codes are bounded by the
+    stream's lanes (`max_codes`), all checked before the output is allocated.
     """
     buf = bytes(stream)
     if len(buf) < 14:
@@ -235,12 +280,14 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
     ver, prec, lanes, nseg, crc = struct.unpack_from("<BBIII", buf)
     if ver != VERSION or not 8 <= prec <= 15 or not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"rans: bad header (version {ver}, precision {prec}, lanes {lanes})")
-    if nseg > len(buf):
+    if nseg > len(buf) - 14:  # each segment's table takes at least one byte
         raise ValueError(f"rans: {nseg} segments cannot fit a {len(buf)}-byte stream")
+    check_counts(0, lanes, nseg, "rans")
     sizes, tabs, pos = _decode_tables(buf, 14, nseg, prec)
     n = sum(sizes)
     if expect is not None and n != expect:
         raise ValueError(f"rans: stream holds {n} codes, the header expects {expect}")
+    check_counts(n, lanes, nseg, "rans")
     nwords, pos = _get_varint(buf, pos)
     state_bytes = 4 * lanes if n else 0
     if len(buf) - pos != state_bytes + 2 * nwords:
@@ -278,10 +325,10 @@ def decode(stream: bytes, expect: int | None = None) -> np.ndarray:
             lo, j = hi, j + 1
         ptr = renorm(xs, words, ptr, "rans")
     check_end(x, ptr, nwords, "rans")
-    codes = out.view(np.int8) ^ np.int8(-128)
-    if zlib.crc32(codes.tobytes()) != crc:
+    out ^= 0x80  # symbol = code + 128: in place, so the codes are held once
+    if zlib.crc32(out) != crc:
         raise ValueError("rans: CRC-32 of the decoded codes does not match (corrupted stream)")
-    return codes
+    return out.view(np.int8)
 
 
 def wrap_split(
@@ -309,15 +356,31 @@ def wrap_split(
 
 
 def unwrap_split(
-    stream: bytes, total: int, unsqueeze: Callable[[bytes, int], bytes], dec: Callable = decode
-) -> bytes:
+    stream: bytes,
+    total: int,
+    unsqueeze: Callable[[bytes, int], bytes],
+    dec: Callable = decode,
+    max_total_codes: int | None = None,
+) -> memoryview:
     """Inverse of `wrap_split` for `total` data bytes; unsqueeze(bytes, n) must return n bytes;
-    `dec(stream, expect=n)` decodes the codes (rANS `decode` or `crans.decode`)."""
+    `dec(stream, expect=n)` decodes the codes (rANS `decode` or `crans.decode`). The declared
+    codes are checked against `max_total_codes` (the container's element limit) and the coded
+    stream's lanes (`max_codes`) before anything is decoded; the result is built in one buffer."""
     if len(stream) < 24:
         raise ValueError("rans wrapper shorter than its 24-byte header")
     rlen, a, slen = struct.unpack_from("<QQQ", stream)
     if not a <= rlen <= total or 24 + slen > len(stream):
         raise ValueError(f"rans wrapper declares {rlen}/{a}/{slen} bytes of {total}")
-    rest = unsqueeze(stream[24 : 24 + slen], rlen)
-    codes = dec(stream[24 + slen :], expect=total - rlen)
-    return b"".join((rest[:a], codes.tobytes(), rest[a:]))  # rest may be a memoryview
+    n, coded = total - rlen, stream[24 + slen :]
+    if max_total_codes is not None and n > max_total_codes:
+        raise ValueError(
+            f"rans wrapper declares {n} codes, more than the {max_total_codes} allowed"
+        )
+    lanes = struct.unpack_from("<I", coded, 2)[0] if len(coded) >= 6 else 0  # both coders' header
+    if 1 <= lanes <= MAX_LANES:  # a bad lane count is the decoder's to report
+        check_counts(n, lanes, 0, "rans wrapper")
+    rest = np.frombuffer(unsqueeze(stream[24 : 24 + slen], rlen), np.uint8)
+    codes = dec(coded, expect=n)
+    out = np.empty(total, np.uint8)  # numpy copies slices without a temporary (bytearray won't)
+    out[:a], out[a + n :], out[a : a + n] = rest[:a], rest[a:], codes.view(np.uint8)
+    return memoryview(out)

@@ -15,9 +15,9 @@ combination is then built for real and re-solved with a tighter budget while it 
 The stated prediction error adds (a) the additivity residual measured on the pair of chosen
 options that move the loss most, times the number of pairs of changed groups, and (b) the
 difference of the summed Δbpb between the two halves of the calibration tokens (sampling error).
-The plan file (`pgolf.lab.budget.planfile`) is what `pgolf quantize --plan plan.json` applies, as the
-config overrides `quant.groups` and `quant.lqer` (`Bench.plan_sets`: the groups the plan moves over
-the run's own), so the quantized config, and a bundle of it, carry the plan. Every what-if is
+The plan file (`pgolf.lab.budget.planfile`) is what `pgolf quantize --plan plan.json` applies, as
+the config overrides `quant.groups` and `quant.lqer` (`Bench.plan_sets`: the groups the plan moves
+over the run's own), so the quantized config, and a bundle of it, carry the plan. Every what-if is
 quantized by the quantize stage itself (`pgolf.pipeline.quantize_weights`) with another typed plan
 (`Bench.plan_for`), one group at a time. The idea of spending
 the budget by measured marginal value is PR #1550's (VE width, not logged); low-rank terms are
