@@ -28,7 +28,7 @@ from pgolf import config as C
 from pgolf import pipeline as P
 from pgolf.data import load_val_tokens
 from pgolf.dist import init
-from pgolf.lab import budget as B
+from pgolf.lab.budget import sizes as B
 from pgolf.lab.bundle import code_size
 from pgolf.model import graph_state
 

@@ -443,7 +443,7 @@ def test_generate_greedy_and_sampled() -> None:
 def test_one_role_table_gives_the_optimizer_quant_and_budget_groups():
     from pgolf.artifact import QTensor
     from pgolf.config import QuantConfig
-    from pgolf.lab.budget import group_of
+    from pgolf.lab.budget.sizes import group_of
     from pgolf.model import PARAM_ROLES, param_role
     from pgolf.optim import param_kind
     from pgolf.quant import make_plan

@@ -137,6 +137,24 @@ def test_lab_groups_have_a_public_face_and_members_never_import_it():
                     assert subs <= mods, f"{p}: imports {subs - mods} from {face}, not a sibling"
 
 
+def test_lab_faces_resolve_every_public_name_and_stay_light():
+    import importlib
+
+    for g in ("audit", "records", "study"):
+        face = importlib.import_module(f"pgolf.lab.{g}")
+        for name in face.__all__:
+            assert getattr(face, name) is not None, f"pgolf.lab.{g}.{name}"
+        with pytest.raises(AttributeError):
+            face.no_such_name  # noqa: B018
+    # a light member imported through its face does not drag torch in (pgolf verify, plan files)
+    code = (
+        "import sys; from pgolf.lab.records import verify; from pgolf.lab.budget import planfile;"
+        " from pgolf.lab.audit import static; print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout == "False\n", r.stderr
+
+
 def test_import_has_no_side_effects():
     code = (
         "import torch.distributed as d, pgolf.cli, pgolf.pipeline, pgolf.train,"

@@ -408,7 +408,7 @@ def cmd_budget(
 ) -> dict:
     from pgolf import artifact as A
     from pgolf.dist import progress
-    from pgolf.lab import budget as B
+    from pgolf.lab.budget import sizes as B
 
     if fit is not None:
         return cmd_budget_fit(

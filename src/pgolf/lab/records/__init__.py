@@ -11,7 +11,21 @@ package import their siblings, never this file.
 
 from __future__ import annotations
 
-from pgolf.lab.records.folder import ExportError, check_runs, export
-from pgolf.lab.records.readme import RECORD_TRACK, technique_lines
+import importlib
 
-__all__ = ["RECORD_TRACK", "ExportError", "check_runs", "export", "technique_lines"]
+# public name -> the member module that defines it (imported on first use, so `pgolf verify`
+# or the static screen do not pay for torch when they import a sibling of a heavy module)
+_FACE = {
+    "ExportError": "folder",
+    "check_runs": "folder",
+    "export": "folder",
+    "RECORD_TRACK": "readme",
+    "technique_lines": "readme",
+}
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str):
+    if name not in _FACE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)

@@ -9,6 +9,21 @@ siblings, never this file.
 
 from __future__ import annotations
 
-from pgolf.lab.study.runner import QUICK, StudyConfig, parse_epochs, run_study, study_main
+import importlib
 
-__all__ = ["QUICK", "StudyConfig", "parse_epochs", "run_study", "study_main"]
+# public name -> the member module that defines it (imported on first use, so `pgolf verify`
+# or the static screen do not pay for torch when they import a sibling of a heavy module)
+_FACE = {
+    "QUICK": "runner",
+    "StudyConfig": "runner",
+    "parse_epochs": "runner",
+    "run_study": "runner",
+    "study_main": "runner",
+}
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str):
+    if name not in _FACE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
