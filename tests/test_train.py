@@ -20,6 +20,7 @@ from pgolf.bpb import ByteTables
 from pgolf.checkpoint import load_checkpoint
 from pgolf.config import RunConfig, preset
 from pgolf.data import write_shard
+from pgolf.pipeline import train_stage
 from pgolf.runlog import RunDir
 
 V = 256
@@ -85,9 +86,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_train(cfg: RunConfig, path: Path, data_dir: Path, **kw: object) -> T.TrainResult:
+    """Train as the CLI does (`pipeline.train_stage`: the caller records the result)."""
     run = RunDir(path)
     try:
-        return T.train(cfg, run, data_dir=data_dir, tables=stub_tables(), **kw)
+        return train_stage(cfg, run, data_dir=data_dir, tables=stub_tables(), **kw)
     finally:
         run.close()
 

