@@ -220,7 +220,7 @@ class RunDir:
         run = cls(folder, create=False)
         missing = [RUN_FILES[r] for r in need if not run.file(r).is_file()]
         if missing:
-            raise FileNotFoundError(f"{folder}: no {', '.join(missing)}; {wanted}")
+            raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}; {wanted}")
         return run
 
     @classmethod
