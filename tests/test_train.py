@@ -241,6 +241,20 @@ def test_binding_wallclock_safety_limit_is_logged(tmp_path, data_dir, monkeypatc
     assert re.search(r"stopping_early: wallclock_cap train_time:\d+ms step:\d/6 \(safety", log)
 
 
+def test_train_leaves_the_result_to_its_caller(tmp_path, data_dir):
+    """`train` writes the run's log, metrics and weights; result.json is the caller's
+    (`pipeline.train_stage` records `TrainResult.record()`)."""
+    run = RunDir(tmp_path / "t")
+    try:
+        res = T.train(tiny_cfg(iterations=2), run, data_dir=data_dir, tables=stub_tables())
+    finally:
+        run.close()
+    assert not run.result_path.exists() and run.final_model_path.exists()
+    rec = res.record()
+    assert rec["status"] == "trained" and rec["steps"] == 2 and rec["stopped_early"] is False
+    assert rec["val_bpb_live"] == res.val.val_bpb and rec["ema_applied"] is True
+
+
 def test_cpu_tiny_is_capped_by_steps():
     t = preset("cpu-tiny").train
     assert t.schedule == "steps" and t.iterations == 440 and t.max_wallclock_seconds >= 300

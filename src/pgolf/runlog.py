@@ -348,10 +348,23 @@ class RunDir:
         self._metrics.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
+        """metrics.jsonl's rows ([] when absent); a line that is no JSON object is refused,
+        naming the file and the line."""
+        f = self.metrics_path
+        if not f.exists():
             return []
-        lines = self.metrics_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for i, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                row = None
+            if not isinstance(row, dict):
+                raise ValueError(f"{f}:{i}: not a JSON object; restore the file or re-run")
+            rows.append(row)
+        return rows
 
     def write_result(self, values: dict[str, Any]) -> dict[str, Any]:
         """The one writer of result.json: merge `values` into it (atomically), set the headline
