@@ -80,6 +80,11 @@ def _json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
 
 
+def _no(p: argparse.ArgumentParser, flag: str, dest: str, help: str) -> None:
+    """`--no-X`: passes `X=False`; absent, the function's own default (True) holds."""
+    p.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS, help=help)
+
+
 def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
     p.add_argument(
         "--preset",
@@ -129,9 +134,7 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
     _common(p, "cpu-tiny")
     p.add_argument("--data", default=None, help="shard folder (default: build the embedded one)")
     p.add_argument("--run-dir", default=None, help="run folder (default out/TIME_PRESET_sSEED)")
-    p.add_argument(
-        "--no-quantize", dest="quantize", action="store_false", help="stop after training"
-    )
+    _no(p, "--no-quantize", "quantize", "stop after training")
     _budget_flag(p)
 
     p = _sub(sub, "train", "train a preset into a run folder (torchrun-aware)", TRAIN_EXAMPLES)
@@ -195,7 +198,12 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
     p.add_argument("--tokenizer", default=None, help="tokenizer for byte counts")
     _json(p)
 
-    p = _sub(sub, "quantize", "quantize a finished run into an artifact (logged in the run)")
+    p = _sub(
+        sub,
+        "quantize",
+        "quantize a finished run into an artifact (its own is logged in the run, one written "
+        "elsewhere with --out next to itself)",
+    )
     p.add_argument("run_dir", help="folder of a finished `pgolf train`/`pgolf run`")
     p.add_argument(
         "--plan",
@@ -213,8 +221,8 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
     p = _sub(
         sub,
         "eval",
-        "score an artifact, or a run's unquantized weights, in a fresh process "
-        "(logged in its run folder)",
+        "score an artifact, or a run's unquantized weights, in a fresh process (the first "
+        "evaluation of a run's new artifact is the run's; any other logs in its later_evals.txt)",
         EVAL_EXAMPLES,
     )
     p.add_argument(
@@ -233,7 +241,7 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
     )
     p.add_argument("--stride", type=int, default=None, help="sliding stride (default: the run's)")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
-    p.add_argument("--no-sliding", dest="sliding", action="store_false", help="round trip only")
+    _no(p, "--no-sliding", "sliding", "round trip only")
     p.add_argument(
         "--ttt",
         default=None,
@@ -290,10 +298,8 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
         help="quantize each result with the run's plan (default) or not",
     )
     p.add_argument("--reps", type=int, default=None, help="bootstrap replicates (1000)")
-    p.add_argument("--no-crossfit", dest="crossfit", action="store_false", help="skip TTT on B")
-    p.add_argument(
-        "--no-controls", dest="controls", action="store_false", help="skip the three control TTTs"
-    )
+    _no(p, "--no-crossfit", "crossfit", "skip TTT on B")
+    _no(p, "--no-controls", "controls", "skip the three control TTTs")
     p.add_argument("--quick", action="store_true", help="CI-sized: 4096 tokens, 0,0.5,1,2")
     p.add_argument("--out", default=None, help="output folder (RUN_DIR/study_ttt_memorization)")
 
