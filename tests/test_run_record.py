@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgolf import cli
+from pgolf.lab import results as R
 from pgolf.lab import verify as V
 from pgolf.lab.records import ExportError, export
 from pgolf.runlog import RunDir
@@ -114,6 +115,19 @@ def test_a_new_artifact_of_the_run_awaits_the_runs_own_evaluation(run, tmp_path)
     cli.main(["eval", str(run), "--no-sliding"])  # any further one is a later evaluation
     assert (run / "later_evals.txt").read_text().startswith("later_eval:")
     assert json.loads((run / "result.json").read_text()) == res
+
+    # the record counts the new artifact's evaluation only: its eval time, its final line
+    text = (run / "log.txt").read_text()
+    before, after = text.split("\nartifact_replaced:", 1)
+    assert R.parse_log(before).eval_seconds > 0  # the old artifact's pass, not counted
+    own = R.parse_log(after)
+    sub = export([run], tmp_path / "after")
+    (seed,) = sub["seed_results"].values()
+    assert (
+        seed["eval_time_s"] == round(own.eval_seconds, 1) == round(R.read_run(run).eval_seconds, 1)
+    )
+    assert seed["val_bpb"] == round(res["val_bpb"], 8) == round(own.final.val_bpb, 8)
+    assert not _failing(tmp_path / "after"), V.format_checks(V.verify(tmp_path / "after"))
 
 
 def test_run_reader_names_the_folder_and_the_file(tmp_path):

@@ -167,6 +167,9 @@ RUN_FILES = {
 """A run folder's files by role (`RunDir.file`). `later_evals.txt` holds the evaluations run after
 the run's own (`pgolf eval` of a scored artifact, of its weights): never part of its record."""
 
+ARTIFACT_REPLACED = "artifact_replaced:"
+"""The log line a new artifact of the run starts with; parsers drop the evaluation lines before."""
+
 ARTIFACT_SCORES = ("roundtrip", "sliding", "ttt")
 """The stages that score the run's artifact (`val_bpb_<stage>`); a new artifact clears them."""
 
@@ -379,7 +382,14 @@ class RunDir:
 
     def record_artifact(self, values: dict[str, Any]) -> dict[str, Any]:
         """A new artifact of the run (`pgolf quantize`): its sizes into result.json, the old
-        artifact's scores cleared; the next `pgolf eval` of it on the run's data is the run's."""
+        artifact's scores cleared; the next `pgolf eval` of it on the run's data is the run's.
+        The log gets an `artifact_replaced:` line: the evaluation lines above it scored the old
+        artifact (`pgolf.lab.results.parse_log` counts only those after it)."""
+        dist.log0(
+            f"{ARTIFACT_REPLACED} {values.get('artifact_path')} (evaluation lines above this one "
+            "scored the previous artifact)",
+            console=False,
+        )
         cleared = {f"val_{m}_{s}": None for s in ARTIFACT_SCORES for m in ("bpb", "loss")}
         return self.write_result({**cleared, **values, "artifact_scored": False})
 

@@ -152,7 +152,7 @@ class _Trainer:
     """One training run: its pieces (model, optimizers, loader, EMA), its state (steps, clock,
     last validation, the stop flag) and every decision of the loop (stop and recurrence,
     all-reduced; LR and momentum; validation, checkpoints, divergence; the log lines). `train()`
-    builds it and calls `run`; nothing outside sets its state."""
+    builds it and calls `run_training`; nothing outside sets its state."""
 
     def __init__(
         self,

@@ -6,7 +6,9 @@
   (`final_int6_sliding_window_exact val_loss:... val_bpb:...`, `step:N/M ... train_time:Xms`,
   `stopping_early: wallclock_cap train_time:Xms step:N/M`, `Total submission size ...: N bytes`,
   `Code size: N bytes`). The headline of a log is its last labelled evaluation line that is not
-  a diagnostic; its eval time is the sum of `eval_time` over those lines.
+  a diagnostic; its eval time is the sum of `eval_time` over those lines. In a pgolf run's log an
+  `artifact_replaced:` line (`pgolf quantize` re-made the run's artifact) drops the evaluation
+  lines before it: they scored the previous artifact.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ _MODEL = re.compile(r"^Serialized model[^:]*:\s*(\d+)\s*bytes")
 _TVAL = re.compile(r"val_loss:\s*(\d+\.\d+)\s+val_bpb:\s*(\d+\.\d+)")
 _SEED = re.compile(r"^\s*seed:\s*(\d+)\s*$")
 _HASH = re.compile(r"^code_hash:\s*(\w+)")
+_REPLACED = "artifact_replaced:"  # pgolf.runlog.ARTIFACT_REPLACED: a run's artifact re-made
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ def parse_log(text: str) -> LogFacts:
                     m["bpb"],
                 )
             )
+            continue
+        if line.startswith(_REPLACED):  # the evaluations above scored the previous artifact
+            evals.clear()
             continue
         if (line[:1].isdigit() or line.startswith("step:")) and (m := _TVAL.search(line)):
             tvals += [float(m[1]), float(m[2])]
