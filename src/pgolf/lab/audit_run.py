@@ -66,9 +66,9 @@ def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
         )
     except (OSError, ValueError) as e:
         return Row("C2", test, "n.a.", f"validation shards unreadable ({e})"[:160])
-    run = RunDir.find(path)
+    run = RunDir(path.parent, create=False)  # the run the artifact sits in, if any
     own = Path(cfg.data.data_path or ".").resolve() == data_dir.resolve()  # the run's shards
-    hits = re.findall(r"targets:(\d+)", run.log_text()) if own and run is not None else []
+    hits = re.findall(r"targets:(\d+)", run.log_text()) if own else []
     said = f"; {run.log_path.name} says {hits[-1]}" if hits else ""
     if hits and int(hits[-1]) != scored:
         return Row("C2", test, "fail", f"config scores {scored} targets{said}")
@@ -126,8 +126,7 @@ def audit_stream(data_dir: Path, n: int, vocab: int, bos: int, sp, docs: int = 4
 def artifact_rows(path: Path, cfg, meta: dict, data_dir: Path | None = None) -> list[Row]:
     """T1.3 (metadata), T2.5 (the run's coverage) and T4.4 (budget) rows for an artifact."""
     rows = [] if data_dir is None else [run_coverage(path, cfg, data_dir)]
-    run = RunDir.find(path)
-    res = run.read_result() if run is not None else {}
+    res = RunDir(path.parent, create=False).read_result()  # the run's, when next to it
     if cfg.ttt.mode == "prequant" or res.get("non_record"):
         rows.append(
             Row(
