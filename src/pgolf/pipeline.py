@@ -366,7 +366,7 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
         model = TT.prequant_stage(cfg, model, val, device, out)
     if quantize:
         tensors = quantize_model(cfg, model, data_dir)
-        art = run.path / "artifact.pgolf"
+        art = run.artifact_path
         out.update(write_artifact(cfg, tensors, art, graph_state(model), code_size))
         with (clock := TT.EvalClock()).stage("load"):
             _, qmodel, _ = load_artifact_model(art, device)
