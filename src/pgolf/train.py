@@ -13,6 +13,10 @@
   records' wall-clock progress, plus iteration progress so that an iteration-bound run (and its
   resume) warms down deterministically; `train.schedule=steps` (cpu-tiny) uses step progress
   alone: the wall clock only stops an overrun (logged). Stop/recurrence flags are MAX-reduced.
+  The progress is computed once per step, at the clock read that ended the previous step, and
+  drives both the LR and the recurrence switch.
+* One object (`_Trainer`) owns the run's state and every decision of the loop; `train()` builds
+  it and returns its `TrainResult`; the caller records the result (`pipeline.train_stage`).
 * EMA after every optimizer step, copied into the model at the end (section 4.4).
 * A non-finite loss raises `TrainingDiverged`; checkpoints are never written from non-finite
   weights, so the last good one stays on disk. Ctrl-C saves a checkpoint, then re-raises.
@@ -159,8 +163,8 @@ class _Trainer:
         cfg: C.RunConfig,
         run: RunDir,
         data_dir: Path,
-        val_tokens: Tensor | None = None,
-        tables: ByteTables | None = None,
+        val_tokens: Tensor,
+        tables: ByteTables,
     ) -> None:
         self.cfg, self.run, self.data_dir = cfg, run, data_dir
         self.val_tokens, self.tables = val_tokens, tables
