@@ -124,8 +124,8 @@ def test_bundle_runs_alone_and_equals_train_plus_quantize(corpus, tmp_path):
 
     # 2. The same config through the package: `pgolf train` then `pgolf quantize`.
     ref = tmp_path / "ref"
-    cmd_train("cpu-tiny", TINY, str(corpus), str(ref), None)
-    cmd_quantize(str(ref), [], [], None)
+    cmd_train(preset="cpu-tiny", overrides=TINY, data=str(corpus), run_dir=str(ref))
+    cmd_quantize(str(ref))
     bl, rl = _losses(folder / "run"), _losses(ref)
     assert len(bl) == 3 and bl == rl  # bit-identical training losses
     a, b = (folder / "run" / "artifact.pgolf").read_bytes(), (ref / "artifact.pgolf").read_bytes()
@@ -141,9 +141,9 @@ def test_a_planned_quantization_is_in_the_config_and_its_export_reproduces_it(co
     from pgolf.lab.records import export
 
     ref = tmp_path / "ref"
-    cmd_train("cpu-tiny", TINY, str(corpus), str(ref), None)
-    cmd_quantize(str(ref), [], ["mlp=bits:5"], None)
-    cmd_eval(str(ref), None, None, True)  # the planned artifact's scores, as a record needs
+    cmd_train(preset="cpu-tiny", overrides=TINY, data=str(corpus), run_dir=str(ref))
+    cmd_quantize(str(ref), plan=["mlp=bits:5"])
+    cmd_eval(str(ref))  # the planned artifact's scores, as a record needs
     tensors, meta = load_artifact(ref / "artifact.pgolf")
     assert meta["config"]["quant"]["groups"] == "mlp=bits:5"
     assert json.loads((ref / "config.json").read_text())["quant"]["groups"] == ""  # training's
@@ -153,7 +153,7 @@ def test_a_planned_quantization_is_in_the_config_and_its_export_reproduces_it(co
     rec = tmp_path / "rec"
     export([ref], rec)
     shipped = cmd_bundle(
-        "cpu-tiny", [*TINY, "quant.groups=mlp=bits:5"], str(tmp_path / "b.py"), "auto"
+        preset="cpu-tiny", overrides=[*TINY, "quant.groups=mlp=bits:5"], out=str(tmp_path / "b.py")
     )
     assert (rec / "train_gpt.py").read_bytes() == (tmp_path / "b.py").read_bytes()
     assert shipped["bytes"] == meta["code_bytes"]

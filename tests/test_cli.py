@@ -239,16 +239,18 @@ def test_log_parses_with_the_challenge_line_shapes(tiny_run):
     assert total == res["artifact_bytes"]
 
 
-def test_over_budget_quantize_exits_3_after_writing_and_logs_into_the_run(tiny_run, tmp_path):
+def test_over_budget_quantize_exits_3_after_writing_and_logs_next_to_it(tiny_run, tmp_path):
     root, env, _ = tiny_run
     out = tmp_path / "big.pgolf"
+    log = (root / "run" / "log.txt").read_bytes()
     args = ["quantize", str(root / "run"), "--set", "quant.byte_budget=1000", "--out", str(out)]
     r = pgolf(*args, env=env, cwd=root)
     assert r.returncode == 3 and "over the byte budget" in r.stderr, r.stderr[-2000:]
     assert out.exists()
     ok = pgolf(*args, "--allow-over-budget", env=env, cwd=root)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert f"quantize:{root / 'run'}" in (root / "run" / "log.txt").read_text()
+    assert f"quantize:{root / 'run'}" in (tmp_path / "big.pgolf.log").read_text()
+    assert (root / "run" / "log.txt").read_bytes() == log  # an artifact elsewhere: not the run's
 
 
 def test_quantize_and_eval_from_another_directory(tiny_run, tmp_path):
@@ -282,8 +284,9 @@ def _exact(label: str, text: str) -> tuple[str, str]:
 def test_eval_of_the_unquantized_weights_reproduces_the_runs_post_ema_score(tiny_run, tmp_path):
     """Differential: the final weights (EMA applied), reloaded in a fresh process and scored by
     `pgolf eval RUN --weights final`, give the run's own pre-quant line to the last digit; so does
-    the last checkpoint's EMA copy. The scores land in the run's log and result (its own keys),
-    the headline stays the artifact's, and the forced progress bar stays out of the log."""
+    the last checkpoint's EMA copy. The lines land in the run's later_evals.txt, the scores in its
+    result (its own keys), the headline stays the artifact's, and the forced progress bar stays out
+    of the log."""
     import shutil
 
     root, env, r = tiny_run
@@ -296,8 +299,10 @@ def test_eval_of_the_unquantized_weights_reproduces_the_runs_post_ema_score(tiny
     assert e.returncode == 0, e.stderr[-3000:]
     assert _exact("pre_quant_roundtrip", e.stdout) == in_run
     assert "eval plain" in e.stderr and "eval sliding" in e.stderr  # the bars, on stderr
-    log = (run / "log.txt").read_text()
-    assert log.count("pre_quant_roundtrip_exact") == 2 and "pre_quant_sliding_window" in log
+    assert (run / "log.txt").read_text().count("pre_quant_roundtrip_exact") == 1  # the run's
+    log = (run / "later_evals.txt").read_text()  # a later evaluation: never the run's record
+    assert log.count("pre_quant_roundtrip_exact") == 1 and "pre_quant_sliding_window" in log
+    assert log.startswith("later_eval:") and "weights:final" in log
     assert not any(b in log for b in ("%|", "it/s", "s/it")) and "\r" not in log
     res = json.loads((run / "result.json").read_text())
     assert f"{res['val_bpb_prequant']:.8f}" == in_run[1]

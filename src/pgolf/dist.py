@@ -127,6 +127,11 @@ def set_log_file(f: TextIO | None) -> None:
     _LOG_FILE = f
 
 
+def get_log_file() -> TextIO | None:
+    """The file `log0` lines go to besides stdout (None: stdout only)."""
+    return _LOG_FILE
+
+
 def set_quiet(quiet: bool) -> None:
     """Silence stdout (the log file, if any, still receives every line)."""
     global _QUIET

@@ -19,7 +19,7 @@ from pgolf import config as C
 from pgolf import lqer
 from pgolf import ttt as TT
 from pgolf.dist import barrier, info, init, log0
-from pgolf.runlog import size_lines
+from pgolf.runlog import RunDir, size_lines
 
 CODE_DESC = "length of the bundled script"
 CodeSize = Callable[[C.RunConfig], tuple[int, str]]
@@ -344,12 +344,36 @@ def run(
         run.close()
 
 
-def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extras):
+def train_stage(cfg: C.RunConfig, run: RunDir, resume: str | Path | None = None, **options):
+    """Train into `run` (`pgolf.train.train`, `options` its keyword arguments) and record the
+    outcome in its result.json: the trained run's fields (`TrainResult.record`), or its
+    divergence (then re-raised)."""
     from pgolf import train as T
+
+    try:
+        result = T.train(cfg, run, resume=resume, **options)
+    except T.TrainingDiverged as e:
+        run.write_result({"status": "diverged", "diverged_step": e.step})
+        raise
+    run.write_result({**result.record(), "run_dir": str(run.path)})
+    return result
+
+
+def artifact_scores(res: dict[str, Any]) -> dict[str, Any]:
+    """The run-record fields of an artifact's evaluation (`evaluate_model` + `TT.eval_stage`
+    output): `val_bpb_<stage>`/`val_loss_<stage>`, eval times and the budget margin."""
+    keep = {k: v for k, v in res.items() if k.startswith(("val_", "budget", "eval_"))}
+    for k in ("roundtrip", "sliding"):
+        if f"{k}_bpb" in res:
+            keep[f"val_bpb_{k}"], keep[f"val_loss_{k}"] = res[f"{k}_bpb"], res[f"{k}_loss"]
+    return keep
+
+
+def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extras):
     from pgolf.model import graph_state
 
     t_start = time.perf_counter()
-    result = T.train(cfg, run)
+    result = train_stage(cfg, run)
     model = result.model
     device = next(model.parameters()).device
     tables = result.tables  # built by train() from the same tokenizer, already on the device
@@ -372,15 +396,14 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
         model = TT.prequant_stage(cfg, model, val, device, out)
     if quantize:
         tensors = quantize_model(cfg, model, data_dir)
-        art = run.path / "artifact.pgolf"
+        art = run.artifact_path
         out.update(write_artifact(cfg, tensors, art, graph_state(model), code_size))
         with (clock := TT.EvalClock()).stage("load"):
             _, qmodel, _ = load_artifact_model(art, device)
         label = f"final_int{cfg.quant.matrix_bits}"
         with clock.stage("sliding"):
             post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
-        for k in [k for k in ("roundtrip", "sliding") if f"{k}_bpb" in post]:
-            out[f"val_bpb_{k}"], out[f"val_loss_{k}"] = post[f"{k}_bpb"], post[f"{k}_loss"]
+        out.update(artifact_scores(post), artifact_scored=True)  # the run's own evaluation
         out.update(TT.eval_stage(cfg, qmodel, val, tables, device, clock))  # + clock report
     if info().is_main:
         if extras is not None:
@@ -402,34 +425,32 @@ def load_run_model(cfg: C.RunConfig, weights: Path, device: torch.device):
 
 
 def quantize_run(
-    run_dir: str | Path,
+    run: RunDir | str | Path,
     overrides: list[str] | tuple[str, ...] = (),
-    out: str | None = None,
+    out: str | Path | None = None,
     plan=None,
     *,
     code_size: CodeSize,
 ) -> dict[str, Any]:
-    """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact.
-    `plan`: a `QuantPlan` applied over the run's own (after `overrides`), recorded in the
-    artifact's config as quant.groups / quant.lqer."""
+    """`pgolf quantize RUN_DIR`: quantize a finished run's final weights into an artifact (`out`,
+    default the run's artifact.pgolf). `plan`: a `QuantPlan` applied over the run's own (after
+    `overrides`), recorded in the artifact's config as quant.groups / quant.lqer. The caller
+    records the artifact (`RunDir.record_artifact`)."""
     from pgolf.quantplan import QuantPlan
 
-    run_dir = Path(run_dir)
-    cfg_file, weights = run_dir / "config.json", run_dir / "final_model.safetensors"
-    for f in (cfg_file, weights):
-        if not f.exists():
-            raise FileNotFoundError(f"{f} not found: is {run_dir} a finished `pgolf train` run?")
-    cfg = C.apply_overrides(C.from_dict(json.loads(cfg_file.read_text())), list(overrides))
+    if not isinstance(run, RunDir):
+        run = RunDir.open(run, need=("config", "final"), what="quantize needs")
+    cfg = C.apply_overrides(run.config(), list(overrides))
     C.validate(cfg)
     if plan is not None:  # over the run's own plan
         cfg = replace(cfg, quant=QuantPlan.of(cfg.quant).over(plan).into(cfg.quant))
         q = cfg.quant
         log0(f"quantize:plan as config: --set quant.groups={q.groups} --set quant.lqer={q.lqer}")
     di = init("auto")
-    model = load_run_model(cfg, weights, di.device)
+    model = load_run_model(cfg, run.weights("final"), di.device)
     cfg, data_dir, _ = resolve_data(cfg)
     tensors = quantize_model(cfg, model, data_dir)
-    dest = Path(out) if out else run_dir / "artifact.pgolf"
+    dest = Path(out) if out else run.artifact_path
     from pgolf.model import graph_state
 
     return write_artifact(cfg, tensors, dest, graph_state(model), code_size)

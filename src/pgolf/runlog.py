@@ -25,6 +25,7 @@ import platform
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -123,6 +124,28 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+@contextlib.contextmanager
+def log_to(path: str | Path, first: str | None = None) -> Iterator[None]:
+    """Append the `log0` lines of the block to `path` (rank 0; the folder is created), after the
+    line `first` when given; the previous log file is restored afterwards. For work on a run
+    that is not part of its record: an artifact written elsewhere logs next to itself, a later
+    evaluation in the run's `later_evals.txt`."""
+    if not dist.info().is_main:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    before = dist.get_log_file()
+    with open(path, "a", encoding="utf-8") as f:
+        dist.set_log_file(f)
+        try:
+            if first is not None:
+                dist.log0(first, console=False)
+            yield
+        finally:
+            dist.set_log_file(before)
+
+
 def new_run(cfg: C.RunConfig, run_dir: str | Path | None = None) -> RunDir:
     """The run folder: `run_dir` or `train.run_dir` as given (created, or reused when it exists),
     else a generated `default_run_dir` name, created exclusively (`claim_dir`)."""
@@ -131,28 +154,144 @@ def new_run(cfg: C.RunConfig, run_dir: str | Path | None = None) -> RunDir:
     return RunDir(default_run_dir(cfg), exclusive=True)
 
 
-class RunDir:
-    """One run's folder. Creating it makes the folder (on rank 0); nothing else is written yet."""
+RUN_FILES = {
+    "config": "config.json",
+    "log": "log.txt",
+    "metrics": "metrics.jsonl",
+    "result": "result.json",
+    "checkpoint": "checkpoint.safetensors",
+    "final": "final_model.safetensors",
+    "artifact": "artifact.pgolf",
+    "later_evals": "later_evals.txt",
+}
+"""A run folder's files by role (`RunDir.file`). `later_evals.txt` holds the evaluations run after
+the run's own (`pgolf eval` of a scored artifact, of its weights): never part of its record."""
 
-    def __init__(self, path: str | Path, exclusive: bool = False) -> None:
+ARTIFACT_REPLACED = "artifact_replaced:"
+"""The log line a new artifact of the run starts with; parsers drop the evaluation lines before."""
+
+ARTIFACT_SCORES = ("roundtrip", "sliding", "ttt")
+"""The stages that score the run's artifact (`val_bpb_<stage>`); a new artifact clears them."""
+
+
+class RunDir:
+    """One run's folder: the writer (creating it makes the folder on rank 0; nothing else is
+    written yet) and the one reader of finished runs (`RunDir.open`, `RunDir.find`)."""
+
+    def __init__(self, path: str | Path, exclusive: bool = False, *, create: bool = True) -> None:
         """`exclusive`: a new folder, suffixed `-2`, `-3`, ... when `path` exists (`claim_dir`);
-        else `path` is created when missing and reused when it exists (an explicit --run-dir)."""
+        else `path` is created when missing and reused when it exists (an explicit --run-dir).
+        `create=False` (the readers) touches nothing."""
         self.path = claim_dir(path) if exclusive else Path(path)
         self._log: TextIO | None = None
         self._metrics: TextIO | None = None
         self._header_done = False
-        if dist.info().is_main:
+        if create and dist.info().is_main:
             self.path.mkdir(parents=True, exist_ok=True)
 
-    log_path = property(lambda self: self.path / "log.txt")
-    config_path = property(lambda self: self.path / "config.json")
-    metrics_path = property(lambda self: self.path / "metrics.jsonl")
-    result_path = property(lambda self: self.path / "result.json")
-    checkpoint_path = property(lambda self: self.path / "checkpoint.safetensors")
-    final_model_path = property(lambda self: self.path / "final_model.safetensors")
+    def file(self, role: str) -> Path:
+        """The path of a file by its role in RUN_FILES (whether or not it exists)."""
+        return self.path / RUN_FILES[role]
+
+    log_path = property(lambda self: self.file("log"))
+    config_path = property(lambda self: self.file("config"))
+    metrics_path = property(lambda self: self.file("metrics"))
+    result_path = property(lambda self: self.file("result"))
+    checkpoint_path = property(lambda self: self.file("checkpoint"))
+    final_model_path = property(lambda self: self.file("final"))
+    artifact_path = property(lambda self: self.file("artifact"))
+    later_evals_path = property(lambda self: self.file("later_evals"))
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------------------------------
+    # Reading a run folder
+
+    @classmethod
+    def open(cls, path: str | Path, need: tuple[str, ...] = ("config",), what: str = "") -> RunDir:
+        """An existing run folder for reading (nothing is created or changed): `path`, or the
+        folder of a file inside it (an artifact, weights). The files of the roles in `need` must
+        exist, else FileNotFoundError naming the folder, the missing files and `what` needs
+        them (e.g. "--fit needs"). Each read below names its file when it is corrupt."""
+        p = Path(path)
+        folder = p.parent if p.is_file() else p
+        wanted = f"{what or 'this command needs'} a finished `pgolf train`/`pgolf run` folder"
+        wanted += f" ({', '.join(RUN_FILES[r] for r in need)})" if need else ""
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{p} not found: {wanted}")
+        run = cls(folder, create=False)
+        missing = [RUN_FILES[r] for r in need if not run.file(r).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}; {wanted}")
+        return run
+
+    @classmethod
+    def find(cls, path: str | Path) -> RunDir | None:
+        """The run folder `path` is or sits in (an artifact, weights), or None when it is not one
+        (no config.json there)."""
+        p = Path(path)
+        folder = p if p.is_dir() else p.parent
+        return cls(folder, create=False) if (folder / RUN_FILES["config"]).is_file() else None
+
+    def _read_json(self, role: str) -> Any:
+        f = self.file(role)
+        try:
+            return json.loads(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{f}: not UTF-8 text ({e}); restore it or re-run") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: not valid JSON ({e}); restore it or re-run") from None
+        except RecursionError:
+            raise ValueError(f"{f}: nested too deeply to be a run's JSON") from None
+
+    def config(self) -> C.RunConfig:
+        """The run's resolved config (config.json), validated."""
+        f, d = self.config_path, self._read_json("config")
+        if not isinstance(d, dict):
+            raise ValueError(f"{f}: expected a JSON object (a pgolf RunConfig)")
+        try:
+            cfg = C.from_dict(d)
+            C.validate(cfg)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{f}: not a valid pgolf config ({e}); restore it or re-run") from None
+        return cfg
+
+    def read_result(self) -> dict[str, Any]:
+        """result.json ({} when the run has none yet)."""
+        if not self.result_path.exists():
+            return {}
+        d = self._read_json("result")
+        if not isinstance(d, dict):
+            raise ValueError(f"{self.result_path}: expected a JSON object")
+        return d
+
+    def log_text(self) -> str:
+        """log.txt ("" when absent); bytes that are not UTF-8 are replaced."""
+        f = self.log_path
+        return f.read_text(encoding="utf-8", errors="replace") if f.is_file() else ""
+
+    def weights(self, which: str = "final") -> Path:
+        """The path of the run's `final` or `checkpoint` weights, which must exist."""
+        f = self.file(which)
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"{f} not found: {self.path} has no {which} weights (a finished `pgolf train`/"
+                "`pgolf run` folder has final_model.safetensors)"
+            )
+        return f
+
+    def artifact_scored(self) -> bool:
+        """Whether the run's record holds the scores of its current artifact: set by the run's
+        evaluation (`pgolf run`, the first `pgolf eval` after `pgolf quantize`), cleared by a
+        new artifact; older folders without the key count as scored when they hold a score."""
+        res = self.read_result()
+        if "artifact_scored" in res:
+            return bool(res["artifact_scored"])
+        return any(res.get(f"val_bpb_{s}") is not None for s in ARTIFACT_SCORES)
+
+    # ------------------------------------------------------------------------------------------
+    # Writing
 
     def open_log(self, cfg: C.RunConfig | None = None) -> None:
         """Send `log0` lines to `log.txt` (appending); with `cfg`, write the header and config.json.
@@ -212,13 +351,23 @@ class RunDir:
         self._metrics.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
+        """metrics.jsonl's rows ([] when absent); a line that is no JSON object is refused,
+        naming the file and the line."""
+        f = self.metrics_path
+        if not f.exists():
             return []
-        lines = self.metrics_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-
-    def read_result(self) -> dict[str, Any]:
-        return json.loads(self.result_path.read_text()) if self.result_path.exists() else {}
+        rows = []
+        for i, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                row = None
+            if not isinstance(row, dict):
+                raise ValueError(f"{f}:{i}: not a JSON object; restore the file or re-run")
+            rows.append(row)
+        return rows
 
     def write_result(self, values: dict[str, Any]) -> dict[str, Any]:
         """The one writer of result.json: merge `values` into it (atomically), set the headline
@@ -230,6 +379,23 @@ class RunDir:
             text = json.dumps(merged, indent=2, sort_keys=True, default=json_default)
             _atomic_write_text(self.result_path, text + "\n")
         return merged
+
+    def record_artifact(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A new artifact of the run (`pgolf quantize`): its sizes into result.json, the old
+        artifact's scores cleared; the next `pgolf eval` of it on the run's data is the run's.
+        The log gets an `artifact_replaced:` line: the evaluation lines above it scored the old
+        artifact (`pgolf.lab.records.results.parse_log` counts only those after it)."""
+        dist.log0(
+            f"{ARTIFACT_REPLACED} {values.get('artifact_path')} (evaluation lines above this one "
+            "scored the previous artifact)",
+            console=False,
+        )
+        cleared = {f"val_{m}_{s}": None for s in ARTIFACT_SCORES for m in ("bpb", "loss")}
+        return self.write_result({**cleared, **values, "artifact_scored": False})
+
+    def record_scores(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The run's own evaluation of its artifact (`pgolf run`, or the first `pgolf eval`)."""
+        return self.write_result({**values, "artifact_scored": True})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@
   records' wall-clock progress, plus iteration progress so that an iteration-bound run (and its
   resume) warms down deterministically; `train.schedule=steps` (cpu-tiny) uses step progress
   alone: the wall clock only stops an overrun (logged). Stop/recurrence flags are MAX-reduced.
+  The progress is computed once per step, at the clock read that ended the previous step, and
+  drives both the LR and the recurrence switch.
+* One object (`_Trainer`) owns the run's state and every decision of the loop; `train()` builds
+  it and returns its `TrainResult`; the caller records the result (`pipeline.train_stage`).
 * EMA after every optimizer step, copied into the model at the end (section 4.4).
 * A non-finite loss raises `TrainingDiverged`; checkpoints are never written from non-finite
   weights, so the last good one stays on disk. Ctrl-C saves a checkpoint, then re-raises.
@@ -48,6 +52,11 @@ from pgolf.runlog import RunDir, train_header
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN/inf; the message names the step, run folder and fixes."""
 
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+        """The step at which training diverged (result.json `diverged_step`)."""
+
 
 @dataclass
 class TrainResult:
@@ -66,6 +75,19 @@ class TrainResult:
     tables: ByteTables
     val_tokens: Tensor
     run: RunDir
+
+    def record(self) -> dict[str, Any]:
+        """The trained run's result.json fields (the caller writes them)."""
+        val = self.val
+        return dict(
+            status="trained",
+            steps=self.steps,
+            train_seconds=self.train_seconds,
+            stopped_early=self.stopped_early,
+            ema_applied=self.ema_applied,
+            val_loss_live=val.val_loss if val else None,
+            val_bpb_live=val.val_bpb if val else None,
+        )
 
 
 def local_batch(cfg: C.RunConfig, world: int) -> tuple[int, int]:
@@ -131,10 +153,21 @@ class _Clock:
 
 
 class _Trainer:
-    """The pieces of one run (model, optimizers, loader, EMA); `train()` drives it."""
+    """One training run: its pieces (model, optimizers, loader, EMA), its state (steps, clock,
+    last validation, the stop flag) and every decision of the loop (stop and recurrence,
+    all-reduced; LR and momentum; validation, checkpoints, divergence; the log lines). `train()`
+    builds it and calls `run_training`; nothing outside sets its state."""
 
-    def __init__(self, cfg: C.RunConfig, run: RunDir, data_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: C.RunConfig,
+        run: RunDir,
+        data_dir: Path,
+        val_tokens: Tensor,
+        tables: ByteTables,
+    ) -> None:
         self.cfg, self.run, self.data_dir = cfg, run, data_dir
+        self.val_tokens, self.tables = val_tokens, tables
         self.di, self.device = dist.info(), dist.info().device
         self.accum, self.local_seqs = local_batch(cfg, self.di.world_size)
         self.model = build_model(cfg, self.device)
@@ -151,6 +184,20 @@ class _Trainer:
         self.ema: EMA | None = None
         starts = max(cfg.train.recur_start_step, cfg.train.recur_start_frac) >= 0
         self.recur_on = bool(cfg.model.recur_layers) and starts  # recurrence is configured
+        t = cfg.train
+        self.budget_ms = 1000.0 * (t.max_wallclock_seconds - t.reserve_seconds)
+        if t.max_wallclock_seconds <= 0:
+            self.budget_ms = math.inf
+        self.sched_ms = self.budget_ms if t.schedule == "time" else math.inf  # steps: clock stops
+        self.steps = 0
+        """Optimizer steps taken (a resumed run starts at its checkpoint's)."""
+        self.done = 0
+        """Steps whose loader state is `loader_state` (what an interrupt saves)."""
+        self.now_ms = 0.0
+        """Training time at the last clock read."""
+        self.clock = _Clock(self.device)
+        self.val: EvalResult | None = None
+        self.time_up = False
 
     def new_loader(self) -> Any:
         c = self.cfg
@@ -165,6 +212,170 @@ class _Trainer:
             c.data.train_shards,
             c.model.vocab_size,
         )
+
+    # ------------------------------------------------------------------------------------------
+    # The run
+
+    def run_training(self, resume: str | Path | None = None) -> TrainResult:
+        """Header, compile warm-up, EMA, resume, the loop, the final checkpoint and weights."""
+        self.log_header()
+        self.warmup()
+        if self.cfg.optim.ema_decay > 0:
+            self.ema = EMA(self.model, self.cfg.optim.ema_decay)
+        if resume:
+            self.restore(CK.load_checkpoint(resume), str(resume))
+            dist.log0(f"resume:{resume} step:{self.steps} train_time:{self.now_ms:.0f}ms")
+        self.clock = _Clock(self.device, self.now_ms)
+        self.loop()
+        return self.finish()
+
+    def log_header(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_val = self.val_tokens.numel()
+        for line in (
+            *train_header(cfg, self.data_dir, n_val, n_params, self.accum, self.device),
+            self.opt.describe(),
+            f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} "
+            f"iterations:{t.iterations} warmup_steps:{t.warmup_steps} "
+            f"max_wallclock_seconds:{t.max_wallclock_seconds:.3f} "
+            f"reserve_seconds:{t.reserve_seconds}",
+            f"seed:{t.seed}",
+        ):
+            dist.log0(line)
+
+    def progress(self) -> float:
+        """Training progress in [0, 1+]: the larger of wall-clock progress (schedule=time) and
+        iteration progress; computed once per step, it drives both the LR and the recurrence."""
+        return max(self.now_ms / self.sched_ms, self.steps / max(self.cfg.train.iterations, 1))
+
+    def decide(self, progress: float) -> tuple[bool, bool]:
+        """(time is up, switch recurrence on now), agreed by all ranks (MAX of the flags)."""
+        t = self.cfg.train
+        by_step = t.recur_start_step >= 0 and self.steps >= t.recur_start_step
+        by_frac = t.recur_start_frac >= 0 and progress >= t.recur_start_frac
+        want = self.recur_on and not self.model.recurrence_active and (by_step or by_frac)
+        flags = torch.tensor(
+            [float(self.now_ms >= self.budget_ms), float(want)], device=self.device
+        )
+        time_up, want = (v > 0 for v in dist.all_reduce_(flags, "max").tolist())
+        return time_up, want
+
+    def loop(self) -> None:
+        t = self.cfg.train
+        self.clock.start()
+        try:
+            while True:
+                progress = self.progress()
+                time_up, recur = self.decide(progress)
+                last = self.steps >= t.iterations or time_up
+                if last or (t.val_loss_every > 0 and self.steps % t.val_loss_every == 0):
+                    self.validate()
+                if last:
+                    self.time_up = time_up
+                    return
+                if recur:
+                    self.model.set_recurrence(True)
+                    vl = self.model.virtual_layers()
+                    dist.log0(f"recurrence:activated at step {self.steps}, virtual_layers={vl}")
+                self.train_step(progress)
+        except KeyboardInterrupt:
+            path = self.save(self.done, self.clock.stop(), collective=False)
+            saved = path or "not saved (non-finite weights)"
+            dist.log0(f"interrupted: step:{self.done} checkpoint:{saved}")
+            raise
+
+    def train_step(self, progress: float) -> None:
+        """LR and momentum for this step, the step, EMA, divergence check, log, checkpoint."""
+        t, iters = self.cfg.train, self.cfg.train.iterations
+        mult = lr_multiplier(progress, self.cfg.optim)
+        self.opt.set_lr_mult(mult)
+        self.opt.set_muon_momentum(muon_momentum_at(self.steps, self.cfg.optim))
+        loss = self.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.steps += 1
+        loss_v = float(dist.all_reduce_(loss, "avg").item())
+        if not math.isfinite(loss_v):
+            self.diverged(f"train_loss became {loss_v}")
+        self.loader_state, self.done, self.now_ms = (
+            self.loader.state_dict(),
+            self.steps,
+            self.clock.ms(),
+        )
+        step, ms = self.steps, self.now_ms
+        if step <= 10 or (t.train_log_every > 0 and step % t.train_log_every == 0):
+            dist.log0(
+                f"step:{step}/{iters} train_loss:{loss_v:.4f} train_time:{ms:.0f}ms "
+                f"step_avg:{ms / step:.2f}ms"
+            )
+        self.run.metric(step=step, train_loss=loss_v, lr_mult=mult, elapsed_s=ms / 1000.0)
+        if t.checkpoint_every > 0 and step % t.checkpoint_every == 0:
+            self.now_ms = self.clock.stop()
+            if self.save(step, self.now_ms) is None:
+                self.diverged("weights became non-finite")
+            self.clock.start()
+
+    def finish(self) -> TrainResult:
+        """Stop the clock, report, save the last checkpoint, apply EMA, save the final weights."""
+        self.now_ms = self.clock.stop()
+        step, iters = self.steps, self.cfg.train.iterations
+        stopped_early = self.time_up and step < iters
+        if stopped_early:
+            note = (
+                " (safety limit; train.schedule=steps)"
+                if self.cfg.train.schedule == "steps"
+                else ""
+            )
+            ms = f"{self.now_ms:.0f}ms"
+            dist.log0(f"stopping_early: wallclock_cap train_time:{ms} step:{step}/{iters}{note}")
+        if self.device.type == "cuda":
+            mib = torch.cuda.max_memory_allocated() // 2**20
+            res = torch.cuda.max_memory_reserved() // 2**20
+            dist.log0(f"peak memory allocated: {mib} MiB reserved: {res} MiB")
+        if self.save(step, self.now_ms) is None:
+            self.diverged("weights became non-finite")
+        if self.ema is not None:
+            dist.log0("ema:applying EMA weights")
+            self.ema.copy_to(self.model)
+        ema_applied = self.ema is not None
+        CK.save_weights(
+            self.run.final_model_path,
+            self.model.state_dict(),
+            {"step": step, "ema": ema_applied, **graph_state(self.model)},
+        )
+        return TrainResult(
+            model=self.model,
+            ema=self.ema,
+            ema_applied=ema_applied,
+            steps=step,
+            train_seconds=self.now_ms / 1000.0,
+            stopped_early=stopped_early,
+            val=self.val,
+            tables=self.tables,
+            val_tokens=self.val_tokens,
+            run=self.run,
+        )
+
+    def diverged(self, what: str) -> None:
+        """Log and raise TrainingDiverged (the caller records it in the run's result)."""
+        ck = self.run.checkpoint_path
+        kept = (
+            f"the last good checkpoint is kept at {ck}"
+            if ck.exists()
+            else "no checkpoint was saved"
+        )
+        dist.log0(f"diverged: step:{self.steps} {what}")
+        raise TrainingDiverged(
+            f"training diverged at step {self.steps} ({what}) in run folder {self.run.path}; "
+            f"{kept}. Fix: lower the learning rates (optim.matrix_lr / embed_lr / scalar_lr), "
+            "keep gradient clipping on (optim.grad_clip_norm), or check the data shards and "
+            "vocab_size.",
+            self.steps,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # The pieces
 
     def step(self) -> Tensor:
         """One optimizer step (all micro-steps); returns this rank's mean loss (a tensor)."""
@@ -233,8 +444,8 @@ class _Trainer:
         dist.log0(f"checkpoint:saved {path} step:{step}", console=False)
         return path
 
-    def restore(self, ck: CK.Checkpoint, source: str) -> tuple[int, float]:
-        """Load a checkpoint's state; returns (step, train_ms)."""
+    def restore(self, ck: CK.Checkpoint, source: str) -> None:
+        """Load a checkpoint's state: weights, optimizer, loader, EMA, RNG, steps, train time."""
         if C.from_dict(ck.meta.get("config", {})).model != self.cfg.model:
             raise ValueError(
                 f"checkpoint {source} was trained with a different model config; resume with the "
@@ -257,16 +468,19 @@ class _Trainer:
             else:
                 self.ema = EMA(self.model, self.cfg.optim.ema_decay)
         CK.set_rng_state(ck.state["rng"])
-        return int(ck.meta["step"]), float(ck.meta["train_ms"])
+        self.steps = self.done = int(ck.meta["step"])
+        self.now_ms = float(ck.meta["train_ms"])
 
-    def validate(self, val_tokens: Tensor, tables: ByteTables, step: int, ms: float) -> EvalResult:
-        e, iters = self.cfg.eval, self.cfg.train.iterations
+    def validate(self) -> None:
+        """Score the live weights (the clock stopped meanwhile); log, metric, keep as `val`."""
+        self.now_ms = ms = self.clock.stop()
+        e, iters, step = self.cfg.eval, self.cfg.train.iterations, self.steps
         r = eval_plain(
             self.model,
-            val_tokens,
+            self.val_tokens,
             e.eval_seq_len,
             e.val_batch_seqs,
-            tables,
+            self.tables,
             self.device,
             self.autocast_dtype,
         )
@@ -275,7 +489,8 @@ class _Trainer:
             f"train_time:{ms:.0f}ms step_avg:{ms / max(step, 1):.2f}ms"
         )
         self.run.metric(step=step, val_loss=r.val_loss, val_bpb=r.val_bpb, elapsed_s=ms / 1000)
-        return r
+        self.val = r
+        self.clock.start()
 
 
 def train(
@@ -286,11 +501,13 @@ def train(
     *,
     tables: ByteTables | None = None,
 ) -> TrainResult:
-    """Train `cfg` into `run` (see the module docstring). `data_dir` defaults to
+    """Train `cfg` into `run` (see the module docstring): its log, metrics, checkpoints and final
+    weights; the caller records the outcome in result.json (`TrainResult.record`, or the
+    `TrainingDiverged` it raises; `pgolf.pipeline.train_stage`). `data_dir` defaults to
     `data.data_path`; `tables` (precomputed byte tables) to those of `data.tokenizer_path` or of
     the tokenizer found beside the shards."""
     di = dist.init(cfg.train.device)
-    device, t, e, V = di.device, cfg.train, cfg.eval, cfg.model.vocab_size
+    device, e, V = di.device, cfg.eval, cfg.model.vocab_size
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
@@ -305,128 +522,4 @@ def train(
     if tables.sidecar is None:  # the folder's byte sidecar (CaseOps), if it has one
         tables = with_sidecar(tables, ddir, val_tokens.numel(), cfg.data.caseops)
     tables = tables.to(device)
-    tr = _Trainer(cfg, run, ddir)
-    model = tr.model
-    n_params = sum(p.numel() for p in model.parameters())
-    for line in (
-        *train_header(cfg, ddir, val_tokens.numel(), n_params, tr.accum, device),
-        tr.opt.describe(),
-        f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} "
-        f"iterations:{t.iterations} warmup_steps:{t.warmup_steps} "
-        f"max_wallclock_seconds:{t.max_wallclock_seconds:.3f} reserve_seconds:{t.reserve_seconds}",
-        f"seed:{t.seed}",
-    ):
-        dist.log0(line)
-    tr.warmup()
-    if cfg.optim.ema_decay > 0:
-        tr.ema = EMA(model, cfg.optim.ema_decay)
-    step, now_ms = 0, 0.0
-    if resume:
-        step, now_ms = tr.restore(CK.load_checkpoint(resume), str(resume))
-        dist.log0(f"resume:{resume} step:{step} train_time:{now_ms:.0f}ms")
-
-    cap_s = t.max_wallclock_seconds - t.reserve_seconds
-    budget_ms = 1000.0 * cap_s if t.max_wallclock_seconds > 0 else math.inf
-    iters, clock, val, done = t.iterations, _Clock(device, now_ms), None, step
-    sched_ms = budget_ms if t.schedule == "time" else math.inf  # 'steps': clock only stops
-    clock.start()
-    try:
-        while True:
-            # decisions for the next step, agreed by all ranks (MAX of the flags)
-            by_step = t.recur_start_step >= 0 and step >= t.recur_start_step
-            progress = max(now_ms / sched_ms, step / max(iters, 1))  # as the LR schedule
-            by_frac = t.recur_start_frac >= 0 and progress >= t.recur_start_frac
-            want = tr.recur_on and not model.recurrence_active and (by_step or by_frac)
-            flags = torch.tensor([float(now_ms >= budget_ms), float(want)], device=device)
-            time_up, want = (v > 0 for v in dist.all_reduce_(flags, "max").tolist())
-            last = step >= iters or time_up
-            if last or (t.val_loss_every > 0 and step % t.val_loss_every == 0):
-                val = tr.validate(val_tokens, tables, step, now_ms := clock.stop())
-                clock.start()
-            if last:
-                break
-            if want:
-                model.set_recurrence(True)
-                vl = model.virtual_layers()
-                dist.log0(f"recurrence:activated at step {step}, virtual_layers={vl}")
-            mult = lr_multiplier(max(now_ms / sched_ms, step / max(iters, 1)), cfg.optim)
-            tr.opt.set_lr_mult(mult)
-            tr.opt.set_muon_momentum(muon_momentum_at(step, cfg.optim))
-            loss = tr.step()
-            if tr.ema is not None:
-                tr.ema.update(model)
-            step += 1
-            loss_v = float(dist.all_reduce_(loss, "avg").item())
-            if not math.isfinite(loss_v):
-                _diverged(run, step, f"train_loss became {loss_v}")
-            tr.loader_state, done, now_ms = tr.loader.state_dict(), step, clock.ms()
-            if step <= 10 or (t.train_log_every > 0 and step % t.train_log_every == 0):
-                dist.log0(
-                    f"step:{step}/{iters} train_loss:{loss_v:.4f} train_time:{now_ms:.0f}ms "
-                    f"step_avg:{now_ms / step:.2f}ms"
-                )
-            run.metric(step=step, train_loss=loss_v, lr_mult=mult, elapsed_s=now_ms / 1000.0)
-            if t.checkpoint_every > 0 and step % t.checkpoint_every == 0:
-                if tr.save(step, now_ms := clock.stop()) is None:
-                    _diverged(run, step, "weights became non-finite")
-                clock.start()
-    except KeyboardInterrupt:
-        path = tr.save(done, clock.stop(), collective=False)
-        dist.log0(f"interrupted: step:{done} checkpoint:{path or 'not saved (non-finite weights)'}")
-        raise
-
-    now_ms = clock.stop()
-    stopped_early = time_up and step < iters
-    if stopped_early:
-        note = " (safety limit; train.schedule=steps)" if t.schedule == "steps" else ""
-        ms = f"{now_ms:.0f}ms"
-        dist.log0(f"stopping_early: wallclock_cap train_time:{ms} step:{step}/{iters}{note}")
-    if device.type == "cuda":
-        mib = torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20
-        dist.log0(f"peak memory allocated: {mib[0]} MiB reserved: {mib[1]} MiB")
-    if tr.save(step, now_ms) is None:
-        _diverged(run, step, "weights became non-finite")
-    if tr.ema is not None:
-        dist.log0("ema:applying EMA weights")
-        tr.ema.copy_to(model)
-    ema_applied = tr.ema is not None
-    CK.save_weights(
-        run.final_model_path,
-        model.state_dict(),
-        {"step": step, "ema": ema_applied, **graph_state(model)},
-    )
-    run.write_result(
-        dict(
-            status="trained",
-            steps=step,
-            train_seconds=now_ms / 1000.0,
-            stopped_early=stopped_early,
-            ema_applied=ema_applied,
-            val_loss_live=val.val_loss if val else None,
-            val_bpb_live=val.val_bpb if val else None,
-        )
-    )
-    return TrainResult(
-        model=model,
-        ema=tr.ema,
-        ema_applied=ema_applied,
-        steps=step,
-        train_seconds=now_ms / 1000.0,
-        stopped_early=stopped_early,
-        val=val,
-        tables=tables,
-        val_tokens=val_tokens,
-        run=run,
-    )
-
-
-def _diverged(run: RunDir, step: int, what: str) -> None:
-    ck = run.checkpoint_path
-    kept = f"the last good checkpoint is kept at {ck}" if ck.exists() else "no checkpoint was saved"
-    run.write_result({"status": "diverged", "diverged_step": step})
-    dist.log0(f"diverged: step:{step} {what}")
-    raise TrainingDiverged(
-        f"training diverged at step {step} ({what}) in run folder {run.path}; {kept}. "
-        "Fix: lower the learning rates (optim.matrix_lr / embed_lr / scalar_lr), keep gradient "
-        "clipping on (optim.grad_clip_norm), or check the data shards and vocab_size."
-    )
+    return _Trainer(cfg, run, ddir, val_tokens, tables).run_training(resume)

@@ -7,7 +7,8 @@ its plain score recomputes the run's `DIAGNOSTIC post_ema` line and `val_bpb_pre
 carry the `pre_quant` label the run uses and the scores go to result.json under the run's own
 `val_bpb_prequant` / `val_loss_prequant` keys (sliding window and TTT: `..._prequant_sliding`,
 `..._prequant_ttt`). A checkpoint is scored on its EMA copy when it kept one, else on its live
-weights; those lines are logged (`checkpoint_ema` / `checkpoint_live`), result.json is left alone.
+weights (`checkpoint_ema` / `checkpoint_live` lines), result.json is left alone. The CLI logs
+every such pass in the run's `later_evals.txt`, never in its log.txt (pgolf.runlog).
 The config is the run folder's `config.json`; weights that do not fit it are refused.
 """
 
@@ -21,14 +22,16 @@ from typing import Any
 import torch
 
 from pgolf import config as C
+from pgolf.runlog import RUN_FILES, RunDir
 
-WEIGHTS = {"final": "final_model.safetensors", "checkpoint": "checkpoint.safetensors"}
+WEIGHTS = {"final": "final", "checkpoint": "checkpoint"}
+"""`--weights` choice -> the run folder file role (`pgolf.runlog.RUN_FILES`)."""
 
 
-def locate(target: Path, which: str | None) -> tuple[Path, Path]:
-    """(weights file, config.json of its run) for `RUN_DIR` + `which`, or a `.safetensors` file."""
+def locate(target: Path, which: str | None) -> tuple[Path, RunDir]:
+    """(weights file, its run folder) for `RUN_DIR` + `which`, or a `.safetensors` file."""
     if target.is_dir():
-        weights = target / WEIGHTS[which or "final"]
+        weights = RunDir(target, create=False).file(WEIGHTS[which or "final"])
     elif which is not None:
         raise ValueError(
             f"--weights {which} takes a run folder, not the file {target}: pass the "
@@ -41,13 +44,13 @@ def locate(target: Path, which: str | None) -> tuple[Path, Path]:
             f"{weights} not found: pass a finished `pgolf train`/`pgolf run` "
             "folder, or its final_model/checkpoint .safetensors"
         )
-    cfg_file = weights.parent / "config.json"
-    if not cfg_file.is_file():
+    run = RunDir.find(weights)
+    if run is None:
         raise FileNotFoundError(
-            f"{cfg_file} not found: the weights {weights} are scored with "
-            "the config of the run that wrote them; keep them in its folder"
+            f"{weights.parent / RUN_FILES['config']} not found: the weights {weights} are scored "
+            "with the config of the run that wrote them; keep them in its folder"
         )
-    return weights, cfg_file
+    return weights, run
 
 
 def load_weights(cfg: C.RunConfig, weights: Path, cfg_file: Path, device: torch.device):
@@ -96,8 +99,8 @@ def eval_weights(
     from pgolf.evaluate import format_eval_line
     from pgolf.pipeline import evaluate_model
 
-    weights, cfg_file = locate(Path(target), which)
-    cfg = C.from_dict(json.loads(cfg_file.read_text()))
+    weights, run = locate(Path(target), which)
+    cfg_file, cfg = run.config_path, run.config()
     if stride is not None:
         cfg = replace(cfg, eval=replace(cfg.eval, eval_stride=stride))
     cfg = cfg if ttt is None else replace(cfg, ttt=replace(cfg.ttt, mode=ttt))

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 
 def plot_losses(run_dir: Path) -> Path | None:
     """Loss curve (train loss per logged step, val bpb points) from metrics.jsonl → loss.png."""
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
+    from pgolf.runlog import RunDir
+
+    rows = RunDir(run_dir, create=False).read_metrics()
+    if not rows:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     tr = [(r["step"], r["train_loss"], r.get("elapsed_s")) for r in rows if "train_loss" in r]
     va = [(r["step"], r["val_bpb"]) for r in rows if "val_bpb" in r and "step" in r]
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -27,6 +27,7 @@ import torch
 
 from pgolf.lab.audit.base import MODES, Evaluator, Row, audit_scale, traced
 from pgolf.lab.audit.conditions import audit, format_rows
+from pgolf.runlog import RunDir
 
 LIMIT_BYTES, LIMIT_SECONDS = 16_000_000, 600.0
 
@@ -66,10 +67,10 @@ def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
         )
     except (OSError, ValueError) as e:
         return Row("C2", test, "n.a.", f"validation shards unreadable ({e})"[:160])
-    log = path.parent / "log.txt"
+    run = RunDir(path.parent, create=False)  # the run the artifact sits in, if any
     own = Path(cfg.data.data_path or ".").resolve() == data_dir.resolve()  # the run's shards
-    hits = re.findall(r"targets:(\d+)", log.read_text()) if own and log.is_file() else []
-    said = f"; {log.name} says {hits[-1]}" if hits else ""
+    hits = re.findall(r"targets:(\d+)", run.log_text()) if own else []
+    said = f"; {run.log_path.name} says {hits[-1]}" if hits else ""
     if hits and int(hits[-1]) != scored:
         return Row("C2", test, "fail", f"config scores {scored} targets{said}")
     short = canon - scored
@@ -126,8 +127,7 @@ def audit_stream(data_dir: Path, n: int, vocab: int, bos: int, sp, docs: int = 4
 def artifact_rows(path: Path, cfg, meta: dict, data_dir: Path | None = None) -> list[Row]:
     """T1.3 (metadata), T2.5 (the run's coverage) and T4.4 (budget) rows for an artifact."""
     rows = [] if data_dir is None else [run_coverage(path, cfg, data_dir)]
-    res_file = path.parent / "result.json"
-    res = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    res = RunDir(path.parent, create=False).read_result()  # the run's, when next to it
     if cfg.ttt.mode == "prequant" or res.get("non_record"):
         rows.append(
             Row(
@@ -185,8 +185,7 @@ def artifact_rows(path: Path, cfg, meta: dict, data_dir: Path | None = None) -> 
                     "C4",
                     f"T4.4 {what} time",
                     "pass" if s <= LIMIT_SECONDS else "fail",
-                    f"{s:.1f}s from {res_file.name} (limit {LIMIT_SECONDS:.0f}s; "
-                    "hardware of that run)",
+                    f"{s:.1f}s from result.json (limit {LIMIT_SECONDS:.0f}s; hardware of that run)",
                 )
             )
         else:
@@ -362,11 +361,8 @@ def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Ro
 
     src = Path(config_or_run)
     if src.is_dir():
-        if not (src / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{src / 'config.json'} not found: --train takes a preset name or a run folder"
-            )
-        cfg = C.from_dict(json.loads((src / "config.json").read_text()))
+        why = "--train takes a preset name or a run folder; it needs"
+        cfg = RunDir.open(src, what=why).config()
         cfg = C.apply_overrides(cfg, overrides) if overrides else cfg
         C.validate(cfg)
     else:

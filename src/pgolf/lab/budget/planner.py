@@ -27,7 +27,6 @@ the budget by measured marginal value is PR #1550's (VE width, not logged); low-
 from __future__ import annotations
 
 import copy
-import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ import torch
 
 from pgolf.lab.budget.planfile import Option
 from pgolf.quantplan import QuantPlan
+from pgolf.runlog import RunDir
 
 SOLVER = "exact multiple-choice knapsack (Pareto-frontier merge over groups)"
 
@@ -99,7 +99,6 @@ class Bench:
     last training shard, in two halves (each a whole number of eval windows)."""
 
     def __init__(self, run_dir: str | Path, calib_tokens: int = 65536):
-        from pgolf import config as C
         from pgolf import pipeline, quant
         from pgolf.bpb import build_byte_tables
         from pgolf.data import find_shards, read_shard, sha256_file
@@ -107,21 +106,12 @@ class Bench:
         from pgolf.lab.bundle import code_size
         from pgolf.model import graph_state
 
-        run = Path(run_dir)
-        run = run.parent if run.is_file() else run
-        cfg_file, weights = run / "config.json", run / "final_model.safetensors"
-        for f in (cfg_file, weights):
-            if not f.exists():
-                raise FileNotFoundError(
-                    f"{f} not found: --fit needs a finished run folder "
-                    "(config.json + final_model.safetensors)"
-                )
-        cfg = C.from_dict(json.loads(cfg_file.read_text()))
-        C.validate(cfg)
+        rd = RunDir.open(run_dir, need=("config", "final"), what="--fit needs")
+        cfg = rd.config()
         self.device = init("auto").device
-        model = pipeline.load_run_model(cfg, weights, self.device)
+        model = pipeline.load_run_model(cfg, rd.weights("final"), self.device)
         cfg, data_dir, tok = pipeline.resolve_data(cfg)
-        self.run, self.cfg, self.own = run, cfg, QuantPlan.of(cfg.quant)
+        self.run, self.cfg, self.own = rd.path, cfg, QuantPlan.of(cfg.quant)
         self.state = {k: v.detach() for k, v in model.state_dict().items()}
         self.plan = quant.make_plan(self.state, cfg.quant, cfg.model, self.own)
         self.hessians = pipeline.calibrate(cfg, model, data_dir, self.own, log=False)

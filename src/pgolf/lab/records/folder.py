@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pgolf import config as C
 from pgolf.lab.bundle import PER_RUN
 from pgolf.lab.records import results as R
 from pgolf.lab.records import stats as S
 from pgolf.lab.records.readme import RECORD_TRACK, readme, technique_lines
+from pgolf.runlog import RunDir
 
 CAP_BYTES = 16_000_000
 
@@ -71,18 +73,23 @@ def check_runs(runs: Sequence[str | Path], track: str) -> list[dict[str, Any]]:
     """Load and cross-check the runs; raises ExportError with every reason found."""
     loaded, errors = [], []
     for r in map(Path, runs):
-        missing = [f for f in ("result.json", "log.txt", "config.json") if not (r / f).is_file()]
-        if missing:
-            errors.append(f"{r}: missing {missing} (export needs finished `pgolf run` folders)")
+        try:
+            run = RunDir.open(r, need=("result", "log", "config"), what="export needs")
+            res, cfg = run.read_result(), C.to_dict(run.config())
+        except (OSError, ValueError) as e:
+            errors.append(str(e))
             continue
-        res = json.loads((r / "result.json").read_text())
-        cfg = json.loads((r / "config.json").read_text())
-        if (r / "artifact.pgolf").is_file():  # re-quantized (--plan/--set): the artifact's quant
+        if run.artifact_path.is_file():  # re-quantized (--plan/--set): the artifact's quant
             try:
-                cfg["quant"] = _artifact_quant(r / "artifact.pgolf")
+                cfg["quant"] = _artifact_quant(run.artifact_path)
             except (ValueError, KeyError, TypeError) as e:
-                errors.append(f"{r}/artifact.pgolf: unreadable config ({e}); re-quantize the run")
-        facts = R.parse_log((r / "log.txt").read_text(errors="replace"))
+                errors.append(f"{run.artifact_path}: unreadable config ({e}); re-quantize the run")
+        if res.get("artifact_scored") is False:
+            errors.append(
+                f"{r}: its artifact.pgolf is not scored since `pgolf quantize` wrote it; run "
+                f"`pgolf eval {r}` (the run's own evaluation) first"
+            )
+        facts = R.parse_log(run.log_text())
         loaded.append(
             {"dir": r, "result": res, "config": cfg, "facts": facts, "seed": R.read_run(r)}
         )
@@ -129,10 +136,7 @@ def _plot(runs: list[dict[str, Any]], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = False
     for r in runs:
-        mp = r["dir"] / "metrics.jsonl"
-        if not mp.is_file():
-            continue
-        rows = [json.loads(x) for x in mp.read_text().splitlines() if x.strip()]
+        rows = RunDir(r["dir"], create=False).read_metrics()
         pts = [(x["step"], x["train_loss"]) for x in rows if "train_loss" in x and "step" in x]
         if pts:
             ax.plot(*zip(*pts), label=f"seed {r['seed'].seed}")
@@ -159,8 +163,6 @@ def export(
     against: str | None = None,
 ) -> dict[str, Any]:
     """Write the records folder; returns its submission.json content."""
-    from pgolf import config as C
-
     try:  # lazily: the bundler is a lab tool of its own
         from pgolf.lab.bundle import write_bundle
     except ImportError as e:
@@ -178,7 +180,7 @@ def export(
     seed_results: dict[str, Any] = {}
     for r in loaded:
         sr, facts = r["seed"], r["facts"]
-        shutil.copyfile(r["dir"] / "log.txt", dest / f"train_seed{sr.seed}.log")
+        shutil.copyfile(RunDir(r["dir"], create=False).log_path, dest / f"train_seed{sr.seed}.log")
         model = r["result"].get("model_bytes", facts.model_bytes)
         total = model + code if model is not None else sr.artifact_bytes
         if total is not None and total >= CAP_BYTES:
@@ -257,7 +259,7 @@ def export(
 def _env(run: Path) -> dict[str, str]:
     """The `env:key:value` header lines of a run's log (pgolf.runlog)."""
     out = {}
-    for ln in (run / "log.txt").read_text(errors="replace").splitlines():
+    for ln in RunDir(run, create=False).log_text().splitlines():
         if ln.startswith("env:") and ln.count(":") >= 2:
             _, k, v = ln.split(":", 2)
             out[k] = v

@@ -6,7 +6,9 @@
   (`final_int6_sliding_window_exact val_loss:... val_bpb:...`, `step:N/M ... train_time:Xms`,
   `stopping_early: wallclock_cap train_time:Xms step:N/M`, `Total submission size ...: N bytes`,
   `Code size: N bytes`). The headline of a log is its last labelled evaluation line that is not
-  a diagnostic; its eval time is the sum of `eval_time` over those lines.
+  a diagnostic; its eval time is the sum of `eval_time` over those lines. In a pgolf run's log an
+  `artifact_replaced:` line (`pgolf quantize` re-made the run's artifact) drops the evaluation
+  lines before it: they scored the previous artifact.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ _MODEL = re.compile(r"^Serialized model[^:]*:\s*(\d+)\s*bytes")
 _TVAL = re.compile(r"val_loss:\s*(\d+\.\d+)\s+val_bpb:\s*(\d+\.\d+)")
 _SEED = re.compile(r"^\s*seed:\s*(\d+)\s*$")
 _HASH = re.compile(r"^code_hash:\s*(\w+)")
+_REPLACED = "artifact_replaced:"  # pgolf.runlog.ARTIFACT_REPLACED: a run's artifact re-made
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ def parse_log(text: str) -> LogFacts:
                     m["bpb"],
                 )
             )
+            continue
+        if line.startswith(_REPLACED):  # the evaluations above scored the previous artifact
+            evals.clear()
             continue
         if (line[:1].isdigit() or line.startswith("step:")) and (m := _TVAL.search(line)):
             tvals += [float(m[1]), float(m[2])]
@@ -205,19 +211,18 @@ def from_log(path: Path, facts: LogFacts | None = None) -> SeedResult | None:
 
 
 def read_run(run_dir: str | Path) -> SeedResult:
-    """One pgolf run folder (`result.json`, `log.txt`, `config.json`)."""
-    d = Path(run_dir)
-    res_p, log_p = d / "result.json", d / "log.txt"
-    if not res_p.is_file():
-        raise FileNotFoundError(f"{res_p} not found: is {d} a finished `pgolf run` folder?")
-    res = json.loads(res_p.read_text())
+    """One pgolf run folder (`result.json`, `log.txt`, `config.json`; pgolf.runlog)."""
+    from pgolf.runlog import RunDir  # torch: not for records folders (`pgolf verify`)
+
+    run = RunDir.open(run_dir, need=("result",), what="stats and export need")
+    res = run.read_result()
     for key in ("val_loss", "val_bpb"):
-        if key not in res:
-            raise ValueError(f"{res_p}: no `{key}`; re-run `pgolf run` (quantize on) for {d}")
-    facts = parse_log(log_p.read_text()) if log_p.is_file() else None
-    seed = None
-    if (d / "config.json").is_file():
-        seed = json.loads((d / "config.json").read_text()).get("train", {}).get("seed")
+        if res.get(key) is None:
+            raise ValueError(
+                f"{run.result_path}: no `{key}`; re-run `pgolf run` (quantize on) for {run.path}"
+            )
+    facts = parse_log(run.log_text()) if run.log_path.is_file() else None
+    seed = run.config().train.seed if run.config_path.is_file() else None
     return SeedResult(
         seed if seed is not None else (facts.seed if facts else None),
         float(res["val_loss"]),
@@ -227,7 +232,7 @@ def read_run(run_dir: str | Path) -> SeedResult:
         res.get("steps"),
         res.get("train_seconds"),
         facts.eval_seconds if facts else None,
-        str(d),
+        str(run.path),
         "result.json",
     )
 
@@ -288,7 +293,7 @@ def load_results(paths: Sequence[str | Path]) -> list[SeedResult]:
     """Per-seed results from run folders and/or records folders (in the order given)."""
     out: list[SeedResult] = []
     for p in map(Path, paths):
-        if (p / "result.json").is_file():
+        if (p / "result.json").is_file():  # a pgolf run folder (pgolf.runlog.RUN_FILES)
             out.append(read_run(p))
         elif (p / "submission.json").is_file() or any(p.glob("train*.log")):
             rec = read_record(p)

@@ -42,6 +42,7 @@ import torch
 from pgolf import dist as pdist
 from pgolf.lab.study import data as D
 from pgolf.lab.study import stats as S
+from pgolf.runlog import RunDir
 from pgolf.ttt import NON_RECORD_REASON, prequant_ttt
 
 FULL_LADDER = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
@@ -95,14 +96,14 @@ class Replicate:
 
     def __init__(self, run_dir: Path, seed: int, sc: StudyConfig):
         from pgolf import bpb
-        from pgolf import config as C
         from pgolf.data import load_val_tokens
         from pgolf.pipeline import calibration_batches, load_run_model
 
-        cfg = C.from_dict(json.loads((run_dir / "config.json").read_text()))
+        run = RunDir.open(run_dir, need=("config", "final"), what="the study needs")
+        cfg = run.config()
         self.dev = torch.device("cpu")
         torch.manual_seed(seed)
-        self.model = load_run_model(cfg, run_dir / "final_model.safetensors", self.dev)
+        self.model = load_run_model(cfg, run.weights("final"), self.dev)
         m, e = cfg.model, cfg.eval
         val = load_val_tokens(cfg.data.data_path, 1, sc.tokens + 1, m.vocab_size)
         self.tables = bpb.build_byte_tables(cfg.data.tokenizer_path, m.vocab_size)
@@ -334,12 +335,8 @@ def run_study(run_dirs, sc: StudyConfig = StudyConfig(), out: str | Path | None 
     if sc.schedule not in ("separate", "snapshot") or sc.quant not in ("run", "none"):
         raise ValueError("study: --schedule must be separate|snapshot, --quant run|none")
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, str | Path) else run_dirs)]
-    for r in run_dirs:
-        if not (r / "final_model.safetensors").is_file() or not (r / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{r}: needs config.json and final_model.safetensors "
-                "(a finished `pgolf train`/`pgolf run` folder)"
-            )
+    for r in run_dirs:  # every folder checked before the first one's work
+        RunDir.open(r, need=("config", "final"), what="the study needs")
     reps, raw = [], []
     for r in run_dirs:
         for seed in sc.seeds:
@@ -418,23 +415,33 @@ def _quantizer(r: Replicate) -> str:
     )
 
 
-def study_main(a) -> dict:
-    """The CLI's `pgolf study ttt-memorization`: arguments -> StudyConfig -> run (quietly)."""
-    sc = QUICK if a.quick else StudyConfig()
-    kw: dict = {"crossfit": not a.no_crossfit and sc.crossfit, "controls": not a.no_controls}
-    if a.epochs:
-        kw["epochs"] = parse_epochs(a.epochs)
-    if a.seeds:
+def study_main(
+    run_dirs: list[str],
+    *,
+    quick: bool = False,
+    epochs: str | None = None,
+    seeds: str | None = None,
+    crossfit: bool = True,
+    controls: bool = True,
+    out: str | None = None,
+    **given: int | str | None,
+) -> dict:
+    """The CLI's `pgolf study ttt-memorization`: options -> StudyConfig -> run (quietly). `given`:
+    StudyConfig fields as the CLI passes them (tokens, canaries, schedule, quant, reps; None:
+    the default)."""
+    sc = QUICK if quick else StudyConfig()
+    kw: dict = {"crossfit": crossfit and sc.crossfit, "controls": controls}
+    if epochs:
+        kw["epochs"] = parse_epochs(epochs)
+    if seeds:
         try:
-            kw["seeds"] = tuple(int(x) for x in a.seeds.split(","))
+            kw["seeds"] = tuple(int(x) for x in seeds.split(","))
         except ValueError:
-            raise ValueError(f"--seeds {a.seeds!r}: give integers like 0,1,2") from None
-    for k in ("tokens", "canaries", "schedule", "quant", "reps"):
-        if getattr(a, k) is not None:
-            kw[k] = getattr(a, k)
+            raise ValueError(f"--seeds {seeds!r}: give integers like 0,1,2") from None
+    kw.update({k: v for k, v in given.items() if v is not None})
     pdist.set_quiet(True)  # the TTT / GPTQ lines of every ladder point: the table says it all
     try:
-        res = run_study(a.run_dir, replace(sc, **kw), a.out)
+        res = run_study(run_dirs, replace(sc, **kw), out)
     finally:
         pdist.set_quiet(False)
     return res
