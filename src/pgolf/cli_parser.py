@@ -10,6 +10,7 @@ import argparse
 
 import pgolf
 from pgolf import config as C
+from pgolf import modes as M
 
 DESCRIPTION = """\
 pgolf: train, quantize, score and package a language model for OpenAI's Parameter Golf challenge
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ttt",
         default=None,
-        choices=["none", "score_first", "lora"],
+        choices=M.EVAL_TTT_MODES,
         help="test-time training mode (default: the run's)",
     )
     _budget_flag(p)
@@ -221,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compliance tests (issue #1017 conditions) on an artifact; exit 1 on a failure",
     )
     p.add_argument("artifact", nargs="?", default=None, help="artifact.pgolf")
-    p.add_argument("--ttt", default=None, help="plain, sliding, score_first, lora or prequant")
+    p.add_argument(
+        "--ttt", default=None, help=f"scoring mode: {', '.join(M.MODES)} (default: the run's)"
+    )
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="a short slice, fewer probes")
