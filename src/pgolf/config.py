@@ -105,7 +105,7 @@ class TrainConfig:
     reserve_seconds: float = 0.0  # of the budget, kept for Hessians (GPTQ_RESERVE_SECONDS)
     warmup_steps: int = 20  # compile warm-up steps; weights, optimizer, loader reset after
     val_loss_every: int = 4000
-    final_val: bool = False  # also validate the live weights at the last step (FINAL_VAL)
+    final_val: bool = False  # validate the live weights at the last step, as the records do
     train_log_every: int = 500
     recur_start_step: int = -1  # recurrence on after this step (-1 = use recur_start_frac)
     recur_start_frac: float = -1.0  # ... or after this fraction of the budget (-1 = never)
@@ -149,7 +149,7 @@ class QuantConfig:
 class TTTConfig:
     """pgolf.ttt; mode none | score_first (#1493) | lora (#1530/#1610) | prequant (#1550)."""
 
-    mode: str = M.NONE  # a `ttt` row of pgolf.modes.MODES
+    mode: str = M.NONE  # none | score_first | lora | prequant (pgolf.modes.TTT_MODES)
     chunk_tokens: int = 32768  # score_first: chunk of the val stream (TTT_CHUNK_TOKENS)
     lr: float = 0.005  # score_first SGD (TTT_LR), cosine over chunks; also the phased SGD
     momentum: float = 0.9
