@@ -44,8 +44,8 @@ class Scored:
     ledger: TT.Ledger
     """Score/update events (all ranks' for a per-document mode)."""
     model: nn.Module
-    """The model as scoring left it: the adapted copy for pre-quant TTT, the trained weights for
-    score-first TTT."""
+    """The model that scored: the adapted copy for pre-quant TTT; else the model passed in, as
+    scoring left it (trained in place by score-first's default step and by LoRA's phased SGD)."""
 
 
 @dataclass
