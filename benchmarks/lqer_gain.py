@@ -20,6 +20,7 @@ from pgolf import artifact as A
 from pgolf import bpb, lqer, quant
 from pgolf import config as C
 from pgolf import pipeline as P
+from pgolf import score as S
 from pgolf.data import load_val_tokens
 from pgolf.dist import init
 from pgolf.model import graph_state
@@ -51,7 +52,7 @@ def main() -> None:
         blob = A.encode_artifact(tensors, {}, codec=a.codec)
         state = lqer.add_back(quant.dequantize_state(A.decode_artifact(blob)[0]))
         m = P._model_from_state(qc, state, di.device, gmeta, "lqer_gain")
-        r = P.evaluate_model(qc, m, val, tables, "bench", False, di.device)["roundtrip_bpb"]
+        r = S.evaluate_model(qc, m, val, tables, "bench", False, di.device)["roundtrip_bpb"]
         return {
             "rank": rank,
             "group": group,

@@ -26,6 +26,7 @@ from pgolf import artifact as A
 from pgolf import bpb
 from pgolf import config as C
 from pgolf import pipeline as P
+from pgolf import score as S
 from pgolf.data import load_val_tokens
 from pgolf.dist import init
 from pgolf.lab.budget import sizes as B
@@ -53,7 +54,7 @@ def main() -> None:
     val = load_val_tokens(data_dir, cfg.eval.eval_seq_len, mvt, cfg.model.vocab_size)
 
     def bpb_of(m) -> float:
-        return P.evaluate_model(cfg, m, val, tables, "bench", False, di.device)["roundtrip_bpb"]
+        return S.evaluate_model(cfg, m, val, tables, "bench", False, di.device)["roundtrip_bpb"]
 
     pre = bpb_of(model)
     rows = {}

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from pgolf import bpb, quant
 from pgolf import config as C
+from pgolf import modes as M
 from pgolf import pipeline as P
+from pgolf import score as S
 from pgolf import ttt as TT
 from pgolf.data import load_val_tokens
 from pgolf.dist import init, set_quiet
@@ -63,7 +65,8 @@ def main() -> None:
         """Score with `mode`; `before` = the pre-quant ledger whose updates preceded it."""
         c = replace(cfg, ttt=replace(cfg.ttt, mode=mode))
         t0 = time.perf_counter()
-        r, ledger = TT.run_ttt(c, model, val, tables, di.device)
+        s = S.score(model, val, mode, c, tables, di.device)
+        r, ledger = s.result, s.ledger
         secs = time.perf_counter() - t0 + extra_s
         if before is not None:  # the scoring used the weights the last update produced
             last = max((ev["version"] for ev in before.events), default=0)
@@ -88,13 +91,13 @@ def main() -> None:
         )
 
     q = _quantized(cfg, base, data_dir)
-    score("none (sliding)", "none", q)
-    score("score_first", "score_first", q)
-    score("lora", "lora", q)
+    score("none (sliding)", M.NONE, q)
+    score("score_first", M.SCORE_FIRST, q)
+    score("lora", M.LORA, q)
 
     epochs = sorted({int(x) for x in a.epochs.split(",") if x})
     if epochs:
-        pc = replace(cfg, ttt=replace(cfg.ttt, mode="prequant", prequant_epochs=max(epochs)))
+        pc = replace(cfg, ttt=replace(cfg.ttt, mode=M.PREQUANT, prequant_epochs=max(epochs)))
         t_start = time.perf_counter()
         spent = {"eval": 0.0}  # quantize + score time of earlier epochs, not TTT time
         pre_ledger = TT.Ledger()
@@ -106,7 +109,7 @@ def main() -> None:
                 qe = _quantized(pc, net, data_dir)
                 score(
                     f"prequant {epoch} ep (NON-RECORD)",
-                    "none",
+                    M.NONE,
                     qe,
                     extra_s=ttt_s + time.perf_counter() - t0,
                     before=TT.Ledger(events=list(pre_ledger.events)),

@@ -14,6 +14,7 @@ import torch
 from helpers import perturbed_gpt
 from test_ttt import MCFG, cfg, stream, tables
 
+from pgolf import score as S
 from pgolf.evaluate import eval_sliding, score_windows, sliding_windows
 from pgolf.lab import audit as AU
 from pgolf.lab.audit.arith import Decoder, encode
@@ -93,7 +94,7 @@ class TwoPass(AU.Evaluator):
         e, n = self.cfg.eval, tokens.numel() - 1
         plan = sliding_windows(n, e.eval_seq_len, e.eval_stride)
         eval_sliding(model, tokens, e.eval_seq_len, e.eval_stride, 4, self.tables, "cpu")
-        AU.ledger_from_plan(ledger, plan, 0)
+        S.ledger_from_plan(ledger, plan, 0)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         sgd_on_ranges(
             model, opt, tokens, [(0, n)], e.eval_seq_len, 4, 1.0, torch.device("cpu"), None
@@ -104,7 +105,7 @@ class TwoPass(AU.Evaluator):
             model, tokens, e.eval_seq_len, e.eval_stride, 4, self.tables, "cpu", token_nll=nll
         )
         h.remove()
-        AU.ledger_from_plan(ledger, plan, 1)
+        S.ledger_from_plan(ledger, plan, 1)
         return r, model
 
 
@@ -123,7 +124,7 @@ class DoubleTail(AU.Evaluator):
         h = model.register_forward_hook(tap)
         r = score_windows(model, tokens, plan, e.eval_seq_len, 4, self.tables, "cpu", token_nll=nll)
         h.remove()
-        AU.ledger_from_plan(ledger, plan)
+        S.ledger_from_plan(ledger, plan)
         return r, model
 
 

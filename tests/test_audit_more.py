@@ -15,6 +15,7 @@ from helpers import perturbed_gpt, tiny_corpus
 from test_audit import MCFG, N, evaluator, failed, run_audit
 
 from pgolf import bpb
+from pgolf import score as S
 from pgolf.data import read_shard
 from pgolf.evaluate import EvalResult, eval_sliding, score_windows, sliding_windows
 from pgolf.lab import audit as AU
@@ -102,7 +103,7 @@ class Subset(AU.Evaluator):
             token_nll=nll[:m],
         )
         h.remove()
-        AU.ledger_from_plan(ledger, sliding_windows(m, e.eval_seq_len, e.eval_stride))
+        S.ledger_from_plan(ledger, sliding_windows(m, e.eval_seq_len, e.eval_stride))
         return r, model
 
 

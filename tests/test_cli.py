@@ -298,7 +298,7 @@ def test_eval_of_the_unquantized_weights_reproduces_the_runs_post_ema_score(tiny
     e = pgolf("--progress", "on", "eval", str(run), "--weights", "final", env=env)
     assert e.returncode == 0, e.stderr[-3000:]
     assert _exact("pre_quant_roundtrip", e.stdout) == in_run
-    assert "eval plain" in e.stderr and "eval sliding" in e.stderr  # the bars, on stderr
+    assert "eval plain+sliding" in e.stderr  # the bar of the one pass (stride | seq_len), on stderr
     assert (run / "log.txt").read_text().count("pre_quant_roundtrip_exact") == 1  # the run's
     log = (run / "later_evals.txt").read_text()  # a later evaluation: never the run's record
     assert log.count("pre_quant_roundtrip_exact") == 1 and "pre_quant_sliding_window" in log

@@ -55,3 +55,9 @@ def test_preset_differences_follow_the_records():
     assert len(p50.model.recur_layers) == 14 and len(p93.model.recur_layers) == 17
     assert p50.train.recur_start_step == 3000 and p93.train.recur_start_frac == 0.35
     assert C.grad_accum_steps(p50.train, 1) == 8 and C.grad_accum_steps(p50.train, 8) == 1
+
+
+def test_final_live_validation_is_off_in_every_preset_and_reachable_by_env_and_set() -> None:
+    assert not any(C.preset(name).train.final_val for name in C.PRESETS)
+    assert C.load("cpu-tiny", environ={"FINAL_VAL": "1"}).train.final_val
+    assert C.load("pr1550", ["train.final_val=true"], environ={}).train.final_val

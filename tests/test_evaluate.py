@@ -19,6 +19,7 @@ from pgolf.bpb import ByteTables
 from pgolf.evaluate import (
     EvalResult,
     eval_plain,
+    eval_plain_sliding,
     eval_sliding,
     format_eval_line,
     plain_windows,
@@ -226,6 +227,54 @@ def test_sliding_is_causal(kind: str) -> None:
         assert changed == leaky  # the check does catch a model that looks ahead (cummean only)
 
 
+def _forwards(model: nn.Module) -> list[int]:
+    """Rows of every forward call on `model` (a hook that stays on)."""
+    rows: list[int] = []
+    model.register_forward_hook(lambda m, a, out: rows.append(a[0].size(0)))
+    return rows
+
+
+# targets: 6 x 16 (no tail); 6 x 16 + 3 (a plain tail window too short to be a sliding one);
+# 6 x 16 + 13 (a tail that is one); stride = seq_len (plain and sliding are the same windows)
+@pytest.mark.parametrize("n,L,stride", [(97, 16, 4), (100, 16, 4), (110, 16, 8), (75, 16, 16)])
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_one_pass_gives_plain_and_sliding_as_the_two_passes(
+    kind: str, n: int, L: int, stride: int
+) -> None:
+    toks, tables, batch = make_tokens(n, seed=8), make_tables(), 5
+    model = MODELS[kind](seed=8)
+    p, s = (
+        eval_plain(model, toks, L, batch, tables, CPU),
+        eval_sliding(model, toks, L, stride, batch, tables, CPU),
+    )
+    rows = _forwards(model)
+    p1, s1 = eval_plain_sliding(model, toks, L, stride, batch, tables, CPU)
+    assert (p1.tokens, p1.bytes, s1.tokens, s1.bytes) == (p.tokens, p.bytes, s.tokens, s.bytes)
+    assert p1.nll_sum == pytest.approx(p.nll_sum, rel=1e-9, abs=0)
+    assert p1.val_bpb == pytest.approx(p.val_bpb, rel=1e-9, abs=0)
+    assert s1.nll_sum == s.nll_sum and s1.val_bpb == s.val_bpb  # the sliding batches unchanged
+    # one pass: the sliding windows, plus the plain tail window when it starts past them
+    ps, ss = plain_windows(n - 1, L)[0], sliding_windows(n - 1, L, stride)[0]
+    tail = int(ps[-1] > ss[-1])
+    assert tail == (n == 100)
+    assert len(rows) == -(-(ss.numel() + tail) // batch)
+    assert len(rows) < -(-ss.numel() // batch) + -(-ps.numel() // batch)
+
+
+def test_one_pass_falls_back_to_two_when_the_stride_does_not_divide_the_length() -> None:
+    toks, tables, model = make_tokens(90, seed=9), make_tables(), make_model(seed=9)
+    p, s = (
+        eval_plain(model, toks, 16, 4, tables, CPU),
+        eval_sliding(model, toks, 16, 5, 4, tables, CPU),
+    )
+    rows = _forwards(model)
+    p1, s1 = eval_plain_sliding(model, toks, 16, 5, 4, tables, CPU)
+    assert (p1.nll_sum, p1.tokens, p1.bytes) == (p.nll_sum, p.tokens, p.bytes)
+    assert (s1.nll_sum, s1.tokens, s1.bytes) == (s.nll_sum, s.tokens, s.bytes)
+    n_p, n_s = plain_windows(89, 16)[0].numel(), sliding_windows(89, 16, 5)[0].numel()
+    assert len(rows) == -(-n_p // 4) + -(-n_s // 4)
+
+
 def test_eval_mode_no_grad_and_restore() -> None:
     model = make_model()
     model.train()
@@ -365,6 +414,7 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         res = [
             eval_plain(model, toks, 16, 3, tables, CPU),
             eval_sliding(model, toks, 16, 5, 3, tables, CPU),
+            *eval_plain_sliding(model, toks, 16, 4, 3, tables, CPU),  # one pass, sharded
         ]
         rows = [[r.nll_sum, r.tokens, r.bytes] for r in res]
         torch.save(rows, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -381,6 +431,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path) -> None:
     single = [
         eval_plain(model, toks, 16, 3, tables, CPU),
         eval_sliding(model, toks, 16, 5, 3, tables, CPU),
+        eval_plain(model, toks, 16, 3, tables, CPU),
+        eval_sliding(model, toks, 16, 4, 3, tables, CPU),
     ]
     for rank in range(2):
         rows = torch.load(tmp_path / f"rank{rank}.pt")

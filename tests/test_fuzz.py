@@ -30,6 +30,7 @@ from pgolf import artifact as A
 from pgolf import config as C
 from pgolf import pipeline as P
 from pgolf import quant
+from pgolf import score as S
 from pgolf.artifact import ArtifactError, decode_artifact, load_artifact, unwrap, wrap
 from pgolf.data import ShardError, read_shard, write_shard
 
@@ -395,7 +396,7 @@ def test_non_finite_score_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setattr(E, "eval_plain", lambda *a, **k: nan)
     with pytest.raises(ValueError, match="not finite"):
-        P.evaluate_model(tiny_cfg(), None, None, None, "final", False, torch.device("cpu"))
+        S.evaluate_model(tiny_cfg(), None, None, None, "final", False, torch.device("cpu"))
 
 
 def test_unwrap_limit_still_applies() -> None:

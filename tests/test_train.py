@@ -101,7 +101,7 @@ def losses(path: Path) -> dict[int, float]:
 
 @pytest.mark.parametrize("loader", ["stream", "shuffled"])
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, data_dir, loader):
-    cfg = tiny_cfg(loader)
+    cfg = tiny_cfg(loader, final_val=True)
     straight = run_train(cfg, tmp_path / "a", data_dir)
     ref = losses(tmp_path / "a")
     assert sorted(ref) == [1, 2, 3, 4, 5, 6]
@@ -184,7 +184,9 @@ def test_nonfinite_weights_never_overwrite_a_good_checkpoint(tmp_path, data_dir,
 
 def test_warmup_reset_leaves_weights_at_init(tmp_path, data_dir):
     base = run_train(tiny_cfg(iterations=3), tmp_path / "plain", data_dir)
-    warm = run_train(tiny_cfg(iterations=3, warmup_steps=2), tmp_path / "warm", data_dir)
+    warm = run_train(
+        tiny_cfg(iterations=3, warmup_steps=2, final_val=True), tmp_path / "warm", data_dir
+    )
     assert losses(tmp_path / "warm") == losses(tmp_path / "plain")
     sa, sb = base.model.state_dict(), warm.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -196,6 +198,10 @@ def test_warmup_reset_leaves_weights_at_init(tmp_path, data_dir):
     )
     assert "ema:applying EMA weights" in log
     assert re.search(r"^step:3/3 val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4} train_time:", log, re.M)
+    # the live weights' last validation runs only when asked for (train.final_val)
+    assert base.val is None and warm.val is not None
+    assert "val_loss:" not in (tmp_path / "plain" / "log.txt").read_text()
+    assert json.loads((tmp_path / "plain" / "result.json").read_text())["val_bpb_live"] is None
 
 
 def test_wallclock_cap_stops_early(tmp_path, data_dir):

@@ -12,10 +12,12 @@ import torch
 from helpers import perturbed_gpt
 
 from pgolf import dist as pdist
+from pgolf import modes as M
 from pgolf import ttt
 from pgolf.bpb import ByteTables
 from pgolf.config import EvalConfig, ModelConfig, RunConfig, TTTConfig, apply_env
 from pgolf.evaluate import eval_sliding
+from pgolf.score import score
 
 V, CPU = 32, torch.device("cpu")
 MCFG = ModelConfig(
@@ -64,11 +66,17 @@ def model(seed: int = 0):
     return perturbed_gpt(MCFG, True, seed)
 
 
+def run(c: RunConfig, m, toks, tab):
+    """The configured ttt.mode through the one scoring entry point -> (totals, ledger)."""
+    s = score(m, toks, c.ttt.mode, c, tab, CPU)
+    return s.result, s.ledger
+
+
 def test_score_first_at_lr_zero_equals_sliding() -> None:
     toks, tab = stream(301), tables()
     c = cfg(mode="score_first", chunk_tokens=64, lr=0.0, epochs=2)
     ref = eval_sliding(model(), toks, 16, 8, 4, tab, CPU)
-    r, led = ttt.run_ttt(c, model(), toks, tab, CPU)
+    r, led = run(c, model(), toks, tab)
     assert (r.tokens, r.bytes) == (ref.tokens, ref.bytes) == (300, r.bytes)
     assert r.nll_sum == pytest.approx(ref.nll_sum, rel=1e-12, abs=0)
     assert ttt.score_before_update(led) == [] and ttt.single_pass(led, 300) == []
@@ -79,7 +87,7 @@ def test_score_first_learns_and_stays_legal() -> None:
     toks, tab = stream(301).repeat(3)[:601], tables()  # repeated text: TTT should help
     c = cfg(mode="score_first", chunk_tokens=64, lr=0.05, epochs=2)
     ref = eval_sliding(model(), toks, 16, 8, 4, tab, CPU)
-    r, led = ttt.run_ttt(c, model(), toks, tab, CPU)
+    r, led = run(c, model(), toks, tab)
     assert r.val_bpb < ref.val_bpb
     assert ttt.score_before_update(led) == [] and ttt.single_pass(led, 600) == []
 
@@ -105,7 +113,7 @@ def test_prequant_fails_score_before_update_and_is_labelled(capsys) -> None:
     led = ttt.Ledger()
     seen = []
     m = ttt.prequant_ttt(c, model(), toks, CPU, on_epoch=lambda e, net: seen.append(e), ledger=led)
-    r, ev = ttt.run_ttt(replace(c, ttt=replace(c.ttt, mode="none")), m, toks, tab, CPU)
+    r, ev = run(replace(c, ttt=replace(c.ttt, mode=M.NONE)), m, toks, tab)
     led.events += ev.events
     assert seen == [1, 2]
     assert ttt.score_before_update(led) != []  # trained on val before scoring it
@@ -202,7 +210,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         torch.set_num_threads(1)
         rows = []
         for c in _dist_cfgs():
-            r, led = ttt.run_ttt(c, model(), stream(301, docs=6), tables(), CPU)
+            r, led = run(c, model(), stream(301, docs=6), tables())
             rows.append([r.nll_sum, r.tokens, r.bytes, ttt.single_pass(led, 300)])
         torch.save(rows, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -222,7 +230,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
-    single = [ttt.run_ttt(c, model(), stream(301, docs=6), tables(), CPU)[0] for c in _dist_cfgs()]
+    single = [run(c, model(), stream(301, docs=6), tables())[0] for c in _dist_cfgs()]
     for rank in range(2):
         rows = torch.load(tmp_path / f"rank{rank}.pt")
         for (nll, n, nb, sp), r in zip(rows, single, strict=True):

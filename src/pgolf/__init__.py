@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 CORE_MODULES = (
+    "modes",
     "config_env",
     "quantplan",
     "config",
@@ -22,6 +23,7 @@ CORE_MODULES = (
     "evaluate",
     "ttt_lora",
     "ttt",
+    "score",
     "checkpoint",
     "runlog",
     "train",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import pgolf
 from pgolf import config as C
+from pgolf import modes as M
 
 DESCRIPTION = """\
 pgolf: train, quantize, score and package a language model for OpenAI's Parameter Golf challenge
@@ -294,7 +295,7 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
     p.add_argument(
         "--ttt",
         default=None,
-        choices=["none", "score_first", "lora"],
+        choices=M.EVAL_TTT_MODES,
         help="test-time training mode (default: the run's)",
     )
     _budget_flag(p)
@@ -305,7 +306,9 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
         "compliance tests (issue #1017 conditions) on an artifact; exit 1 on a failure",
     )
     p.add_argument("artifact", nargs="?", default=None, help="artifact.pgolf")
-    p.add_argument("--ttt", default=None, help="plain, sliding, score_first, lora or prequant")
+    p.add_argument(
+        "--ttt", default=None, help=f"scoring mode: {', '.join(M.MODES)} (default: the run's)"
+    )
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
     _json(p)
     p.add_argument("--quick", action="store_true", help="a short slice, fewer probes")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from pgolf import config_env as E
+from pgolf import modes as M
 from pgolf.quantplan import QuantPlan
 
 # ----------------------------------------------------------------------------------------------
@@ -106,6 +107,7 @@ class TrainConfig:
     reserve_seconds: float = 0.0  # of the budget, kept for Hessians (GPTQ_RESERVE_SECONDS)
     warmup_steps: int = 20  # compile warm-up steps; weights, optimizer, loader reset after
     val_loss_every: int = 4000
+    final_val: bool = False  # validate the live weights at the last step, as the records do
     train_log_every: int = 500
     recur_start_step: int = -1  # recurrence on after this step (-1 = use recur_start_frac)
     recur_start_frac: float = -1.0  # ... or after this fraction of the budget (-1 = never)
@@ -149,7 +151,7 @@ class QuantConfig:
 class TTTConfig:
     """pgolf.ttt; mode none | score_first (#1493) | lora (#1530/#1610) | prequant (#1550)."""
 
-    mode: str = "none"
+    mode: str = M.NONE  # none | score_first | lora | prequant (pgolf.modes.TTT_MODES)
     chunk_tokens: int = 32768  # score_first: chunk of the val stream (TTT_CHUNK_TOKENS)
     lr: float = 0.005  # score_first SGD (TTT_LR), cosine over chunks; also the phased SGD
     momentum: float = 0.9
@@ -206,7 +208,7 @@ def pr1550() -> RunConfig:
         model=ModelConfig(recur_layers=(0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10)),
         train=TrainConfig(recur_start_step=3000),
         quant=QuantConfig(calib="selfgen"),
-        ttt=TTTConfig(mode="prequant"),  # faithful to #1550, hence non-record (Condition 3)
+        ttt=TTTConfig(mode=M.PREQUANT),  # faithful to #1550, hence non-record (Condition 3)
     )
 
 
@@ -230,7 +232,7 @@ def pr1493() -> RunConfig:
         optim=replace(base.optim, embed_wd=0.085, ns_coeffs="quintic", ns_steps=5),
         train=replace(base.train, recur_start_step=-1, recur_start_frac=0.35, reserve_seconds=12.0),
         quant=replace(base.quant, calib="train"),
-        ttt=TTTConfig(mode="score_first"),
+        ttt=TTTConfig(mode=M.SCORE_FIRST),
     )
 
 
@@ -485,11 +487,11 @@ OPTIONAL_MODULES = ("rans", "crans", "ttt_lora")
 
 
 def modules_needed(cfg: RunConfig) -> set[str]:
-    """The OPTIONAL_MODULES that a run with `cfg` uses: an entropy codec; LoRA TTT, whose SGD step
-    score-first TTT shares."""
+    """The OPTIONAL_MODULES that a run with `cfg` uses: an entropy codec; those its TTT mode needs
+    (`pgolf.modes.Mode.needs`: LoRA TTT's module, whose SGD step score-first TTT shares)."""
     codec = cfg.quant.codec
     need = {"rans", "crans"} if codec == "crans" else {"rans"} if codec == "rans" else set()
-    return need | ({"ttt_lora"} if cfg.ttt.mode in ("lora", "score_first") else set())
+    return need | set(M.MODES[cfg.ttt.mode].needs)
 
 
 def refuse_absent(cfg: RunConfig, absent: tuple[str, ...], script: str) -> None:
@@ -519,7 +521,7 @@ CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `valid
     "quant.embed_method": ("gptq", "rtn"),
     "quant.calib": ("train", "selfgen"),
     "quant.codec": ("brotli", "lzma", "zstd", "rans", "crans"),
-    "ttt.mode": ("none", "score_first", "lora", "prequant"),
+    "ttt.mode": M.TTT_MODES,
     "ttt.lora_init": ("reset", "warm"),
 }
 

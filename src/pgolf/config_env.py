@@ -2,12 +2,14 @@
 but not supported (reported, never silently ignored).
 
 Three tables, read by `pgolf.config.apply_env` (this module comes before `config` in the bundle and
-imports nothing of pgolf): `ENV_VARS` maps a variable 1:1 onto `section.field`; `CONVERTERS` hold
-the variables whose meaning differs from a field (`XSA_LAST_N` = the last N layers,
-`NUM_LOOPS`/`LOOP_START`/`LOOP_END` = #1493's looped segment as a virtual layer list,
-`WARMDOWN_ITERS` = a fraction of `ITERATIONS`, ...); `UNSUPPORTED` names the variables of the
+imports only `pgolf.modes`, the scoring modes' names): `ENV_VARS` maps a variable 1:1 onto
+`section.field`; `CONVERTERS` hold the variables whose meaning differs from a field (`XSA_LAST_N` =
+the last N layers, `NUM_LOOPS`/`LOOP_START`/`LOOP_END` = #1493's looped segment as a virtual layer
+list, `WARMDOWN_ITERS` = a fraction of `ITERATIONS`, ...); `UNSUPPORTED` names the variables of the
 baseline, #1493 and #1550 scripts that pgolf has no equivalent for, with the reason. Names come
-from the Naive Baseline's and PR #1550's `Hyperparameters` and PR #1493's logged hyperparameters.
+from the Naive Baseline's and PR #1550's `Hyperparameters` and PR #1493's logged hyperparameters,
+except `FINAL_VAL` (pgolf's own: the records have no switch, their loops always validate the live
+weights at the last step; pgolf does so only with FINAL_VAL=1, `train.final_val`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
+
+from pgolf import modes as M
 
 ENV_VARS: dict[str, tuple[str, str]] = {
     "DATA_PATH": ("data", "data_path"),
@@ -67,6 +71,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "GPTQ_RESERVE_SECONDS": ("train", "reserve_seconds"),
     "WARMUP_STEPS": ("train", "warmup_steps"),
     "VAL_LOSS_EVERY": ("train", "val_loss_every"),
+    "FINAL_VAL": ("train", "final_val"),
     "TRAIN_LOG_EVERY": ("train", "train_log_every"),
     "RECUR_START_STEP": ("train", "recur_start_step"),
     "RECUR_START_FRAC": ("train", "recur_start_frac"),
@@ -148,7 +153,7 @@ def _run_id(cfg: Any, raw: str, env: Env) -> Any:
 
 def _ttt_enabled(cfg: Any, raw: str, env: Env) -> Any:
     """0 -> ttt.mode none; 1 keeps the preset's mode (else score_first)."""
-    mode = (cfg.ttt.mode if cfg.ttt.mode != "none" else "score_first") if _flag(raw) else "none"
+    mode = (cfg.ttt.mode if cfg.ttt.mode != M.NONE else M.SCORE_FIRST) if _flag(raw) else M.NONE
     return _sub(cfg, "ttt", mode=mode)
 
 
@@ -156,7 +161,7 @@ def _ttt(name: str, conv: Callable[[str], Any]) -> Converter:
     """TTT_LR / TTT_EPOCHS: #1493's SGD values, or #1550's AdamW ones when the mode is prequant."""
 
     def f(cfg: Any, raw: str, env: Env) -> Any:
-        pre = "prequant_" if cfg.ttt.mode == "prequant" else ""
+        pre = "prequant_" if cfg.ttt.mode == M.PREQUANT else ""
         return _sub(cfg, "ttt", **{pre + name: conv(raw)})
 
     return f

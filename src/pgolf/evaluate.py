@@ -155,6 +155,47 @@ def score_windows(
     across ranks; `reduce`: all-reduce the sums (and check their count). With shard and reduce
     off (a rank scoring its own windows) the result holds this rank's sums only. `bar`: the
     progress bar's label (`pgolf.dist.progress`; None: no bar)."""
+    starts, lo, hi = plan
+    (r,) = score_spans(
+        model,
+        val_tokens,
+        starts,
+        [(lo, hi)],
+        seq_len,
+        batch_seqs,
+        tables,
+        device,
+        autocast_dtype,
+        [token_nll],
+        pad_batches,
+        shard=shard,
+        reduce=reduce,
+        bar=bar,
+    )
+    return r
+
+
+def score_spans(
+    model: nn.Module,
+    val_tokens: torch.Tensor,
+    starts: torch.Tensor,
+    spans: list[tuple[torch.Tensor, torch.Tensor]],
+    seq_len: int,
+    batch_seqs: int,
+    tables: ByteTables,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    token_nlls: list[torch.Tensor | None] | None = None,
+    pad_batches: bool = True,
+    *,
+    shard: bool = True,
+    reduce: bool = True,
+    bar: str | None = "eval",
+) -> list[EvalResult]:
+    """One forward pass over the windows at `starts`, scored several ways: for each (lo, hi) of
+    `spans` (one value per window), target `start + o` counts for o in [lo, hi) -> one result per
+    span, each with the pass's time. `token_nlls`: per span, as `token_nll` of `score_windows`.
+    Otherwise as `score_windows`, which is this with one span."""
     device = torch.device(device)
     if batch_seqs < 1:
         raise ValueError(f"evaluate: batch_seqs must be >= 1, got {batch_seqs}")
@@ -163,20 +204,21 @@ def score_windows(
         raise ValueError(f"evaluate: val_tokens must be 1-D, got shape {tuple(tokens.shape)}")
     tokens = tokens.to(torch.int64)
     n_tok = tokens.numel()
-    starts, lo, hi = plan
-    expected = int((hi - lo).sum())
+    k = len(spans)
+    token_nlls = list(token_nlls or [None] * k)
+    expected = [int((hi - lo).sum()) for lo, hi in spans]
 
     info = pdist.info()
     n_win = starts.numel()
     if shard:
         a = n_win * info.rank // info.world_size
         b = n_win * (info.rank + 1) // info.world_size
-        starts, lo, hi = starts[a:b], lo[a:b], hi[a:b]
+        starts, spans = starts[a:b], [(lo[a:b], hi[a:b]) for lo, hi in spans]
 
     tab = tables.to(device)
     pos = torch.arange(seq_len, device=device)
     ar = torch.arange(seq_len + 1, device=tokens.device)
-    acc = torch.zeros(3, dtype=torch.float64, device=device)  # nll, tokens, bytes
+    acc = torch.zeros(k, 3, dtype=torch.float64, device=device)  # per span: nll, tokens, bytes
     was_training = model.training
     _sync(device)
     t0 = time.perf_counter()
@@ -185,33 +227,45 @@ def score_windows(
         with torch.no_grad():
             for i in pdist.progress(range(0, starts.numel(), batch_seqs), desc=bar):
                 sl = slice(i, i + batch_seqs)
-                s, lo_b, hi_b = starts[sl], lo[sl], hi[sl]
+                s = starts[sl]
                 n_pad = batch_seqs - s.numel() if pad_batches else 0
                 if n_pad > 0:  # filler rows (masked out) keep the batch shape static
                     s = torch.cat([s, s[:1].expand(n_pad)])
-                    lo_b = torch.cat([lo_b, lo_b.new_zeros(n_pad)])
-                    hi_b = torch.cat([hi_b, hi_b.new_zeros(n_pad)])
                 idx = (s.to(tokens.device)[:, None] + ar).clamp_(max=n_tok - 1)
                 chunk = tokens[idx].to(device, non_blocking=True)
-                nll, mask, nbytes = score_batch(
-                    model, chunk[:, :-1], chunk[:, 1:], lo_b, hi_b, tab, autocast_dtype, idx[:, 1:]
-                )
-                acc[0] += torch.where(mask, nll.double(), 0.0).sum()
-                acc[1] += mask.sum()
-                acc[2] += torch.where(mask, nbytes.double(), 0.0).sum()
-                if token_nll is not None:
-                    tgt = s.to(device)[:, None] + pos
-                    token_nll.index_add_(0, tgt[mask].to(token_nll.device), nll[mask].to(token_nll))
+                nll = nbytes = None
+                for j, (lo, hi) in enumerate(spans):
+                    lo_b, hi_b = lo[sl], hi[sl]
+                    if n_pad > 0:
+                        lo_b = torch.cat([lo_b, lo_b.new_zeros(n_pad)])
+                        hi_b = torch.cat([hi_b, hi_b.new_zeros(n_pad)])
+                    if nll is None:  # the forward pass, once per batch
+                        x, y = chunk[:, :-1], chunk[:, 1:]
+                        nll, mask, nbytes = score_batch(
+                            model, x, y, lo_b, hi_b, tab, autocast_dtype, idx[:, 1:]
+                        )
+                    else:
+                        mask = (pos >= lo_b.to(device)[:, None]) & (pos < hi_b.to(device)[:, None])
+                    acc[j, 0] += torch.where(mask, nll.double(), 0.0).sum()
+                    acc[j, 1] += mask.sum()
+                    acc[j, 2] += torch.where(mask, nbytes.double(), 0.0).sum()
+                    if (token_nll := token_nlls[j]) is not None:
+                        tgt = s.to(device)[:, None] + pos
+                        token_nll.index_add_(
+                            0, tgt[mask].to(token_nll.device), nll[mask].to(token_nll)
+                        )
     finally:
         model.train(was_training)
     if reduce:
         pdist.all_reduce_(acc, "sum")
-    nll_sum, n, nb = acc.tolist()
     _sync(device)
     seconds = time.perf_counter() - t0
-    if reduce and int(n) != expected:
-        raise RuntimeError(f"evaluate: scored {int(n)} targets, expected {expected}")
-    return result_from_sums(nll_sum, int(n), int(nb), seconds)
+    out = []
+    for j, (nll_sum, n, nb) in enumerate(acc.tolist()):
+        if reduce and int(n) != expected[j]:
+            raise RuntimeError(f"evaluate: scored {int(n)} targets, expected {expected[j]}")
+        out.append(result_from_sums(nll_sum, int(n), int(nb), seconds))
+    return out
 
 
 def result_from_sums(nll_sum: float, n: int, nbytes: int, seconds: float) -> EvalResult:
@@ -298,6 +352,55 @@ def eval_sliding(
         console=False,
     )
     return r
+
+
+def eval_plain_sliding(
+    model: nn.Module,
+    val_tokens: torch.Tensor,
+    seq_len: int,
+    stride: int,
+    batch_seqs: int,
+    tables: ByteTables,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[EvalResult, EvalResult]:
+    """(plain, sliding): the results of `eval_plain` and `eval_sliding`, in one forward pass when
+    `seq_len` is a multiple of `stride`. Then every plain window starts where a sliding window
+    starts (a multiple of seq_len is one of stride) and runs over the same tokens, so the pass
+    over the sliding windows - plus the last plain window when it starts past the last sliding
+    one, too short to be kept - scores both, each target of each once. Each result carries the
+    one pass's time. Otherwise the two passes run."""
+    n = torch.as_tensor(val_tokens).numel() - 1
+    if seq_len % stride:
+        args = (batch_seqs, tables, device, autocast_dtype)
+        return (
+            eval_plain(model, val_tokens, seq_len, *args),
+            eval_sliding(model, val_tokens, seq_len, stride, *args),
+        )
+    starts, lo, hi = sliding_windows(n, seq_len, stride)
+    p_starts = plain_windows(n, seq_len)[0]
+    extra = p_starts[p_starts > starts[-1]]  # at most the plain tail window
+    nil = extra.new_zeros(extra.numel())
+    starts = torch.cat([starts, extra])
+    plain_hi = torch.where(starts % seq_len == 0, (n - starts).clamp(max=seq_len), 0)
+    plain, sliding = score_spans(
+        model,
+        val_tokens,
+        starts,
+        [(torch.zeros_like(starts), plain_hi), (torch.cat([lo, nil]), torch.cat([hi, nil]))],
+        seq_len,
+        batch_seqs,
+        tables,
+        device,
+        autocast_dtype,
+        bar="eval plain+sliding",
+    )
+    pdist.log0(
+        f"eval_sliding windows:{starts.numel() - extra.numel()} seq_len:{seq_len} stride:{stride} "
+        f"scored_tokens:{sliding.tokens} targets:{n}",
+        console=False,
+    )
+    return plain, sliding
 
 
 def format_eval_line(label: str, r: EvalResult, extra: str = "") -> list[str]:

@@ -17,6 +17,8 @@ import torch
 from pgolf import artifact_check as AC
 from pgolf import config as C
 from pgolf import lqer
+from pgolf import modes as M
+from pgolf import score as S
 from pgolf import ttt as TT
 from pgolf.dist import barrier, info, init, log0
 from pgolf.runlog import RunDir, size_lines
@@ -238,37 +240,6 @@ def load_artifact_model(path: Path, device: torch.device):
     return cfg, model_from_state(cfg, state, device, meta, str(path)), meta
 
 
-def evaluate_model(
-    cfg: C.RunConfig, model, val_tokens, tables, label: str, sliding: bool, device
-) -> dict[str, float]:
-    from pgolf import evaluate as E
-
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    out: dict[str, float] = {}
-    r = E.eval_plain(
-        model, val_tokens, cfg.eval.eval_seq_len, cfg.eval.val_batch_seqs, tables, device, amp
-    )
-    for line in E.format_eval_line(f"{label}_roundtrip", r):
-        log0(line)
-    out.update(roundtrip_bpb=r.val_bpb, roundtrip_loss=r.val_loss, roundtrip_seconds=r.seconds)
-    if sliding:
-        e = cfg.eval
-        s = E.eval_sliding(
-            model, val_tokens, e.eval_seq_len, e.eval_stride, e.val_batch_seqs, tables, device, amp
-        )
-        for line in E.format_eval_line(
-            f"{label}_sliding_window", s, extra=f"stride:{cfg.eval.eval_stride}"
-        ):
-            log0(line)
-        out["sliding_bpb"], out["sliding_loss"] = s.val_bpb, s.val_loss
-    AC.require_finite(label, out)
-    if label.startswith("final_"):  # the baseline-era line the challenge's parsers read
-        k = "sliding" if sliding else "roundtrip"
-        loss, bpb = out[k + "_loss"], out[k + "_bpb"]
-        log0(f"final_int8_zlib_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
-    return out
-
-
 def eval_artifact(
     path: str | Path,
     data: str | None = None,
@@ -286,7 +257,7 @@ def eval_artifact(
     clock = TT.EvalClock()
     with clock.stage("load"):  # artifact, val shards, byte tables
         cfg, model, meta = load_artifact_model(path, di.device)
-        prequant = cfg.ttt.mode == "prequant"  # the weights were trained on val (non-record)
+        prequant = M.MODES[cfg.ttt.mode].non_record  # the weights were trained on val
         cfg = cfg if ttt is None else replace(cfg, ttt=replace(cfg.ttt, mode=ttt))
         data_dir = Path(data) if data else Path(cfg.data.data_path)
         tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
@@ -306,8 +277,8 @@ def eval_artifact(
         tables = bpb.with_sidecar(tables, data_dir, val.numel(), cfg.data.caseops)
     label = f"final_int{cfg.quant.matrix_bits}"
     with clock.stage("sliding"):
-        res = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
-    res.update(TT.eval_stage(cfg, model, val, tables, di.device, clock, non_record=prequant))
+        res = S.evaluate_model(cfg, model, val, tables, label, sliding, di.device)
+    res.update(S.eval_stage(cfg, model, val, tables, di.device, clock, non_record=prequant))
     AC.require_finite(str(path), res)
     res["artifact_path"] = str(path)
     code, size = int(meta.get("code_bytes", 0)), path.stat().st_size  # as `quantize` counted
@@ -386,13 +357,13 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
         stopped_early=result.stopped_early,
         data_path=str(data_dir),
     )
-    pre = evaluate_model(cfg, model, val, tables, "pre_quant", False, device)
+    pre = S.evaluate_model(cfg, model, val, tables, "pre_quant", False, device)
     out["val_bpb_prequant"], out["val_loss_prequant"] = pre["roundtrip_bpb"], pre["roundtrip_loss"]
     log0(
         f"DIAGNOSTIC post_ema val_loss:{pre['roundtrip_loss']:.4f} val_bpb:"
         f"{pre['roundtrip_bpb']:.4f} eval_time:{1000 * pre['roundtrip_seconds']:.0f}ms"
     )
-    if cfg.ttt.mode == "prequant":  # after EMA, before calibration/GPTQ; NON-RECORD
+    if not M.MODES[cfg.ttt.mode].eval_time:  # pre-quant TTT: after EMA, before GPTQ; NON-RECORD
         model = TT.prequant_stage(cfg, model, val, device, out)
     if quantize:
         tensors = quantize_model(cfg, model, data_dir)
@@ -402,9 +373,9 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
             _, qmodel, _ = load_artifact_model(art, device)
         label = f"final_int{cfg.quant.matrix_bits}"
         with clock.stage("sliding"):
-            post = evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
+            post = S.evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)
         out.update(artifact_scores(post), artifact_scored=True)  # the run's own evaluation
-        out.update(TT.eval_stage(cfg, qmodel, val, tables, device, clock))  # + clock report
+        out.update(S.eval_stage(cfg, qmodel, val, tables, device, clock))  # + clock report
     if info().is_main:
         if extras is not None:
             out.update(extras(cfg, run, val, tables))

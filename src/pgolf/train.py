@@ -18,6 +18,10 @@
 * One object (`_Trainer`) owns the run's state and every decision of the loop; `train()` builds
   it and returns its `TrainResult`; the caller records the result (`pipeline.train_stage`).
 * EMA after every optimizer step, copied into the model at the end (section 4.4).
+* Validation (plain round trip of the live weights): every `val_loss_every` steps, and at the last
+  step only with `train.final_val` (FINAL_VAL=1; off in every preset). The records' loops always
+  validate there (their `step:N/N val_loss:` line), right before EMA replaces those weights; the
+  run scores the EMA weights next (`DIAGNOSTIC post_ema`), so pgolf skips that pass by default.
 * A non-finite loss raises `TrainingDiverged`; checkpoints are never written from non-finite
   weights, so the last good one stays on disk. Ctrl-C saves a checkpoint, then re-raises.
 * Checkpoints: weights, EMA, optimizer, per-rank loader state, RNG, step, elapsed time,
@@ -71,7 +75,8 @@ class TrainResult:
     stopped_early: bool
     """True when the wall-clock cap, not `iterations`, ended training."""
     val: EvalResult | None
-    """The last validation (live weights, before EMA) - always run at the final step."""
+    """The last validation of the live weights (before EMA): at the final step with
+    `train.final_val`, else the last `val_loss_every` one (None when neither ran)."""
     tables: ByteTables
     val_tokens: Tensor
     run: RunDir
@@ -269,7 +274,8 @@ class _Trainer:
                 progress = self.progress()
                 time_up, recur = self.decide(progress)
                 last = self.steps >= t.iterations or time_up
-                if last or (t.val_loss_every > 0 and self.steps % t.val_loss_every == 0):
+                every = t.val_loss_every > 0 and self.steps % t.val_loss_every == 0
+                if (last and t.final_val) or (not last and every):  # live weights (final_val)
                     self.validate()
                 if last:
                     self.time_up = time_up

@@ -16,7 +16,8 @@ Modes (`cfg.ttt.mode`, spec section 7 and the conditions of issue #1017):
   built from cloned tensors: #1550's "rotary cache poisoning" came from reusing tensors created
   under `inference_mode`.
 
-Every mode scores through `pgolf.evaluate.score_windows` / `score_batch` and records a `Ledger`
+The modes are rows of `pgolf.modes.MODES`, run through `pgolf.score.score` (the one entry point);
+every mode scores through `pgolf.evaluate.score_windows` / `score_batch` and records a `Ledger`
 (format in dev/INTERFACES.md) from which `score_before_update` / `single_pass` check Conditions
 3 and 4. `EvalClock` times the evaluation stages against the 600 s budget.
 """
@@ -41,7 +42,6 @@ from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
 from pgolf.evaluate import (
     EvalResult,
-    format_eval_line,
     result_from_sums,
     score_windows,
     sliding_windows,
@@ -204,6 +204,10 @@ def consumed(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 # Score-first TTT
 
 
+Adapt = Callable[[nn.Module, int, int, tuple[int, int], float], tuple[nn.Module, int]]
+"""(model, chunk, n_chunks, targets (a, b) of the chunk, cosine lr) -> (model, updates made)."""
+
+
 def score_first(
     cfg: RunConfig,
     model: nn.Module,
@@ -212,9 +216,13 @@ def score_first(
     device: torch.device,
     ledger: Ledger,
     token_nll: torch.Tensor | None = None,
+    *,
+    adapt: Adapt | None = None,
 ) -> EvalResult:
     """PR #1493's legal TTT (see the module docstring); returns the totals over every target.
-    `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it)."""
+    `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it).
+    `adapt` (default: `ttt.epochs` SGD passes over the chunk) replaces the training done after
+    each chunk is scored (the study's control trains with pre-quant TTT's AdamW per chunk)."""
     t, e = cfg.ttt, cfg.eval
     amp = torch.bfloat16 if device.type == "cuda" else None
     tokens = torch.as_tensor(val_tokens).to(torch.int64).cpu()
@@ -222,8 +230,27 @@ def score_first(
     starts, lo, hi = sliding_windows(n, e.eval_seq_len, e.eval_stride)
     chunk_of = (starts + lo) // t.chunk_tokens
     n_chunks = int(chunk_of[-1]) + 1
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum)
+    if adapt is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum)
+
+        def adapt(net: nn.Module, c: int, n_c: int, ab: tuple[int, int], lr: float):
+            for g in opt.param_groups:
+                g["lr"] = lr
+            for _ in range(t.epochs):
+                ttt_lora.sgd_on_ranges(
+                    net,
+                    opt,
+                    tokens,
+                    [ab],
+                    e.eval_seq_len,
+                    e.val_batch_seqs,
+                    t.grad_clip,
+                    device,
+                    amp,
+                )
+            return net, t.epochs
+
     acc = np.zeros(3)  # nll, tokens, bytes (already all-reduced by score_windows)
     version, t0 = 0, time.perf_counter()
     for c in pdist.progress(range(n_chunks), desc="ttt chunks"):
@@ -249,20 +276,8 @@ def score_first(
         if c == n_chunks - 1:
             break
         lr = t.lr * 0.5 * (1 + math.cos(math.pi * c / max(n_chunks - 1, 1)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        for _ in range(t.epochs):
-            ttt_lora.sgd_on_ranges(
-                model,
-                opt,
-                tokens,
-                [(a, b)],
-                e.eval_seq_len,
-                e.val_batch_seqs,
-                t.grad_clip,
-                device,
-                amp,
-            )
+        model, k = adapt(model, c, n_chunks, (a, b), lr)
+        for _ in range(k):
             version += 1
             ledger.update(consumed([(a, b)]), version)
         if c % 10 == 0 or c == n_chunks - 2:
@@ -276,50 +291,7 @@ def score_first(
 
 
 # ----------------------------------------------------------------------------------------------
-# Entry points
-
-
-def run_ttt(
-    cfg: RunConfig,
-    model: nn.Module,
-    val_tokens: torch.Tensor,
-    tables: ByteTables,
-    device: torch.device | str,
-    token_nll: torch.Tensor | None = None,
-) -> tuple[EvalResult, Ledger]:
-    """The eval-time modes (none = plain sliding, score_first, lora) -> (totals, ledger);
-    `token_nll` as in `pgolf.evaluate.eval_sliding`."""
-    device = torch.device(device)
-    ledger = Ledger()
-    mode = cfg.ttt.mode
-    if mode == "score_first":
-        return score_first(cfg, model, val_tokens, tables, device, ledger, token_nll), ledger
-    if mode == "lora":
-        r = ttt_lora.lora_ttt(cfg, model, val_tokens, tables, device, ledger, token_nll)
-        return r, ledger.gather()
-    if mode == "none":
-        e = cfg.eval
-        n = torch.as_tensor(val_tokens).numel() - 1
-        plan = sliding_windows(n, e.eval_seq_len, e.eval_stride)
-        amp = torch.bfloat16 if device.type == "cuda" else None
-        r = score_windows(
-            model,
-            val_tokens,
-            plan,
-            e.eval_seq_len,
-            e.val_batch_seqs,
-            tables,
-            device,
-            amp,
-            token_nll,
-            bar="eval sliding",
-        )
-        ledger.score([(0, n)], 0)
-        return r, ledger
-    raise ValueError(
-        f"ttt.mode {mode!r} is not an eval-time mode: 'prequant' belongs to the run "
-        "(`pgolf run --set ttt.mode=prequant`); use none, score_first or lora"
-    )
+# Pre-quant TTT (NON-RECORD)
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:
@@ -418,30 +390,6 @@ def prequant_ttt(
         p.requires_grad_(True)
     net.eval()
     return net
-
-
-def eval_stage(cfg: RunConfig, model, val, tables, device, clock, non_record=False) -> dict:
-    """The configured eval-time TTT mode (score_first / lora; none and prequant add nothing here)
-    on `model`, timed, its ledger checked; then the clock's table against the budget.
-    non_record: the weights came from pre-quant TTT (labels the result)."""
-    out = {"non_record": True, "non_record_reason": NON_RECORD_REASON} if non_record else {}
-    if cfg.ttt.mode not in ("score_first", "lora"):
-        return {**out, **clock.report(cfg.ttt.eval_budget_seconds)}
-    with clock.stage(f"ttt_{cfg.ttt.mode}"):
-        r, ledger = run_ttt(cfg, model, val, tables, device)
-    for line in format_eval_line("quantized_ttt", r, extra=f"mode:{cfg.ttt.mode}"):
-        pdist.log0(line)
-    c3, c4 = score_before_update(ledger), single_pass(ledger, val.numel() - 1)
-    pdist.log0(f"ttt_ledger events:{len(ledger.events)} condition3:{not c3} condition4:{not c4}")
-    out.update(
-        ttt_mode=cfg.ttt.mode,
-        val_bpb_ttt=r.val_bpb,
-        val_loss_ttt=r.val_loss,
-        ttt_seconds=r.seconds,
-        ttt_condition3_violations=c3[:5],
-        ttt_condition4_violations=c4[:5],
-    )
-    return {**out, **clock.report(cfg.ttt.eval_budget_seconds)}
 
 
 def prequant_stage(cfg: RunConfig, model: nn.Module, val, device, out: dict) -> nn.Module:

@@ -1,6 +1,7 @@
 """`pgolf eval RUN_DIR --weights final|checkpoint` (or `pgolf eval FILE.safetensors`): score a
-run's unquantized weights with the evaluator the run itself uses (`pgolf.pipeline.evaluate_model`:
-plain round trip, sliding window; then the eval-time TTT mode, score-first of PR #1493 or LoRA).
+run's unquantized weights with the evaluator the run itself uses (`pgolf.score.evaluate_model`:
+plain round trip, sliding window; then `pgolf.score.adapt_and_score`, the eval-time TTT mode,
+score-first of PR #1493 or LoRA, with its ledger's conditions).
 
 `final_model.safetensors` holds the weights the run quantized (the EMA weights when EMA was on);
 its plain score recomputes the run's `DIAGNOSTIC post_ema` line and `val_bpb_prequant`. The lines
@@ -93,11 +94,9 @@ def eval_weights(
 ) -> dict[str, Any]:
     """Score the weights (see the module docstring) -> {label, val_bpb_prequant..., weights}."""
     from pgolf import bpb
-    from pgolf import ttt as TT
+    from pgolf import score as S
     from pgolf.data import find_tokenizer, load_val_tokens, sha256_file
-    from pgolf.dist import init, log0
-    from pgolf.evaluate import format_eval_line
-    from pgolf.pipeline import evaluate_model
+    from pgolf.dist import init
 
     weights, run = locate(Path(target), which)
     cfg_file, cfg = run.config_path, run.config()
@@ -123,7 +122,7 @@ def eval_weights(
     tables = bpb.with_sidecar(
         bpb.build_byte_tables(str(tok), V), data_dir, val.numel(), cfg.data.caseops
     )
-    r = evaluate_model(cfg, model, val, tables, label, sliding, di.device)
+    r = S.evaluate_model(cfg, model, val, tables, label, sliding, di.device)
     key = "prequant" if label == "pre_quant" else label
     out: dict[str, Any] = {
         "weights": str(weights),
@@ -136,9 +135,7 @@ def eval_weights(
             r["sliding_bpb"],
             r["sliding_loss"],
         )
-    if cfg.ttt.mode in ("score_first", "lora"):  # after the plain scores: TTT adapts the model
-        t, _ = TT.run_ttt(cfg, model, val, tables, di.device)
-        for line in format_eval_line(f"{label}_ttt", t, extra=f"mode:{cfg.ttt.mode}"):
-            log0(line)
-        out[f"val_bpb_{key}_ttt"], out[f"val_loss_{key}_ttt"] = t.val_bpb, t.val_loss
+    # after the plain scores: TTT adapts the model
+    if (got := S.adapt_and_score(cfg, model, val, tables, di.device, f"{label}_ttt")) is not None:
+        out[f"val_bpb_{key}_ttt"], out[f"val_loss_{key}_ttt"] = got[0].val_bpb, got[0].val_loss
     return out

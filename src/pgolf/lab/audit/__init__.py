@@ -18,7 +18,6 @@ _FACE = {
     "Evaluator": "base",
     "Row": "base",
     "audit_scale": "base",
-    "ledger_from_plan": "base",
     "maxdiff": "base",
     "scoring_row": "base",
     "traced": "base",

@@ -1,16 +1,16 @@
 """The auditor's empirical tests: run an evaluation mode on a model and a token stream, perturb
 the stream, and check the four conditions of issue #1017 (spec rules-and-compliance.md part (d)).
 
-An `Evaluator` is a mode (plain, sliding, score_first, lora, prequant) built on the core's own
-entry points - `pgolf.evaluate.eval_plain` / `eval_sliding` (per-target NLL through their
-`token_nll` hook), `pgolf.ttt.score_first` and `pgolf.ttt_lora.lora_ttt` (the branches of
-`pgolf.ttt.run_ttt`, given the auditor's ledger), `pgolf.ttt.prequant_ttt` - never a copy of
-them. A run returns the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported
-totals, the ledger of score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full
+An `Evaluator` is a mode of `pgolf.modes.MODES` (plain, sliding, none, score_first, lora,
+prequant) run by the core's one scoring entry point, `pgolf.score.score`, given the auditor's
+ledger, its per-target NLL (`token_nll`) and its probe (`hook`) - never a copy of it. A run
+returns the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported totals, the
+ledger of score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full
 log-distribution that scored them: a forward hook (`Tap`) on the scoring model records the
 log-softmax of every eval-mode window that contains a probed position, keyed by window start.
 Every run of a stateful mode (or of a subclass) works on a deep copy of the model, so TTT never
-leaks from one run into the next; plain and sliding scoring change nothing and skip the copy.
+leaks from one run into the next; the evaluator-only modes (plain, sliding) change nothing and
+skip the copy.
 
 Tests (rows: condition, test, verdict pass / fail / n.a., evidence), C1 here:
 T1.1 future-perturbation prefix invariance at cut points (inside a chunk, at a window/chunk
@@ -38,19 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from pgolf import modes as M
+from pgolf import score as S
 from pgolf import ttt as TT
 from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
-from pgolf.evaluate import (
-    EvalResult,
-    eval_plain,
-    eval_sliding,
-    plain_windows,
-    sliding_windows,
-)
-from pgolf.ttt_lora import lora_ttt
+from pgolf.evaluate import EvalResult
 
-MODES = ("plain", "sliding", "score_first", "lora", "prequant")
+MODES = tuple(M.MODES)
 
 
 @dataclass(frozen=True)
@@ -155,13 +150,6 @@ class Tap:
                         self.probs.setdefault(t, []).append((s, row))
 
 
-def ledger_from_plan(ledger: TT.Ledger, plan, version: int = 0) -> None:
-    starts, lo, hi = plan
-    ledger.score(
-        [(int(s + a), int(s + b)) for s, a, b in zip(starts, lo, hi, strict=True)], version
-    )
-
-
 @dataclass
 class Evaluator:
     """One evaluation mode on the core's entry points (module docstring). `sp`: the
@@ -176,7 +164,7 @@ class Evaluator:
     @property
     def per_document(self) -> bool:
         """Claims per-document scoring: LoRA TTT always, any mode on a doc-masked model."""
-        return self.mode == "lora" or self.cfg.model.doc_mask
+        return M.MODES[self.mode].per_document or self.cfg.model.doc_mask
 
     def with_batch(self, n: int) -> Evaluator:
         c = self.cfg
@@ -191,40 +179,18 @@ class Evaluator:
         self, model: nn.Module, tokens: torch.Tensor, nll: torch.Tensor, ledger: TT.Ledger, tap: Tap
     ) -> tuple[EvalResult, nn.Module]:
         """Run the mode; fills `nll` and `ledger`; returns (reported totals, scoring model)."""
-        e, dev = self.cfg.eval, torch.device(self.device)
-        c = replace(self.cfg, ttt=replace(self.cfg.ttt, mode=self.mode))
-        if self.mode == "prequant":
-            model = TT.prequant_ttt(c, model, tokens, dev, ledger=ledger)
-        h = model.register_forward_hook(tap)
-        try:
-            n = tokens.numel() - 1
-            if self.mode == "plain":
-                r = eval_plain(
-                    model, tokens, e.eval_seq_len, e.val_batch_seqs, self.tables, dev, token_nll=nll
-                )
-                ledger_from_plan(ledger, plain_windows(n, e.eval_seq_len))
-            elif self.mode in ("sliding", "prequant"):
-                r = eval_sliding(
-                    model,
-                    tokens,
-                    e.eval_seq_len,
-                    e.eval_stride,
-                    e.val_batch_seqs,
-                    self.tables,
-                    dev,
-                    token_nll=nll,
-                )
-                v = max((ev["version"] for ev in ledger.events), default=0)
-                ledger_from_plan(ledger, sliding_windows(n, e.eval_seq_len, e.eval_stride), v)
-            elif self.mode == "score_first":  # run_ttt's branches, with the auditor's ledger
-                r = TT.score_first(c, model, tokens, self.tables, dev, ledger, nll)
-            elif self.mode == "lora":
-                r = lora_ttt(c, model, tokens, self.tables, dev, ledger, nll)
-            else:
-                raise ValueError(f"audit: unknown mode {self.mode!r}; use one of {MODES}")
-        finally:
-            h.remove()
-        return r, model
+        s = S.score(
+            model,
+            tokens,
+            self.mode,
+            self.cfg,
+            self.tables,
+            self.device,
+            ledger=ledger,
+            token_nll=nll,
+            hook=tap,
+        )
+        return s.result, s.model
 
     def run(
         self,
@@ -237,7 +203,8 @@ class Evaluator:
         optimizer steps numbered in `off` are undone (T3.4)."""
         tokens = torch.as_tensor(tokens).to(torch.int64).cpu()
         nll = torch.zeros(tokens.numel() - 1, dtype=torch.float64)
-        stateless = type(self) is Evaluator and self.mode in ("plain", "sliding")
+        spec = M.MODES[self.mode]  # plain, sliding, none: scoring changes nothing
+        stateless = type(self) is Evaluator and spec.eval_time and not spec.adapts
         with Steps(off).active() as steps:
             ledger = StampLedger(steps=steps)
             tap = Tap(tokens, list(probes), self.cfg.eval.eval_seq_len)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pgolf import modes as M
 from pgolf.lab.audit import c2, c3
 from pgolf.lab.audit.base import (
     Evaluator,
@@ -31,11 +32,7 @@ def cut_points(ev: Evaluator, tokens: torch.Tensor, bos: int) -> dict[str, int]:
     """Token cut points c (tokens[c:] perturbed): inside a chunk, at a boundary, at a BOS."""
     n = tokens.numel() - 1
     L = ev.cfg.eval.eval_seq_len
-    unit = (
-        ev.cfg.ttt.chunk_tokens
-        if ev.mode == "score_first"
-        else (ev.cfg.ttt.lora_chunk if ev.mode == "lora" else L)
-    )
+    unit = {M.SCORE_FIRST: ev.cfg.ttt.chunk_tokens, M.LORA: ev.cfg.ttt.lora_chunk}.get(ev.mode, L)
     cuts = {"inside_chunk": min(n - 1, unit // 2 + 3), "chunk_boundary": min(n - 1, unit + 1)}
     bos_at = [int(i) for i in torch.nonzero(tokens[: n - 1] == bos).flatten() if 4 < i < n - 1]
     if bos_at:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from pgolf import modes as M
 from pgolf.lab.audit.base import MODES, Evaluator, Row, audit_scale, traced
 from pgolf.lab.audit.conditions import audit, format_rows
 from pgolf.runlog import RunDir
@@ -43,10 +44,6 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def default_mode(ttt_mode: str) -> str:
-    return {"score_first": "score_first", "lora": "lora"}.get(ttt_mode, "sliding")
 
 
 def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
@@ -128,7 +125,7 @@ def artifact_rows(path: Path, cfg, meta: dict, data_dir: Path | None = None) -> 
     """T1.3 (metadata), T2.5 (the run's coverage) and T4.4 (budget) rows for an artifact."""
     rows = [] if data_dir is None else [run_coverage(path, cfg, data_dir)]
     res = RunDir(path.parent, create=False).read_result()  # the run's, when next to it
-    if cfg.ttt.mode == "prequant" or res.get("non_record"):
+    if M.MODES[cfg.ttt.mode].non_record or res.get("non_record"):
         rows.append(
             Row(
                 "C1",
@@ -210,7 +207,7 @@ def audit_artifact(
     path = Path(path)
     with one_thread():  # the model's construction too (init, the meta-device shape check)
         cfg, model, meta = load_artifact_model(path, torch.device("cpu"))
-    mode = mode or default_mode(cfg.ttt.mode)
+    mode = mode or M.eval_mode(cfg.ttt.mode)
     if mode not in MODES:
         raise ValueError(f"--ttt {mode!r}: use one of {', '.join(MODES)}")
     data_dir = Path(data) if data else Path(cfg.data.data_path)
@@ -384,7 +381,9 @@ def audit_train(config_or_run: str, overrides: list[str], work: Path) -> list[Ro
     same = a == b and ma == mb
     why = "identical" if same else ("tensors differ" if a != b else "metadata differs")
     note = (
-        " (ttt.mode=prequant trains on the validation stream)" if cfg.ttt.mode == "prequant" else ""
+        f" (ttt.mode={cfg.ttt.mode} trains on the validation stream)"
+        if M.MODES[cfg.ttt.mode].non_record
+        else ""
     )
     return [
         Row(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pgolf import modes as M
+
 
 def _ci(x) -> str:
     return f"{x[0]:+.4f} [{x[1]:+.4f},{x[2]:+.4f}]"
@@ -38,7 +40,7 @@ def table(res: dict) -> list[str]:
             f"{_ci(a['delta_B'][k]):<26} {_ci(a['A_minus_B'][k]):<26} {_ci(cf[k]):<26} "
             f"{can['nll_A'][k]:>7.3f}/{can['nll_B'][k]:.3f}"
         )
-    ctl = [x for x in ("train", "decoy", "score_first") if x in arms]
+    ctl = [x for x in ("train", "decoy", M.SCORE_FIRST) if x in arms]
     if ctl:
         out += [
             "",
@@ -57,7 +59,7 @@ def table(res: dict) -> list[str]:
                     ("train", "delta_B"),
                     ("decoy", "delta_A"),
                     ("decoy", "delta_B"),
-                    ("score_first", "delta_A"),
+                    (M.SCORE_FIRST, "delta_A"),
                 )
             ]
             out.append(f"{e:>6g}  " + " ".join(f"{x:<26}" for x in cols))
@@ -119,7 +121,7 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
     for arm, h, lab in (
         ("train", "delta_B", "control: train-data TTT, dB"),
         ("decoy", "delta_A", "control: decoy TTT, dA"),
-        ("score_first", "delta_A", "control: score-first, dA"),
+        (M.SCORE_FIRST, "delta_A", "control: score-first, dA"),
     ):
         if arm in arms:
             series.append((lab, arms[arm][h]))

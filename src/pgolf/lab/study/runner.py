@@ -40,9 +40,11 @@ import numpy as np
 import torch
 
 from pgolf import dist as pdist
+from pgolf import modes as M
 from pgolf.lab.study import data as D
 from pgolf.lab.study import stats as S
 from pgolf.runlog import RunDir
+from pgolf.score import score
 from pgolf.ttt import NON_RECORD_REASON, prequant_ttt
 
 FULL_LADDER = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
@@ -119,7 +121,7 @@ class Replicate:
         )
         t = replace(
             cfg.ttt,
-            mode="prequant",
+            mode=M.PREQUANT,
             prequant_seq_len=min(cfg.ttt.prequant_seq_len, e.eval_seq_len),
             prequant_batch_seqs=max(1, min(cfg.ttt.prequant_batch_seqs, n_seq // 8)),
         )
@@ -147,20 +149,8 @@ class Replicate:
         return model_from_state(self.cfg, state, self.dev, graph_state(net), "study")
 
     def _nll(self, net, s: D.Stream) -> np.ndarray:
-        from pgolf.evaluate import eval_sliding
-
-        e = self.cfg.eval
         nll = torch.zeros(s.tokens.numel() - 1, dtype=torch.float64)
-        eval_sliding(
-            net,
-            s.tokens,
-            e.eval_seq_len,
-            e.eval_stride,
-            e.val_batch_seqs,
-            self.tables,
-            self.dev,
-            token_nll=nll,
-        )
+        score(net, s.tokens, M.SLIDING, self.cfg, self.tables, self.dev, token_nll=nll)
         return np.array([float(nll[a:b].sum()) for a, b in s.ranges])
 
     def score(self, net) -> dict:
@@ -174,37 +164,30 @@ class Replicate:
         return np.array([float(nb[a:b].sum()) for a, b in s.ranges])
 
     def score_first(self, qmodel, e: float) -> tuple[np.ndarray, float]:
-        """Control (b): legal score-first TTT on stream A with prequant_ttt's AdamW per chunk."""
-        from pgolf.evaluate import score_windows, sliding_windows
-
-        ev, t = self.cfg.eval, self.cfg.ttt
+        """Control (b): the core's score-first TTT on stream A, trained per chunk with
+        prequant_ttt's AdamW (e epochs, fresh optimizer and cosine per chunk) instead of SGD."""
+        t = self.cfg.ttt
         tok = self.sA.tokens
         n = tok.numel() - 1
         chunk = max(2 * t.prequant_batch_seqs * t.prequant_seq_len, min(t.chunk_tokens, n // 4))
-        starts, lo, hi = sliding_windows(n, ev.eval_seq_len, ev.eval_stride)
-        owner = (starts + lo) // chunk
+        cfg = replace(self.cfg, ttt=replace(t, chunk_tokens=chunk, prequant_epochs=math.ceil(e)))
         nll = torch.zeros(n, dtype=torch.float64)
-        net, done = qmodel, []
-        last = int(owner.max())
-        for c in range(last + 1):
-            sel = owner == c
-            plan = (starts[sel], lo[sel], hi[sel])
-            score_windows(
-                net, tok, plan, ev.eval_seq_len, ev.val_batch_seqs, self.tables, self.dev, None, nll
-            )
-            if c == last:
-                break
-            a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())
+        done: list[float] = []
+
+        def adapt(net, c, n_chunks, ab, lr):
             seen: list[float] = []
-            cfg = replace(self.cfg, ttt=replace(t, prequant_epochs=math.ceil(e)))
+            a, b = ab
             net = prequant_ttt(
                 cfg,
                 net,
                 tok[a : b + 1],
                 self.dev,
-                on_batch=lambda d, _n, s=seen: s.append(d) or d >= e - 1e-9,
+                on_batch=lambda d, _n: seen.append(d) or d >= e - 1e-9,
             )
             done.append(seen[-1])
+            return net, 1
+
+        score(qmodel, tok, M.SCORE_FIRST, cfg, self.tables, self.dev, token_nll=nll, adapt=adapt)
         return np.array([float(nll[a:b].sum()) for a, b in self.sA.ranges]), float(np.mean(done))
 
     def run(self) -> dict:
@@ -232,7 +215,7 @@ class Replicate:
                 lambda e, d, net, res=res: res.__setitem__(e, {**self.score(net), "done": d}),
             )
         if sc.controls:
-            res = out.setdefault("score_first", {0.0: base})
+            res = out.setdefault(M.SCORE_FIRST, {0.0: base})
             for e in (x for x in sc.epochs if x > 0):
                 nll, d = self.score_first(base_q, e)
                 res[e] = {"A": nll, "done": d}
@@ -263,7 +246,7 @@ def analyse(reps: list[Replicate], raw: list[dict], sc: StudyConfig) -> dict:
     arms, G = {}, {}
     for arm in raw[0]:
         G[arm] = {"A": g(arm, "A")}
-        if arm != "score_first":
+        if arm != M.SCORE_FIRST:
             G[arm]["B"] = g(arm, "B")
             arms[arm] = S.summarize_arm(E, G[arm]["A"], G[arm]["B"])
         else:
@@ -314,7 +297,7 @@ def canary_summary(r0: Replicate, raw: list[dict], sc: StudyConfig, rng) -> dict
     tb = np.array([b - a for a, b in r0.sB.ranges[r0.sB.n_real :]], float)
     nA, nB = r0.sA.n_real, r0.sB.n_real
     out: dict = {"per_half": sc.canaries, "tokens_A": int(ta.sum()), "tokens_B": int(tb.sum())}
-    for arm in (a for a in raw[0] if a != "score_first"):
+    for arm in (a for a in raw[0] if a != M.SCORE_FIRST):
         A = np.array([[x[arm][e]["A"][nA:] for e in sc.epochs] for x in raw])  # [R, E, m]
         B = np.array([[x[arm][e]["B"][nB:] for e in sc.epochs] for x in raw])
         out[arm] = {
