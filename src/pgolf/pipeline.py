@@ -148,6 +148,8 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None, batc
     )
     if q.lqer:  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
         tensors += lqer.lqer_tensors(state, tensors, hessians, lqer.parse_spec(q.lqer), q.damp)
+    if q.lqer_top > 0:  # #1855's form: plain SVD on the largest errors, asymmetric grids
+        tensors += lqer.top_lowrank_tensors(state, tensors, q)
     log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
     return tensors
 
