@@ -12,6 +12,7 @@ from the Naive Baseline's and PR #1550's `Hyperparameters` and PR #1493's logged
 
 from __future__ import annotations
 
+import os.path
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -284,8 +285,6 @@ def _rope_yarn(cfg: Any, raw: str, env: Env) -> Any:
 
 def _data_dir(cfg: Any, raw: str, env: Env) -> Any:
     """#1855's layout under DATA_DIR, unless DATA_PATH / TOKENIZER_PATH are given."""
-    import os.path
-
     v, root = cfg.model.vocab_size, raw.strip()
     if cfg.data.caseops:
         name = f"fineweb10B_sp{v}_lossless_caps_caseops_v1_reserved"
@@ -420,7 +419,7 @@ UNSUPPORTED: dict[str, str] = {
     "TTT_EVAL_ONLY": "use `pgolf eval ARTIFACT` to score a saved artifact",
     "TTT_EVAL_BATCHES": "no debug subset of TTT batches in pgolf",
     "VAL_DOC_FRACTION": "pgolf scores every validation document (data.max_val_tokens: smoke runs)",
-    "CONTROL_TENSOR_NAME_PATTERNS": "optimizer and quant groups come from pgolf.model.PARAM_ROLES",
+    "CONTROL_TENSOR_NAME_PATTERNS": "model.PARAM_ROLES sets the optimizer and quant groups",
     "PHASED_TTT_NUM_PHASES": "pgolf's phased TTT has one phase (ttt.phased_docs)",
     "GLOBAL_TTT_EPOCHS": "pgolf's phased SGD runs one epoch",
     "GLOBAL_TTT_CHUNK_TOKENS": "pgolf's phased SGD runs eval_seq_len windows over the scored docs",
