@@ -323,3 +323,39 @@ def test_top_lowrank_terms_pick_the_largest_errors_and_load_back():
     for n in ("w1", "w2"):
         assert (state[n] - deq[n]).norm() < (state[n] - before[n]).norm()
     assert torch.equal(deq["w0"], before["w0"])
+
+
+def test_the_other_record_converters():
+    env = {
+        "DATA_DIR": "/d",
+        "ROPE_YARN": "1",
+        "FUSED_CE_ENABLED": "1",
+        "ARTIFACT_DIR": "/a",
+        "VAL_BATCH_TOKENS": "524288",
+        "GPTQ_CALIBRATION_BATCHES": "2",
+        "MUON_ROW_NORMALIZE": "0",
+        "PARALLEL_FINAL_LANE": "mlp",
+    }
+    cfg = C.load("pr1855", environ=env)
+    assert cfg.data.data_path.endswith("fineweb10B_sp8192_lossless_caps_caseops_v1_reserved")
+    assert cfg.data.tokenizer_path.startswith("/d/datasets/fineweb10B_sp8192_caseops/")
+    plain = C.load("pr1550", environ={"DATA_DIR": "/d", "DATA_PATH": "/x"})
+    assert (
+        plain.data.data_path == "/x"
+        and plain.data.tokenizer_path == "/d/tokenizers/fineweb_8192_bpe.model"
+    )
+    assert cfg.model.rope_ntk_len == 2048 and cfg.model.fused_ce > 0
+    assert cfg.train.run_dir == "/a" and cfg.eval.val_batch_seqs == 32
+    assert cfg.quant.calib_seqs == 2 * 48  # 786,432 tokens / (8 GPUs x 2,048) per batch
+    assert not cfg.optim.muon_row_norm and cfg.model.parallel_final == "mlp"
+    lines = E.report({"ROPE_YARN": "1", "ROPE_TRAIN_SEQ_LEN": "1024", "TTT_BETA1": "0"})
+    assert not any("supported: ROPE_TRAIN_SEQ_LEN" in x for x in lines)  # ROPE_YARN reads it
+    assert any(x.startswith("env:not supported: TTT_BETA1=0") for x in lines)
+    assert (
+        C.load(
+            "pr1550", environ={"ROPE_YARN": "1", "ROPE_TRAIN_SEQ_LEN": "1024"}
+        ).model.rope_ntk_len
+        == 1024
+    )
+    with pytest.raises(ValueError, match="two forms of low-rank"):
+        C.load("pr1855", ["quant.lqer=mlp:4"], environ={})
