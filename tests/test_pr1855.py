@@ -359,3 +359,12 @@ def test_the_other_record_converters():
     )
     with pytest.raises(ValueError, match="two forms of low-rank"):
         C.load("pr1855", ["quant.lqer=mlp:4"], environ={})
+
+
+def test_config_show_names_whole_keys_only():
+    from pgolf.lab.configdoc import env_of
+
+    envs = env_of()
+    assert "LQER_ASYM_ENABLED (converted)" in envs["quant.lqer_top_form"]
+    assert "LQER_ASYM_ENABLED (converted)" not in envs["quant.lqer_top"]  # a prefix, not the key
+    assert "MUON_ROW_NORMALIZE (converted)" in envs["optim.muon_row_axis"]

@@ -324,31 +324,37 @@ CONVERTERS: dict[str, tuple[str, Converter]] = {
     "TTT_ENABLED": ("ttt.mode: 0 none; 1 the preset's mode, else score_first", _ttt_enabled),
     "TTT_LR": ("ttt.lr (ttt.prequant_lr when ttt.mode is prequant)", _ttt("lr", float)),
     "TTT_EPOCHS": ("ttt.epochs (ttt.prequant_epochs when prequant)", _ttt("epochs", int)),
-    "MIN_LR": ("optim.lr_floor, lr_floor_mode max: lr = max(warm-down ramp, MIN_LR)", _min_lr),
+    "MIN_LR": (
+        "optim.lr_floor and optim.lr_floor_mode max: lr = max(warm-down ramp, MIN_LR)",
+        _min_lr,
+    ),
     "MUON_ROW_NORMALIZE": (
-        "optim.muon_row_norm on the rows of each matrix (muon_row_axis rows, #1855)",
+        "optim.muon_row_norm with optim.muon_row_axis rows (each matrix's own rows, #1855)",
         _muon_row_normalize,
     ),
     "COMPRESSOR": (
         "quant.codec; pergroup (#1855's lrzip + brotli) is not implemented: brotli instead",
         _compressor,
     ),
-    "SMEAR_GATE_ENABLED": ("model.smear_gate, smear_form window (#1855)", _smear_gate_enabled),
+    "SMEAR_GATE_ENABLED": (
+        "model.smear_gate, model.smear_form window (#1855)",
+        _smear_gate_enabled,
+    ),
     "SPARSE_ATTN_GATE_ENABLED": (
-        "model.attn_gate sparse (init std SPARSE_ATTN_GATE_INIT_STD, default 0)",
+        "model.attn_gate sparse, model.attn_gate_init_std SPARSE_ATTN_GATE_INIT_STD (default 0)",
         _attn_gate("SPARSE_ATTN_GATE_ENABLED"),
     ),
     "GATED_ATTN_ENABLED": (
-        "model.attn_gate dense (init std GATED_ATTN_INIT_STD, default 0.01)",
+        "model.attn_gate dense, model.attn_gate_init_std GATED_ATTN_INIT_STD (default 0.01)",
         _attn_gate("GATED_ATTN_ENABLED"),
     ),
     "ATTN_OUT_GATE_ENABLED": ("model.attn_gate out", _attn_gate("ATTN_OUT_GATE_ENABLED")),
     "SPARSE_ATTN_GATE_INIT_STD": (
-        "model.attn_gate_init_std when model.attn_gate is sparse",
+        "model.attn_gate_init_std, when the gate is sparse",
         _gate_init_std("sparse"),
     ),
     "GATED_ATTN_INIT_STD": (
-        "model.attn_gate_init_std when model.attn_gate is dense",
+        "model.attn_gate_init_std, when the gate is dense",
         _gate_init_std("dense"),
     ),
     "MLP_CLIP_SIGMAS": ("quant.groups mlp=clip_k:X", _set_group_clip("mlp")),
