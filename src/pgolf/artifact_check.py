@@ -202,6 +202,11 @@ def _keep(t: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
     return t
 
 
+def _fits_b(shape: tuple[int, ...], cols: int) -> bool:
+    """A low-rank B [r, cols], or the same stored as rows of a group size (quant.lqer_group)."""
+    return shape[1] == cols or (shape[0] * shape[1]) % cols == 0
+
+
 def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
     """The model the config describes has exactly the artifact's tensor names and shapes: checked
     on the meta device (no memory), and only after each layer showed a tensor of its own, so the
@@ -226,7 +231,7 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
         if not (
             w
             and len(shape) == 2
-            and (shape[0] == w[0] if k[-1] == "a" else shape[1] == math.prod(w[1:]))
+            and (shape[0] == w[0] if k[-1] == "a" else _fits_b(shape, math.prod(w[1:])))
         ):
             raise ArtifactError(
                 f"{source}: low-rank term {k!r} {shape} does not fit "
@@ -251,6 +256,8 @@ def lowrank_rank(name: str, a_shape: Any, b_shape: Any, base_shape: Any) -> int:
     rows = w[0] if len(w) > 1 else 1
     cols = math.prod(w) // rows if rows else 0
     r = a[1] if len(a) == 2 else -1
+    if len(b) == 2 and r > 0 and b != (r, cols) and b[0] * b[1] == r * cols:
+        b = (r, cols)  # B stored as rows of quant.lqer_group entries (#1855's grouped scales)
     if len(a) != 2 or len(b) != 2 or (a[0], b) != (rows, (r, cols)):
         raise ValueError(
             f"low-rank term of {name!r} {w}: factors {a} @ {b} must be [{rows}, r] @ [r, {cols}]"
