@@ -62,7 +62,9 @@ def load_entries(paths: list[Path] | None = None) -> list[dict[str, Any]]:
 
 
 def entry_dir(entry: dict[str, Any]) -> Path:
-    return OUT / entry["id"]
+    """`.fetched/corpus/<id>/<path>` for a folder (the repository's layout is kept, so the
+    folder's parent names its track), `.fetched/corpus/<id>/` for a script."""
+    return OUT / entry["id"] / entry["path"] if entry["kind"] == "folder" else OUT / entry["id"]
 
 
 def _tree(commit: str, path: str) -> list[tuple[str, str, str]]:

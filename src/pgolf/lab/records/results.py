@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 _EVAL = re.compile(
-    r"^(?P<label>[A-Za-z][\w\-+. ]*?)\s+val_loss[:=]\s*(?P<loss>\d+\.\d+)\s+"
+    r"^(?P<label>[A-Za-z][\w\-+. ]*?)(?:\s+[a-z_]+:\d+)*\s+val_loss[:=]\s*(?P<loss>\d+\.\d+)\s+"
     r"val_bpb[:=]\s*(?P<bpb>\d+\.\d+)(?P<rest>.*)$"
 )
 _EVAL_TIME = re.compile(r"eval_time:\s*(\d+(?:\.\d+)?)ms")
@@ -34,6 +34,8 @@ _MODEL = re.compile(r"^Serialized model[^:]*:\s*(\d+)\s*bytes")
 _TVAL = re.compile(r"val_loss:\s*(\d+\.\d+)\s+val_bpb:\s*(\d+\.\d+)")
 _SEED = re.compile(r"^\s*seed:\s*(\d+)\s*$")
 _HASH = re.compile(r"^code_hash:\s*(\w+)")
+_PATH_SEED = re.compile(r"^(?:logfile|artifact_dir|run_dir|run_id):.*?seed[_\-]?(\d+)\b")
+_STAMP = re.compile(r"^\d{9,10}\.\d+\s+")  # a unix-time prefix some loggers add
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def parse_log(text: str) -> LogFacts:
     stop = last = None
     tvals: list[float] = []
     for i, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
+        line = _STAMP.sub("", raw.strip(), count=1)
         if m := _EVAL.match(line):
             t = _EVAL_TIME.search(m["rest"])
             evals.append(
@@ -118,7 +120,7 @@ def parse_log(text: str) -> LogFacts:
                 code_c = int(m["n"])
             else:
                 code = int(m["n"])
-        if seed is None and (m := _SEED.match(raw)):
+        if seed is None and (m := _SEED.match(line) or _PATH_SEED.match(line)):
             seed = int(m[1])
         if chash is None and (m := _HASH.match(line)):
             chash = m[1]
