@@ -58,7 +58,14 @@ _TOK_PATTERNS = [
         re.compile(r"byte260|byte[-_ ]level|vocab_size\s*[=:]\s*(?:25[6-9]|260)\b", re.I),
         lambda m: "byte260",
     ),
-    (re.compile(r"fineweb10B_sp(\d+)|fineweb_(\d+)_bpe|\bsp(\d{3,5})\b", re.I), None),
+    (
+        re.compile(
+            r"fineweb10B_sp(\d+)|fineweb_(\d+)_bpe|\bsp(\d{3,5})\b|"
+            r"vocab_size\s*[=:]\s*(1024|4096|8192)\b",
+            re.I,
+        ),
+        None,
+    ),
 ]
 
 

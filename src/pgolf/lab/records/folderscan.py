@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgolf.lab.records import accounting as A
 from pgolf.lab.records import results as R
 from pgolf.lab.records.rules import ClaimFloat
 
@@ -188,8 +189,8 @@ def _seed_of(rel: str, facts: R.LogFacts, text: str) -> tuple[int | None, str]:
     return None, "unknown"
 
 
-def _is_log(f: R.LogFacts) -> bool:
-    return bool(f.evals) or f.steps is not None
+def _is_log(f: R.LogFacts, text: str) -> bool:
+    return bool(f.evals) or f.steps is not None or A.last_train_loss(text) is not None
 
 
 def discover(folder: Path) -> Folder:
@@ -216,7 +217,7 @@ def discover(folder: Path) -> Folder:
         text = read_text(p)
         facts = R.parse_log(text)
         rel = fo.rel(p)
-        if not _is_log(facts):
+        if not _is_log(facts, text):
             fo.skipped.append(f"{rel}: no evaluation or step line")
             continue
         seed, how = _seed_of(rel, facts, text)
