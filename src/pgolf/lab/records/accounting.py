@@ -74,10 +74,13 @@ def tokenizers_named(texts: list[tuple[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, text in texts:
         for i, line in enumerate(text.splitlines()[:5000], start=1):
-            for rx, fn in _TOK_PATTERNS:
-                for m in rx.finditer(line):
+            for rx, fn in _TOK_PATTERNS:  # the first pattern that matches a line names it
+                hits = list(rx.finditer(line))
+                for m in hits:
                     tok = fn(m) if fn else "sp" + next(g for g in m.groups() if g)
                     out.setdefault(tok, f"{name}:{i}")
+                if hits:
+                    break
     return out
 
 

@@ -41,6 +41,7 @@ TRAIN_S = 600.0
 EVAL_S = 600.0
 PASS, FAIL, FORM, NA = "pass", "fail", "form", "not checkable"
 NON_RECORD = "non_record_16mb"
+CODE_DRIFT = 0.10  # shipped code vs the size the log counted: cosmetic edits after the run
 OVERSHOOT_S = 0.5  # the cap is checked between steps; a log may end this far past 600 s
 WARN = "warn"  # reported, never changes the verdict (README prose numbers)
 EXIT_RULES, EXIT_FORM = 1, 2
@@ -414,7 +415,22 @@ def _bytes(rec: Rec) -> list[Check]:
         shipped = None if model is None else model + code
         # the code counted either as shipped (run code) or in the packed form the log counts;
         # the log's own total is never undercut
-        codes = [c for c in (code, facts.code_bytes) if c is not None]
+        lf = rec.chosen[str(r.seed)]
+        packed = facts.code_bytes if _PACKED.search(lf.text) else None
+        raw = _RAW_CODE.search(lf.text)
+        ran = int(raw[1]) if raw else None
+        if (
+            packed is not None
+            and ran
+            and min(abs(ran - code), abs(ran - entry_b)) > CODE_DRIFT * ran
+        ):
+            notes.append(
+                f"seed {r.seed}: the log packed {ran} bytes of code, the shipped code is {code} "
+                f"(entry {entry_b}), more than {CODE_DRIFT:.0%} apart: not the code that ran, so "
+                "its packed count is not used"
+            )
+            packed = None
+        codes = [c for c in (code, packed) if c is not None]
         low = model + min(codes) if model is not None and codes else None
         conv = [v for v in (r.artifact_bytes, low) if v]
         worst = max(worst, max(conv) if conv else 0)
@@ -448,6 +464,10 @@ def _bytes(rec: Rec) -> list[Check]:
             )
         out.append(Check("bytes_cap", PASS if worst < CAP_BYTES else FAIL, ev))
     return out
+
+
+_PACKED = re.compile(r"^(?:\d+\.\d+\s+)?Code size \(compressed\):\s*\d+\s*bytes", re.M)
+_RAW_CODE = re.compile(r"^(?:\d+\.\d+\s+)?Code size(?: \(uncompressed\))?:\s*(\d+)\s*bytes", re.M)
 
 
 def _times(rec: Rec, strict: bool) -> list[Check]:
@@ -519,9 +539,18 @@ def _byte_accounting(rec: Rec) -> list[Check]:
         ]
     bad, good, sub_bad, sub_ok = [], [], [], []
     claim_bpb = rec.sub.get("val_bpb")
+    folder_known = known
     for lf in rec.fo.logs:
         f = lf.facts.final
         ref = None
+        own = {
+            t: w for t, w in A.tokenizers_named([(lf.rel, lf.text)]).items() if t in A.TOKENIZERS
+        }
+        known = own or folder_known  # the tokenizer the log itself names, else the folder's
+        vt = A.val_tokens(lf.text)
+        by_count = [t for t in known if vt and abs(vt[0] / A.TOKENIZERS[t].val_tokens - 1) < 0.01]
+        if by_count:  # the validation token count identifies the tokenizer's validation set
+            known = {by_count[0]: known[by_count[0]] + f", val_tokens {vt[0]:,}"}
         if f is not None and f.val_loss > 0:
             r = f.val_bpb / f.val_loss
             tok = min(known, key=lambda t: abs(r / A.TOKENIZERS[t].ratio - 1))
@@ -545,7 +574,6 @@ def _byte_accounting(rec: Rec) -> list[Check]:
                     f"{gap:.3f} ({tok} named at {known[tok]})"
                 )
                 (bad if gap < A.TRAIN_GAP_MIN else good).append(line)
-        vt = A.val_tokens(lf.text)
         if vt:
             ref = ref or A.TOKENIZERS[next(iter(known))]
             frac = vt[0] / ref.val_tokens
