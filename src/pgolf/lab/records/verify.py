@@ -92,6 +92,22 @@ def _track(fo: F.Folder, sub: dict[str, Any]) -> tuple[str, str]:
     return "10min_16mb", f"{t!r} ({where})"
 
 
+def _precise(evals: tuple[R.Eval, ...]) -> list[R.Eval]:
+    """Evaluation lines without their rounded twins (`x val_bpb:1.0800` next to
+    `x_exact val_bpb:1.08001234`): a claim is compared with what was measured, not a rounding."""
+    return [
+        e
+        for e in evals
+        if not any(
+            o is not e
+            and o.label.startswith(e.label)
+            and len(o.bpb_text) > len(e.bpb_text)
+            and abs(o.val_bpb - e.val_bpb) < 10.0 ** -(len(e.bpb_text.split(".")[1]))
+            for o in evals
+        )
+    ]
+
+
 def _choose(fo: F.Folder, sub: dict[str, Any]) -> tuple[list[R.SeedResult], dict[str, F.LogFile]]:
     """Per seed, the log whose evaluation line matches the claim (else the last one)."""
     claims = R._claims(sub)
@@ -115,7 +131,7 @@ def _choose(fo: F.Folder, sub: dict[str, Any]) -> tuple[list[R.SeedResult], dict
                 if claim is not None:
                     break
                 continue
-            for e in lf.facts.evals:  # the claim may be an earlier line (e.g. before TTT)
+            for e in _precise(lf.facts.evals):  # the claim may be an earlier line (pre-TTT)
                 if not e.label.lower().startswith("diag") and U.matches(claim, e.val_bpb):
                     lab = f"{e.label} (claimed; last line: {r.label})"
                     pick = (replace(r, val_loss=e.val_loss, val_bpb=e.val_bpb, label=lab), lf)
@@ -327,7 +343,7 @@ def _aggregate_claims(rec: Rec) -> Check:
     runs = [
         (e, lf)
         for lf in rec.fo.logs
-        for e in lf.facts.evals
+        for e in _precise(lf.facts.evals)
         if single and not e.label.lower().startswith("diag")
     ]
 
