@@ -356,3 +356,18 @@ def test_export_then_verify_agrees_for_any_seed_values(tmp_path_factory, values)
     """pgolf export over runs with these values, then verify: aggregates and per-seed pass."""
     st_ = _export_and_verify(tmp_path_factory.mktemp("agg"), values)
     assert st_["aggregates"] == V.PASS and st_["seed_results"] == V.PASS
+
+
+def test_a_toy_validation_set_is_not_judged_by_the_challenges_table(tmp_path):
+    d = make_record(tmp_path / "r", {1: 2.0}, ratio=0.3)
+    for p in d.glob("train_seed*.log"):
+        p.write_text(
+            p.read_text().replace(
+                "./data/datasets/fineweb10B_sp1024/fineweb_val_*.bin",
+                "data/default/sp1024/default_val_*.bin",
+            )
+        )
+    c = {x.name: x for x in V.verify(d)}
+    assert (
+        c["byte_accounting"].status == V.NA and "not the challenge" in c["byte_accounting"].evidence
+    )

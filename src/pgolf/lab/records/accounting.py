@@ -128,3 +128,13 @@ def last_bpb(text: str) -> tuple[float, int] | None:
         if m := _BPB_ANY.search(line):
             out = (float(m[1]), i)
     return out
+
+
+_VAL_PATTERN = re.compile(r"^(?:\d+\.\d+\s+)?val_loader:shards pattern=(\S+)", re.M)
+
+
+def other_val_set(text: str) -> str | None:
+    """The validation shard pattern when the log names one that is not the challenge's
+    (FineWeb) validation set, e.g. pgolf's embedded toy corpus; else None."""
+    m = _VAL_PATTERN.search(text)
+    return m[1] if m and "fineweb" not in m[1].lower() else None

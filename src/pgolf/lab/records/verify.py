@@ -556,9 +556,13 @@ def _byte_accounting(rec: Rec) -> list[Check]:
     bad, good, sub_bad, sub_ok = [], [], [], []
     claim_bpb = rec.sub.get("val_bpb")
     folder_known = known
+    other = []
     for lf in rec.fo.logs:
         f = lf.facts.final
         ref = None
+        if pat := A.other_val_set(lf.text):
+            other.append(f"{lf.rel}: validation shards {pat} (not the challenge's FineWeb set)")
+            continue
         own = {
             t: w for t, w in A.tokenizers_named([(lf.rel, lf.text)]).items() if t in A.TOKENIZERS
         }
@@ -605,6 +609,8 @@ def _byte_accounting(rec: Rec) -> list[Check]:
         )
     elif good:
         ba = Check("byte_accounting", PASS, "; ".join(good[:3]))
+    elif other:
+        ba = Check("byte_accounting", NA, "; ".join(other[:3]))
     else:
         ba = Check("byte_accounting", NA, f"named {known}; no log prints val_loss or train loss")
     if sub_bad:
