@@ -123,15 +123,32 @@ def main(argv: list[str] | None = None) -> int:
         f"tampered rejected: {caught}/{len(tam)} (with the labelled check: {named}); "
         f"tracebacks: {sum(r['code'] == 99 for r in rows)}"
     )
-    print("\nper check (failing or form), by group and expected verdict:")
-    for (c, grp, want), n in sorted(per_check.items()):
-        print(f"  {c:<18} {grp:<9} expected {want:<7} {n}")
+    print("\nper check: TP = flagged where the label names it, FN = the label names it but not")
+    print("flagged, FP = flagged on a folder labelled accept, co = flagged beside another label")
+    names = sorted(
+        {c.split("(")[0] for r in rows for c in r["failing"]}
+        | {r["expected"].get("check") for r in rows if r["expected"].get("check")}
+    )
+    print(f"  {'check':<18} {'TP':>4} {'FN':>4} {'FP':>4} {'co':>4}")
+    for c in names:
+        flag = [r for r in rows if c in [f.split("(")[0] for f in r["failing"]]]
+        lab = [r for r in rows if r["expected"].get("check") == c]
+        tp = sum(r in flag for r in lab)
+        fp = sum(r["expected"]["verdict"] == "accept" for r in flag)
+        co = len(flag) - tp - fp
+        print(f"  {c:<18} {tp:>4} {len(lab) - tp:>4} {fp:>4} {co:>4}")
     print("\nmisses and false alarms:")
     for r in misses:
         print(
             f"- {r['id']} expected {r['expected']['verdict']} ({r['expected'].get('check', '')}), "
             f"exit {r['code']}: {r['failing']} {r['evidence'][:400]}"
         )
+    print("\nright verdict, but not for the labelled check (the reason differs):")
+    for r in rows:
+        c = r["expected"].get("check")
+        base = [f.split("(")[0] for f in r["failing"]]
+        if c and r not in misses and r["expected"]["verdict"] != "accept" and c not in base:
+            print(f"- {r['id'][:70]} labelled {c}: flagged {r['failing']} {r['evidence'][:300]}")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0
