@@ -126,10 +126,9 @@ def test_claim_precision_comes_from_the_json_text(tmp_path):
     assert status(V.verify(ok))["aggregates"] == V.PASS
     bad = make_record(tmp_path / "bad", {1: loss}, claim_text="1.08000")
     checks = V.verify(bad)
-    assert (
-        status(checks)["aggregates"] == V.FAIL
-        and "1.08000" in {c.name: c.evidence for c in checks}["aggregates"]
-    )
+    ev = {c.name: c.evidence for c in checks}["aggregates"]
+    assert status(checks)["aggregates"] == V.FAIL and "1.08000 (submission.json:1)" in ev
+    assert "train_seed1.log:9" in ev  # the log line the value was recomputed from
     assert U.decimals(json.loads('{"x": 1.08000}', parse_float=U.ClaimFloat)["x"]) == 5
 
 
@@ -165,7 +164,8 @@ def test_run_code_follows_the_entry_point(tmp_path):
     (d / "helpers.py").write_text(helper)
     (d / "kern.cpp").write_text(kernel)
     (d / "train_gpt_readable.py").write_text("# a readable copy\n" * 100)
-    head = "import helpers\nSRC = 'kern.cpp'\n"
+    (d / "tok.model").write_bytes(b"\0" * 1234)
+    head = "import helpers\nSRC = 'kern.cpp'\nTOK = 'tok.model'\n"
     entry.write_text(head + text[len(head) :])  # same size, now imports and loads a kernel
     total = 50_000 + len(helper) + len(kernel)
     sub = json.loads((d / "submission.json").read_text())
@@ -176,6 +176,7 @@ def test_run_code_follows_the_entry_point(tmp_path):
     assert status(checks)["bytes_code"] == V.PASS, ev["bytes_code"]
     assert "kern.cpp" in ev["bytes_code"] and "helpers.py" in ev["bytes_code"]
     assert "left out ['train_gpt_readable.py']" in ev["bytes_code"]
+    assert "reads at run time {'tok.model': 1234}" in ev["bytes_code"]
 
 
 def test_byte_accounting_flags_a_double_counted_space(tmp_path):

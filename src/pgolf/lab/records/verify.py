@@ -166,6 +166,9 @@ def _choose(fo: F.Folder, sub: dict[str, Any]) -> tuple[list[R.SeedResult], dict
 
 _IMPORT = re.compile(r"^\s*(?:from\s+(\.?[\w.]+)\s+import|import\s+([\w., ]+))", re.M)
 _LITERAL = re.compile(r"""["']([\w./\-]+\.(?:py|c|cc|cpp|cu|cuh|h|hpp|so|rs))["']""")
+_DATA_LIT = re.compile(
+    r"""["']([\w./\-]+\.(?:model|vocab|npz|npy|bin|pt|ptz|json|txt|tsv|br|xz|lzma|zst))["']"""
+)
 _RUN_CMD = re.compile(r"(?:torchrun|python3?)\b[^\n`]*?([\w./\-]+\.py)")
 
 
@@ -189,6 +192,7 @@ def _code(fo: F.Folder, sub: dict[str, Any]) -> dict[str, Any]:
     if entry is None:
         return {"entry": None, "why": "no train_gpt.py, no run command, several .py", "files": {}}
     seen: dict[str, int] = {}
+    reads: dict[str, int] = {}
     todo = [entry]
     while todo:
         p = todo.pop()
@@ -214,12 +218,16 @@ def _code(fo: F.Folder, sub: dict[str, Any]) -> dict[str, Any]:
             q = by_name.get(Path(lit).name)
             if q is not None and q.suffix != ".so":
                 todo.append(q)
+        for lit in _DATA_LIT.findall(text):
+            q = by_name.get(Path(lit).name)
+            if q is not None:
+                reads[fo.rel(q)] = q.stat().st_size
     left = {
         fo.rel(p): "not imported or named by the entry point (a readable copy, a checker, a tool)"
         for p in fo.files
         if p.suffix in F.CODE_SUFFIXES and fo.rel(p) not in seen
     }
-    return {"entry": fo.rel(entry), "why": why, "files": seen, "left_out": left}
+    return {"entry": fo.rel(entry), "why": why, "files": seen, "left_out": left, "data": reads}
 
 
 def read(folder: str | Path) -> Rec:
@@ -239,6 +247,31 @@ def _facts(rec: Rec, r: R.SeedResult) -> R.LogFacts:
 
 def _src(rec: Rec, r: R.SeedResult, line: int | None = None) -> str:
     lf = rec.chosen[str(r.seed)]
+    return f"{lf.rel}:{line}" if line else lf.rel
+
+
+def _claim_at(rec: Rec, key: str, seed: str | None = None) -> str:
+    """`claims.json:LINE` of a claimed key (the top-level one, or the one under `seed`)."""
+    fo = rec.fo
+    if fo.claims_path is None:
+        return "claims"
+    lines = F.read_text(fo.claims_path, F.MAX_JSON_BYTES).splitlines()
+    start = 0
+    if seed is not None:
+        start = next((i for i, ln in enumerate(lines) if f'"{seed}"' in ln), 0)
+    hits = [(len(ln) - len(ln.lstrip()), i) for i, ln in enumerate(lines) if f'"{key}"' in ln]
+    hits = [h for h in hits if h[1] >= start]
+    rel = fo.rel(fo.claims_path)
+    if not hits:
+        return rel
+    i = hits[0][1] if seed is not None else min(hits)[1]
+    return f"{rel}:{i + 1}"
+
+
+def _log_at(rec: Rec, r: R.SeedResult) -> str:
+    """`log:LINE` of the evaluation line a seed's result came from."""
+    lf = rec.chosen[str(r.seed)]
+    line = next((e.line for e in lf.facts.evals if e.val_bpb == r.val_bpb), None)
     return f"{lf.rel}:{line}" if line else lf.rel
 
 
@@ -311,8 +344,8 @@ def _seed_claims(rec: Rec) -> Check:
             ok += 1
             if not any(_close(c[key], v) for v in cands if v is not None):
                 bad.append(
-                    f"seed {seed} {key}: claimed {getattr(c[key], 'text', c[key])}, "
-                    f"{_src(rec, r)} says {cands[0]}"
+                    f"seed {seed} {key}: claimed {getattr(c[key], 'text', c[key])} "
+                    f"({_claim_at(rec, key, seed)}), {_log_at(rec, r)} says {cands[0]}"
                 )
     if not ok and not bad:
         return Check("seed_results", NA, "no claimed per-seed number is printed in the logs")
@@ -369,8 +402,10 @@ def _aggregate_claims(rec: Rec) -> Check:
             ok += 1
             if not any(_close(sub[key], v) for v in cands if v is not None):
                 bad.append(
-                    f"{key}: claimed {getattr(sub[key], 'text', sub[key])}, "
-                    f"the {n} logs give {cands[0]:.8g}"
+                    f"{key}: claimed {getattr(sub[key], 'text', sub[key])} "
+                    f"({_claim_at(rec, key)}), the {n} logs give {cands[0]:.8g} ("
+                    + ", ".join(_log_at(rec, r) for r in seeds)
+                    + ")"
                 )
     if not ok:
         return Check("aggregates", NA, "the claims carry no val_bpb/val_loss/bytes_total")
@@ -398,8 +433,16 @@ def _bytes(rec: Rec) -> list[Check]:
     sub = rec.sub
     out = []
     left = rec.code.get("left_out") or {}
-    closure = f"entry {entry} ({rec.code['why']}); runs {code_files} = {code}" + (
-        f"; left out {sorted(left)}: {next(iter(left.values()))}" if left else ""
+    data = rec.code.get("data") or {}
+    closure = (
+        f"entry {entry} ({rec.code['why']}); runs {code_files} = {code}"
+        + (f"; left out {sorted(left)}: {next(iter(left.values()))}" if left else "")
+        + (
+            f"; reads at run time {data} = {sum(data.values())} (data, not code: with the code "
+            f"{code + sum(data.values())})"
+            if data
+            else ""
+        )
     )
     log_code = sorted({_facts(rec, r).code_bytes for r in rec.seeds} - {None})
     if "bytes_code" in sub and sub["bytes_code"] is not None:
