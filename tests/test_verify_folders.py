@@ -372,3 +372,29 @@ def test_a_toy_validation_set_is_not_judged_by_the_challenges_table(tmp_path):
     assert (
         c["byte_accounting"].status == V.NA and "not the challenge" in c["byte_accounting"].evidence
     )
+
+
+@pytest.mark.timeout(60)
+def test_a_crafted_log_at_the_bound_is_parsed_in_bounded_time(tmp_path):
+    """Lines built to make unbounded regular expressions backtrack, up to the log bound."""
+    d = make_record(tmp_path / "r", {1: 2.0})
+    pats = [
+        "stopping_early: ",
+        "bpb ",
+        "val_loader: ",
+        "b:1 ",
+        "step 1/2 loss ",
+        "seed",
+        "ttt: epoch ",
+        "Total submission size 1",
+        "val_tokens ",
+        "train_time:1",
+    ]
+    lines = [(p * (4000 // len(p)))[:4000] for p in pats]  # one pattern a line, 4,000 chars
+    n = (F.MAX_LOG_BYTES // 2) // (4001 * len(lines))
+    long = [p * (F.MAX_LOG_BYTES // (4 * len(p) * len(pats))) for p in pats]  # 100 KB lines
+    (d / "train_seed7.log").write_text("\n".join(lines * n + long) + "\n")
+    t0 = time.perf_counter()
+    checks = V.verify(d)
+    assert time.perf_counter() - t0 < 10
+    assert "train_seed7.log" in {c.name: c.evidence for c in checks}["files"]  # named, not silent

@@ -73,7 +73,7 @@ def tokenizers_named(texts: list[tuple[str, str]]) -> dict[str, str]:
     """Every tokenizer the folder names, in order of first mention: name -> `file:line`."""
     out: dict[str, str] = {}
     for name, text in texts:
-        for i, line in enumerate(text.splitlines()[:5000], start=1):
+        for i, line in _lines(text, 5000):
             for rx, fn in _TOK_PATTERNS:  # the first pattern that matches a line names it
                 hits = list(rx.finditer(line))
                 for m in hits:
@@ -86,20 +86,32 @@ def tokenizers_named(texts: list[tuple[str, str]]) -> dict[str, str]:
 
 _TTT_EPOCH = re.compile(r"^\s*([\w\-]*ttt[\w\-]*)\s*[:|]\s*epoch[\s:=]*(\d+)\s*/\s*(\d+)", re.I)
 _SERIALIZE = re.compile(
-    r"^(Serialized model[^:]*(?:int\d|quant|zlib|zstd|brotli|lzma|ptz)[^:]*:\s*\d+\s*bytes|"
-    r"Total submission size.*\d+\s*bytes|"
+    r"^(Serialized model[^:\n]{0,40}(?:int\d|quant|zlib|zstd|brotli|lzma|ptz)[^:\n]{0,80}:"
+    r"\s*\d+\s*bytes|"
+    r"Total submission size[^:\n]{0,120}:\s*\d+\s*bytes|"
     r"(final_|quantized)\w*\s+val_loss[:=]\s*\d)",
     re.I,
 )
-_TRAIN_LOSS = re.compile(r"^\s*step[\s:]*\d+\s*/\s*\d+.*?\b(?:train_)?loss[\s:=|]+(\d+\.\d+)")
-_VAL_TOKENS = re.compile(r"\bval_tokens[:=]\s*(\d+)|val_loader:.*\btokens:(\d+)")
-_BPB_ANY = re.compile(r"\bbpb\b[^:=]*[:=]\s*(\d+\.\d+)", re.I)
+_TRAIN_LOSS = re.compile(
+    r"^\s*step[\s:]*\d+\s*/\s*\d+[^\n]{0,300}?\b(?:train_)?loss[\s:=|]+(\d+\.\d+)"
+)
+_VAL_TOKENS = re.compile(r"\bval_tokens[:=]\s*(\d+)|val_loader:[^\n]{0,300}?\btokens:(\d+)")
+_BPB_ANY = re.compile(r"\bbpb\b[^:=\n]{0,40}[:=]\s*(\d+\.\d+)", re.I)
+
+
+MAX_LINE = 4096  # characters of a line scanned (the evidence lines are short)
+
+
+def _lines(text: str, limit: int | None = None):
+    """(number, line cut to MAX_LINE) of a text's lines: each scan is bounded per line."""
+    for i, line in enumerate(text.splitlines()[:limit], start=1):
+        yield i, line[:MAX_LINE]
 
 
 def pre_quant_ttt(text: str) -> list[tuple[int, str]]:
     """(line, text) of TTT epoch lines before the artifact is serialized or scored."""
     hits, anchor = [], None
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in _lines(text):
         if anchor is None and _SERIALIZE.match(line.strip()):
             anchor = i
         if anchor is None and _TTT_EPOCH.match(line):
@@ -109,14 +121,14 @@ def pre_quant_ttt(text: str) -> list[tuple[int, str]]:
 
 def last_train_loss(text: str) -> tuple[float, int] | None:
     out = None
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in _lines(text):
         if m := _TRAIN_LOSS.match(line):
             out = (float(m[1]), i)
     return out
 
 
 def val_tokens(text: str) -> tuple[int, int] | None:
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in _lines(text):
         if m := _VAL_TOKENS.search(line):
             return int(m[1] or m[2]), i
     return None
@@ -124,7 +136,7 @@ def val_tokens(text: str) -> tuple[int, int] | None:
 
 def last_bpb(text: str) -> tuple[float, int] | None:
     out = None
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in _lines(text):
         if m := _BPB_ANY.search(line):
             out = (float(m[1]), i)
     return out

@@ -6,8 +6,10 @@
   the scan cannot make us read a FIFO or follow a link.
 * Text read as a log is bounded by `MAX_LOG_BYTES`, JSON by `MAX_JSON_BYTES` and its nesting by
   `MAX_JSON_DEPTH` (checked on the raw text before parsing, so no recursion limit is hit); the
-  folder by `MAX_FILES` entries. The bounds are 80x the largest log and 10x the largest
-  submission.json of the challenge's 78 labelled folders (205 KB and 4 KB).
+  folder by `MAX_FILES` entries. The bounds are 20x the largest log and 250x the largest
+  submission.json of the challenge's 78 labelled folders (205 KB and 4 KB); every regular
+  expression run on them has bounded gaps and sees lines cut to 4,096 characters, so a crafted
+  log at the bound is parsed in seconds.
 * Logs are found by content (any name, any subfolder): a text file whose lines parse as a
   training log (`results.parse_log`) with an evaluation line or training steps. Claims are
   `submission.json`, else `submission_*.json`, else any JSON whose top level has `val_bpb`.
@@ -29,7 +31,7 @@ from pgolf.lab.records import accounting as A
 from pgolf.lab.records import results as R
 from pgolf.lab.records.rules import ClaimFloat
 
-MAX_LOG_BYTES = 16 * 1024 * 1024
+MAX_LOG_BYTES = 4 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
 MAX_FILES = 5000
@@ -218,7 +220,7 @@ def discover(folder: Path) -> Folder:
         facts = R.parse_log(text)
         rel = fo.rel(p)
         if not _is_log(facts, text):
-            fo.skipped.append(f"{rel}: no evaluation or step line")
+            fo.skipped.append(rel)
             continue
         seed, how = _seed_of(rel, facts, text)
         fo.logs.append(LogFile(p, rel, facts, text, seed, how))

@@ -170,7 +170,7 @@ _LITERAL = re.compile(r"""["']([\w./\-]+\.(?:py|c|cc|cpp|cu|cuh|h|hpp|so|rs))["'
 _DATA_LIT = re.compile(
     r"""["']([\w./\-]+\.(?:model|vocab|npz|npy|bin|pt|ptz|json|txt|tsv|br|xz|lzma|zst))["']"""
 )
-_RUN_CMD = re.compile(r"(?:torchrun|python3?)\b[^\n`]*?([\w./\-]+\.py)")
+_RUN_CMD = re.compile(r"(?:torchrun|python3?)\b[^\n`]{0,200}?([\w./\-]+\.py)")
 
 
 def _code(fo: F.Folder, sub: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +296,8 @@ def _files(rec: Rec) -> list[Check]:
         if logmap
         else "no training log (no file with an evaluation or step line)"
     )
+    if fo.skipped:
+        ev += f"; read but not logs (no evaluation or step line): {fo.skipped[:5]}"
     out = [Check("files", FORM if miss or not logmap else PASS, ev)]
     claimed = _claimed_seeds(rec.sub)
     have = {str(lf.seed) for lf in fo.logs}
