@@ -398,3 +398,15 @@ def test_a_crafted_log_at_the_bound_is_parsed_in_bounded_time(tmp_path):
     checks = V.verify(d)
     assert time.perf_counter() - t0 < 10
     assert "train_seed7.log" in {c.name: c.evidence for c in checks}["files"]  # named, not silent
+
+
+def test_a_refusal_in_json_names_the_file(tmp_path, capsys):
+    from pgolf.cli import main
+
+    d = make_record(tmp_path / "r", {1: 2.0})
+    name = _hostile("etc_passwd", d)
+    with pytest.raises(SystemExit) as e:
+        main(["verify", str(d), "--json"])
+    assert e.value.code == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["file"].endswith(name) and out["exit"] == 2 and "symlink" in out["error"]
