@@ -13,7 +13,7 @@
     pgolf budget RUN_DIR --fit BYTES [--out plan.json]      plan bits / k / low-rank to fill BYTES
     pgolf stats RUN_OR_RECORD... [--against DIR | --against-bpb X --against-loss Y] [--json]
     pgolf export RUN_DIR... --out DIR [--name N] [--author A --github-id G] [--track T]
-    pgolf verify RECORD_DIR [--artifact A --data DIR] [--against DIR] [--json]   exit 1 on failure
+    pgolf verify RECORD_DIR [--artifact A --data DIR] [--against DIR] [--json] exit 1 rules, 2 form
 
 Each subcommand is one function below, bound to its parser by `COMMANDS` (`set_defaults(func=)`)
 and called with the parsed options as keyword arguments named as the parser stores them (the
@@ -609,13 +609,21 @@ def cmd_verify(
     strict_time: bool = False,
     as_json: bool = False,
 ) -> list:
-    """Exit 1 when any check fails."""
+    """Exit 1 when a rules check fails, 2 for a form failure (a missing or unparsable piece, or
+    a file verify refuses to read, named)."""
     from pgolf.lab.records import verify as V
 
-    checks = V.verify(folder, artifact, data, against, strict_time)
+    try:
+        checks = V.verify(folder, artifact, data, against, strict_time)
+    except V.FolderError as e:
+        if as_json:
+            print(json.dumps({"error": str(e), "file": e.path, "exit": V.EXIT_FORM}))
+        print(f"pgolf verify: refused {e}", file=sys.stderr)
+        raise SystemExit(V.EXIT_FORM) from None
     print(V.as_json(checks) if as_json else V.format_checks(checks))
-    if any(c.status == V.FAIL for c in checks):
-        raise SystemExit(1)
+    code = V.exit_code(checks)
+    if code:
+        raise SystemExit(code)
     return checks
 
 

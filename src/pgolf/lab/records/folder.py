@@ -19,12 +19,14 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pgolf import config as C
 from pgolf.lab.bundle import PER_RUN
 from pgolf.lab.records import results as R
+from pgolf.lab.records import rules as U
 from pgolf.lab.records import stats as S
 from pgolf.lab.records.readme import RECORD_TRACK, readme, technique_lines
 from pgolf.runlog import RunDir
@@ -187,10 +189,13 @@ def export(
             raise ExportError(
                 f"{r['dir']}: model {model} + bundle {code} = {total} bytes, not under {CAP_BYTES}"
             )
+        fin = facts.final  # the values the shipped log prints: what verify reads back
+        if fin is not None:
+            sr = replace(sr, val_loss=fin.val_loss, val_bpb=fin.val_bpb)
         seeds.append(sr)
         seed_results[str(sr.seed)] = {
-            "val_loss": round(sr.val_loss, 8),
-            "val_bpb": round(sr.val_bpb, 8),
+            "val_loss": U.printed(sr.val_loss),
+            "val_bpb": U.printed(sr.val_bpb),
             "artifact_bytes": sr.artifact_bytes,
             "model_bytes": model,
             "bytes_with_bundle": total,
@@ -199,6 +204,8 @@ def export(
             "eval_time_s": None if sr.eval_seconds is None else round(sr.eval_seconds, 1),
         }
     summ = S.summarize(seeds)
+    bpb_agg = U.aggregate([s.val_bpb for s in seeds])  # the one rule verify checks them by
+    loss_agg = U.aggregate([s.val_loss for s in seeds])
     worst = max(v["bytes_with_bundle"] or 0 for v in seed_results.values())
     sub: dict[str, Any] = {
         "name": name or f"pgolf {cfg_d.get('preset')}",
@@ -206,10 +213,10 @@ def export(
         "github_id": github_id,
         "date": dt.date.today().isoformat(),
         "track": track,
-        "val_bpb": round(summ["val_bpb_mean"], 8),
-        "val_loss": round(summ["val_loss_mean"], 8),
-        "val_bpb_std": round(summ["val_bpb_std"], 8),
-        "val_loss_std": round(summ["val_loss_std"], 8),
+        "val_bpb": bpb_agg["mean"],
+        "val_loss": loss_agg["mean"],
+        "val_bpb_std": bpb_agg["std"],
+        "val_loss_std": loss_agg["std"],
         "bytes_total": worst,
         "bytes_code": code,
         "bundle_sha256": hashlib.sha256((dest / "train_gpt.py").read_bytes()).hexdigest(),

@@ -21,22 +21,30 @@ from pathlib import Path
 from typing import Any
 
 _EVAL = re.compile(
-    r"^(?P<label>[A-Za-z][\w\-+. ]*?)\s+val_loss[:=]\s*(?P<loss>\d+\.\d+)\s+"
+    r"^(?P<label>[A-Za-z][\w\-+. ]{0,120}?)(?:\s+[a-z_]+:\d+){0,6}\s+val_loss[:=]\s*"
+    r"(?P<loss>\d+\.\d+)\s+"
     r"val_bpb[:=]\s*(?P<bpb>\d+\.\d+)(?P<rest>.*)$"
 )
 _EVAL_TIME = re.compile(r"eval_time:\s*(\d+(?:\.\d+)?)ms")
-_STOP = re.compile(r"stopping_early:.*?train_time:\s*(\d+(?:\.\d+)?)ms\s+step:\s*(\d+)/(\d+)")
+_STOP = re.compile(
+    r"stopping_early:[^\n]{0,200}?train_time:\s*(\d+(?:\.\d+)?)ms\s+step:\s*(\d+)/(\d+)"
+)
 _STEP = re.compile(
-    r"^(?:step:)?(\d+)/(\d+)\s+(?:train_loss|val_loss).*?train_time:\s*([\d.]+)(ms|m)\b"
+    r"^(?:step:)?(\d+)/(\d+)\s+(?:train_loss|val_loss)[^\n]{0,300}?train_time:\s*([\d.]+)(ms|m)\b"
 )
 _STEP_AVG = re.compile(r"step_avg:\s*([\d.]+)ms")
-_TOTAL = re.compile(r"^Total submission size[^:]*:\s*(\d+)\s*bytes")
-_CODE = re.compile(r"^Code size(?P<kind>[^:]*):\s*(?P<n>\d+)\s*bytes")
-_MODEL = re.compile(r"^Serialized model[^:]*:\s*(\d+)\s*bytes")
+_TOTAL = re.compile(r"^Total submission size[^:]{0,120}:\s*(\d+)\s*bytes")
+_CODE = re.compile(r"^Code size(?P<kind>[^:]{0,120}):\s*(?P<n>\d+)\s*bytes")
+_MODEL = re.compile(r"^Serialized model[^:]{0,120}:\s*(\d+)\s*bytes")
 _TVAL = re.compile(r"val_loss:\s*(\d+\.\d+)\s+val_bpb:\s*(\d+\.\d+)")
 _SEED = re.compile(r"^\s*seed:\s*(\d+)\s*$")
 _HASH = re.compile(r"^code_hash:\s*(\w+)")
 _REPLACED = "artifact_replaced:"  # pgolf.runlog.ARTIFACT_REPLACED: a run's artifact re-made
+_PATH_SEED = re.compile(r"^(?:logfile|artifact_dir|run_dir|run_id):[^\n]{0,300}?seed[_\-]?(\d+)\b")
+_STAMP = re.compile(r"^\d{9,10}\.\d+\s+")  # a unix-time prefix some loggers add
+
+
+MAX_LINE = 4096  # characters of a log line parsed (no line this parser needs is longer)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ def parse_log(text: str) -> LogFacts:
     stop = last = None
     tvals: list[float] = []
     for i, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
+        line = _STAMP.sub("", raw[:MAX_LINE].strip(), count=1)
         if m := _EVAL.match(line):
             t = _EVAL_TIME.search(m["rest"])
             evals.append(
@@ -124,7 +132,7 @@ def parse_log(text: str) -> LogFacts:
                 code_c = int(m["n"])
             else:
                 code = int(m["n"])
-        if seed is None and (m := _SEED.match(raw)):
+        if seed is None and (m := _SEED.match(line) or _PATH_SEED.match(line)):
             seed = int(m[1])
         if chash is None and (m := _HASH.match(line)):
             chash = m[1]
