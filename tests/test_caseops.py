@@ -217,7 +217,7 @@ def test_a_tokenizer_without_operator_pieces_is_refused(built, tmp_path):
 @pytest.mark.parametrize("mode", ["score_first", "lora"])
 def test_ttt_scores_divide_by_the_sidecar_bytes(built, mode):
     from pgolf.model import GPT
-    from pgolf.ttt import run_ttt
+    from pgolf.score import score
 
     folder, val = built
     tokens = torch.from_numpy(np.asarray(D.read_shard(D.find_shards(folder, "val")[0]), np.int64))
@@ -231,7 +231,7 @@ def test_ttt_scores_divide_by_the_sidecar_bytes(built, mode):
         ttt=replace(cfg.ttt, mode=mode, chunk_tokens=256, lora_chunk=32, lora_batch_docs=4),
     )
     torch.manual_seed(0)
-    r, _ = run_ttt(cfg, GPT(cfg.model), tokens, tables, "cpu")
+    r = score(GPT(cfg.model), tokens, mode, cfg, tables, "cpu").result
     assert r.bytes == sum(len(t.encode("utf-8")) for t in val)
 
 
@@ -266,6 +266,7 @@ def test_training_with_data_caseops_scores_on_the_sidecar(built, tmp_path):
             compile=False,
             device="cpu",
             checkpoint_every=0,
+            final_val=True,  # the live score at the end: the one this test reads
         ),
         eval=replace(cfg.eval, eval_seq_len=L, eval_stride=L // 2, val_batch_seqs=8),
     )

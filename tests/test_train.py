@@ -252,7 +252,9 @@ def test_train_leaves_the_result_to_its_caller(tmp_path, data_dir):
     (`pipeline.train_stage` records `TrainResult.record()`)."""
     run = RunDir(tmp_path / "t")
     try:
-        res = T.train(tiny_cfg(iterations=2), run, data_dir=data_dir, tables=stub_tables())
+        res = T.train(
+            tiny_cfg(iterations=2, final_val=True), run, data_dir=data_dir, tables=stub_tables()
+        )
     finally:
         run.close()
     assert not run.result_path.exists() and run.final_model_path.exists()

@@ -464,7 +464,7 @@ def cmd_budget(
     """Budget report with what-ifs; with `fit`, the planner (`_budget_fit`, its options)."""
     from pgolf import artifact as A
     from pgolf.dist import progress
-    from pgolf.lab import budget as B
+    from pgolf.lab.budget import sizes as B
     from pgolf.runlog import RUN_FILES
 
     if fit is not None:
