@@ -52,6 +52,7 @@ from pgolf import config as C
 from pgolf import lqer, quant
 from pgolf.model import GPT
 from pgolf.optim import build_optimizers, clip_grad_norm_, muon_momentum_at
+from pgolf.quantplan import parse_groups
 
 DEFAULT_REF = Path(__file__).resolve().parents[1] / ".ref" / "train_gpt_1855.py"
 FETCH = (
@@ -426,7 +427,7 @@ def compare_step(ref: ModuleType, r: Any, g: GPT, ocfg: C.OptimConfig) -> dict[s
 def hyper_diffs(ref: ModuleType, cfg: C.RunConfig) -> list[str]:
     """pgolf preset values that differ from the reference's (under its command line)."""
     a, o, m, q = ref.Hyperparameters, cfg.optim, cfg.model, cfg.quant
-    groups = C.parse_groups(q.groups)
+    groups = parse_groups(q.groups)
     pairs = {
         "matrix_lr": (o.matrix_lr, a.matrix_lr),
         "embed_lr": (o.embed_lr, a.tied_embed_lr),
@@ -460,8 +461,8 @@ def hyper_diffs(ref: ModuleType, cfg: C.RunConfig) -> list[str]:
         "attn_gate_scale": (m.attn_gate_scale, a.sparse_attn_gate_scale),
         "matrix_bits": (q.matrix_bits, a.matrix_bits),
         "embed_bits/clip": ((q.embed_bits, q.embed_clip_k), (a.embed_bits, a.embed_clip_sigmas)),
-        "mlp_clip": (groups["mlp"]["clip_k"], a.mlp_clip_sigmas),
-        "attn_clip": (groups["attn"]["clip_k"], a.attn_clip_sigmas),
+        "mlp_clip": (groups["mlp"].clip_k, a.mlp_clip_sigmas),
+        "attn_clip": (groups["attn"].clip_k, a.attn_clip_sigmas),
         "gate_int8": (q.gate_int8, a.gated_attn_quant_gate),
         "lqer": (
             (q.lqer_top, q.lqer_top_rank, q.lqer_top_form == "asym", q.lqer_group),

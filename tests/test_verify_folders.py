@@ -412,3 +412,12 @@ def test_a_refusal_in_json_names_the_file(tmp_path, capsys):
     assert e.value.code == 2
     out = json.loads(capsys.readouterr().out)
     assert out["file"].endswith(name) and out["exit"] == 2 and "symlink" in out["error"]
+
+
+def test_a_caseops_switch_that_is_off_names_no_caseops_tokenizer():
+    """pgolf's logs carry the config (`"caseops": false`): that is no CaseOps tokenizer."""
+    from pgolf.lab.records.accounting import tokenizers_named
+
+    assert tokenizers_named([("log", '{"data": {"caseops": false, "vocab": 1}}')]) == {}
+    for on in ("DATA_PATH=fineweb10B_sp8192_caseops", "CASEOPS_ENABLED=1", '"caseops": true'):
+        assert tokenizers_named([("log", on)]) == {"sp8192-caseops": "log:1"}, on

@@ -303,7 +303,7 @@ def pr1855() -> RunConfig:
         ),
         ttt=replace(
             base.ttt,
-            mode="lora",
+            mode=M.LORA,
             lora_rank=80,
             lora_lr=1e-4,
             lora_chunk=48,

@@ -53,7 +53,10 @@ TOKENIZERS = {
 }
 
 _TOK_PATTERNS = [
-    (re.compile(r"caseops|lossless_caps", re.I), lambda m: "sp8192-caseops"),
+    (  # a CaseOps name, not a switch that says it is off (pgolf logs `"caseops": false`)
+        re.compile(r"caseops(?![\"']?\s*[:=]\s*(?:false|0|no|off)\b)|lossless_caps", re.I),
+        lambda m: "sp8192-caseops",
+    ),
     (
         re.compile(r"byte260|byte[-_ ]level|vocab_size\s*[=:]\s*(?:25[6-9]|260)\b", re.I),
         lambda m: "byte260",
