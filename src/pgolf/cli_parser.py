@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--form",
         default="auto",
-        choices=["auto", "raw", "stripped", "lzma", "brotli"],
+        choices=["auto", "raw", "stripped", "lzma", "brotli", "special", "packed"],
         help="auto keeps the smallest form",
     )
     _records(sub)
