@@ -507,6 +507,10 @@ FOLD_OPS: dict[str, Callable[[Any, Any], bool]] = {
     "not in": lambda v, a: v not in a,
     "is": lambda v, a: v is a,
     "is not": lambda v, a: v is not a,
+    "<": lambda v, a: v < a,
+    "<=": lambda v, a: v <= a,
+    ">": lambda v, a: v > a,
+    ">=": lambda v, a: v >= a,
 }
 """The predicates a specialized bundle may fold on a config field (`pgolf.lab.bundle.specialize`):
 `op(value, arg)`; `truth` is the field used as a condition."""

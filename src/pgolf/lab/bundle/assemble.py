@@ -26,7 +26,9 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
+import json
 import lzma
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -283,11 +285,55 @@ def forms(cfg: C.RunConfig) -> dict[str, bytes]:
     }
 
 
+def _cache_key(cfg: C.RunConfig) -> str:
+    """Everything a bundle's bytes depend on: the header (version, commit, core hash), the frozen
+    config, the core and bundler sources, the minifier's version."""
+    import python_minifier
+
+    h = hashlib.sha256(header(cfg).encode())
+    h.update(json.dumps(bundle_config(cfg), sort_keys=True).encode())
+    for _, src in core_sources():
+        h.update(src.encode())
+    for p in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(p.read_bytes())
+    h.update(python_minifier.__version__.encode())
+    return h.hexdigest()[:32]
+
+
+def cache_dir() -> Path | None:
+    """Where built bundles are kept (PGOLF_BUNDLE_CACHE, default ~/.cache/pgolf/bundle; `off`:
+    nowhere). Specializing takes tens of seconds and every `pgolf run` measures its code size."""
+    where = os.environ.get("PGOLF_BUNDLE_CACHE", "")
+    if where == "off":
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pgolf" / "bundle"
+    return Path(where) if where else base
+
+
+def cached_forms(cfg: C.RunConfig) -> dict[str, bytes]:
+    """`forms(cfg)`, from the cache when this exact bundle was built before."""
+    folder = cache_dir()
+    if folder is None:
+        return forms(cfg)
+    key = _cache_key(cfg)
+    paths = {f: folder / f"{key}.{f}.py" for f in FORMS}
+    if all(p.is_file() for p in paths.values()):
+        return {f: p.read_bytes() for f, p in paths.items()}
+    out = forms(cfg)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for f, p in paths.items():
+            atomic_write(p, out[f])
+    except OSError:
+        pass  # a cache that cannot be written is no cache
+    return out
+
+
 def build(cfg: C.RunConfig, form: str = "auto") -> tuple[bytes, dict[str, Any]]:
     """(the bundle's bytes, a report of every form's size and which was chosen). `auto` keeps the
     smallest form; every form is compiled (and the wrappers' payloads decoded) as a check."""
     C.validate(cfg)
-    all_forms = forms(cfg)
+    all_forms = cached_forms(cfg)
     for name, blob in all_forms.items():
         compile(blob, f"train_gpt.py ({name})", "exec")
     sizes = {k: len(v) for k, v in all_forms.items()}

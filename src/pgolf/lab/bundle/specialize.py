@@ -38,6 +38,10 @@ from typing import Any
 from pgolf import config as C
 
 _CMP = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
     ast.Eq: "==",
     ast.NotEq: "!=",
     ast.In: "in",
@@ -85,14 +89,19 @@ class Shape:
     def value(self, section: str, name: str) -> Any:
         return getattr(getattr(self.cfg, section), name)
 
-    def switch(self, section: str, name: str, truth: bool) -> bool:
-        """May a read of section.name be folded (as a condition when `truth`)?"""
+    def switch(self, section: str, name: str, op: str) -> bool:
+        """May a read of section.name be folded under `op` (FOLD_OPS, or an order: <, >, ...)?
+        bool and str fields always; an int or tuple field only while it is *off* (0, a negative
+        sentinel, empty), as a condition or against a constant, so the code it switches on goes
+        and an override between two "on" values (VE_DIM=64 for 44) still runs."""
         if (section, name) in self.never:
             return False
         v = self.value(section, name)
         if isinstance(v, bool | str):
+            return op in C.FOLD_OPS
+        if isinstance(v, int) and v <= 0:
             return True
-        return truth and isinstance(v, int | tuple)
+        return isinstance(v, tuple) and not v and op == "truth"
 
     def annotation(self, node: ast.expr | None) -> Any:
         """The type tag of an annotation naming a config class (`C.RunConfig`, `ModelConfig`,
@@ -422,8 +431,8 @@ class Folder(ast.NodeTransformer):
         ok = self.active and isinstance(t, tuple) and t[0] in ("fld", "const")
         return t if ok else None
 
-    def _switch(self, key: Any, truth: bool) -> bool:
-        return key[0] == "const" or self.shape.switch(key[1], key[2], truth)
+    def _switch(self, key: Any, op: str) -> bool:
+        return key[0] == "const" or self.shape.switch(key[1], key[2], op)
 
     def _fold(self, key: Any, op: str, arg: Any) -> ast.Constant:
         if key[0] == "const":  # every caller passes this value: no run-time check needed
@@ -436,7 +445,7 @@ class Folder(ast.NodeTransformer):
 
     def cond(self, node: ast.expr) -> ast.expr:
         """Visit `node` where only its truth matters."""
-        if (key := self._field(node)) and self._switch(key, truth=True):
+        if (key := self._field(node)) and self._switch(key, "truth"):
             return self._fold(key, "truth", None)
         if isinstance(node, ast.BoolOp):
             node.values = [self.cond(v) for v in node.values]
@@ -451,9 +460,10 @@ class Folder(ast.NodeTransformer):
         if len(node.ops) != 1 or type(node.ops[0]) not in _CMP:
             return node
         key, arg = self._field(node.left), _const(node.comparators[0])
-        if key is None or arg is _NO or not self._switch(key, truth=False):
+        op = _CMP.get(type(node.ops[0]))
+        if key is None or arg is _NO or not self._switch(key, op):
             return node
-        return self._fold(key, _CMP[type(node.ops[0])], arg)
+        return self._fold(key, op, arg)
 
     def visit_If(self, node: ast.If):
         node.test = self.cond(node.test)
@@ -904,11 +914,15 @@ def _pre_check(mods: dict[str, Module], entry: tuple[str, str], check: str) -> s
         (
             i
             for i, s in enumerate(fn.body)
-            if any(isinstance(n, ast.Attribute) and n.attr == check for n in ast.walk(s))
+            if any(
+                (isinstance(n, ast.Attribute) and n.attr == check)
+                or (isinstance(n, ast.Name) and n.id == check)
+                for n in ast.walk(s)
+            )
         ),
         len(fn.body),
     )
-    start = set().union(*(mods[m].refs(s) for s in fn.body[: stop + 1]))
+    start = set().union(*(mods[m].refs(s) for s in fn.body[: stop + 1] if not _from_import(s)))
     kept = reach(mods, entry, start)
     out = {f"{m}.{name}"}
     for mod, idx in kept.items():
