@@ -31,7 +31,7 @@ def _run(sources: dict[str, str]) -> dict:
 
 
 CORE = {
-    "lib": '''
+    "lib": """
 from __future__ import annotations
 
 class Smear:
@@ -57,8 +57,8 @@ def helper_for_others(codec):
 
 def unused():
     return 1
-''',
-    "main": '''
+""",
+    "main": """
 from __future__ import annotations
 C = _M["lib"]
 pick = _M["lib"].pick
@@ -72,7 +72,7 @@ def refuse_folded(cfg):
 
 def run(cfg: C.RunConfig):
     return pick(cfg.model).forward(), _M["lib"].codec_name(cfg.quant.codec)
-''',
+""",
 }
 
 
@@ -98,7 +98,7 @@ def test_a_switch_is_folded_its_dead_code_dropped_and_the_fold_recorded():
 
 def test_nothing_is_folded_for_a_caller_that_passes_another_value():
     src = dict(CORE)
-    src["main"] += '''
+    src["main"] += """
 def other(cfg: C.RunConfig):
     from pgolf_alias import nothing  # not a pgolf import: ignored
     codec_name = _M["lib"].codec_name
@@ -106,7 +106,7 @@ def other(cfg: C.RunConfig):
 
 def entry2(cfg):
     return run(cfg), other(cfg)
-'''
+"""
     r = specialize(src, CFG, entry=("main", "entry2"))
     assert "helper_for_others" in r.sources["lib"]  # called through a local alias with 'zstd'
     assert not any(f[0] == "quant.codec" for f in r.folded)

@@ -7,6 +7,7 @@ from pgolf.lab.bundle.assemble import (
     assemble,
     build,
     bundle_config,
+    cache_dir,
     code_size,
     core_hash,
     core_sources,
@@ -14,6 +15,7 @@ from pgolf.lab.bundle.assemble import (
     header,
     omitted,
     rewrite_imports,
+    specialized,
     strip_source,
     write_bundle,
 )
@@ -24,6 +26,7 @@ __all__ = [
     "SRC",
     "assemble",
     "build",
+    "cache_dir",
     "bundle_config",
     "code_size",
     "core_hash",
@@ -32,6 +35,7 @@ __all__ = [
     "header",
     "omitted",
     "rewrite_imports",
+    "specialized",
     "strip_source",
     "write_bundle",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
+import importlib.metadata
 import json
 import lzma
 import os
@@ -288,15 +289,13 @@ def forms(cfg: C.RunConfig) -> dict[str, bytes]:
 def _cache_key(cfg: C.RunConfig) -> str:
     """Everything a bundle's bytes depend on: the header (version, commit, core hash), the frozen
     config, the core and bundler sources, the minifier's version."""
-    import python_minifier
-
     h = hashlib.sha256(header(cfg).encode())
     h.update(json.dumps(bundle_config(cfg), sort_keys=True).encode())
     for _, src in core_sources():
         h.update(src.encode())
     for p in sorted(Path(__file__).parent.glob("*.py")):
         h.update(p.read_bytes())
-    h.update(python_minifier.__version__.encode())
+    h.update(importlib.metadata.version("python-minifier").encode())
     return h.hexdigest()[:32]
 
 
