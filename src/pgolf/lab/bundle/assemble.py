@@ -238,15 +238,16 @@ def specialized(cfg: C.RunConfig) -> tuple[str, str, dict[str, Any]]:
     sources = {name: rewrite_imports(src, name) for name, src in core_sources()}
     spec = specialize(sources, cfg, never=set(PER_RUN))
     gone = tuple(m for m in sources if m in omitted(cfg) or m not in spec.sources)
+    stubs = tuple(m for m in gone if m in _referenced(spec.sources))  # the rest: nothing asks
     folded = tuple(spec.folded)
     loader = (
         "import sys as _s,types as _t\n_M={}\n"
         "def _mod(n,src):\n"
         " m=_t.ModuleType('pgolf_bundle.'+n);m.__file__,m._M=__file__,_M\n"
         " _s.modules[m.__name__]=_M[n]=m;exec(compile(src,'train_gpt.py:'+n,'exec'),m.__dict__)\n"
-        f"for n in {gone!r}:_mod(n,{_STUB!r}%n)\n"
+        f"for n in {stubs!r}:_mod(n,{_STUB!r}%n)\n"
         "for c in P.split('\\0')[1:]:_mod(*c.split('\\1',1))\n"
-        f"CONFIG={bundle_config(cfg)!r}\n"
+        f"CONFIG={config_delta(cfg)!r}\n"
         "if __name__=='__main__':_M['pipeline'].bundle_main"
         f"(CONFIG,__file__,{gone!r},{folded!r},{code_desc('packed')!r})\n"
     )
@@ -259,6 +260,28 @@ def specialized(cfg: C.RunConfig) -> tuple[str, str, dict[str, Any]]:
         small.append(f"{name}\1{pack.minify(src)}")
     report = {"folded": folded, "dropped": spec.dropped, "left_out": gone}
     return "\0".join([loader, *plain]), "\0".join([loader, *small]), report
+
+
+def _referenced(sources: dict[str, str]) -> set[str]:
+    """The modules some kept source looks up in the module table (`_M["name"]`)."""
+    import re
+
+    return {m for src in sources.values() for m in re.findall(r"_M\[['\"](\w+)['\"]\]", src)}
+
+
+def config_delta(cfg: C.RunConfig) -> dict[str, Any]:
+    """`bundle_config(cfg)` less every field at its dataclass default (`config.from_dict` fills
+    those in): the frozen config in fewer bytes, the same config once loaded."""
+    full, base = bundle_config(cfg), C.to_dict(C.RunConfig())
+    out: dict[str, Any] = {"preset": full["preset"]}
+    for section, fields in full.items():
+        if isinstance(fields, dict):
+            diff = {k: v for k, v in fields.items() if base[section].get(k) != v}
+            if diff:
+                out[section] = diff
+    if C.from_dict(out) != C.from_dict(full):  # a bundle must load exactly its config
+        raise RuntimeError(f"config_delta: {out} does not load as the frozen config")
+    return out
 
 
 def code_desc(form: str) -> str:
