@@ -48,7 +48,7 @@ def main() -> None:
     variants = {
         "pack.MINIFY": {},
         "hoist_literals=True": {"hoist_literals": True},
-        "remove_asserts=True": {"remove_asserts": True},
+        "remove_asserts=False": {"remove_asserts": False},
         "rename_locals=False": {"rename_locals": False},
         "constant_folding=False": {"constant_folding": False},
         "remove_literal_statements=False": {"remove_literal_statements": False},

@@ -3,8 +3,9 @@ payload in the densest literal the interpreter reads (issue 22; figures in docs/
 
 - Minification: python-minifier (a lab dependency; the bundle never imports it) with the options
   `MINIFY`, chosen by measurement: locals renamed, module globals kept (other modules look them
-  up by name), literals not hoisted (hoisting costs Brotli more than it saves), asserts kept (the
-  config checks they make still guard environment overrides).
+  up by name), literals not hoisted (hoisting costs Brotli more than it saves), asserts removed
+  (as `python -O` would: the core's asserts restate `config.validate`'s checks, which the bundle
+  runs, or internal invariants).
 - Payload: the loader, then each module as `name \\1 source`, joined by NUL: plain text, no
   `repr` escapes to compress (measured 0.5 KB smaller than one `_mod(name, 'source')` per module).
 - Codec: Brotli quality 11 (smaller than lzma/xz and zlib on this text; `CODECS` keeps the rest
@@ -28,7 +29,7 @@ MINIFY = dict(
     rename_locals=True,
     rename_globals=False,
     hoist_literals=False,
-    remove_asserts=False,
+    remove_asserts=True,
     remove_annotations=True,
 )
 
