@@ -1010,7 +1010,12 @@ def _attr_stores(trees: dict[str, ast.Module]) -> dict[str, int]:
 
 
 def _seeds(
-    mods: dict[str, Module], kept: dict[str, set], shape: Shape, skip: set[str], seeds: dict
+    mods: dict[str, Module],
+    kept: dict[str, set],
+    shape: Shape,
+    skip: set[str],
+    seeds: dict,
+    stores: dict[str, int],
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """(module, function) -> {parameter: tag} for the parameters every kept call passes the same
     way: one config value (a RunConfig or section, or one field), or one constant (a field's
@@ -1022,7 +1027,8 @@ def _seeds(
             continue
         tops = {id(mod.tree.body[i]) for i in kept[m] if isinstance(i, int)}
         tops |= {id(mod.tree.body[i[0]]) for i in kept[m] if isinstance(i, tuple)}
-        rec = Folder(shape, _class_attrs(mod.tree, shape, {}), skip, mod, seeds, record_only=True)
+        attrs = _class_attrs(mod.tree, shape, stores)
+        rec = Folder(shape, attrs, skip, mod, seeds, record_only=True)
         rec.visit(ast.Module(body=list(mod.tree.body), type_ignores=[]))
         for top, callee, args, kws in rec.calls:
             if id(top) in tops:
@@ -1093,15 +1099,15 @@ def specialize(
     prune what `entry` does not reach. `never`: (section, field) never folded."""
     never = set(never)
     seeds: dict[tuple[str, str], dict[str, Any]] = {}
+    base = {m: ast.parse(s) for m, s in sources.items()}
+    skip: set[str] = _pre_check({m: Module(m, t) for m, t in base.items()}, entry, check)
+    stores = _attr_stores(base)  # of the whole core: folding only removes stores
     for _ in range(8):  # folds prune calls, which seed more folds; a replace may unfold a field
         trees = {m: ast.parse(s) for m, s in sources.items()}
         shape = Shape.of(cfg, never)
         folded: list[tuple[str, str, Any, bool]] = []
-        skip: set[str] = set()
         if fold:
             mods = {m: Module(m, t) for m, t in trees.items()}
-            skip = _pre_check(mods, entry, check)
-            stores = _attr_stores(trees)
             for m, tree in trees.items():
                 attrs = _class_attrs(tree, shape, stores)
                 mine = {s.split(".", 1)[1] for s in skip if s.split(".", 1)[0] == m}
@@ -1122,7 +1128,7 @@ def specialize(
         if not fold:
             break
         skip_names = {s.split(".", 1)[1] for s in skip}
-        new = _seeds(mods, kept, shape, skip_names, seeds)
+        new = _seeds(mods, kept, shape, skip_names, seeds, stores)
         new = {k: v for k, v in new.items() if f"{k[0]}.{k[1]}" not in skip}
         if new == seeds:
             break
