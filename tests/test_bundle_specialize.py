@@ -112,6 +112,30 @@ def entry2(cfg):
     assert not any(f[0] == "quant.codec" for f in r.folded)
 
 
+def test_a_parameter_rebound_to_another_value_is_not_folded_after_the_rebinding():
+    """dist.pick_device's shape: `device` comes in as train.device ('auto') and is rebound."""
+    src = {
+        "main": """
+from __future__ import annotations
+def entry(cfg):
+    refuse_folded(cfg)
+    return pick(cfg.train.device)
+def refuse_folded(cfg):
+    pass
+def pick(device):
+    if device == "auto":
+        device = "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(device)
+    return device
+"""
+    }
+    cfg = replace(CFG, train=replace(CFG.train, device="auto"))
+    r = specialize(src, cfg, entry=("main", "entry"))
+    assert "raise ValueError" in r.sources["main"]
+    assert _run(r.sources)["main"].entry(cfg) == "cpu"
+
+
 def test_a_field_replaced_at_run_time_is_never_folded():
     src = dict(CORE)
     src["main"] = CORE["main"].replace(

@@ -239,10 +239,12 @@ def _scope_env(
         new.update({k: v for k, v in outer.items() if k not in binds and k not in params})
         for name, values in binds.items():
             tags = {repr(types.of(v)) if v is not None else "None" for v in values}
-            if name in params:
+            if name in params:  # a parameter keeps its type only if every rebinding has it
                 own = params[name]
                 if own is not None and tags <= {repr(own)}:
                     new[name] = own
+                else:
+                    new.pop(name, None)
                 continue
             if len(tags) != 1 or None in values:
                 continue
