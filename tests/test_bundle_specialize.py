@@ -119,9 +119,11 @@ def test_a_parameter_rebound_to_another_value_is_not_folded_after_the_rebinding(
 from __future__ import annotations
 def entry(cfg):
     refuse_folded(cfg)
-    return pick(cfg.train.device)
+    return run(cfg)
 def refuse_folded(cfg):
     pass
+def run(cfg: C.RunConfig):
+    return pick(cfg.train.device)
 def pick(device):
     if device == "auto":
         device = "cpu"
@@ -132,6 +134,8 @@ def pick(device):
     }
     cfg = replace(CFG, train=replace(CFG.train, device="auto"))
     r = specialize(src, cfg, entry=("main", "entry"))
+    assert r.seeds[("main", "pick")] == {"device": ("fld", "train", "device")}
+    assert not r.folded  # rebound in the function: not the field any more (flow-insensitive)
     assert "raise ValueError" in r.sources["main"]
     assert _run(r.sources)["main"].entry(cfg) == "cpu"
 
