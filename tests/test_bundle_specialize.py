@@ -140,6 +140,29 @@ def pick(device):
     assert _run(r.sources)["main"].entry(cfg) == "cpu"
 
 
+@pytest.mark.parametrize(
+    "rebind",
+    ["def g():\n        nonlocal m\n        m = None\n    g()", "[(m := None) for _ in (1,)]"],
+)
+def test_a_config_name_rebound_from_a_nested_scope_is_not_folded(rebind):
+    src = {
+        "main": f"""
+from __future__ import annotations
+def entry(cfg):
+    refuse_folded(cfg)
+    return run(cfg)
+def refuse_folded(cfg):
+    pass
+def run(cfg: C.RunConfig):
+    m = cfg.model
+    {rebind}
+    return "none" if m is None else ("on" if m.smear_gate else "off")
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"))
+    assert not r.folded and _run(r.sources)["main"].entry(CFG) == "none"
+
+
 def test_a_field_replaced_at_run_time_is_never_folded():
     src = dict(CORE)
     src["main"] = CORE["main"].replace(

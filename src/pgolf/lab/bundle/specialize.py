@@ -189,6 +189,15 @@ def _bindings(body: list[ast.stmt]) -> dict[str, list[ast.expr | None]]:
         elif isinstance(node, ast.Delete):
             for t in node.targets:
                 bind(t, None)
+        if isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            for n in ast.walk(node):  # `:=` in a comprehension binds in this scope
+                if isinstance(n, ast.NamedExpr):
+                    bind(n.target, None)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            for n in ast.walk(node):  # a nested `nonlocal x` may rebind this scope's x
+                if isinstance(n, ast.Nonlocal):
+                    for name in n.names:
+                        out.setdefault(name, []).append(None)
     return out
 
 
