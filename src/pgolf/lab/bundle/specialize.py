@@ -918,7 +918,8 @@ def _replaced_fields(trees: dict[str, ast.Module], kept, shape: Shape) -> set[tu
 
 
 def _pre_check(mods: dict[str, Module], entry: tuple[str, str], check: str) -> set[str]:
-    """`module.name` of the functions the entry runs up to its call to `check` (never folded)."""
+    """`module.name` of the functions and classes (their methods may run too) the entry reaches up
+    to its call to `check`: never folded."""
     m, name = entry
     fn = mods[m].tree.body[mods[m].defs[name][0]]
     stop = next(
@@ -938,7 +939,8 @@ def _pre_check(mods: dict[str, Module], entry: tuple[str, str], check: str) -> s
     out = {f"{m}.{name}"}
     for mod, idx in kept.items():
         for n, where in mods[mod].defs.items():
-            if set(where) & idx and isinstance(mods[mod].tree.body[where[0]], ast.FunctionDef):
+            stmt = mods[mod].tree.body[where[0]]
+            if set(where) & idx and isinstance(stmt, ast.FunctionDef | ast.ClassDef):
                 out.add(f"{mod}.{n}")
     return out
 
