@@ -183,3 +183,16 @@ def test_compare_codecs_and_reference() -> None:
     body = brotli.decompress(ref[4:])
     pad = body[-1]
     assert byte_unshuffle(body[:-1], 4, len(raw) + pad)[: len(raw)] == raw
+
+
+def test_the_code_is_priced_against_the_model_at_the_margin() -> None:
+    """1,234 code bytes = the params they would hold in the largest integer group at its own
+    compressed bits/param, and the planner-rate bpb with its source."""
+    ts, _ = model_set()
+    r = budget_report(ts, META, "brotli", (1234, "test code"))
+    line = next(x for x in format_budget(r) if "code at the margin" in x)
+    ints = [c for c in r["components"] if c["bits_per_param"]]
+    big = max(ints, key=lambda c: c["compressed"])
+    assert f"would hold {int(8 * 1234 / big['bits_per_param']):,} {big['name']} params" in line
+    assert "benchmarks section 14" in line and f"{0.146 * 1234 / 1e6:.4f} bpb" in line
+    assert not [x for x in format_budget(budget_report(ts, META, "brotli", 0)) if "margin:" in x]

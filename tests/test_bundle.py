@@ -273,3 +273,77 @@ def test_bundle_leaves_out_unused_modules_and_refuses_a_config_that_needs_one(co
     )
     assert r.returncode != 0 and "lacks crans, rans" in r.stderr, r.stderr[-2000:]
     assert "rebuild it with `pgolf bundle`" in r.stderr and not (folder / "run").exists()
+
+
+def test_a_specialized_bundle_refuses_an_override_of_a_folded_switch(tmp_path):
+    """The packed bundle folded model.tie_embeddings (True); TIE_EMBEDDINGS=0 needs the untied
+    head it left out: refused before any work, naming the field, the variable and the fix."""
+    cfg = C.load("cpu-tiny", TINY)
+    _, _, rep = bundle.specialized(cfg)
+    assert ("model.tie_embeddings", "truth", None, True) in rep["folded"]
+    assert "ShuffledLoader" in rep["dropped"]["data"]  # cpu-tiny streams
+    folder = tmp_path / "record"
+    folder.mkdir()
+    out = bundle.write_bundle(cfg, folder / "train_gpt.py")
+    assert out["form"] == "packed"
+    env = _env(DATA_PATH=str(tmp_path), RUN_DIR=str(folder / "run"), TIE_EMBEDDINGS="0")
+    r = subprocess.run(
+        [sys.executable, "train_gpt.py"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode != 0 and "model.tie_embeddings=False (set by TIE_EMBEDDINGS)" in r.stderr
+    assert "pgolf bundle --set model.tie_embeddings=" in r.stderr and "Traceback" not in r.stderr
+    assert not (folder / "run").exists()
+
+
+# Tiny shapes through the challenge's variables only (no layer-structure change, so no folded
+# switch moves): every preset's own bundle, as shipped, trains its first steps on CPU.
+SHRINK = dict(
+    MODEL_DIM="32",
+    NUM_HEADS="2",
+    NUM_KV_HEADS="1",
+    ROPE_DIMS="16",
+    TRAIN_SEQ_LEN="64",
+    TRAIN_BATCH_TOKENS="512",
+    EVAL_SEQ_LEN="64",
+    EVAL_STRIDE="32",
+    ITERATIONS="2",
+    MAX_WALLCLOCK_SECONDS="0",
+    WARMUP_STEPS="0",
+    VAL_LOSS_EVERY="0",
+    TRAIN_LOG_EVERY="1",
+    GPTQ_CALIB_SEQS="2",
+    TTT_EPOCHS="1",
+    TTT_BATCH_SEQS="2",
+    TTT_CHUNK_TOKENS="256",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", list(C.PRESETS))
+def test_every_presets_bundle_runs_its_first_steps(corpus, tmp_path, preset):
+    folder = tmp_path / "record"
+    folder.mkdir()
+    cfg = C.load(preset, [], environ={})
+    rep = bundle.write_bundle(cfg, folder / "train_gpt.py")
+    assert rep["form"] == "packed"
+    env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"), **SHRINK)
+    if cfg.model.rope_dims == 0:
+        env.pop("ROPE_DIMS")
+    r = subprocess.run(
+        [sys.executable, "train_gpt.py"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    log = (folder / "run" / "log.txt").read_text()
+    assert "step:2/2 train_loss:" in log and "RUN_COMPLETE" in r.stdout
+    res = json.loads((folder / "run" / "result.json").read_text())
+    assert res["code_bytes"] == (folder / "train_gpt.py").stat().st_size

@@ -473,13 +473,13 @@ def cmd_budget(
     tensors, meta = A.load_artifact(path / RUN_FILES["artifact"] if path.is_dir() else path)
     # The code bytes the run measured (kept in the artifact), else the bundle for its config.
     if "code_bytes" in meta:
-        code = int(meta["code_bytes"])
+        code, desc = int(meta["code_bytes"]), str(meta.get("code_desc", ""))
     else:
         from pgolf.lab.bundle import code_size
 
-        code = code_size(C.from_dict(meta.get("config", {})))[0]
+        code, desc = code_size(C.from_dict(meta.get("config", {})))
     codec = meta.get("config", {}).get("quant", {}).get("codec", "brotli")
-    rep = B.budget_report(tensors, meta, codec, code)
+    rep = B.budget_report(tensors, meta, codec, (code, desc))
     lines = B.format_budget(rep)
     w = B.load_weights(weights) if weights else None
     jobs = [{**kw, "weights": w} for kw in B.parse_what_ifs(tensors, bits, clip_k)]  # checked

@@ -418,7 +418,7 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
     p.add_argument(
         "--form",
         default="auto",
-        choices=["auto", "raw", "stripped", "lzma", "brotli"],
+        choices=["auto", "raw", "stripped", "lzma", "brotli", "special", "packed"],
         help="auto keeps the smallest form",
     )
     _records(sub, _sub)

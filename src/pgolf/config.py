@@ -585,6 +585,52 @@ def refuse_absent(cfg: RunConfig, absent: tuple[str, ...], script: str) -> None:
         )
 
 
+FOLD_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "truth": lambda v, _: bool(v),
+    "==": lambda v, a: v == a,
+    "!=": lambda v, a: v != a,
+    "in": lambda v, a: v in a,
+    "not in": lambda v, a: v not in a,
+    "is": lambda v, a: v is a,
+    "is not": lambda v, a: v is not a,
+    "<": lambda v, a: v < a,
+    "<=": lambda v, a: v <= a,
+    ">": lambda v, a: v > a,
+    ">=": lambda v, a: v >= a,
+}
+"""The predicates a specialized bundle may fold on a config field (`pgolf.lab.bundle.specialize`):
+`op(value, arg)`; `truth` is the field used as a condition."""
+
+
+def refuse_folded(
+    cfg: RunConfig,
+    folded: tuple[tuple[str, str, Any, bool], ...],
+    script: str,
+    environ: Mapping[str, str],
+) -> None:
+    """Stop a specialized bundle (`script`) whose config, environment included, breaks a predicate
+    the bundler folded: (`section.field`, op of FOLD_OPS, argument, value it had when bundled).
+    The message names the field, the environment variables that set it and the fix."""
+    bad = {}
+    for key, op, arg, want in folded:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if FOLD_OPS[op](value, arg) != want:
+            bad[key] = value
+    if not bad:
+        return
+    lines = []
+    for key, value in bad.items():
+        set_by = [v for v, f in E.ENV_VARS.items() if ".".join(f) == key and environ.get(v)]
+        set_by = set_by or [v for v in E.CONVERTERS if environ.get(v)]
+        lines.append(f"{key}={value!r} (set by {', '.join(set_by) or 'the environment'})")
+    raise SystemExit(
+        f"{script} was specialized for its frozen config and left out the code for "
+        f"{'; '.join(lines)}: unset it, or rebuild the script with `pgolf bundle --set "
+        f"{next(iter(bad))}=...` for this config"
+    )
+
+
 SDPA_PLANS = tuple(
     f"sdpa:{k}{r}"
     for k in ("default", "cudnn", "flash", "efficient", "math")

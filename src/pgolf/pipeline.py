@@ -432,18 +432,27 @@ def quantize_run(
     return write_artifact(cfg, tensors, dest, graph_state(model), code_size)
 
 
-def bundle_main(config: dict[str, Any], script: str, absent: tuple[str, ...] = ()) -> dict:
+def bundle_main(
+    config: dict[str, Any],
+    script: str,
+    absent: tuple[str, ...] = (),
+    folded: tuple[tuple[str, str, Any, bool], ...] = (),
+    desc: str = "",
+) -> dict:
     """Entry point of the generated `train_gpt.py`: its frozen config, overridden by the
     challenge's environment variables, runs the record job; code bytes are the script's length.
-    `absent`: optional core modules the bundle left out, refused here if the config needs one."""
+    `absent`: optional core modules the bundle left out, refused here if the config needs one;
+    `folded`: the config predicates the bundler folded (`config.refuse_folded`), checked before
+    any specialized code runs; `desc`: how the bundler counted the code bytes (the lab's words)."""
     import os
 
     from pgolf.dist import cleanup
 
     cfg = C.apply_env(C.from_dict(config), os.environ)
-    C.validate(cfg)
     C.refuse_absent(cfg, absent, Path(script).name)
-    code, desc = len(Path(script).read_bytes()), f"{CODE_DESC}: {Path(script).name}"  # as the lab
+    C.refuse_folded(cfg, folded, Path(script).name, os.environ)
+    C.validate(cfg)
+    code, desc = len(Path(script).read_bytes()), desc or f"{CODE_DESC}: {Path(script).name}"
     ok = False
     try:
         res = run(cfg, os.environ.get("RUN_DIR") or None, code_size=lambda _cfg: (code, desc))

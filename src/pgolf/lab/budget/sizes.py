@@ -171,12 +171,37 @@ def format_budget(report: Mapping[str, Any]) -> list[str]:
     )
     if r["code_desc"]:
         lines.append(f"budget: code counted as {r['code_desc']}")
+    lines += code_at_margin(r)
     lines.append(
         f"budget: limit {r['byte_budget']:,} bytes, margin {r['margin']:,} bytes"
         + (" (OVER BUDGET)" if r["margin"] < 0 else "")
     )
     lines.append(f"budget: note: {r['note']}")
     return lines
+
+
+MBPB_PER_KB = 0.146
+"""Planner measurement (dev/LOG.md 2026-11-30, docs/benchmarks.md section 14, run r1337, a
+cpu-tiny model): mlp int5 saved 46,535 bytes for +0.00675 bpb, i.e. 0.146 mbpb per 1,000 bytes.
+Only an order of magnitude for other models; `code_at_margin` says so."""
+
+
+def code_at_margin(r: Mapping[str, Any]) -> list[str]:
+    """What the code bytes cost against the model: the parameters they would hold in the largest
+    integer group at its own compressed bits/param (this report's numbers), and the bpb at the
+    planner's measured rate (MBPB_PER_KB, cited)."""
+    code = r["code_bytes"]
+    groups = [c for c in r["components"] if c["bits_per_param"]]
+    if not code or not groups:
+        return []
+    big = max(groups, key=lambda c: c["compressed"])
+    params = int(8 * code / big["bits_per_param"])
+    return [
+        f"budget: code at the margin: {code:,} bytes would hold {params:,} {big['name']} params "
+        f"at its {big['bits_per_param']:.3f} bits/param; at the planner's measured "
+        f"{MBPB_PER_KB} mbpb per KB (mlp int5 on run r1337, benchmarks section 14) about "
+        f"{MBPB_PER_KB * code / 1e6:.4f} bpb"
+    ]
 
 
 def _ve_columns(t: QTensor, dim: int) -> QTensor:

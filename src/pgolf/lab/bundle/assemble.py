@@ -11,10 +11,14 @@ resolved config is frozen into the file as its defaults (data and tokenizer path
 `DATA_PATH` gives them), the challenge's environment variables still override it, and `__main__`
 runs the record job through `pgolf.pipeline.bundle_main`.
 
-Four forms are measured and the smallest is shipped (the self-extracting wrapper is the records'
+Five forms are measured and the smallest is shipped (the self-extracting wrapper is the records'
 habit since PR #1493's 16,594-byte lzma/base85 script): raw source; docstrings and comments
-stripped (`ast.unparse`); stripped + lzma + base85; stripped + brotli + base85. The first line of
-every form names the generator, its version, the git commit and a hash of the core sources.
+stripped (`ast.unparse`); stripped + lzma + base85; stripped + brotli + base85; and `packed`
+(issue 22): the core specialized for the frozen config (`specialize`: switches folded, dead
+branches and unreachable definitions and modules dropped, the folds checked at run time by
+`config.refuse_folded`), each module minified, one Brotli payload in a latin-1 literal (`pack`).
+`special` is the specialized bundle unpacked (readable; for inspection and tests). The first line
+of every form names the generator, its version, the git commit and a hash of the core sources.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
+import importlib.metadata
+import json
 import lzma
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -32,9 +39,13 @@ import brotli
 import pgolf
 from pgolf import config as C
 from pgolf.data import atomic_write
+from pgolf.lab.bundle import pack
+from pgolf.lab.bundle.specialize import specialize
 
 SRC = Path(pgolf.__file__).resolve().parent
-FORMS = ("raw", "stripped", "lzma", "brotli")
+FORMS = ("raw", "stripped", "lzma", "brotli", "special", "packed")
+PACKED = "specialized for its config, minified, brotli-11 in a latin-1 literal"
+"""How the `packed` form's bytes came to be: the code-size note of a run (`code_size:source:`)."""
 _WRAP = b'import Z,base64;exec(Z.decompress(base64.b85decode(b"P")))\n'
 
 
@@ -214,6 +225,72 @@ def assemble(cfg: C.RunConfig, strip: bool) -> str:
     return "".join(parts)
 
 
+_STUB = (
+    "def __getattr__(a):raise AttributeError(f'%s.{a}: this train_gpt.py was bundled without it "
+    "(its config does not use it); rebuild it with `pgolf bundle`')"
+)
+
+
+def specialized(cfg: C.RunConfig) -> tuple[str, str, dict[str, Any]]:
+    """(the body of `special`, the payload of `packed`, a report: folds, drops, left out). Each is
+    a loader, then NUL, then each kept module as `name \\1 source` joined by NUL; `packed`'s
+    modules are minified."""
+    sources = {name: rewrite_imports(src, name) for name, src in core_sources()}
+    spec = specialize(sources, cfg, never=set(PER_RUN))
+    gone = tuple(m for m in sources if m in omitted(cfg) or m not in spec.sources)
+    stubs = tuple(m for m in gone if m in _referenced(spec.sources))  # the rest: nothing asks
+    folded = tuple(spec.folded)
+    loader = (
+        "import sys as _s,types as _t\n_M={}\n"
+        "def _mod(n,src):\n"
+        " m=_t.ModuleType('pgolf_bundle.'+n);m.__file__,m._M=__file__,_M\n"
+        " _s.modules[m.__name__]=_M[n]=m;exec(compile(src,'train_gpt.py:'+n,'exec'),m.__dict__)\n"
+        f"for n in {stubs!r}:_mod(n,{_STUB!r}%n)\n"
+        "for c in P.split('\\0')[1:]:_mod(*c.split('\\1',1))\n"
+        f"CONFIG={config_delta(cfg)!r}\n"
+        "if __name__=='__main__':_M['pipeline'].bundle_main"
+        f"(CONFIG,__file__,{gone!r},{folded!r},{code_desc('packed')!r})\n"
+    )
+    plain, small = [], []
+    for name, src in spec.sources.items():
+        if name in gone:
+            continue
+        src = strip_source(src)
+        plain.append(f"{name}\1{src}")
+        small.append(f"{name}\1{pack.minify(src)}")
+    report = {"folded": folded, "dropped": spec.dropped, "left_out": gone}
+    return "\0".join([loader, *plain]), "\0".join([loader, *small]), report
+
+
+def _referenced(sources: dict[str, str]) -> set[str]:
+    """The modules some kept source looks up in the module table (`_M["name"]`)."""
+    import re
+
+    return {m for src in sources.values() for m in re.findall(r"_M\[['\"](\w+)['\"]\]", src)}
+
+
+def config_delta(cfg: C.RunConfig) -> dict[str, Any]:
+    """`bundle_config(cfg)` less every field at its dataclass default (`config.from_dict` fills
+    those in): the frozen config in fewer bytes, the same config once loaded."""
+    full, base = bundle_config(cfg), C.to_dict(C.RunConfig())
+    out: dict[str, Any] = {"preset": full["preset"]}
+    for section, fields in full.items():
+        if isinstance(fields, dict):
+            diff = {k: v for k, v in fields.items() if base[section].get(k) != v}
+            if diff:
+                out[section] = diff
+    if C.from_dict(out) != C.from_dict(full):  # a bundle must load exactly its config
+        raise RuntimeError(f"config_delta: {out} does not load as the frozen config")
+    return out
+
+
+def code_desc(form: str) -> str:
+    """How the code bytes of a bundle in `form` were counted (the run's `code_size:source:`)."""
+    from pgolf.pipeline import CODE_DESC
+
+    return f"{CODE_DESC}: train_gpt.py" + (f" ({PACKED})" if form == "packed" else "")
+
+
 def forms(cfg: C.RunConfig) -> dict[str, bytes]:
     """Every form of the bundle for `cfg` (module docstring), each starting with the header."""
     head = header(cfg).encode()
@@ -221,19 +298,64 @@ def forms(cfg: C.RunConfig) -> dict[str, bytes]:
     stripped = assemble(cfg, strip=True).encode()
     lz = base64.b85encode(lzma.compress(stripped, preset=9 | lzma.PRESET_EXTREME))
     br = base64.b85encode(brotli.compress(stripped, quality=11))
+    special, body, _ = specialized(cfg)
     return {
         "raw": head + raw,
         "stripped": head + stripped,
         "lzma": head + _WRAP.replace(b"Z", b"lzma").replace(b"P", lz),
         "brotli": head + _WRAP.replace(b"Z", b"brotli").replace(b"P", br),
+        "special": head + b"P=" + repr(special).encode() + b"\nexec(P[:P.index('\\0')])\n",
+        "packed": head + pack.wrap(body.encode(), "brotli", "latin1"),
     }
+
+
+def _cache_key(cfg: C.RunConfig) -> str:
+    """Everything a bundle's bytes depend on: the header (version, commit, core hash), the frozen
+    config, the core and bundler sources, the minifier's version."""
+    h = hashlib.sha256(header(cfg).encode())
+    h.update(json.dumps(bundle_config(cfg), sort_keys=True).encode())
+    for _, src in core_sources():
+        h.update(src.encode())
+    for p in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(p.read_bytes())
+    h.update(importlib.metadata.version("python-minifier").encode())
+    return h.hexdigest()[:32]
+
+
+def cache_dir() -> Path | None:
+    """Where built bundles are kept (PGOLF_BUNDLE_CACHE, default ~/.cache/pgolf/bundle; `off`:
+    nowhere). Specializing takes tens of seconds and every `pgolf run` measures its code size."""
+    where = os.environ.get("PGOLF_BUNDLE_CACHE", "")
+    if where == "off":
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pgolf" / "bundle"
+    return Path(where) if where else base
+
+
+def cached_forms(cfg: C.RunConfig) -> dict[str, bytes]:
+    """`forms(cfg)`, from the cache when this exact bundle was built before."""
+    folder = cache_dir()
+    if folder is None:
+        return forms(cfg)
+    key = _cache_key(cfg)
+    paths = {f: folder / f"{key}.{f}.py" for f in FORMS}
+    if all(p.is_file() for p in paths.values()):
+        return {f: p.read_bytes() for f, p in paths.items()}
+    out = forms(cfg)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for f, p in paths.items():
+            atomic_write(p, out[f])
+    except OSError:
+        pass  # a cache that cannot be written is no cache
+    return out
 
 
 def build(cfg: C.RunConfig, form: str = "auto") -> tuple[bytes, dict[str, Any]]:
     """(the bundle's bytes, a report of every form's size and which was chosen). `auto` keeps the
     smallest form; every form is compiled (and the wrappers' payloads decoded) as a check."""
     C.validate(cfg)
-    all_forms = forms(cfg)
+    all_forms = cached_forms(cfg)
     for name, blob in all_forms.items():
         compile(blob, f"train_gpt.py ({name})", "exec")
     sizes = {k: len(v) for k, v in all_forms.items()}
@@ -246,10 +368,8 @@ def build(cfg: C.RunConfig, form: str = "auto") -> tuple[bytes, dict[str, Any]]:
 
 def code_size(cfg: C.RunConfig) -> tuple[int, str]:
     """Code bytes of a run with `cfg`: the length of the bundle `pgolf bundle` writes for it."""
-    from pgolf.pipeline import CODE_DESC
-
-    blob, _ = build(cfg)
-    return len(blob), f"{CODE_DESC}: train_gpt.py"
+    blob, rep = build(cfg)
+    return len(blob), code_desc(rep["form"])
 
 
 def write_bundle(cfg: C.RunConfig, out: str | Path, form: str = "auto") -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""Code bytes of the bundled `train_gpt.py` (issue 22): forms per preset, minifier options and
+payload literals, as markdown tables for docs/benchmarks.md.
+
+    PYTHONPATH=src python benchmarks/bundle_size.py [--presets cpu-tiny,pr1493,pr1550]
+
+1. Per preset: every form of `pgolf.lab.bundle.forms` (`brotli` is the form shipped before
+   issue 22: the whole stripped core, Brotli-11, base85; `packed` the one shipped after it).
+2. On the last preset's specialized modules: the python-minifier option sets (each row changes
+   one option of `pack.MINIFY`), measured as the packed file.
+3. The same payload under each codec and literal of `pack` (the smallest is what ships).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pgolf import config as C
+from pgolf.lab import bundle
+from pgolf.lab.bundle import pack
+
+
+def _payload(loader_and_mods: str, **options) -> bytes:
+    loader, *mods = loader_and_mods.split("\0")
+    out = [loader]
+    for m in mods:
+        name, src = m.split("\1", 1)
+        out.append(f"{name}\1{pack.minify(src, **options)}")
+    return "\0".join(out).encode()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", default="cpu-tiny,pr1493,pr1550")
+    args = ap.parse_args()
+    presets = args.presets.split(",")
+    print("| preset | raw | stripped | brotli+base85 (before) | special | packed (after) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for p in presets:
+        f = bundle.forms(C.load(p, [], environ={}))
+        row = [f"{len(f[k]):,}" for k in ("raw", "stripped", "brotli", "special", "packed")]
+        print(f"| {p} | " + " | ".join(row) + " |")
+    cfg = C.load(presets[-1], [], environ={})
+    special, _, rep = bundle.specialized(cfg)
+    head = len(bundle.header(cfg).encode())
+    print(f"\n{presets[-1]}: {len(rep['folded'])} folds, left out {', '.join(rep['left_out'])}")
+    print("\n| minifier options (vs pack.MINIFY) | packed bytes |")
+    print("| --- | ---: |")
+    variants = {
+        "pack.MINIFY": {},
+        "hoist_literals=True": {"hoist_literals": True},
+        "remove_asserts=False": {"remove_asserts": False},
+        "rename_locals=False": {"rename_locals": False},
+        "constant_folding=False": {"constant_folding": False},
+        "remove_literal_statements=False": {"remove_literal_statements": False},
+    }
+    payload = None
+    for name, opts in variants.items():
+        data = _payload(special, **opts)
+        payload = data if not opts else payload
+        print(f"| {name} | {head + len(pack.wrap(data, 'brotli', 'latin1')):,} |")
+    unmin = special.encode()
+    print(f"| not minified | {head + len(pack.wrap(unmin, 'brotli', 'latin1')):,} |")
+    print("\n| codec | latin-1 literal | base85 |")
+    print("| --- | ---: | ---: |")
+    for codec in pack.CODECS:
+        cells = [f"{head + len(pack.wrap(payload, codec, lit)):,}" for lit in pack.LITERALS]
+        print(f"| {codec} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The bundle's specializer and packer on small synthetic cores (fast): what it folds, what it
+drops, what it must keep, and that the packed literal reads back byte for byte."""
+
+from __future__ import annotations
+
+import ast
+import os
+import random
+from dataclasses import replace
+
+import pytest
+
+from pgolf import config as C
+from pgolf.lab.bundle import pack
+from pgolf.lab.bundle.specialize import specialize
+
+CFG = C.load("cpu-tiny", [])  # smear_gate True, codec brotli, ttt.mode none
+
+
+def _run(sources: dict[str, str]) -> dict:
+    """Execute specialized sources the way the bundle does (one module table `_M`)."""
+    import types
+
+    table: dict = {}
+    for name, src in sources.items():
+        m = types.ModuleType(name)
+        m._M = table
+        table[name] = m
+        exec(compile(src, name, "exec"), m.__dict__)
+    return table
+
+
+CORE = {
+    "lib": """
+from __future__ import annotations
+
+class Smear:
+    def forward(self):
+        return "smear"
+
+class Plain:
+    def forward(self):
+        return "plain"
+
+def pick(m: C.ModelConfig):
+    if m.smear_gate:
+        return Smear()
+    return Plain()
+
+def codec_name(codec):
+    if codec == "brotli":
+        return "b"
+    return helper_for_others(codec)
+
+def helper_for_others(codec):
+    return "other:" + codec
+
+def unused():
+    return 1
+""",
+    "main": """
+from __future__ import annotations
+C = _M["lib"]
+pick = _M["lib"].pick
+
+def entry(cfg):
+    refuse_folded(cfg)
+    return run(cfg)
+
+def refuse_folded(cfg):
+    return cfg.model.smear_gate
+
+def run(cfg: C.RunConfig):
+    return pick(cfg.model).forward(), _M["lib"].codec_name(cfg.quant.codec)
+""",
+}
+
+
+def _spec(sources=CORE, cfg=CFG, **kw):
+    return specialize(dict(sources), cfg, entry=("main", "entry"), **kw)
+
+
+def test_a_switch_is_folded_its_dead_code_dropped_and_the_fold_recorded():
+    r = _spec()
+    lib = r.sources["lib"]
+    assert "Plain" not in lib and "unused" not in lib and "helper_for_others" not in lib
+    assert ("model.smear_gate", "truth", None, True) in r.folded
+    # codec reaches codec_name only through its one caller: folded as quant.codec
+    assert ("quant.codec", "==", "brotli", True) in r.folded
+    assert set(r.dropped["lib"]) >= {"Plain", "unused", "helper_for_others"}
+    assert _run(r.sources)["main"].run(CFG) == ("smear", "b")
+    # the other value of the switch keeps the other branch
+    off = _spec(cfg=replace(CFG, model=replace(CFG.model, smear_gate=False)))
+    assert "class Plain" in off.sources["lib"] and "class Smear" not in off.sources["lib"]
+    # the functions run before the check are never folded
+    assert "cfg.model.smear_gate" in r.sources["main"].split("def run")[0]
+
+
+def test_nothing_is_folded_for_a_caller_that_passes_another_value():
+    src = dict(CORE)
+    src["main"] += """
+def other(cfg: C.RunConfig):
+    from pgolf_alias import nothing  # not a pgolf import: ignored
+    codec_name = _M["lib"].codec_name
+    return codec_name("zstd")
+
+def entry2(cfg):
+    return run(cfg), other(cfg)
+"""
+    r = specialize(src, CFG, entry=("main", "entry2"))
+    assert "helper_for_others" in r.sources["lib"]  # called through a local alias with 'zstd'
+    assert not any(f[0] == "quant.codec" for f in r.folded)
+
+
+def test_a_parameter_rebound_to_another_value_is_not_folded_after_the_rebinding():
+    """dist.pick_device's shape: `device` comes in as train.device ('auto') and is rebound."""
+    src = {
+        "main": """
+from __future__ import annotations
+def entry(cfg):
+    refuse_folded(cfg)
+    return run(cfg)
+def refuse_folded(cfg):
+    pass
+def run(cfg: C.RunConfig):
+    return pick(cfg.train.device)
+def pick(device):
+    if device == "auto":
+        device = "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(device)
+    return device
+"""
+    }
+    cfg = replace(CFG, train=replace(CFG.train, device="auto"))
+    r = specialize(src, cfg, entry=("main", "entry"))
+    assert r.seeds[("main", "pick")] == {"device": ("fld", "train", "device")}
+    assert not r.folded  # rebound in the function: not the field any more (flow-insensitive)
+    assert "raise ValueError" in r.sources["main"]
+    assert _run(r.sources)["main"].entry(cfg) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "rebind",
+    ["def g():\n        nonlocal m\n        m = None\n    g()", "[(m := None) for _ in (1,)]"],
+)
+def test_a_config_name_rebound_from_a_nested_scope_is_not_folded(rebind):
+    src = {
+        "main": f"""
+from __future__ import annotations
+def entry(cfg):
+    refuse_folded(cfg)
+    return run(cfg)
+def refuse_folded(cfg):
+    pass
+def run(cfg: C.RunConfig):
+    m = cfg.model
+    {rebind}
+    return "none" if m is None else ("on" if m.smear_gate else "off")
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"))
+    assert not r.folded and _run(r.sources)["main"].entry(CFG) == "none"
+
+
+def test_a_field_replaced_at_run_time_is_never_folded():
+    src = dict(CORE)
+    src["main"] = CORE["main"].replace(
+        "return pick(cfg.model)", "m = replace(cfg.model, smear_gate=False)\n    return pick(m)"
+    )
+    r = _spec(src)
+    assert "class Plain" in r.sources["lib"] and "class Smear" in r.sources["lib"]
+    assert not any(f[0] == "model.smear_gate" for f in r.folded)
+
+
+def test_numeric_tunables_are_never_folded_and_int_switches_only_while_off():
+    src = {
+        "main": """
+from __future__ import annotations
+def entry(cfg):
+    refuse_folded(cfg)
+    return run(cfg)
+def refuse_folded(cfg):
+    pass
+def run(cfg: C.RunConfig):
+    out = []
+    if cfg.optim.matrix_lr > 0.01:
+        out.append("lr")
+    if cfg.model.fused_ce > 0:
+        out.append("fused")
+    if cfg.model.ve_dim > 0:
+        out.append("ve")
+    return out
+"""
+    }
+    cfg = replace(CFG, model=replace(CFG.model, fused_ce=0, ve_dim=8))
+    r = specialize(src, cfg, entry=("main", "entry"))
+    keys = {f[0] for f in r.folded}
+    assert keys == {"model.fused_ce"}  # off: its branch goes; lr (float) and ve_dim (on) stay
+    assert "fused" not in r.sources["main"] and "matrix_lr" in r.sources["main"]
+
+
+def test_methods_nothing_calls_go_but_framework_hooks_stay():
+    src = {
+        "main": """
+from __future__ import annotations
+import torch
+from torch import nn
+class Net(nn.Module):
+    def forward(self, x):
+        return x
+    def extra_repr(self):
+        return "net"
+    def never_called(self):
+        return 0
+    def called(self):
+        return 1
+def entry(cfg):
+    n = Net()
+    return n.called()
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"))
+    out = r.sources["main"]
+    assert "never_called" not in out and "Net.never_called" in r.dropped["main"]
+    assert "def forward" in out and "def extra_repr" in out and "def called" in out
+
+
+def test_refuse_folded_names_the_field_and_the_environment_variable():
+    cfg = C.load("pr1550", [], environ={})
+    folded = (("model.tie_embeddings", "truth", None, True), ("quant.calib", "==", "selfgen", True))
+    C.refuse_folded(cfg, folded, "train_gpt.py", {})  # the frozen config passes
+    bad = C.apply_env(cfg, {"TIE_EMBEDDINGS": "0"})
+    with pytest.raises(SystemExit, match=r"model\.tie_embeddings=False \(set by TIE_EMBEDDINGS\)"):
+        C.refuse_folded(bad, folded, "train_gpt.py", {"TIE_EMBEDDINGS": "0"})
+
+
+def test_the_latin1_literal_reads_back_every_byte():
+    rng = random.Random(0)
+    cases = [bytes(range(256)) * 2, b"", b"'", b'"', b"''", b"'''", b"\\", b"\0" + b"7", b"\r\n"]
+    cases += [bytes(rng.choice(b"\0\n\r'\"\\07a\x85") for _ in range(40)) for _ in range(200)]
+    cases += [os.urandom(rng.randint(0, 300)) for _ in range(50)]
+    for data in cases:
+        src = pack.CODING + b"X = " + pack.latin1_literal(data) + b"\n"
+        ns: dict = {}
+        exec(compile(src, "t", "exec"), ns)
+        assert ns["X"].encode("latin-1") == data, data
+
+
+def test_the_wrapper_runs_its_payload_and_beats_base85():
+    payload = ("X = 41 + 1\0mod\1y = 2\n" * 50).encode()
+    body = pack.wrap(payload, "brotli", "latin1")
+    ns: dict = {}
+    exec(compile(body, "t", "exec"), ns)
+    assert ns["X"] == 42 and ns["P"].startswith("X = 41")
+    assert len(body) < len(pack.wrap(payload, "brotli", "base85"))
+    assert ast.parse(body.decode("latin-1"))
