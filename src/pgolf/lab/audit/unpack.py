@@ -280,7 +280,7 @@ class _Evaluator:
             return n.value
         if isinstance(n, ast.Name):
             if n.id == "__file__":
-                return str(self.path)
+                return str(self.path.resolve())
             if n.id in self.consts:
                 return self.value(self.consts[n.id], depth + 1)
             raise _NoEval(f"`{n.id}` is not a module-level constant")
@@ -373,8 +373,8 @@ class _Opened:
     def __init__(self, script: Path, name: object) -> None:
         if not isinstance(name, str):
             raise _NoEval("open() of a computed name")
-        p = (script.parent / name).resolve() if not Path(name).is_absolute() else Path(name)
-        if p.parent != script.parent.resolve() or not p.is_file() or p.is_symlink():
+        p = Path(name) if Path(name).is_absolute() else script.parent / name
+        if p.is_symlink() or not p.is_file() or p.resolve().parent != script.parent.resolve():
             raise _NoEval(f"the exec'd file {Path(name).name} is not shipped next to the script")
         if p.stat().st_size > MAX_OUT:
             raise _NoEval(f"{p.name} is over {MAX_OUT >> 20} MiB")
