@@ -20,10 +20,12 @@ A clean screen proves nothing; the empirical tests are the ground truth. Rules:
   a cache query given the target (`audit`).
 * `oracle-min` / `multi-pass` (C4): a per-token minimum or a keep-the-lower-loss branch over two
   scorings; a score sum accumulated inside an epoch/pass loop that also trains.
-* `unnormalized-mix` (C2, `audit`): a cache/n-gram term added to model probabilities or logits
-  in a scoring function with no renormalization over the vocabulary in that function.
+* `unnormalized-mix` (C2, `audit`): a cache/n-gram term added to the model's probability where
+  the cache term derives from the target (formed for the realized token only), or in a scoring
+  function with no renormalization over the vocabulary.
 * `subset-eval`: an evaluation-subset limit whose default truncates (`violation`) or can
-  (`note`); a prefix slice of the validation tokens. Batch sizes (`VAL_BATCH_TOKENS`) are not limits.
+  (`note`); a prefix slice of the validation tokens. Batch sizes (`VAL_BATCH_TOKENS`) are
+  not limits.
 * `bos-switch-off` (T1.4) and `inference-mode` (T3.5): notes.
 * `exec-undecoded` (`audit`): an `exec` whose payload the screen could not decode.
 """
@@ -40,11 +42,13 @@ from pgolf.lab.audit.unpack import Unit, units
 
 VAL = re.compile(r"^val(_|$)|_val(_|$)", re.I)
 TARGET = re.compile(
-    r"^(y|ys|y_\w+|targets?(_\w+)?|tgts?(_\w+)?|labels?(_\w+)?|next_tok\w*|gold\w*)$", re.I
+    r"^(y|ys|y_\w+|(\w+_)?targets?(_\w+)?|(\w+_)?tgts?(_\w+)?|labels?(_\w+)?|next_tok\w*|gold\w*)$",
+    re.I,
 )
 CACHE = re.compile(r"cache|table|count|hash|bucket|ngram|gram_|full|ppm", re.I)
 MIXER = re.compile(r"ngram|n_gram|cache|ppm|count|bigram_p|gram_p|tilt|hint|mem_p", re.I)
 MODEL_P = re.compile(r"^(p|probs?|p_model|model_p\w*|nn_p\w*|logits?|lp|logp\w*|p_nn\w*)$", re.I)
+MODEL_NAME = re.compile(r"model|neural|^nn_|_nn$|lo_n$", re.I)
 SCORE_SUM = re.compile(r"(loss|nll|bpb|bits)s?_?(sum|total|acc)|(total|sum)_?(loss|nll|bits)", re.I)
 LOSSY = re.compile(r"nll|loss|bpb", re.I)
 PASS_LOOP = re.compile(r"epoch|pass", re.I)
@@ -701,43 +705,54 @@ def _oracle(n: ast.AST, name: str, what: str) -> Finding:
     )
 
 
-def _mixtures(ix: Index, sc: Scoring, name: str) -> list[Finding]:
+def _mixtures(ix: Index, sc: Scoring, tgt: Flow, name: str) -> list[Finding]:
+    """A cache term added to the model's probability: formed for the realized token only (the
+    cache term derives from the target), or in a scoring function with no normalization."""
     out = []
     for scope in ix.scopes:
-        if scope is ix.tree or not sc.within(scope):
-            continue
         own = list(_own(scope))
-        normalized = any(
+        scoring = scope is not ix.tree and bool(sc.within(scope))
+        normalized = not scoring or any(
             isinstance(n, ast.Call)
-            and (NORMALIZE.search(_call_name(n)) or _call_name(n) in ("sum",) and _dim_last(n))
+            and (NORMALIZE.search(_call_name(n)) or (_call_name(n) == "sum" and _dim_last(n)))
             for n in own
         )
-        if normalized:
-            continue
         for n in own:
             if not (isinstance(n, ast.Assign) and isinstance(n.value, ast.BinOp)):
                 continue
             if not isinstance(n.value.op, ast.Add):
                 continue
-            left, right = _names(n.value.left), _names(n.value.right)
-            mix = any(MIXER.search(x) for x in left | right)
-            model = any(MODEL_P.match(x) or "model" in x.lower() for x in left | right)
-            if mix and model:
-                out.append(
-                    Finding(
-                        "unnormalized-mix",
-                        n.lineno,
-                        f"`{_src(n, 70)}` adds a cache/n-gram term to the model's "
-                        "probabilities with no renormalization over the vocabulary in this "
-                        "function: does it sum to 1? (Condition 2; #886, #1147)",
-                        "audit",
-                        "C2",
-                        name,
-                        f"{name}:{n.lineno} in def {getattr(scope, 'name', '?')}, no softmax / "
-                        "logsumexp / sum over the vocabulary",
-                    )
+            sides = (n.value.left, n.value.right)
+            names = [_names(x) for x in sides]
+            mix = [any(MIXER.search(x) for x in ns) for ns in names]
+            model = [any(MODEL_P.match(x) or MODEL_NAME.search(x) for x in ns) for ns in names]
+            if not ((mix[0] and model[1]) or (mix[1] and model[0])):
+                continue
+            cache_side = sides[0] if mix[0] else sides[1]
+            hits = tgt.has(scope, cache_side)
+            if hits:
+                why = (
+                    f"its cache term derives from the target ({', '.join(hits[:3])}): the "
+                    "mixture is formed for the realized token only, its sum over the "
+                    "vocabulary is never computed"
                 )
-                break
+            elif not normalized:
+                why = "no renormalization over the vocabulary in this function"
+            else:
+                continue
+            out.append(
+                Finding(
+                    "unnormalized-mix",
+                    n.lineno,
+                    f"`{_src(n, 70)}` adds a cache/n-gram term to the model's probability; "
+                    f"{why}: does it sum to 1? (Condition 2; #886, #1147)",
+                    "audit",
+                    "C2",
+                    name,
+                    f"{name}:{n.lineno} in def {getattr(scope, 'name', '?')}: {why}",
+                )
+            )
+            break
     return out
 
 
@@ -840,7 +855,7 @@ def screen_unit(unit: Unit) -> list[Finding]:
         _val_train(ix, sc, val, name)
         + _target_keys(ix, tgt, name)
         + _two_pass(ix, sc, val, name)
-        + _mixtures(ix, sc, name)
+        + _mixtures(ix, sc, tgt, name)
         + _env_rules(ix, name)
     )
 
