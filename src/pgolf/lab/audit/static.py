@@ -365,9 +365,9 @@ class Scoring:
         return False
 
     def _scores_inside(self, c: ast.AST) -> bool:
-        """Inside a no-grad block: a loss / log-probabilities, the model called with the
-        targets (`model(x, y)`), a score accumulation, or a scoring def; a forward for hidden
-        states alone (SLOT's frozen `H`) is not scoring."""
+        """Inside a no-grad block: a loss / log-probabilities, a forward of the model to its
+        logits or loss, a score accumulation, or a scoring def; a forward for hidden states
+        alone (SLOT's frozen `H`) is not scoring."""
         if isinstance(c, ast.AugAssign):
             return any(LOSSY.search(t) or SCORE_SUM.search(t) for t in _targets(c.target))
         if not isinstance(c, ast.Call):
@@ -375,7 +375,8 @@ class Scoring:
         name = _call_name(c)
         if SCORE_FN.search(name) or (name in self.ix.defs and name in self.defs):
             return True
-        return bool(re.search("model", name, re.I)) and len(c.args) >= 2
+        forward = re.search("model|logits", name, re.I) and "hidden" not in name.lower()
+        return bool(forward) and len(c.args) >= 1
 
     def within(self, node: ast.AST) -> list[ast.AST]:
         return [n for n in _own(node) if self.node(n)]
