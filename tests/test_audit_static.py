@@ -289,6 +289,13 @@ def test_unnormalized_mixture_vs_renormalized_mixture(tmp_path) -> None:
     mix = [f for f in fs if f.rule == "unnormalized-mix"]
     assert [(f.line, f.grade, f.condition) for f in mix] == [(12, "audit", "C2")]
     assert "realized token" in mix[0].message
+    # the in-place form of the #770 family: model array on both sides, an `_ng` cache name
+    inplace = MIX.replace("ngram_p = table", "best_p_ng = table").replace(
+        "        mixed = (1 - a) * p_model + a * ngram_p\n",
+        "        m = best_p_ng > 0\n        p_model[m] = (1 - a) * p_model[m] + a * best_p_ng[m]\n"
+        "        mixed = p_model\n",
+    )
+    assert [f.line for f in found(tmp_path, inplace) if f.rule == "unnormalized-mix"] == [13]
     assert not [f for f in found(tmp_path, RENORMALIZED) if f.rule == "unnormalized-mix"]
     # the same mixture without any normalization in a scoring function is still a finding
     bare = RENORMALIZED.replace("        mixed = mixed / mixed.sum(-1, keepdim=True)\n", "")

@@ -46,7 +46,9 @@ TARGET = re.compile(
     re.I,
 )
 CACHE = re.compile(r"cache|table|count|hash|bucket|ngram|gram_|full|ppm", re.I)
-MIXER = re.compile(r"ngram|n_gram|cache|ppm|count|bigram_p|gram_p|tilt|hint|mem_p", re.I)
+MIXER = re.compile(
+    r"ngram|n_gram|(^|_)ng(_|$)|cache|ppm|count|bigram_p|gram_p|tilt|hint|mem_p", re.I
+)
 MODEL_P = re.compile(r"^(p|probs?|p_model|model_p\w*|nn_p\w*|logits?|lp|logp\w*|p_nn\w*)$", re.I)
 MODEL_NAME = re.compile(r"model|neural|^nn_|_nn$|lo_n$", re.I)
 SCORE_SUM = re.compile(r"(loss|nll|bpb|bits)s?_?(sum|total|acc)|(total|sum)_?(loss|nll|bits)", re.I)
