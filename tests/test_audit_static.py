@@ -457,3 +457,38 @@ def test_cli_json_carries_file_line_grade_and_evidence(tmp_path) -> None:
     assert v[0]["file"].startswith("train_gpt.py:2<") and "backward" in v[0]["evidence"]
     human, _ = main(None, None, None, False, False, static=str(p))
     assert "train_gpt.py:2<lzma+b85>:10  violation" in human
+
+
+def test_bad_input_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    with pytest.raises(ValueError, match="not a regular file"):
+        S.screen(tmp_path)
+    with pytest.raises(ValueError, match="not valid Python"):
+        found(tmp_path, "def f(:\n")
+    monkeypatch.setattr(U, "MAX_OUT", 10)
+    with pytest.raises(ValueError, match="MiB"):
+        found(tmp_path, "x = 1\n" * 10)
+
+
+NOT_SCORING = """
+import torch
+
+def eval_mode(model):
+    model.eval()
+    torch.cuda.synchronize()
+
+def ttt(model, opt, val_tokens):
+    for s in range(0, len(val_tokens), 64):
+        eval_mode(model)
+        loss = model(val_tokens[s:s + 64], val_tokens[s + 1:s + 65])
+        loss.backward()
+        opt.step()
+"""
+
+
+def test_a_call_named_eval_that_does_not_score_is_not_scoring(tmp_path) -> None:
+    fs = found(tmp_path, NOT_SCORING)
+    assert ("val-train", 12) in rules(fs, "violation")
+    scoring = NOT_SCORING.replace(
+        "    model.eval()\n", "    with torch.no_grad():\n        return model(model.x)\n"
+    )
+    assert not [f for f in found(tmp_path, scoring) if f.rule == "val-train"]

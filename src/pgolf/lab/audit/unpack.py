@@ -274,7 +274,7 @@ class _Evaluator:
         return "?"
 
     def value(self, n: ast.expr, depth: int = 0) -> object:
-        if depth > 40:
+        if depth > 400:
             raise _NoEval("expression too deep")
         if isinstance(n, ast.Constant):
             return n.value
@@ -399,6 +399,10 @@ def units(path: str | Path) -> Unpacked:
     """The script and the code it exec's, decoded without running it (see the module doc).
     Raises ValueError when the script itself does not parse."""
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file; give the submission's script")
+    if path.stat().st_size > MAX_OUT:
+        raise ValueError(f"{path}: over {MAX_OUT >> 20} MiB, not a script; give the script")
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
         tree = parse(text, str(path))
