@@ -492,3 +492,59 @@ def test_a_call_named_eval_that_does_not_score_is_not_scoring(tmp_path) -> None:
         "    model.eval()\n", "    with torch.no_grad():\n        return model(model.x)\n"
     )
     assert not [f for f in found(tmp_path, scoring) if f.rule == "val-train"]
+
+
+def test_review_table_counts_own_condition_and_false_violations() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "review_static.py"
+    spec = importlib.util.spec_from_file_location("review_static", path)
+    rs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rs)
+    legal = {c: "legal" for c in (*rs.CONDITIONS, "overall")}
+
+    def row(i, exp, conds, finds):
+        f = [
+            {"rule": r, "grade": g, "condition": c, "where": "x:1", "evidence": ""}
+            for r, g, c in finds
+        ]
+        return {
+            "id": i,
+            "pr": None,
+            "expected": exp,
+            "conditions": conds,
+            "seconds": 0.1,
+            "findings": f,
+        }
+
+    rows = [
+        row(
+            "a",
+            {**legal, "C3": "illegal", "overall": "illegal"},
+            ["C3"],
+            [("val-train", "audit", "C3")],
+        ),
+        row(
+            "b",
+            {**legal, "C4": "illegal", "overall": "illegal"},
+            ["C4"],
+            [("val-train", "violation", "C3")],
+        ),
+        row("m1", legal, [], [("val-train", "violation", "C3")]),
+        row("m2", legal, [], [("subset-eval", "audit", "subset")]),
+    ]
+    t = rs.table(rows)
+    assert t["C3"] == {
+        "illegal": 1,
+        "flagged": 1,
+        "missed": 0,
+        "legal": 2,
+        "false_violation": 1,
+        "false_audit": 0,
+    }
+    assert t["C4"]["missed"] == 1 and t["subset"]["false_audit"] == 1
+    h = t["headline"]
+    assert (h["flagged_own_condition"], h["merged_with_violation"]) == (1, 1)
+    text = rs.report({"rows": rows, "table": t})
+    assert "b (C4): val-train violation x:1" in text and "m1 violation val-train" in text
