@@ -8,6 +8,8 @@ PEP 701 f-strings on this interpreter, and an `exec` that cannot be decoded (a w
 from __future__ import annotations
 
 import base64
+import bz2
+import gzip
 import json
 import lzma
 import zlib
@@ -408,11 +410,22 @@ def _pack(code: str, how: str) -> str:
             f'import lzma, base64\n_b = b"""\n{body}\n"""\n'
             "exec(lzma.decompress(base64.b85decode(_b.replace(b'\\n', b''))).decode())\n"
         )
+    if how == "gzip+a85":
+        return (
+            "import gzip, base64\n"
+            f"exec(gzip.decompress(base64.a85decode({base64.a85encode(gzip.compress(raw))!r})))\n"
+        )
+    if how == "bz2+b32":
+        return (
+            "import bz2, base64\n"
+            f"exec(bz2.decompress(base64.b32decode({base64.b32encode(bz2.compress(raw))!r})))\n"
+        )
     raise AssertionError(how)
 
 
 @pytest.mark.parametrize(
-    "how", ["lzma+b85", "rawlzma+b85", "brotli+b85", "zlib+b64", "const+lzma+b85"]
+    "how",
+    ["lzma+b85", "rawlzma+b85", "brotli+b85", "zlib+b64", "const+lzma+b85", "gzip+a85", "bz2+b32"],
 )
 def test_packed_code_is_decoded_and_screened(tmp_path, how) -> None:
     text = _pack(PREQUANT, how)
