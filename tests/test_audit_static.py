@@ -561,3 +561,45 @@ def test_review_table_counts_own_condition_and_false_violations() -> None:
     assert (h["flagged_own_condition"], h["merged_with_violation"]) == (1, 1)
     text = rs.report({"rows": rows, "table": t})
     assert "b (C4): val-train violation x:1" in text and "m1 violation val-train" in text
+
+
+SAME_NAMES = """
+import torch
+
+def main(model, opt, train_loader, train_tokens, val_tokens, steps):
+    x = val_tokens[:-1]
+    y = val_tokens[1:]
+    for step in range(steps):
+        x, y = train_loader.next_batch()
+        batch = torch.stack([train_tokens[i:i + 8] for i in range(4)])
+        loss = model(x, y) + model(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        opt.step()
+    for i in range(4):
+        with torch.no_grad():
+            model(val_tokens[i:i + 8], val_tokens[i + 1:i + 9])
+"""
+
+
+def test_the_batch_a_step_reads_is_the_one_fetched_in_its_loop(tmp_path) -> None:
+    # `x, y` also hold validation tokens elsewhere in `main`, and `i` indexes them later
+    assert not [f for f in found(tmp_path, SAME_NAMES) if f.rule == "val-train"]
+    leak = SAME_NAMES.replace("        x, y = train_loader.next_batch()\n", "")
+    assert [f.line for f in found(tmp_path, leak) if f.rule == "val-train"] == [10]
+
+
+SELECTION = """
+def find_temp(eval_val, model, tokens):
+    best_t, best_loss = 1.0, float("inf")
+    for t in (0.9, 1.0, 1.1):
+        loss = eval_val(model, tokens, temperature=t)
+        if loss < best_loss:
+            best_loss = loss
+            best_t = t
+    return best_t
+"""
+
+
+def test_a_scalar_selection_by_loss_is_for_the_audit(tmp_path) -> None:
+    fs = [f for f in found(tmp_path, SELECTION) if f.rule == "oracle-min"]
+    assert [(f.line, f.grade) for f in fs] == [(6, "audit")]
