@@ -199,6 +199,11 @@ def _keep(t: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
     return t
 
 
+def _fits_b(shape: tuple[int, ...], cols: int) -> bool:
+    """A low-rank B [r, cols], or the same stored as rows of a group size (quant.lqer_group)."""
+    return shape[1] == cols or (shape[0] * shape[1]) % cols == 0
+
+
 def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
     """The model the config describes has exactly the artifact's tensor names and shapes: checked
     on the meta device (no memory), and only after each layer showed a tensor of its own, so the
@@ -223,7 +228,7 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
         if not (
             w
             and len(shape) == 2
-            and (shape[0] == w[0] if k[-1] == "a" else shape[1] == math.prod(w[1:]))
+            and (shape[0] == w[0] if k[-1] == "a" else _fits_b(shape, math.prod(w[1:])))
         ):
             raise ArtifactError(
                 f"{source}: low-rank term {k!r} {shape} does not fit "

@@ -57,10 +57,17 @@ class ModelConfig:
     ve_dim: int = 44  # value-embedding table width (0 = off)
     ve_layers: tuple[int, ...] = (9, 10)
     smear_gate: bool = True
+    smear_form: str = "channel"  # 'channel' (#1550, after the norm) or 'window' (#1855, below)
+    gate_window: int = 12  # #1855: the first N channels feed the smear and attention gates
+    attn_gate: str = "none"  # per-head output gate: none, sparse (#1787), dense (#1736), out
+    attn_gate_scale: float = 1.0  # sparse: sigmoid(scale * W x[:gate_window]) (#1855: 0.5)
+    attn_gate_init_std: float = 0.0  # 0 = zero init; N(0, std^2) otherwise
+    attn_gate_src: str = "proj"  # 'out' gate input: the block input ('proj') or raw q ('q')
     unet_skips: bool = True
     num_skip_weights: int = -1  # -1 = num_layers // 2 (#1550); #1493: 8 (looped enc/dec split)
     skip_gate: str = "none"  # 'none' w*skip, 'sigmoid' (#1550 SIGMOID_SKIPS), 'lerp' (#1493)
-    parallel_residual: str = "lanes"  # 'none', 'lanes' (#1550 two lanes), 'gptj' (#1493)
+    parallel_residual: str = "lanes"  # none, lanes (#1550), gptj (#1493), lanes2x2 (#1855)
+    parallel_final: str = "mean"  # lanes2x2 output: mean of the lanes, or the 'attn'/'mlp' lane
     parallel_start: int = 7  # first physical layer that runs in parallel-residual form
     recur_layers: tuple[int, ...] = ()  # virtual layers once recurrence is on (physical ids)
     attn_backend: str = "auto"  # auto (FA3, else fastest SDPA), sdpa[:kernel[+repeat]], fa3, naive
@@ -80,6 +87,7 @@ class OptimConfig:
     ns_coeffs: str = "polar_express"  # per-iteration (arXiv:2505.16932) or 'quintic'
     ns_steps: int = 4
     muon_row_norm: bool = True  # MuonEq-R: normalise update rows before Newton-Schulz
+    muon_row_axis: str = "wide"  # rows of the wide-oriented matrix (#1550) or 'rows' (#1855)
     embed_lr: float = 0.03  # AdamW LR, tied embedding + value-embedding table (TIED_EMBED_LR)
     embed_wd: float = 0.095
     scalar_lr: float = 0.02
@@ -90,6 +98,7 @@ class OptimConfig:
     grad_clip_norm: float = 0.3  # global norm clip on the averaged gradient (0 = off)
     warmdown_frac: float = 0.72  # LR falls linearly over the last fraction (train.schedule)
     lr_floor: float = 0.0
+    lr_floor_mode: str = "lerp"  # warm-down ends at lr_floor ('lerp') or max(ramp, floor) (#1855)
     ema_decay: float = 0.9965  # 0 = no EMA
 
 
@@ -141,6 +150,14 @@ class QuantConfig:
     pack_bits: bool = False  # bit-pack integer codes instead of one byte per code
     lqer: str = ""  # low-rank GPTQ-error terms: group:rank list, e.g. "mlp:8,attn:4" (pgolf.lqer)
     groups: str = ""  # per-group plan, e.g. "mlp=bits:5;embed=method:rtn" (parse_groups)
+    gate_int8: bool = False  # attention gate weights int8 per row, not fp16 (#1736 quant gate)
+    lqer_top: int = 0  # #1855 low-rank terms: plain SVD of the error, on the N largest ‖E‖
+    lqer_top_rank: int = 4  # their rank (LQER_RANK)
+    lqer_top_form: str = "asym"  # 'asym': A one scale, B one per group; 'sym': per-row scales
+    lqer_a_bits: int = 2  # asym: A bits (one scale per matrix)
+    lqer_b_bits: int = 4  # asym: B bits, one scale per lqer_group entries
+    lqer_group: int = 64
+    lqer_sym_bits: int = 4  # sym form (or B not divisible by lqer_group): bits of both factors
     byte_budget: int = 16_000_000
 
 
@@ -230,6 +247,70 @@ def pr1493() -> RunConfig:
         train=replace(base.train, recur_start_step=-1, recur_start_frac=0.35, reserve_seconds=12.0),
         quant=replace(base.quant, calib="train"),
         ttt=TTTConfig(mode="score_first"),
+    )
+
+
+def pr1855() -> RunConfig:
+    """PR #1855 (val_bpb 1.06108, the best merged record on 2026-05-02), its logged settings:
+    #1493's trunk with QK gain 5.0, window SmearGate and sparse attention gate (scale 0.5) from
+    the first 12 channels, #1797's 2x2 lanes from layer 8, document-isolated attention, MuonEq-R
+    on rows with momentum 0.97, LR floor max(warm-down, 0.1), GPTQ int6 (clip 11.5 mlp / 13
+    attn) with int7 embeddings (clip 14), int8 gates, asymmetric rank-4 low-rank terms on the 3
+    largest errors, CaseOps data. Not reproduced: its lrzip per-group compressor (brotli here),
+    its fused Triton kernels (same arithmetic), the details of its phased TTT (pgolf.ttt_lora)."""
+    base = pr1493()
+    return replace(
+        base,
+        preset="pr1855",
+        data=replace(base.data, loader="stream", caseops=True),
+        model=replace(
+            base.model,
+            qk_gain_init=5.0,
+            smear_gate=True,
+            smear_form="window",
+            gate_window=12,
+            attn_gate="sparse",
+            attn_gate_scale=0.5,
+            parallel_residual="lanes2x2",
+            parallel_start=8,
+            doc_mask=True,
+        ),
+        optim=replace(
+            base.optim,
+            matrix_lr=0.026,
+            muon_momentum=0.97,
+            ns_coeffs="polar_express",
+            ns_steps=5,
+            muon_row_axis="rows",
+            adam_beta2=0.99,
+            warmdown_frac=0.85,
+            lr_floor=0.1,
+            lr_floor_mode="max",
+        ),
+        train=replace(base.train, reserve_seconds=0.5, val_loss_every=0),
+        quant=replace(
+            base.quant,
+            calib="train",
+            calib_seqs=16 * 48,  # 16 batches of 48 windows (GPTQ_CALIBRATION_BATCHES=16)
+            embed_bits=7,
+            embed_clip_k=14.0,
+            groups="mlp=clip_k:11.5;attn=clip_k:13",
+            gate_int8=True,
+            lqer_top=3,
+        ),
+        ttt=replace(
+            base.ttt,
+            mode="lora",
+            lora_rank=80,
+            lora_lr=1e-4,
+            lora_chunk=48,
+            lora_targets="q,k,v,o,fc,mlp_proj",
+            lora_init="warm",
+            phased_docs=2500,
+            lr=0.001,
+            momentum=0.9,
+            epochs=1,
+        ),
     )
 
 
@@ -338,6 +419,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "baseline": baseline,
     "pr1493": pr1493,
     "pr1550": pr1550,
+    "pr1855": pr1855,
 }
 
 
@@ -548,7 +630,14 @@ CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `valid
     "model.activation": ("relu2", "leaky_relu2"),
     "model.skip_gate": ("none", "sigmoid", "lerp"),
     "optim.ns_coeffs": ("polar_express", "quintic"),
-    "model.parallel_residual": ("none", "lanes", "gptj"),
+    "model.parallel_residual": ("none", "lanes", "gptj", "lanes2x2"),
+    "model.parallel_final": ("mean", "attn", "mlp"),
+    "model.smear_form": ("channel", "window"),
+    "model.attn_gate": ("none", "sparse", "dense", "out"),
+    "model.attn_gate_src": ("proj", "q"),
+    "optim.muon_row_axis": ("wide", "rows"),
+    "optim.lr_floor_mode": ("lerp", "max"),
+    "quant.lqer_top_form": ("asym", "sym"),
     "train.schedule": ("time", "steps"),
     "model.attn_backend": ("auto", "sdpa", "fa3", "naive", *SDPA_PLANS),
     "quant.method": ("gptq", "rtn"),
@@ -606,6 +695,18 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"eval_stride {e.eval_stride} must be in 1..eval_seq_len")
     if not 2 <= cfg.quant.matrix_bits <= 8 or not 2 <= cfg.quant.embed_bits <= 8:
         problems.append("quantization bit widths must be within 2..8")
+    q = cfg.quant
+    if q.lqer and q.lqer_top > 0:
+        problems.append("quant.lqer and quant.lqer_top are two forms of low-rank terms: set one")
+    if not all(2 <= b <= 8 for b in (q.lqer_a_bits, q.lqer_b_bits, q.lqer_sym_bits)):
+        problems.append("quant.lqer_a_bits / lqer_b_bits / lqer_sym_bits must be within 2..8")
+    if q.lqer_top < 0 or q.lqer_top_rank < 1 or q.lqer_group < 0:
+        problems.append(
+            "quant.lqer_top >= 0, lqer_top_rank >= 1, lqer_group >= 0 (0: the sym form)"
+        )
+    uses_window = (m.smear_gate and m.smear_form == "window") or m.attn_gate in ("sparse", "out")
+    if uses_window and not 1 <= m.gate_window <= m.model_dim:
+        problems.append(f"gate_window {m.gate_window} must be in 1..model_dim {m.model_dim}")
     try:
         parse_groups(cfg.quant.groups)
     except ValueError as err:

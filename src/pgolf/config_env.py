@@ -12,6 +12,7 @@ from the Naive Baseline's and PR #1550's `Hyperparameters` and PR #1493's logged
 
 from __future__ import annotations
 
+import os.path
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -53,10 +54,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUON_MOMENTUM_WARMUP_STEPS": ("optim", "muon_momentum_warmup_steps"),
     "MUON_BACKEND_STEPS": ("optim", "ns_steps"),
     "MUONEQ_R": ("optim", "muon_row_norm"),
-    "MUON_ROW_NORMALIZE": ("optim", "muon_row_norm"),
     "WARMDOWN_FRAC": ("optim", "warmdown_frac"),
     "LR_FLOOR": ("optim", "lr_floor"),
-    "MIN_LR": ("optim", "lr_floor"),
     "GRAD_CLIP_NORM": ("optim", "grad_clip_norm"),
     "EMA_DECAY": ("optim", "ema_decay"),
     "SEED": ("train", "seed"),
@@ -83,11 +82,29 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "GPTQ_CALIB_SEQS": ("quant", "calib_seqs"),
     "GPTQ_BLOCK_SIZE": ("quant", "block_size"),
     "COMPRESS_METHOD": ("quant", "codec"),
-    "COMPRESSOR": ("quant", "codec"),
     "TTT_CHUNK_TOKENS": ("ttt", "chunk_tokens"),
     "TTT_MOMENTUM": ("ttt", "momentum"),
     "TTT_FREEZE_BLOCKS": ("ttt", "prequant_freeze_blocks"),
     "TTT_BATCH_SEQS": ("ttt", "prequant_batch_seqs"),
+    # PR #1855 (and its #1736/#1787/#1797 bases)
+    "CASEOPS_ENABLED": ("data", "caseops"),
+    "GATE_WINDOW": ("model", "gate_window"),
+    "SPARSE_ATTN_GATE_SCALE": ("model", "attn_gate_scale"),
+    "ATTN_OUT_GATE_SRC": ("model", "attn_gate_src"),
+    "PARALLEL_FINAL_LANE": ("model", "parallel_final"),
+    "GATED_ATTN_QUANT_GATE": ("quant", "gate_int8"),
+    "LQER_TOP_K": ("quant", "lqer_top"),
+    "LQER_RANK": ("quant", "lqer_top_rank"),
+    "LQER_FACTOR_BITS": ("quant", "lqer_sym_bits"),
+    "LQER_ASYM_GROUP": ("quant", "lqer_group"),
+    "PHASED_TTT_PREFIX_DOCS": ("ttt", "phased_docs"),
+    "GLOBAL_TTT_LR": ("ttt", "lr"),
+    "GLOBAL_TTT_MOMENTUM": ("ttt", "momentum"),
+    "GLOBAL_TTT_GRAD_CLIP": ("ttt", "grad_clip"),
+    "TTT_LORA_RANK": ("ttt", "lora_rank"),
+    "TTT_LORA_LR": ("ttt", "lora_lr"),
+    "TTT_CHUNK_SIZE": ("ttt", "lora_chunk"),
+    "TTT_BATCH_SIZE": ("ttt", "lora_batch_docs"),
 }
 """Variable -> (section, field), parsed as the field's type."""
 
@@ -162,6 +179,136 @@ def _ttt(name: str, conv: Callable[[str], Any]) -> Converter:
     return f
 
 
+def _min_lr(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "optim", lr_floor=float(raw), lr_floor_mode="max")
+
+
+def _muon_row_normalize(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "optim", muon_row_norm=_flag(raw), muon_row_axis="rows")
+
+
+PGOLF_CODECS = ("brotli", "lzma", "zstd", "rans", "crans")
+
+
+def _compressor(cfg: Any, raw: str, env: Env) -> Any:
+    name = raw.strip().lower()
+    if name == "pergroup":  # #1855's lrzip + brotli per group: reported, brotli stands in
+        return _sub(cfg, "quant", codec="brotli")
+    if name not in PGOLF_CODECS:
+        raise ValueError(f"not one of pergroup, {', '.join(PGOLF_CODECS)}")
+    return _sub(cfg, "quant", codec=name)
+
+
+def _smear_gate_enabled(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "model", smear_gate=_flag(raw), smear_form="window")
+
+
+GATE_VARS = {  # enabling variable -> (model.attn_gate, its init-std variable, record default)
+    "SPARSE_ATTN_GATE_ENABLED": ("sparse", "SPARSE_ATTN_GATE_INIT_STD", 0.0),
+    "GATED_ATTN_ENABLED": ("dense", "GATED_ATTN_INIT_STD", 0.01),
+    "ATTN_OUT_GATE_ENABLED": ("out", "", 0.0),
+}
+
+
+def _attn_gate(var: str) -> Converter:
+    form, std_var, std = GATE_VARS[var]
+
+    def f(cfg: Any, raw: str, env: Env) -> Any:
+        on = [v for v in GATE_VARS if _flag(env.get(v) or "0")]
+        if len(on) > 1:
+            raise ValueError(f"{' and '.join(on)} are mutually exclusive (as in #1855)")
+        if not _flag(raw):
+            return _sub(cfg, "model", attn_gate="none") if cfg.model.attn_gate == form else cfg
+        init = float(env.get(std_var) or std) if std_var else 0.0
+        return _sub(cfg, "model", attn_gate=form, attn_gate_init_std=init)
+
+    return f
+
+
+def _gate_init_std(form: str) -> Converter:
+    def f(cfg: Any, raw: str, env: Env) -> Any:
+        return (
+            _sub(cfg, "model", attn_gate_init_std=float(raw))
+            if cfg.model.attn_gate == form
+            else cfg
+        )
+
+    return f
+
+
+def _set_group_clip(group: str) -> Converter:
+    """quant.groups with `group`'s clip_k replaced (other groups and keys kept)."""
+
+    def f(cfg: Any, raw: str, env: Env) -> Any:
+        k = float(raw)
+        parts = [p.strip() for p in cfg.quant.groups.split(";") if p.strip()]
+        out, found = [], False
+        for part in parts:
+            name, _, body = part.partition("=")
+            if name.strip() == group:
+                found = True
+                items = [
+                    i for i in body.split(",") if i.strip() and not i.strip().startswith("clip_k:")
+                ]
+                body = ",".join([*items, f"clip_k:{k:g}"])
+            out.append(f"{name.strip()}={body}")
+        if not found:
+            out.append(f"{group}=clip_k:{k:g}")
+        return _sub(cfg, "quant", groups=";".join(out))
+
+    return f
+
+
+def _lqer_enabled(cfg: Any, raw: str, env: Env) -> Any:
+    """0 -> no #1855 low-rank terms; 1 -> LQER_TOP_K (the preset's, else #1855's 3) tensors."""
+    top = (int(env.get("LQER_TOP_K") or 0) or cfg.quant.lqer_top or 3) if _flag(raw) else 0
+    return _sub(cfg, "quant", lqer_top=top)
+
+
+def _lqer_asym(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "quant", lqer_top_form="asym" if _flag(raw) else "sym")
+
+
+def _fused_ce(cfg: Any, raw: str, env: Env) -> Any:
+    rows = (cfg.model.fused_ce or FUSED_CE_ROWS) if _flag(raw) else 0
+    return _sub(cfg, "model", fused_ce=rows)
+
+
+FUSED_CE_ROWS = 4096
+
+
+def _rope_yarn(cfg: Any, raw: str, env: Env) -> Any:
+    """#1855's ROPE_YARN is #1550's NTK rescale above ROPE_TRAIN_SEQ_LEN (default 2048)."""
+    n = int(env.get("ROPE_TRAIN_SEQ_LEN") or 2048)
+    return _sub(cfg, "model", rope_ntk_len=n if _flag(raw) else 0)
+
+
+def _data_dir(cfg: Any, raw: str, env: Env) -> Any:
+    """#1855's layout under DATA_DIR, unless DATA_PATH / TOKENIZER_PATH are given."""
+    v, root = cfg.model.vocab_size, raw.strip()
+    if cfg.data.caseops:
+        name = f"fineweb10B_sp{v}_lossless_caps_caseops_v1_reserved"
+        tok = f"fineweb_{v}_bpe_lossless_caps_caseops_v1_reserved.model"
+        base = os.path.join(root, "datasets", f"fineweb10B_sp{v}_caseops", "datasets")
+        data, tok = os.path.join(base, "datasets", name), os.path.join(base, "tokenizers", tok)
+    else:
+        data = os.path.join(root, "datasets", f"fineweb10B_sp{v}")
+        tok = os.path.join(root, "tokenizers", f"fineweb_{v}_bpe.model")
+    kw = {} if env.get("DATA_PATH") else {"data_path": data}
+    kw.update({} if env.get("TOKENIZER_PATH") else {"tokenizer_path": tok})
+    return _sub(cfg, "data", **kw)
+
+
+def _artifact_dir(cfg: Any, raw: str, env: Env) -> Any:
+    return _sub(cfg, "train", run_dir=raw.strip())
+
+
+def _calib_batches(cfg: Any, raw: str, env: Env) -> Any:
+    """The windows one rank of #1855 reads in N calibration batches (8 GPUs, no accumulation)."""
+    per_batch = max(1, cfg.train.train_batch_tokens // (8 * cfg.train.train_seq_len))
+    return _sub(cfg, "quant", calib_seqs=int(raw) * per_batch)
+
+
 CONVERTERS: dict[str, tuple[str, Converter]] = {
     "XSA_LAST_N": ("model.xsa_layers = the last N physical layers", _xsa_last_n),
     "NUM_LOOPS": (
@@ -177,6 +324,58 @@ CONVERTERS: dict[str, tuple[str, Converter]] = {
     "TTT_ENABLED": ("ttt.mode: 0 none; 1 the preset's mode, else score_first", _ttt_enabled),
     "TTT_LR": ("ttt.lr (ttt.prequant_lr when ttt.mode is prequant)", _ttt("lr", float)),
     "TTT_EPOCHS": ("ttt.epochs (ttt.prequant_epochs when prequant)", _ttt("epochs", int)),
+    "MIN_LR": (
+        "optim.lr_floor and optim.lr_floor_mode max: lr = max(warm-down ramp, MIN_LR)",
+        _min_lr,
+    ),
+    "MUON_ROW_NORMALIZE": (
+        "optim.muon_row_norm with optim.muon_row_axis rows (each matrix's own rows, #1855)",
+        _muon_row_normalize,
+    ),
+    "COMPRESSOR": (
+        "quant.codec; pergroup (#1855's lrzip + brotli) is not implemented: brotli instead",
+        _compressor,
+    ),
+    "SMEAR_GATE_ENABLED": (
+        "model.smear_gate, model.smear_form window (#1855)",
+        _smear_gate_enabled,
+    ),
+    "SPARSE_ATTN_GATE_ENABLED": (
+        "model.attn_gate sparse, model.attn_gate_init_std SPARSE_ATTN_GATE_INIT_STD (default 0)",
+        _attn_gate("SPARSE_ATTN_GATE_ENABLED"),
+    ),
+    "GATED_ATTN_ENABLED": (
+        "model.attn_gate dense, model.attn_gate_init_std GATED_ATTN_INIT_STD (default 0.01)",
+        _attn_gate("GATED_ATTN_ENABLED"),
+    ),
+    "ATTN_OUT_GATE_ENABLED": ("model.attn_gate out", _attn_gate("ATTN_OUT_GATE_ENABLED")),
+    "SPARSE_ATTN_GATE_INIT_STD": (
+        "model.attn_gate_init_std, when the gate is sparse",
+        _gate_init_std("sparse"),
+    ),
+    "GATED_ATTN_INIT_STD": (
+        "model.attn_gate_init_std, when the gate is dense",
+        _gate_init_std("dense"),
+    ),
+    "MLP_CLIP_SIGMAS": ("quant.groups mlp=clip_k:X", _set_group_clip("mlp")),
+    "ATTN_CLIP_SIGMAS": ("quant.groups attn=clip_k:X", _set_group_clip("attn")),
+    "LQER_ENABLED": ("quant.lqer_top: 0, or LQER_TOP_K (default 3)", _lqer_enabled),
+    "LQER_ASYM_ENABLED": ("quant.lqer_top_form asym (1) or sym (0)", _lqer_asym),
+    "FUSED_CE_ENABLED": (
+        f"model.fused_ce: 0, or chunks of {FUSED_CE_ROWS} rows (same arithmetic)",
+        _fused_ce,
+    ),
+    "ROPE_YARN": ("model.rope_ntk_len = ROPE_TRAIN_SEQ_LEN (1) or 0", _rope_yarn),
+    "DATA_DIR": ("data.data_path / tokenizer_path in #1855's layout under DATA_DIR", _data_dir),
+    "ARTIFACT_DIR": ("train.run_dir", _artifact_dir),
+    "VAL_BATCH_TOKENS": (
+        "eval.val_batch_seqs = tokens // (8 GPUs x eval_seq_len)",
+        _val_batch_size,
+    ),
+    "GPTQ_CALIBRATION_BATCHES": (
+        "quant.calib_seqs = N x train_batch_tokens // (8 x train_seq_len)",
+        _calib_batches,
+    ),
 }
 """Variable -> (what it sets, function(cfg, raw, environ) -> cfg), applied after ENV_VARS in this
 order (TTT_ENABLED before TTT_LR/TTT_EPOCHS, which follow the mode)."""
@@ -221,9 +420,36 @@ UNSUPPORTED: dict[str, str] = {
     "TARGET_MB": "selective ±1 pruning runs offline: `pgolf budget ARTIFACT --prune-to BYTES`",
     "SDCLIP_ENABLED": "SDClip is always on: set SDCLIP_K_INT6 / SDCLIP_K_INT8 instead",
     "GPTQ_CALIB_BATCHES": "use GPTQ_CALIB_SEQS (quant.calib_seqs)",
-    "GPTQ_CALIBRATION_BATCHES": "use GPTQ_CALIB_SEQS (quant.calib_seqs)",
+    "ROPE_TRAIN_SEQ_LEN": "used only with ROPE_YARN",
+    "PREQUANT_ONLY": "pgolf runs stages as commands: `pgolf train`, then `pgolf eval`",
+    "TTT_EVAL_ONLY": "use `pgolf eval ARTIFACT` to score a saved artifact",
+    "TTT_EVAL_BATCHES": "no debug subset of TTT batches in pgolf",
+    "VAL_DOC_FRACTION": "pgolf scores every validation document (data.max_val_tokens: smoke runs)",
+    "CONTROL_TENSOR_NAME_PATTERNS": "model.PARAM_ROLES sets the optimizer and quant groups",
+    "PHASED_TTT_NUM_PHASES": "pgolf's phased TTT has one phase (ttt.phased_docs)",
+    "GLOBAL_TTT_EPOCHS": "pgolf's phased SGD runs one epoch",
+    "GLOBAL_TTT_CHUNK_TOKENS": "pgolf's phased SGD runs eval_seq_len windows over the scored docs",
+    "GLOBAL_TTT_BATCH_SEQS": "pgolf's phased SGD batch is eval.val_batch_seqs",
+    "GLOBAL_TTT_WARMUP_START_LR": "no LR warm-up in pgolf's phased SGD",
+    "GLOBAL_TTT_WARMUP_CHUNKS": "no LR warm-up in pgolf's phased SGD",
+    "GLOBAL_TTT_RESPECT_DOC_BOUNDARIES": "pgolf's phased SGD always reads whole documents",
+    "TTT_LORA_ALPHA": "pgolf's LoRA has no alpha/rank output scale",
+    "TTT_WARM_START_A": "pgolf's ttt.lora_init=warm starts A and B from the previous batch's mean",
+    "TTT_EVAL_SEQ_LEN": "pgolf's LoRA TTT uses eval.eval_seq_len (EVAL_SEQ_LEN)",
+    "TTT_GRAD_STEPS": "pgolf's LoRA TTT takes one step per chunk",
+    "TTT_WEIGHT_DECAY": "pgolf's LoRA Adam has no weight decay",
+    "TTT_BETA1": "pgolf's LoRA Adam uses betas (0.9, 0.95)",
+    "TTT_BETA2": "pgolf's LoRA Adam uses betas (0.9, 0.95)",
+    "TTT_OPTIMIZER": "pgolf's LoRA TTT uses Adam",
+    "TTT_K_LORA": "set ttt.lora_targets (q,k,v,o,fc,mlp_proj) instead",
+    "TTT_MLP_LORA": "set ttt.lora_targets (q,k,v,o,fc,mlp_proj) instead",
+    "TTT_O_LORA": "set ttt.lora_targets (q,k,v,o,fc,mlp_proj) instead",
 }
 """Known variables pgolf cannot honour, with the reason (logged as `not supported: X (why)`)."""
+
+
+USED_WITH = {"LOOP_START": "NUM_LOOPS", "LOOP_END": "NUM_LOOPS", "ROPE_TRAIN_SEQ_LEN": "ROPE_YARN"}
+"""Variables read only by another one's converter: reported only when that one is absent."""
 
 
 def report(environ: Env) -> list[str]:
@@ -234,7 +460,8 @@ def report(environ: Env) -> list[str]:
         raw = environ[var]
         if raw == "" or var in ENV_VARS:
             continue
-        if var in UNSUPPORTED and not (var.startswith("LOOP_") and "NUM_LOOPS" in environ):
+        partner = USED_WITH.get(var, "")
+        if var in UNSUPPORTED and not (partner and partner in environ):
             out.append(f"env:not supported: {var}={raw} ({UNSUPPORTED[var]})")
         elif var in CONVERTERS:
             out.append(f"env:{var}={raw} -> {CONVERTERS[var][0]}")

@@ -8,6 +8,10 @@ rank r minimizing the layer's output error tr((E - AB) H (E - AB)ᵀ): with H + 
 stored as int8 with per-row max-abs scales (rank per group: `quant.lqer` "mlp:8,attn:4"), as two
 more int tensors "<name>.lqer.a"/".lqer.b" of group "lqer"; `add_back` (run on load) folds A·B
 into the dequantized weight and drops them.
+
+PR #1855's form (`top_lowrank_tensors`, `quant.lqer_top` > 0): the plain SVD of E on the tensors
+with the largest ‖E‖_F, A on a 2-bit grid with one scale, B on a 4-bit grid with one scale per 64
+entries (stored as rows of 64, reshaped on load).
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ def add_back(state: dict[str, Tensor]) -> dict[str, Tensor]:
         base = key[: -len(SUFFIX_A)]
         A, B = state.pop(key), state.pop(base + SUFFIX_B, None)
         W = state.get(base)
+        if B is not None and B.shape[0] != A.shape[1] and B.numel() % max(A.shape[1], 1) == 0:
+            B = B.reshape(A.shape[1], -1)  # stored as groups of quant.lqer_group (#1855 form)
         if B is None or W is None or A.shape[1] != B.shape[0]:
             raise ValueError(f"low-rank term {key!r} has no matching {SUFFIX_B} factor or tensor")
         rows = W.shape[0] if W.dim() > 1 else 1
@@ -108,3 +114,72 @@ def add_back(state: dict[str, Tensor]) -> dict[str, Tensor]:
     if orphans:
         raise ValueError(f"low-rank factors without their {SUFFIX_A} partner: {orphans[:3]}")
     return state
+
+
+# ----------------------------------------------------------------------------------------------
+# PR #1855's form: plain SVD of the error on the tensors with the largest ‖E‖, A and B on
+# asymmetric grids (settings `quant.lqer_top*`).
+
+
+def asym_quantize(X: Tensor, bits: int, group: int = 0) -> tuple[Tensor, Tensor]:
+    """Codes in [-2^(b-1), 2^(b-1)-1] with one fp16 scale max|x|/(2^(b-1) - 1/2) per `group`
+    consecutive entries of X flattened (0: one scale for all) -> (codes [G, n], scales [G]).
+    2 bits: codes -2..1, scale max/1.5; 4 bits: -8..7, max/7.5 (#1855's A and B grids)."""
+    half = 2 ** (bits - 1)
+    flat = X.float().reshape(1, -1) if group <= 0 else X.float().reshape(-1, group)
+    scales = (flat.abs().amax(dim=1).clamp_min(1e-10) / (half - 0.5)).to(torch.float16)
+    codes = torch.round(flat / scales.float()[:, None]).clamp_(-half, half - 1)
+    return codes.to(torch.int8), scales
+
+
+def top_error_factors(E: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """A = U_r·S_r [R, r], B = V_rᵀ [r, C] from the plain (unweighted) SVD of E."""
+    U, S, Vh = torch.linalg.svd(E.float(), full_matrices=False)
+    r = min(rank, S.numel())
+    return (U[:, :r] * S[:r]).contiguous(), Vh[:r, :].contiguous()
+
+
+def top_lowrank_tensors(state: Mapping[str, Tensor], qtensors: Iterable[Any], q: Any) -> list:
+    """#1855's low-rank terms for the `q.lqer_top` int tensors (attention gates aside) with the
+    largest ‖W - Ŵ‖_F: A stored on `lqer_a_bits` with one scale (as `lqer_rows` equal per-row
+    scales), B on `lqer_b_bits` with one scale per `lqer_group` entries (rows of that length);
+    form 'sym', or a B not divisible into groups: both on `lqer_sym_bits` with per-row scales."""
+    from pgolf.artifact import QTensor
+
+    errors = []
+    for qt in qtensors:
+        if qt.kind != "int" or qt.group == "lqer" or qt.name.endswith(GATE_SUFFIXES):
+            continue
+        W = state[qt.name].detach().float().cpu().reshape(qt.rows, -1)
+        E = W - dequantize(qt.codes.reshape(qt.rows, -1), qt.scales)
+        errors.append((float(E.norm()), qt.name, E))
+    errors.sort(key=lambda t: -t[0])  # stable: equal norms keep state order, as #1855
+    out = []
+    for _, name, E in errors[: q.lqer_top]:
+        A, B = top_error_factors(E, q.lqer_top_rank)
+        (R, r), g = A.shape, q.lqer_group
+        if q.lqer_top_form == "asym" and g > 0 and B.numel() % g == 0:
+            ca, sa = asym_quantize(A, q.lqer_a_bits)
+            cb, sb = asym_quantize(B, q.lqer_b_bits, g)
+            ta = QTensor(
+                name + SUFFIX_A,
+                (R, r),
+                "int",
+                q.lqer_a_bits,
+                ca.reshape(R, r),
+                sa.expand(R).clone(),
+                group="lqer",
+            )
+            tb = QTensor(
+                name + SUFFIX_B, tuple(cb.shape), "int", q.lqer_b_bits, cb, sb, group="lqer"
+            )
+        else:
+            bits = q.lqer_sym_bits
+            (ca, sa), (cb, sb) = rtn_quantize(A, bits, 0.0), rtn_quantize(B, bits, 0.0)
+            ta = QTensor(name + SUFFIX_A, (R, r), "int", bits, ca, sa, group="lqer")
+            tb = QTensor(name + SUFFIX_B, tuple(B.shape), "int", bits, cb, sb, group="lqer")
+        out += [ta, tb]
+    return out
+
+
+GATE_SUFFIXES = (".attn.gate_w", ".attn.gate_proj")

@@ -11,13 +11,18 @@ Choices (credits by paper or challenge PR number):
 * XSA, Exclusive Self Attention (arXiv:2603.09078): remove from each head's output its component
   along the token's own normalised value vector, broadcast over the GQA group.
 * Value embeddings (#1550): one shared table projected to the KV width, added to v at `ve_layers`.
-* SmearGate (#1550): x_t <- (1 - sigmoid(g)) x_t + sigmoid(g) x_{t-1}, per channel.
+* SmearGate (#1550): x_t <- (1 - sigmoid(g)) x_t + sigmoid(g) x_{t-1}, per channel; or #1855's
+  window form (`smear_form='window'`): x_t += λ·σ(w·x_t[:gate_window])·x_{t-1} on the raw
+  embedding, before the norm, never at a BOS token.
+* Per-head attention output gates (`attn_gate`): #1787's sparse σ(scale·W·h[:gate_window]),
+  #1736's dense σ(W·h), #1667's 2σ(W·src[:gate_window]); after XSA, before the projection.
 * MLP with ReLU^2 (arXiv:2109.08668, baseline) or LeakyReLU(slope)^2 (#1493/#1550).
 * Layerwise LN scale 1/sqrt(physical layer + 1), resid_mix with the embedding x0, per-channel
   attn/mlp scales and U-Net skips with plain / sigmoid / lerp gates (Naive Baseline, #1550, #1493).
 * Parallel residuals: #1550's two-lane routing ('lanes', split at the first decoder virtual
   layer whose physical index >= parallel_start) or #1493's GPT-J form ('gptj', every physical
-  layer >= parallel_start).
+  layer >= parallel_start), or #1797/#1855's 'lanes2x2' (learned 2x2 mixing of the attention and
+  MLP outputs into both lanes, residual scales init 1.1, lanes averaged at the end).
 * Depth recurrence as data: `recur_layers` lists physical layers per virtual layer once
   `set_recurrence(True)` (#1493, #1550); the first half of the virtual layers form the encoder.
 * Zero-init output projections, orthogonal init for the other matrices (#1550 §3.5).
@@ -55,6 +60,7 @@ from pgolf.kernels import (  # noqa: F401  (re-exported: pgolf.model.attend etc.
 from pgolf.sampling import KVCache
 
 SIGMOID_SKIP_INIT = 2.2  # sigmoid(2.2) ~= 0.90 (#1550 SIGMOID_SKIPS)
+LANE_RESID_INIT = 1.1  # #1855's parallel_resid_lambdas
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
@@ -120,6 +126,23 @@ class Attention(nn.Module):
         self.fa3: Callable[..., Any] | None = None  # set by GPT when FA3 may be used
         self.sdpa_gqa = sdpa_has_gqa()
         self.plan: SdpaPlan | None = parse_sdpa(cfg.attn_backend)  # 'auto': GPT.plan_attention
+        self.gate, self.gate_window = cfg.attn_gate, cfg.gate_window
+        self.gate_scale, self.gate_src = cfg.attn_gate_scale, cfg.attn_gate_src
+        if cfg.attn_gate in ("sparse", "dense"):  # #1787 / #1736: named like no Muon matrix
+            cols = cfg.gate_window if cfg.attn_gate == "sparse" else D
+            self.gate_w = nn.Parameter(torch.zeros(cfg.num_heads, cols))
+        elif cfg.attn_gate == "out":  # #1667 AttnOutGate: 2 sigmoid(W x[:gate_window])
+            self.gate_proj = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_window))
+
+    def _gate(self, h: Tensor, q_raw: Tensor) -> Tensor:
+        """The per-head output gate [B,T,H] of the configured form (h: the normed block input)."""
+        w = self.gate_window
+        if self.gate == "sparse":
+            return torch.sigmoid(self.gate_scale * F.linear(h[..., :w], self.gate_w.to(h.dtype)))
+        if self.gate == "dense":
+            return torch.sigmoid(F.linear(h, self.gate_w.to(h.dtype)))
+        src = q_raw if self.gate_src == "q" else h
+        return 2.0 * torch.sigmoid(F.linear(src[..., :w], self.gate_proj.to(h.dtype)))
 
     def forward(
         self,
@@ -134,7 +157,7 @@ class Attention(nn.Module):
     ) -> Tensor:
         B, T, _ = h.shape
         H, Hk, K = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.c_q(h)
+        q = q_raw = self.c_q(h)
         dtype = q.dtype  # compute dtype (bf16 under autocast)
         k, v = self.c_k(h), self.c_v(h)
         if ve is not None:
@@ -151,6 +174,8 @@ class Attention(nn.Module):
             y = naive_attention(q, k_all, v_all, mask)
         if self.xsa:
             y = exclusive_self_attention(y, v)
+        if self.gate != "none":
+            y = y * self._gate(h, q_raw)[..., None].to(y.dtype)
         return self.proj(y.reshape(B, T, H * K))
 
 
@@ -201,6 +226,20 @@ class Block(nn.Module):
         lane1 = lane1 + self.mlp_scale * self.mlp(self._norm(lane1))
         return lane0, lane1
 
+    def forward_lanes2x2(
+        self, lanes: tuple[Tensor, Tensor], x0: Tensor, post: Tensor, resid: Tensor, **attn_kw: Any
+    ) -> tuple[Tensor, Tensor]:
+        """#1855 (from #1797): attention reads lane0 mixed with x0, the MLP reads lane1; each
+        lane k becomes resid[k]·lane_k + post[0, k]·attn + post[1, k]·mlp (post [2,2], resid
+        [2]); resid_mix shapes only the attention input, not the residual."""
+        lane0, lane1 = lanes
+        a_in = self.resid_mix[0] * lane0 + self.resid_mix[1] * x0
+        a = self.attn_scale * self.attn(self._norm(a_in), **attn_kw)
+        m = self.mlp_scale * self.mlp(self._norm(lane1))
+        lane0 = resid[0] * lane0 + post[0, 0] * a + post[1, 0] * m
+        lane1 = resid[1] * lane1 + post[0, 1] * a + post[1, 1] * m
+        return lane0, lane1
+
 
 class SmearGate(nn.Module):
     def __init__(self, dim: int) -> None:
@@ -210,6 +249,21 @@ class SmearGate(nn.Module):
     def forward(self, x: Tensor, x_prev: Tensor) -> Tensor:
         g = torch.sigmoid(self.gate)
         return (1 - g) * x + g * x_prev
+
+
+class WindowSmearGate(nn.Module):
+    """#1855's SmearGate (#1667, BOS fix of #1851): x_t += λ·σ(w·x_t[:window])·x_{t-1} on the raw
+    embedding, before the norm, and not where x_t is a BOS token; w, λ zero at init."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.gate = nn.Parameter(torch.zeros(1, window))
+        self.lam = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, x_prev: Tensor, not_bos: Tensor) -> Tensor:
+        g = self.lam * torch.sigmoid(F.linear(x[..., : self.window], self.gate.to(x.dtype)))
+        return x + g * x_prev * not_bos
 
 
 class ValueEmbedding(nn.Module):
@@ -253,12 +307,18 @@ class GPT(nn.Module):
             self.skip_weights = nn.Parameter(torch.ones(self.num_skips, D))
             if cfg.skip_gate == "lerp":
                 self.skip_gates = nn.Parameter(torch.zeros(self.num_skips, D))
-        self.smear = SmearGate(D) if cfg.smear_gate else None
+        self.smear: nn.Module | None = None
+        if cfg.smear_gate:
+            window = cfg.smear_form == "window"
+            self.smear = WindowSmearGate(cfg.gate_window) if window else SmearGate(D)
         use_ve = cfg.ve_dim > 0 and len(cfg.ve_layers) > 0
         self.ve = ValueEmbedding(cfg) if use_ve else None
         self.ve_slot = {layer: j for j, layer in enumerate(cfg.ve_layers)} if use_ve else {}
         if cfg.parallel_residual == "lanes":
             self.lane_merge = nn.Parameter(torch.full((1,), 0.5))
+        if cfg.parallel_residual == "lanes2x2":  # one set per physical layer, as #1855 keeps
+            self.lane_post = nn.Parameter(torch.ones(cfg.num_layers, 2, 2))
+            self.lane_resid = nn.Parameter(torch.full((cfg.num_layers, 2), LANE_RESID_INIT))
         self.final_norm = RMSNorm()
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(D, cfg.vocab_size)
         self._recur = False
@@ -288,6 +348,11 @@ class GPT(nn.Module):
             nn.init.zeros_(a.proj.weight)
             nn.init.zeros_(m.proj.weight)
             a.q_gain.fill_(cfg.qk_gain_init)
+            for gw in (getattr(a, "gate_w", None), getattr(a, "gate_proj", None)):
+                if gw is not None and cfg.attn_gate_init_std > 0 and cfg.attn_gate != "out":
+                    nn.init.normal_(gw, 0.0, cfg.attn_gate_init_std)
+                elif gw is not None:
+                    gw.zero_()
             block.attn_scale.fill_(1.0)
             block.mlp_scale.fill_(1.0)
             block.resid_mix[0].fill_(1.0)
@@ -297,7 +362,8 @@ class GPT(nn.Module):
             if cfg.skip_gate == "lerp":
                 self.skip_gates.zero_()
         if self.smear is not None:
-            self.smear.gate.zero_()
+            for p in self.smear.parameters():
+                p.zero_()
         if self.ve is not None:
             nn.init.normal_(self.ve.embed.weight, 0.0, 0.01)
             nn.init.zeros_(self.ve.proj.weight)
@@ -305,6 +371,9 @@ class GPT(nn.Module):
             self.ve.layer_scales.fill_(1.0)
         if self.cfg.parallel_residual == "lanes":
             self.lane_merge.fill_(0.5)
+        if self.cfg.parallel_residual == "lanes2x2":
+            self.lane_post.fill_(1.0)
+            self.lane_resid.fill_(LANE_RESID_INIT)
         if self.lm_head is not None:
             nn.init.zeros_(self.lm_head.weight)
 
@@ -372,21 +441,31 @@ class GPT(nn.Module):
         return mask
 
     def _embed(self, idx: Tensor, cache: KVCache | None) -> Tensor:
-        x = F.rms_norm(self.tok_emb(idx), (self.cfg.model_dim,))  # [B,T,D]
-        if self.smear is None:
+        x = self.tok_emb(idx)  # [B,T,D]
+        if isinstance(self.smear, WindowSmearGate):  # before the norm, BOS never smeared
+            not_bos = (idx != self.cfg.bos_id).unsqueeze(-1).to(x.dtype)
+            x = self.smear(x, self._previous(x, cache), not_bos)
+        x = F.rms_norm(x, (self.cfg.model_dim,))
+        if not isinstance(self.smear, SmearGate):
             return x
+        x_prev = self._previous(x, cache)  # [B,T,D], x_{-1} = 0
+        if self.cfg.doc_mask:  # no smearing across a document boundary
+            x_prev = x_prev * (idx != self.cfg.bos_id).unsqueeze(-1).to(x.dtype)
+        return self.smear(x, x_prev)
+
+    def _previous(self, x: Tensor, cache: KVCache | None) -> Tensor:
+        """x shifted one step right [B,T,D]: zero before the first token, or the last token of
+        the previous call when decoding with `cache` (which then keeps this call's last)."""
         first = x.new_zeros(x.size(0), 1, x.size(2))
         if cache is not None and cache.prev_x is not None:
             first = cache.prev_x
-        x_prev = torch.cat((first, x[:, :-1]), dim=1)  # [B,T,D], x_{-1} = 0
+        x_prev = torch.cat((first, x[:, :-1]), dim=1)
         if cache is not None:
             if cache.prev_x is None:
                 cache.prev_x = x[:, -1:].clone()
             else:
                 cache.prev_x.copy_(x[:, -1:])
-        if self.cfg.doc_mask:  # no smearing across a document boundary
-            x_prev = x_prev * (idx != self.cfg.bos_id).unsqueeze(-1).to(x.dtype)
-        return self.smear(x, x_prev)
+        return x_prev
 
     def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         """Final-normed hidden states [B,T,D] (advances `cache` when given)."""
@@ -408,12 +487,15 @@ class GPT(nn.Module):
             assert cache.num_virtual == len(layers), "recurrence changed during decoding"
         num_enc = len(layers) // 2
         lanes = cfg.parallel_residual == "lanes"
+        two = cfg.parallel_residual == "lanes2x2"
         skips: list[Tensor] = []
         lane0: Tensor | None = None
         lane1: Tensor | None = None
         for vi, li in enumerate(layers):
             block = self.blocks[li]
             d = vi - num_enc
+            if two and lane0 is None and d >= 0 and li >= cfg.parallel_start:
+                lane0, lane1 = x, x  # #1855 forks before the skip, which goes to lane0 only
             if 0 <= d < self.num_skips and skips:  # decoder: pop LIFO
                 if lane0 is None:
                     x = self._skip(d, x, skips.pop())
@@ -426,14 +508,20 @@ class GPT(nn.Module):
             kw = dict(cos=cos, sin=sin, ve=ve, mask=mask, cache=cache, vi=vi, positions=positions)
             if lanes and lane0 is None and d >= 0 and li >= cfg.parallel_start:  # §3.3
                 lane0, lane1 = x, x
-            if lane0 is not None and lane1 is not None:
+            if two and lane0 is not None and lane1 is not None:
+                post, resid = self.lane_post[li], self.lane_resid[li]
+                lane0, lane1 = block.forward_lanes2x2((lane0, lane1), x0, post, resid, **kw)
+            elif lane0 is not None and lane1 is not None:
                 lane0, lane1 = block.forward_lanes(lane0, lane1, x0, **kw)
             else:
                 gptj = cfg.parallel_residual == "gptj" and li >= cfg.parallel_start
                 x = block(x, x0, gptj, **kw)
             if vi < num_enc:
                 skips.append(x)
-        if lane0 is not None and lane1 is not None:
+        if two and lane0 is not None and lane1 is not None:
+            final = cfg.parallel_final
+            x = lane0 if final == "attn" else lane1 if final == "mlp" else 0.5 * (lane0 + lane1)
+        elif lane0 is not None and lane1 is not None:
             x = self.lane_merge * lane0 + (1 - self.lane_merge) * lane1
         if cache is not None:
             cache.pos.add_(T)

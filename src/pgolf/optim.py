@@ -72,12 +72,14 @@ def zeropower(
     row_norm: bool = False,
     eps: float = 1e-7,
     dtype: str | torch.dtype | None = None,
+    row_axis: str = "wide",
 ) -> Tensor:
     """Approximate orthogonalisation U·S'·Vᵀ (S' ≈ I) of G [..., m, n] by Newton-Schulz.
 
     Works in the wide orientation (transposes when m > n). With `row_norm` (MuonEq-R) each row of
     the *wide-oriented* matrix is divided by max(‖row‖, eps) first (= columns of a tall G, as in
-    PR #1550). Then X <- X / (‖X‖_F + eps) and `steps` iterations X <- aX + (bA + cA²)X, A = XXᵀ.
+    PR #1550); `row_axis='rows'` divides the rows of G itself, whatever its shape (PR #1855).
+    Then X <- X / (‖X‖_F + eps) and `steps` iterations X <- aX + (bA + cA²)X, A = XXᵀ.
     `dtype` is the compute dtype ('auto'/None: bf16 on CUDA, fp32 elsewhere); the result is
     returned in that dtype, shape of G.
     """
@@ -85,10 +87,12 @@ def zeropower(
         raise ValueError(f"optim.zeropower: need a [..., m, n] tensor, got shape {tuple(G.shape)}")
     m, n = G.shape[-2:]
     X = G.reshape(-1, m, n).to(_compute_dtype(dtype, G.device))
+    if row_norm and row_axis == "rows":
+        X = X / X.float().norm(dim=-1, keepdim=True).clamp_min(eps).to(X.dtype)
     tall = m > n
     if tall:
         X = X.mT
-    if row_norm:
+    if row_norm and row_axis != "rows":
         X = X / X.norm(dim=-1, keepdim=True).clamp_min(eps)
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
     for a, b, c in ns_schedule(coeffs, steps):
@@ -149,6 +153,7 @@ class Muon(torch.optim.Optimizer):
 
     def _orthogonalise(self, U: Tensor, group: dict[str, Any]) -> Tensor:
         ns = dict(coeffs=group["ns_coeffs"], steps=group["ns_steps"], row_norm=group["row_norm"])
+        ns.update(row_axis=group.get("row_axis", "wide"))
         ns.update(eps=group["eps"], dtype=group["ns_dtype"])
         if self.shard and U.shape[0] > 1 and is_dist():
             return _sharded_zeropower(U, **ns)
@@ -219,11 +224,15 @@ def muon_momentum_at(step: int, ocfg: OptimConfig) -> float:
 
 
 def lr_multiplier(frac: float, ocfg: OptimConfig) -> float:
-    """1 until 1 - warmdown_frac of the budget, then linear down to lr_floor at frac = 1."""
+    """1 until 1 - warmdown_frac of the budget, then linear down to lr_floor at frac = 1
+    (`lr_floor_mode` 'lerp'); 'max' (PR #1855's MIN_LR): max(linear down to 0, lr_floor), flat
+    at the floor from frac = 1 - warmdown_frac·lr_floor on."""
     wd = ocfg.warmdown_frac
     if wd <= 0 or frac <= 1.0 - wd:
         return 1.0
     t = min((frac - (1.0 - wd)) / wd, 1.0)
+    if ocfg.lr_floor_mode == "max":
+        return max(1.0 - t, ocfg.lr_floor)
     return 1.0 - t * (1.0 - ocfg.lr_floor)
 
 
@@ -249,6 +258,7 @@ class Optimizers:
             group = dict(params=by_kind[kind], lr=lr, base_lr=lr, weight_decay=wd, kind=kind)
             if opt == "muon":
                 group.update(nesterov=ocfg.muon_nesterov, row_norm=ocfg.muon_row_norm)
+                group.update(row_axis=ocfg.muon_row_axis)
                 group.update(ns_coeffs=ocfg.ns_coeffs, ns_steps=ocfg.ns_steps)
                 self.muon = Muon([group], momentum=muon_momentum_at(0, ocfg))
             else:
@@ -302,6 +312,7 @@ class Optimizers:
             f"tie_embeddings:{self.tied} embed_lr:{o.embed_lr} matrix_lr:{o.matrix_lr} "
             f"scalar_lr:{o.scalar_lr} muon_wd:{o.muon_wd} embed_wd:{o.embed_wd} "
             f"scalar_wd:{o.scalar_wd} ns:{o.ns_coeffs}x{o.ns_steps} row_norm:{o.muon_row_norm} "
+            f"row_axis:{o.muon_row_axis} "
             f"matrix_params:{self.counts['matrix']} embed_params:{self.counts['embed']} "
             f"scalar_params:{self.counts['scalar']}"
         )

@@ -148,6 +148,11 @@ def quantize_model(cfg: C.RunConfig, model, data_dir: Path, overrides=None, batc
     )
     if q.lqer:  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
         tensors += lqer.lqer_tensors(state, tensors, hessians, lqer.parse_spec(q.lqer), q.damp)
+    if q.lqer_top > 0:  # #1855's form: plain SVD on the largest errors, asymmetric grids
+        terms = lqer.top_lowrank_tensors(state, tensors, q)
+        names = " ".join(t.name[: -len(lqer.SUFFIX_A)] for t in terms[::2])
+        log0(f"quant:lqer_top {q.lqer_top_form} rank:{q.lqer_top_rank} on {names}")
+        tensors += terms
     log0(f"quantize:done method:{cfg.quant.method} time:{time.perf_counter() - t0:.1f}s")
     return tensors
 

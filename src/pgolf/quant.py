@@ -198,7 +198,25 @@ def make_plan(
             entry = replace(entry, **ov)
             entry = replace(entry, bits=16) if entry.method == "fp16" else entry
         plan.append(entry)
-    return plan
+    return gate_int8_plan(plan, state_dict) if qcfg.gate_int8 else plan
+
+
+GATE_INT8_NUMEL = (32, 8192)  # #1736/#1855: gate weights of this size, dense (8x512) or sparse
+
+
+def gate_int8_plan(plan: list[PlanEntry], state_dict: Mapping[str, Tensor]) -> list[PlanEntry]:
+    """`quant.gate_int8`: the attention gates (`.attn.gate_w`, 2-D, 32..8192 entries) on int8
+    with max-abs row scales instead of fp16 (#1736's quant gate)."""
+    lo, hi = GATE_INT8_NUMEL
+
+    def is_gate(e: PlanEntry) -> bool:
+        t = state_dict[e.name]
+        return e.name.endswith(".attn.gate_w") and t.ndim == 2 and lo <= t.numel() <= hi
+
+    return [
+        replace(e, method="rtn", bits=8, clip_k=0.0, group="other") if is_gate(e) else e
+        for e in plan
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from dataclasses import fields
 
 from pgolf import config as C
@@ -48,7 +49,7 @@ def env_of() -> dict[str, list[str]]:
 
 def _keys_named(text: str) -> list[str]:
     keys = [f"{s}.{f.name}" for s, c in C.SECTION_CLASSES.items() for f in fields(c)]
-    return [k for k in keys if k in text]
+    return [k for k in keys if re.search(re.escape(k) + r"(?!\w)", text)]  # whole keys only
 
 
 def describe(cfg: C.RunConfig) -> list[str]:
