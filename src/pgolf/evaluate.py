@@ -118,16 +118,23 @@ def score_batch(
     tab: ByteTables,
     autocast_dtype: torch.dtype | None = None,
     at: torch.Tensor | None = None,
+    tilt=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The scoring primitive: inputs x / targets y [B,T] (on the model's device), row b scores
     offsets [lo[b], hi[b]). Returns (nll [B,T] fp32 with autograd when grad is enabled, mask
     [B,T] bool, bytes [B,T]). Every evaluator and every TTT mode scores through this. `at`
-    [B,T]: the targets' positions in the validation stream (read by a byte sidecar)."""
+    [B,T]: the targets' positions in the validation stream (read by a byte sidecar). `tilt`
+    (a `pgolf.ngram_tilt.Tilt`, needs `at`): the n-gram tilt's detached term is added, so the
+    value is the tilted NLL and the gradient the model's own."""
     with _autocast(x.device, autocast_dtype):
         logits = model(x)
     nll = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
     ).view(y.shape)
+    if tilt is not None:
+        if at is None:
+            raise ValueError("evaluate: the n-gram tilt needs the targets' stream positions")
+        nll = nll + tilt.delta(logits, y, at)
     pos = torch.arange(x.size(1), device=x.device)
     mask = (pos >= lo.to(x.device)[:, None]) & (pos < hi.to(x.device)[:, None])
     return nll, mask, target_bytes(x, y, tab, at)
@@ -148,13 +155,14 @@ def score_windows(
     shard: bool = True,
     reduce: bool = True,
     bar: str | None = "eval",
+    tilt=None,
 ) -> EvalResult:
     """Score the windows `plan` = (starts, lo, hi) of the stream without grad, in eval mode.
 
     Target `start + o` is scored for o in [lo, hi). `shard`: split the windows contiguously
     across ranks; `reduce`: all-reduce the sums (and check their count). With shard and reduce
     off (a rank scoring its own windows) the result holds this rank's sums only. `bar`: the
-    progress bar's label (`pgolf.dist.progress`; None: no bar)."""
+    progress bar's label (`pgolf.dist.progress`; None: no bar); `tilt`: see `score_batch`."""
     device = torch.device(device)
     if batch_seqs < 1:
         raise ValueError(f"evaluate: batch_seqs must be >= 1, got {batch_seqs}")
@@ -194,7 +202,15 @@ def score_windows(
                 idx = (s.to(tokens.device)[:, None] + ar).clamp_(max=n_tok - 1)
                 chunk = tokens[idx].to(device, non_blocking=True)
                 nll, mask, nbytes = score_batch(
-                    model, chunk[:, :-1], chunk[:, 1:], lo_b, hi_b, tab, autocast_dtype, idx[:, 1:]
+                    model,
+                    chunk[:, :-1],
+                    chunk[:, 1:],
+                    lo_b,
+                    hi_b,
+                    tab,
+                    autocast_dtype,
+                    idx[:, 1:],
+                    tilt=tilt,
                 )
                 acc[0] += torch.where(mask, nll.double(), 0.0).sum()
                 acc[1] += mask.sum()

@@ -10,6 +10,11 @@ Modes (`cfg.ttt.mode`, spec section 7 and the conditions of issue #1017):
   disjoint shares; gradients are summed so that 2 ranks equal 1.
 * `lora` (PRs #1530/#1610/#1626 family): see `pgolf.ttt_lora`; the phased global SGD on already
   scored documents is `sgd_on_ranges` below.
+* `phased` (PR #1855's form: rank-80 LoRAs per virtual layer on Q/K/V, O and MLP bypasses and
+  the head, three cumulative global-SGD phases): see `pgolf.ttt_phased`.
+
+`eval.ngram_tilt` (PR #2135's causal token n-gram tilt, `pgolf.ngram_tilt`) applies to the
+scores of the modes none, score_first and phased; its hints are built inside the eval clock.
 * `prequant` (PR #1550, recipe of #1485/#1423): AdamW on the validation stream for `prequant_epochs`
   before quantization. It trains on tokens before they are scored (Condition 3), so every result
   that used it is labelled `non_record` (NON_RECORD_REASON). It runs on a fresh model instance
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf import dist as pdist
-from pgolf import ttt_lora
+from pgolf import ngram_tilt, ttt_lora, ttt_phased
 from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
 from pgolf.evaluate import (
@@ -212,9 +217,11 @@ def score_first(
     device: torch.device,
     ledger: Ledger,
     token_nll: torch.Tensor | None = None,
+    tilt=None,
 ) -> EvalResult:
     """PR #1493's legal TTT (see the module docstring); returns the totals over every target.
-    `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it)."""
+    `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it);
+    `tilt`: the n-gram tilt on the scores (`pgolf.ngram_tilt.Tilt`)."""
     t, e = cfg.ttt, cfg.eval
     amp = torch.bfloat16 if device.type == "cuda" else None
     tokens = torch.as_tensor(val_tokens).to(torch.int64).cpu()
@@ -242,6 +249,7 @@ def score_first(
             amp,
             token_nll,
             bar=None,
+            tilt=tilt,
         )
         acc += (r.nll_sum, r.tokens, r.bytes)
         a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())
@@ -286,16 +294,24 @@ def run_ttt(
     tables: ByteTables,
     device: torch.device | str,
     token_nll: torch.Tensor | None = None,
+    tilt: ngram_tilt.Tilt | None = None,
 ) -> tuple[EvalResult, Ledger]:
-    """The eval-time modes (none = plain sliding, score_first, lora) -> (totals, ledger);
-    `token_nll` as in `pgolf.evaluate.eval_sliding`."""
+    """The eval-time modes (none = plain sliding, score_first, lora, phased) -> (totals, ledger);
+    `token_nll` as in `pgolf.evaluate.eval_sliding`; `tilt` (`pgolf.ngram_tilt`) on the scores
+    (not with lora)."""
     device = torch.device(device)
     ledger = Ledger()
     mode = cfg.ttt.mode
+    if tilt is not None and mode == "lora":
+        raise ValueError("eval.ngram_tilt applies to ttt.mode none, score_first or phased")
     if mode == "score_first":
-        return score_first(cfg, model, val_tokens, tables, device, ledger, token_nll), ledger
+        r = score_first(cfg, model, val_tokens, tables, device, ledger, token_nll, tilt)
+        return r, ledger
     if mode == "lora":
         r = ttt_lora.lora_ttt(cfg, model, val_tokens, tables, device, ledger, token_nll)
+        return r, ledger.gather()
+    if mode == "phased":
+        r = ttt_phased.phased_ttt(cfg, model, val_tokens, tables, device, ledger, token_nll, tilt)
         return r, ledger.gather()
     if mode == "none":
         e = cfg.eval
@@ -313,12 +329,13 @@ def run_ttt(
             amp,
             token_nll,
             bar="eval sliding",
+            tilt=tilt,
         )
         ledger.score([(0, n)], 0)
         return r, ledger
     raise ValueError(
         f"ttt.mode {mode!r} is not an eval-time mode: 'prequant' belongs to the run "
-        "(`pgolf run --set ttt.mode=prequant`); use none, score_first or lora"
+        "(`pgolf run --set ttt.mode=prequant`); use none, score_first, lora or phased"
     )
 
 
@@ -421,15 +438,31 @@ def prequant_ttt(
 
 
 def eval_stage(cfg: RunConfig, model, val, tables, device, clock, non_record=False) -> dict:
-    """The configured eval-time TTT mode (score_first / lora; none and prequant add nothing here)
+    """The configured eval-time TTT mode (score_first / lora / phased, or none with the n-gram
+    tilt; otherwise none and prequant add nothing here)
     on `model`, timed, its ledger checked; then the clock's table against the budget.
     non_record: the weights came from pre-quant TTT (labels the result)."""
     out = {"non_record": True, "non_record_reason": NON_RECORD_REASON} if non_record else {}
-    if cfg.ttt.mode not in ("score_first", "lora"):
+    mode = cfg.ttt.mode
+    if mode not in ("score_first", "lora", "phased") and not (
+        mode == "none" and cfg.eval.ngram_tilt
+    ):
         return {**out, **clock.report(cfg.ttt.eval_budget_seconds)}
-    with clock.stage(f"ttt_{cfg.ttt.mode}"):
-        r, ledger = run_ttt(cfg, model, val, tables, device)
-    for line in format_eval_line("quantized_ttt", r, extra=f"mode:{cfg.ttt.mode}"):
+    tilt = None
+    if cfg.eval.ngram_tilt:
+        with clock.stage("ngram_tilt"):  # the hints' pass over the stream counts as eval time
+            tilt = ngram_tilt.build(cfg, val)
+        g = tilt.stats()
+        pdist.log0(
+            f"ngram_tilt order:{cfg.eval.ngram_order} threshold:{cfg.eval.ngram_threshold} "
+            f"boost:{cfg.eval.ngram_boost} gated:{g['ngram_tilt_gated']}/"
+            f"{g['ngram_tilt_positions']}"
+        )
+        out.update(g)
+    with clock.stage(f"ttt_{mode}"):
+        r, ledger = run_ttt(cfg, model, val, tables, device, tilt=tilt)
+    extra = f"mode:{mode}" + (" ngram_tilt:1" if tilt is not None else "")
+    for line in format_eval_line("quantized_ttt", r, extra=extra):
         pdist.log0(line)
     c3, c4 = score_before_update(ledger), single_pass(ledger, val.numel() - 1)
     pdist.log0(f"ttt_ledger events:{len(ledger.events)} condition3:{not c3} condition4:{not c4}")
