@@ -25,14 +25,15 @@ cumulative boundaries. After the batch that reaches a boundary, the documents sc
 (ordered by batch index of the ascending sort, then row; cut at the boundary) are concatenated
 (each with its closing BOS) and the base weights take cosine-lr SGD (`global_*`) over chunks of
 `global_chunk_tokens` of that stream (the last chunk is skipped, as in the record): sequences
-of `phased_seq_len` tokens, `global_batch_seqs` per step, gradient clip, attention masked at
-BOS when `global_respect_docs` (the model's document mask switched on for the SGD). Then the
+of `eval.eval_seq_len` tokens (the record's EVAL_SEQ_LEN), `global_batch_seqs` per step,
+gradient clip, attention masked at BOS when `global_respect_docs` (the model's document mask
+switched on for the SGD). Then the
 adapters are rebuilt (fresh A). Only already-scored documents are read: Condition 3 holds and
 the `Ledger` proves it. Batches go round-robin to ranks; the phase SGD splits its sequences
 across ranks and averages gradients.
 
 The record splits a document longer than `phased_seq_len` into segments of that length inside
-its packed SGD rows; pgolf's SGD reads rows of `phased_seq_len` tokens of the concatenation
+its packed SGD rows; pgolf's SGD reads rows of `eval_seq_len` tokens of the concatenation
 (a document crossing a row boundary is cut there). Per-document scores equal the record's
 (benchmarks/parity_ttt_1855.py).
 """
@@ -366,7 +367,7 @@ def phased_ttt(
         use = sorted(scored)[: bounds[phase]]
         stream = torch.cat([tokens[s : e + 1] for _, _, s, e in use])
         ts = time.perf_counter()
-        steps = global_sgd(model, stream, t, L, device, amp)
+        steps = global_sgd(model, stream, t, cfg.eval.eval_seq_len, device, amp)
         sgd_s += time.perf_counter() - ts
         if di.is_main:  # one copy of this global event, ordered after batch qi's scores
             ledger.update([(s, e) for _, _, s, e in use], version + 999_999)
