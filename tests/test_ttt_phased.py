@@ -196,3 +196,36 @@ def test_phase_sgd_reads_only_scored_documents() -> None:
 def test_config_rejects_bad_optimizer() -> None:
     with pytest.raises(ValueError, match="phased_optimizer"):
         validate(replace(pcfg(), ttt=replace(pcfg().ttt, phased_optimizer="lion")))
+
+
+def _audit(order: str):
+    from test_audit import evaluator, run_audit
+
+    ev = evaluator("phased")
+    t = replace(
+        ev.cfg.ttt,
+        phased_order=order,
+        phased_rank=2,
+        phased_chunk=8,
+        phased_prefix_docs=2,
+        phased_phases=2,
+        global_chunk_tokens=40,
+        phased_lr=0.01,
+    )
+    return run_audit(replace(ev, cfg=replace(ev.cfg, ttt=t)), coder=4)
+
+
+def test_audit_c3_c4_pass_and_the_length_queue_fails_prefix_invariance() -> None:
+    """The record's length-sorted queue reads future document lengths: T1.1 catches it; the
+    ledger rows (C3/C4) pass."""
+    rows = _audit("length")
+    bad = {r.test.split()[0] for r in rows if r.verdict == "fail"}
+    assert not [r for r in rows if r.condition in ("C3", "C4") and r.verdict == "fail"]
+    assert "T1.1" in bad and bad <= {"T1.1"}
+    assert any(r.test.startswith("T3.4") and r.verdict == "pass" for r in rows)
+
+
+@pytest.mark.slow
+def test_audit_stream_order_passes_everything() -> None:
+    rows = _audit("stream")
+    assert [r for r in rows if r.verdict == "fail"] == []

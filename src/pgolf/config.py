@@ -208,6 +208,7 @@ class TTTConfig:
     phased_prefix_docs: int = 2500  # PHASED_TTT_PREFIX_DOCS: documents the global phases see
     phased_phases: int = 3  # PHASED_TTT_NUM_PHASES: cumulative global-SGD phases
     phased_seed: int = 0  # generator of the LoRA A initialisation
+    phased_order: str = "length"  # 'length' (the record: longest batch first) or 'stream' (C1)
     global_lr: float = 0.001  # GLOBAL_TTT_LR: SGD on already-scored documents, cosine
     global_momentum: float = 0.9  # GLOBAL_TTT_MOMENTUM
     global_epochs: int = 1  # GLOBAL_TTT_EPOCHS
@@ -672,6 +673,7 @@ CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `valid
     "quant.codec": ("brotli", "lzma", "zstd", "rans", "crans"),
     "ttt.mode": ("none", "score_first", "lora", "phased", "prequant"),
     "ttt.phased_optimizer": ("adam", "sgd"),
+    "ttt.phased_order": ("length", "stream"),
     "ttt.lora_init": ("reset", "warm"),
 }
 

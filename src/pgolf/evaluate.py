@@ -287,11 +287,12 @@ def eval_sliding(
     *,
     token_nll: torch.Tensor | None = None,
     pad_batches: bool = True,
+    tilt=None,
 ) -> EvalResult:
     """Sliding-window eval (see `sliding_windows`); each of the len - 1 targets scored once.
 
     `result.tokens == len(val_tokens) - 1` always (checked; a mismatch raises RuntimeError).
-    `token_nll` as in `eval_plain`.
+    `token_nll` as in `eval_plain`; `tilt`: the n-gram tilt (see `score_batch`).
     """
     n_targets = torch.as_tensor(val_tokens).numel() - 1
     plan = sliding_windows(n_targets, seq_len, stride)
@@ -307,6 +308,7 @@ def eval_sliding(
         token_nll,
         pad_batches,
         bar="eval sliding",
+        tilt=tilt,
     )
     pdist.log0(
         f"eval_sliding windows:{plan[0].numel()} seq_len:{seq_len} stride:{stride} "

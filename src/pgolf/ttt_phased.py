@@ -2,14 +2,17 @@
 #1736, #1767), legal under issue #1017's conditions. `ttt.mode=phased`; every knob is a
 `TTTConfig.phased_*` / `global_*` field, named after the record's environment variables.
 
-Documents are found by BOS (`pgolf.ttt_lora.documents`: document d owns the targets
-[s_d, s_{d+1}), so its last target is the next document's BOS). Queue: the documents sorted by
-length (shortest first, ties by position), cut into batches of `phased_batch_docs`, the batches
-run longest first. One document per batch row; each is cut into chunks of `phased_chunk` targets;
-chunk k of every row is scored in one forward whose window starts at the document start or
-`phased_seq_len` targets before the chunk end, so no row sees another document. The chunk's NLL
-enters the totals (detached) BEFORE the optimizer step that uses it; a document's last chunk is
-never trained on.
+Documents are found by BOS (`pgolf.ttt_lora.documents`: document d owns the targets [s_d, s_{d+1}),
+so its last target is the next document's BOS). Queue (`phased_order='length'`, the record's): the
+documents sorted by length (shortest first, ties by position), cut into batches of
+`phased_batch_docs`, the batches run longest first. That order reads every document's length (its
+closing BOS) before scoring, so a change late in the stream can reorder earlier documents and move
+their scores: the auditor's prefix-invariance test (C1, T1.1) fails on it. `phased_order='stream'`
+batches consecutive documents in stream order instead, which keeps every score a function of its
+prefix. One document per batch row; each is cut into chunks of `phased_chunk` targets; chunk k of
+every row is scored in one forward whose window starts at the document start or `phased_seq_len`
+targets before the chunk end, so no row sees another document. The chunk's NLL enters the totals
+(detached) BEFORE the optimizer step that uses it; a document's last chunk is never trained on.
 
 Adapters (per batch row, per virtual-layer slot): rank-`phased_rank` LoRAs, output scaled by
 `phased_alpha / phased_rank`, on Q and V (and K), bypass LoRAs beside the attention output (O)
@@ -142,8 +145,8 @@ class _Bypass(nn.Module):
 
 @contextmanager
 def attached(model: nn.Module, ad: Adapters):
-    """The model with `ad` wired in (Q/K/V projections, attention and MLP bypasses); restored
-    on exit."""
+    """The model with `ad` wired in (Q/K/V projections, attention and MLP bypasses, the head);
+    restored on exit."""
     saved = []
     try:
         for block in model.blocks:
@@ -155,27 +158,26 @@ def attached(model: nn.Module, ad: Adapters):
                 a.c_k = _SlotLinear(a.c_k, ad.k, ad)
             block.attn = _Bypass(a, ad.o, ad, sets_slot=True)
             block.mlp = _Bypass(block.mlp, ad.mlp, ad, sets_slot=False)
+        model.logits = _head_logits(model, ad)
         yield
     finally:
+        model.__dict__.pop("logits", None)
         for block, a, mlp, cq, ck, cv in saved:
             block.attn, block.mlp = a, mlp
             a.c_q, a.c_k, a.c_v = cq, ck, cv
 
 
-class HeadScorer(nn.Module):
-    """x -> softcapped logits with the head LoRA added before the cap (the scoring callable)."""
+def _head_logits(model: nn.Module, ad: Adapters):
+    """GPT.logits with the head LoRA added before the softcap (set on the instance while
+    attached, so `model(x)` and its forward hooks see the adapted distribution)."""
 
-    def __init__(self, model: nn.Module, ad: Adapters) -> None:
-        super().__init__()
-        self.model, self.ad = model, [ad]
-
-    def forward(self, idx: Tensor) -> Tensor:
-        m = self.model
-        h = m.hidden(idx)
-        w = m.tok_emb.weight if m.lm_head is None else m.lm_head.weight
-        z = (F.linear(h, w.to(h.dtype)) + self.ad[0].head(h)).float()
-        cap = m.cfg.logit_softcap
+    def logits(h: Tensor) -> Tensor:
+        w = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
+        z = (F.linear(h, w.to(h.dtype)) + ad.head(h)).float()
+        cap = model.cfg.logit_softcap
         return cap * torch.tanh(z / cap) if cap > 0 else z
+
+    return logits
 
 
 def _optimizer(ad: Adapters, t) -> torch.optim.Optimizer:
@@ -196,10 +198,14 @@ def _optimizer(ad: Adapters, t) -> torch.optim.Optimizer:
 # Queue and phases
 
 
-def queue(docs: list[tuple[int, int]], batch_docs: int) -> list[tuple[int, list]]:
-    """(batch index in the ascending-length order, [(s, e), ...]) longest batch first."""
-    order = sorted(docs, key=lambda d: d[1] - d[0])  # stable: ties keep stream order
-    batches = [order[i : i + batch_docs] for i in range(0, len(order), batch_docs)]
+def queue(docs: list[tuple[int, int]], batch_docs: int, order: str = "length") -> list:
+    """[(batch index, [(s, e), ...]), ...] in processing order. 'length' (the record's): the
+    documents sorted by length, batched, longest batch first, the index that of the ascending
+    sort; 'stream': consecutive documents in stream order."""
+    if order == "stream":
+        return list(enumerate(docs[i : i + batch_docs] for i in range(0, len(docs), batch_docs)))
+    asc = sorted(docs, key=lambda d: d[1] - d[0])  # stable: ties keep stream order
+    batches = [asc[i : i + batch_docs] for i in range(0, len(asc), batch_docs)]
     indexed = list(enumerate(batches))
     indexed.sort(key=lambda ib: -max(e - s for s, e in ib[1]))
     return indexed
@@ -307,7 +313,7 @@ def phased_ttt(
     amp = torch.bfloat16 if device.type == "cuda" else None
     tokens = torch.as_tensor(val_tokens).to(torch.int64).cpu()
     docs = documents(tokens, cfg.model.bos_id)
-    q = queue(docs, t.phased_batch_docs)
+    q = queue(docs, t.phased_batch_docs, t.phased_order)
     bounds = boundaries(len(docs), t.phased_prefix_docs, t.phased_phases)
     di = pdist.info()
     tab = tables.to(device)
@@ -365,7 +371,7 @@ def phased_ttt(
         if done < bounds[phase]:
             continue
         use = sorted(scored)[: bounds[phase]]
-        stream = torch.cat([tokens[s : e + 1] for _, _, s, e in use])
+        stream = torch.cat([tokens[:0], *(tokens[s : e + 1] for _, _, s, e in use)])
         ts = time.perf_counter()
         steps = global_sgd(model, stream, t, cfg.eval.eval_seq_len, device, amp)
         sgd_s += time.perf_counter() - ts
@@ -401,7 +407,6 @@ def _run_batch(
     pred = np.array([e - s for s, e in batch])
     n_ch = -(-pred // chunk)
     opt = _optimizer(ad, t)
-    scorer = HeadScorer(model, ad)
     n_tok = tokens.numel()
     with attached(model, ad):
         for ci in range(int(n_ch.max())):
@@ -421,7 +426,7 @@ def _run_batch(
             x = torch.where(valid, g[:, :ctx], 0).to(device)
             y = torch.where(valid, g[:, 1:], 0).to(device)
             lo, hi = torch.from_numpy(c_off), torch.from_numpy(c_off + c_len)
-            nll, mask, nbytes = score_batch(scorer, x, y, lo, hi, tab, amp, at[:, 1:], tilt=tilt)
+            nll, mask, nbytes = score_batch(model, x, y, lo, hi, tab, amp, at[:, 1:], tilt=tilt)
             m = mask.double()
             acc[0] += (nll.detach().double() * m).sum()
             acc[1] += m.sum()
@@ -441,7 +446,7 @@ def _run_batch(
             w = torch.from_numpy(train).to(device, nll.dtype)
             for gi in range(t.phased_grad_steps):
                 if gi > 0:
-                    nll, _, _ = score_batch(scorer, x, y, lo, hi, tab, amp, at[:, 1:], tilt=None)
+                    nll, _, _ = score_batch(model, x, y, lo, hi, tab, amp, at[:, 1:])
                 per_doc = nll[:, off : off + chunk].mean(dim=-1)
                 opt.zero_grad(set_to_none=True)
                 (per_doc * w).sum().backward()

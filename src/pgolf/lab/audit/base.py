@@ -1,14 +1,19 @@
 """The auditor's empirical tests: run an evaluation mode on a model and a token stream, perturb
 the stream, and check the four conditions of issue #1017 (spec rules-and-compliance.md part (d)).
 
-An `Evaluator` is a mode (plain, sliding, score_first, lora, prequant) built on the core's own
-entry points - `pgolf.evaluate.eval_plain` / `eval_sliding` (per-target NLL through their
-`token_nll` hook), `pgolf.ttt.score_first` and `pgolf.ttt_lora.lora_ttt` (the branches of
+An `Evaluator` is a mode (plain, sliding, score_first, lora, phased, prequant) built on the
+core's own entry points - `pgolf.evaluate.eval_plain` / `eval_sliding` (per-target NLL through
+their `token_nll` hook), `pgolf.ttt.score_first`, `pgolf.ttt_lora.lora_ttt` and
+`pgolf.ttt_phased.phased_ttt` (the branches of
 `pgolf.ttt.run_ttt`, given the auditor's ledger), `pgolf.ttt.prequant_ttt` - never a copy of
 them. A run returns the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported
 totals, the ledger of score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full
 log-distribution that scored them: a forward hook (`Tap`) on the scoring model records the
-log-softmax of every eval-mode window that contains a probed position, keyed by window start.
+log-softmax of every eval-mode window that contains a probed position, keyed by window start
+(windows shorter than eval_seq_len, as phased TTT's, are located by their first token and
+matched up to the probe). With
+`eval.ngram_tilt` the scores and the recorded distributions are the tilted ones
+(`pgolf.ngram_tilt`: hints built once per run from the run's own stream, as the core does).
 Every run of a stateful mode (or of a subclass) works on a deep copy of the model, so TTT never
 leaks from one run into the next; plain and sliding scoring change nothing and skip the copy.
 
@@ -38,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pgolf import ngram_tilt
 from pgolf import ttt as TT
 from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
@@ -49,8 +55,9 @@ from pgolf.evaluate import (
     sliding_windows,
 )
 from pgolf.ttt_lora import lora_ttt
+from pgolf.ttt_phased import phased_ttt
 
-MODES = ("plain", "sliding", "score_first", "lora", "prequant")
+MODES = ("plain", "sliding", "score_first", "lora", "phased", "prequant")
 
 
 @dataclass(frozen=True)
@@ -133,26 +140,54 @@ class StampLedger(TT.Ledger):
 class Tap:
     """Forward hook: log-softmax rows at probed targets of eval-mode windows of the stream."""
 
-    def __init__(self, tokens: torch.Tensor, probes: list[int], seq_len: int) -> None:
+    def __init__(self, tokens: torch.Tensor, probes: list[int], seq_len: int, tilt=None) -> None:
         self.index: dict[bytes, list[int]] = {}
-        self.seq_len, self.probes = seq_len, sorted(set(probes))
+        self.seq_len, self.probes, self.tilt = seq_len, sorted(set(probes)), tilt
         self.probs: dict[int, list[tuple[int, torch.Tensor]]] = {}
         ar, n = torch.arange(seq_len), tokens.numel()
+        self.tokens = tokens
         for s in sorted({s for t in self.probes for s in range(max(0, t - seq_len + 1), t + 1)}):
             key = tokens[(s + ar).clamp(max=n - 1)].numpy().tobytes()
             self.index.setdefault(key, []).append(s)
+        self.heads: dict[int, list[int]] = {}  # first token -> starts (short windows)
+        for s, x in enumerate(tokens.tolist()):
+            self.heads.setdefault(x, []).append(s)
+
+    def _record(self, t: int, s: int, logits: torch.Tensor) -> None:
+        row = torch.log_softmax(logits.detach().double().cpu(), -1)
+        if self.tilt is not None:
+            row = self.tilt.logprobs(row, t + 1)
+        self.probs.setdefault(t, []).append((s, row))
+
+    short = False  # set for modes whose windows are shorter than eval_seq_len (phased TTT)
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         x = args[0]
-        if module.training or x.ndim != 2 or x.size(1) != self.seq_len or not self.index:
+        if module.training or x.ndim != 2 or not self.index:
             return
         xc = x.detach().cpu().to(torch.int64)
+        if self.short:
+            self._short_windows(xc, out)
+            return
+        if x.size(1) != self.seq_len:
+            return
         for b in range(xc.size(0)):
             for s in self.index.get(xc[b].numpy().tobytes(), ()):
                 for t in self.probes:
                     if 0 <= t - s < self.seq_len:
-                        row = torch.log_softmax(out[b, t - s].detach().double().cpu(), -1)
-                        self.probs.setdefault(t, []).append((s, row))
+                        self._record(t, s, out[b, t - s])
+
+    def _short_windows(self, xc: torch.Tensor, out: torch.Tensor) -> None:
+        """Windows located by their first tokens; a probe t is taken where the window's tokens
+        up to t equal the stream's (causal: the rest cannot change its distribution)."""
+        T, n = xc.size(1), self.tokens.numel()
+        for b in range(xc.size(0)):
+            cands = self.heads.get(int(xc[b, 0]), ())
+            for s in cands:
+                for t in self.probes:
+                    o = t - s
+                    if 0 <= o < T and t < n and torch.equal(xc[b, : o + 1], self.tokens[s : t + 1]):
+                        self._record(t, s, out[b, o])
 
 
 def ledger_from_plan(ledger: TT.Ledger, plan, version: int = 0) -> None:
@@ -175,15 +210,23 @@ class Evaluator:
 
     @property
     def per_document(self) -> bool:
-        """Claims per-document scoring: LoRA TTT always, any mode on a doc-masked model."""
-        return self.mode == "lora" or self.cfg.model.doc_mask
+        """Claims per-document scoring: LoRA TTT always, any mode on a doc-masked model (phased
+        TTT does not: warm A and the global phases carry state from document to document)."""
+        return self.mode == "lora" or (self.cfg.model.doc_mask and self.mode != "phased")
+
+    @property
+    def document_order(self) -> bool:
+        """Scores each document left to right, documents in a queue order (T4.2 per document)."""
+        return self.mode in ("lora", "phased")
 
     def with_batch(self, n: int) -> Evaluator:
         c = self.cfg
         return replace(
             self,
             cfg=replace(
-                c, eval=replace(c.eval, val_batch_seqs=n), ttt=replace(c.ttt, lora_batch_docs=n)
+                c,
+                eval=replace(c.eval, val_batch_seqs=n),
+                ttt=replace(c.ttt, lora_batch_docs=n, phased_batch_docs=n),
             ),
         )
 
@@ -195,6 +238,10 @@ class Evaluator:
         c = replace(self.cfg, ttt=replace(self.cfg.ttt, mode=self.mode))
         if self.mode == "prequant":
             model = TT.prequant_ttt(c, model, tokens, dev, ledger=ledger)
+        tilt = ngram_tilt.build(c, tokens)
+        if tilt is not None and self.mode not in ("sliding", "score_first", "phased"):
+            raise ValueError("audit: eval.ngram_tilt applies to sliding, score_first, phased")
+        tap.tilt, tap.short = tilt, self.mode == "phased"
         h = model.register_forward_hook(tap)
         try:
             n = tokens.numel() - 1
@@ -213,13 +260,16 @@ class Evaluator:
                     self.tables,
                     dev,
                     token_nll=nll,
+                    tilt=tilt,
                 )
                 v = max((ev["version"] for ev in ledger.events), default=0)
                 ledger_from_plan(ledger, sliding_windows(n, e.eval_seq_len, e.eval_stride), v)
             elif self.mode == "score_first":  # run_ttt's branches, with the auditor's ledger
-                r = TT.score_first(c, model, tokens, self.tables, dev, ledger, nll)
+                r = TT.score_first(c, model, tokens, self.tables, dev, ledger, nll, tilt)
             elif self.mode == "lora":
                 r = lora_ttt(c, model, tokens, self.tables, dev, ledger, nll)
+            elif self.mode == "phased":
+                r = phased_ttt(c, model, tokens, self.tables, dev, ledger, nll, tilt)
             else:
                 raise ValueError(f"audit: unknown mode {self.mode!r}; use one of {MODES}")
         finally:
@@ -248,8 +298,9 @@ class Evaluator:
 
 
 def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
-    """TTT geometry scaled to a short audit stream (several chunks, >= 1 pre-quant batch);
-    at most 4 windows per batch (short streams need no more, and padding costs time)."""
+    """TTT geometry scaled to a short audit stream (several chunks, >= 1 pre-quant batch, phased
+    TTT's global phases within the first 8 documents, its SGD over chunks of n/8 tokens); at most
+    4 windows per batch (short streams need no more, and padding costs time)."""
     L, t = cfg.eval.eval_seq_len, cfg.ttt
     chunk = max(cfg.eval.eval_stride, min(t.chunk_tokens, n_targets // 4))
     ttt = replace(
@@ -261,6 +312,11 @@ def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
         prequant_batch_seqs=max(
             1, min(t.prequant_batch_seqs, n_targets // (2 * min(t.prequant_seq_len, L)))
         ),
+        phased_chunk=min(t.phased_chunk, max(1, L // 2)),
+        phased_batch_docs=min(t.phased_batch_docs, 4),
+        phased_prefix_docs=min(t.phased_prefix_docs, 8),
+        global_chunk_tokens=max(L + 1, min(t.global_chunk_tokens, n_targets // 8)),
+        global_batch_seqs=min(t.global_batch_seqs, 4),
     )
     ev = replace(cfg.eval, val_batch_seqs=min(cfg.eval.val_batch_seqs, 4))
     return replace(cfg, eval=ev, ttt=ttt)

@@ -34,7 +34,13 @@ def cut_points(ev: Evaluator, tokens: torch.Tensor, bos: int) -> dict[str, int]:
     unit = (
         ev.cfg.ttt.chunk_tokens
         if ev.mode == "score_first"
-        else (ev.cfg.ttt.lora_chunk if ev.mode == "lora" else L)
+        else (
+            ev.cfg.ttt.lora_chunk
+            if ev.mode == "lora"
+            else ev.cfg.ttt.phased_chunk
+            if ev.mode == "phased"
+            else L
+        )
     )
     cuts = {"inside_chunk": min(n - 1, unit // 2 + 3), "chunk_boundary": min(n - 1, unit + 1)}
     bos_at = [int(i) for i in torch.nonzero(tokens[: n - 1] == bos).flatten() if 4 < i < n - 1]

@@ -45,7 +45,9 @@ def one_thread() -> Iterator[None]:
 
 
 def default_mode(ttt_mode: str) -> str:
-    return {"score_first": "score_first", "lora": "lora"}.get(ttt_mode, "sliding")
+    return {"score_first": "score_first", "lora": "lora", "phased": "phased"}.get(
+        ttt_mode, "sliding"
+    )
 
 
 def run_coverage(path: Path, cfg, data_dir: Path) -> Row:
