@@ -331,6 +331,7 @@ def cmd_eval(
     ttt: str | None = None,
     allow_over: bool = False,
     weights: str | None = None,
+    ngram_tilt: bool = False,
 ) -> dict:
     from pgolf import pipeline
     from pgolf.dist import log0
@@ -342,7 +343,9 @@ def cmd_eval(
     run = _run_folder(Path(artifact))
     try:
         log0(f"eval:{artifact} stride:{stride} data:{data} sliding:{sliding} ttt:{ttt}")
-        res = pipeline.eval_artifact(artifact, data=data, stride=stride, sliding=sliding, ttt=ttt)
+        res = pipeline.eval_artifact(
+            artifact, data=data, stride=stride, sliding=sliding, ttt=ttt, ngram_tilt=ngram_tilt
+        )
         if run is not None and data is None:  # scored on the run's own validation data
             keep = {k: v for k, v in res.items() if k.startswith(("val_", "budget", "eval_"))}
             for k in ("roundtrip", "sliding"):
@@ -623,7 +626,14 @@ def dispatch(a: argparse.Namespace):
         return cmd_quantize(a.run_dir, a.overrides, a.plan, a.out, a.allow_over_budget)
     if a.cmd == "eval":
         return cmd_eval(
-            a.artifact, a.stride, a.data, not a.no_sliding, a.ttt, a.allow_over_budget, a.weights
+            a.artifact,
+            a.stride,
+            a.data,
+            not a.no_sliding,
+            a.ttt,
+            a.allow_over_budget,
+            a.weights,
+            a.ngram_tilt,
         )
     if a.cmd == "audit":
         sys.exit(

@@ -254,8 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ttt",
         default=None,
-        choices=["none", "score_first", "lora"],
+        choices=["none", "score_first", "lora", "phased"],
         help="test-time training mode (default: the run's)",
+    )
+    p.add_argument(
+        "--ngram-tilt",
+        action="store_true",
+        help="score with the causal token n-gram tilt (eval.ngram_tilt, PR #2135)",
     )
     _budget_flag(p)
 
@@ -265,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compliance tests (issue #1017 conditions) on an artifact; exit 1 on a failure",
     )
     p.add_argument("artifact", nargs="?", default=None, help="artifact.pgolf")
-    p.add_argument("--ttt", default=None, help="plain, sliding, score_first, lora or prequant")
+    p.add_argument(
+        "--ttt", default=None, help="plain, sliding, score_first, lora, phased or prequant"
+    )
     p.add_argument("--data", default=None, help="validation shards (default: the run's)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="a short slice, fewer probes")

@@ -595,7 +595,7 @@ def modules_needed(cfg: RunConfig) -> set[str]:
     codec = cfg.quant.codec
     need = {"rans", "crans"} if codec == "crans" else {"rans"} if codec == "rans" else set()
     need |= {"ttt_lora"} if cfg.ttt.mode in ("lora", "score_first") else set()
-    need |= {"ttt_phased"} if cfg.ttt.mode == "phased" else set()
+    need |= {"ttt_phased", "ttt_lora"} if cfg.ttt.mode == "phased" else set()  # its documents()
     return need | ({"ngram_tilt"} if cfg.eval.ngram_tilt else set())
 
 
