@@ -157,7 +157,12 @@ def test_audit_catches_scores_off_the_tilted_distribution() -> None:
     assert "T2.1" in bad  # the scores no longer come from a normalized distribution
 
 
-def test_config_and_bundle() -> None:
+def test_config_env_and_bundle() -> None:
+    from pgolf.config import apply_env
+
+    env = {"NGRAM_TILT_ENABLED": "1", "TOKEN_ORDER": "12", "TOKEN_THRESHOLD": "0.9"}
+    e = apply_env(RunConfig(), {**env, "TOKEN_BOOST": "2.0"}).eval
+    assert (e.ngram_tilt, e.ngram_order, e.ngram_threshold, e.ngram_boost) == (True, 12, 0.9, 2.0)
     c = _tilt_cfg()
     validate(c)
     assert "ngram_tilt" in modules_needed(c) and "ngram_tilt" not in modules_needed(RunConfig())

@@ -123,6 +123,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "GLOBAL_TTT_WARMUP_CHUNKS": ("ttt", "global_warmup_chunks"),
     "GLOBAL_TTT_GRAD_CLIP": ("ttt", "global_grad_clip"),
     "GLOBAL_TTT_RESPECT_DOC_BOUNDARIES": ("ttt", "global_respect_docs"),
+    "NGRAM_TILT_ENABLED": ("eval", "ngram_tilt"),  # PR #2135's token n-gram tilt
+    "TOKEN_ORDER": ("eval", "ngram_order"),
+    "TOKEN_THRESHOLD": ("eval", "ngram_threshold"),
+    "TOKEN_BOOST": ("eval", "ngram_boost"),
 }
 """Variable -> (section, field), parsed as the field's type."""
 
@@ -441,6 +445,12 @@ UNSUPPORTED: dict[str, str] = {
     "ROPE_TRAIN_SEQ_LEN": "used only with ROPE_YARN",
     "PREQUANT_ONLY": "pgolf runs stages as commands: `pgolf train`, then `pgolf eval`",
     "TTT_EVAL_ONLY": "use `pgolf eval ARTIFACT` to score a saved artifact",
+    "NGRAM_HINT_PRECOMPUTE_OUTSIDE": "pgolf builds the n-gram hints inside the eval clock",
+    "WITHIN_TAU": "#2135's within-word n-gram channel is not built (token channel only)",
+    "WITHIN_BOOST": "#2135's within-word n-gram channel is not built (token channel only)",
+    "WORD_TAU": "#2135's word-start n-gram channel is not built (token channel only)",
+    "WORD_BOOST": "#2135's word-start n-gram channel is not built (token channel only)",
+    "AGREE_ADD_BOOST": "#2135's channel agreement bonus: pgolf has the token channel only",
     "TTT_EVAL_BATCHES": "no debug subset of TTT batches in pgolf",
     "VAL_DOC_FRACTION": "pgolf scores every validation document (data.max_val_tokens: smoke runs)",
     "CONTROL_TENSOR_NAME_PATTERNS": "model.PARAM_ROLES sets the optimizer and quant groups",
