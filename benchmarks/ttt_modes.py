@@ -36,7 +36,7 @@ def _quantized(cfg, model, data_dir):
     state = quant.dequantize_state(tensors)
     from pgolf.model import graph_state
 
-    return P._model_from_state(
+    return P.model_from_state(
         cfg, state, next(model.parameters()).device, graph_state(model), "benchmark"
     )
 

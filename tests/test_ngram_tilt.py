@@ -53,6 +53,13 @@ def test_hints_equal_a_brute_force_prefix_count(order: int) -> None:
     ]
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 15, 16, 17])
+def test_streams_shorter_than_the_context(n: int) -> None:
+    """A decoder's short prefix (the auditor's round trip) gets no hint and no error."""
+    h, c, g = ngram_tilt.hints(np.arange(n) % 3, 16, 0.8)
+    assert h.shape == c.shape == g.shape == (n,) and not g.any()
+
+
 def test_hints_read_only_the_prefix() -> None:
     toks = repetitive(400, seed=3)
     h, c, _ = ngram_tilt.hints(toks.numpy(), 3, 0.5)

@@ -37,6 +37,8 @@ def context_keys(tokens: np.ndarray, ctx: int) -> np.ndarray:
     t = tokens.astype(np.uint64) + np.uint64(1)
     n = t.size
     key = np.zeros(n, dtype=np.uint64)
+    if n <= ctx:  # every position lacks a full context
+        return key
     with np.errstate(over="ignore"):
         for j in range(1, ctx + 1):  # key[p] = sum_j tok[p - j] * MUL^j (wrapping)
             shifted = np.zeros(n, dtype=np.uint64)
