@@ -135,6 +135,8 @@ def test_audit_rows_pass_with_the_tilt() -> None:
     assert [r for r in rows if r.verdict == "fail"] == []
     names = {r.test.split()[0] for r in rows if r.verdict == "pass"}
     assert {"T1.1", "T1.2", "T2.1", "T2.3"} <= names
+    active = next(r for r in rows if r.test.startswith("T2.1 n-gram tilt active"))
+    assert active.verdict == "pass" and " 0 target-flipped" not in active.evidence
 
 
 def test_audit_catches_scores_off_the_tilted_distribution() -> None:
