@@ -229,3 +229,23 @@ def test_audit_c3_c4_pass_and_the_length_queue_fails_prefix_invariance() -> None
 def test_audit_stream_order_passes_everything() -> None:
     rows = _audit("stream")
     assert [r for r in rows if r.verdict == "fail"] == []
+
+
+def test_stream_order_scores_do_not_read_where_a_document_ends() -> None:
+    """Removing the BOS that closes a document (a future token) moves no earlier score in the
+    'stream' order; the record's order reads it (its last-chunk window ends at the BOS)."""
+    g = torch.Generator().manual_seed(5)
+    parts = [
+        torch.cat([torch.tensor([1]), torch.randint(2, V, (n,), generator=g)])
+        for n in (40, 36, 50, 45, 30, 60)
+    ]  # the 2nd document: 37 targets, a partial last chunk
+    toks = torch.cat(parts)
+    cut = documents(toks, 1)[2][0]  # the BOS closing the 2nd document
+    merged = toks.clone()
+    merged[cut] = 5
+    for order, same in (("stream", True), ("length", False)):
+        c = pcfg(phased_order=order, phased_batch_docs=3)
+        _, _, a = run(c, toks)
+        _, _, b = run(c, merged)
+        d = float((a[: cut - 1] - b[: cut - 1]).abs().max())
+        assert (d <= 1e-9) == same, (order, d)

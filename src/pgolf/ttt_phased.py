@@ -7,12 +7,17 @@ so its last target is the next document's BOS). Queue (`phased_order='length'`, 
 documents sorted by length (shortest first, ties by position), cut into batches of
 `phased_batch_docs`, the batches run longest first. That order reads every document's length (its
 closing BOS) before scoring, so a change late in the stream can reorder earlier documents and move
-their scores: the auditor's prefix-invariance test (C1, T1.1) fails on it. `phased_order='stream'`
-batches consecutive documents in stream order instead, which keeps every score a function of its
-prefix. One document per batch row; each is cut into chunks of `phased_chunk` targets; chunk k of
-every row is scored in one forward whose window starts at the document start or `phased_seq_len`
-targets before the chunk end, so no row sees another document. The chunk's NLL enters the totals
-(detached) BEFORE the optimizer step that uses it; a document's last chunk is never trained on.
+their scores: the auditor's prefix-invariance test (C1, T1.1) fails on it; so does the record's
+window of a document's last chunk (it ends at the document's end, i.e. reads where the next BOS is)
+and its phase boundaries (min(documents, prefix), the document count). `phased_order= 'stream'` is
+pgolf's causal variant: consecutive documents in stream order, windows ending at the nominal chunk
+end, a short last batch padded with empty rows (the adapters' draws do not depend on it), boundaries
+from `phased_prefix_docs` alone; every score is then a function of its prefix (the auditor's
+T1.1/T2.3 pass). One document per batch row; each is cut into chunks of `phased_chunk` targets;
+chunk k of every row is scored in one forward whose window starts at the document start or
+`phased_seq_len` targets before the chunk end, so no row sees another document. The chunk's NLL
+enters the totals (detached) BEFORE the optimizer step that uses it; a document's last chunk is
+never trained on.
 
 Adapters (per batch row, per virtual-layer slot): rank-`phased_rank` LoRAs, output scaled by
 `phased_alpha / phased_rank`, on Q and V (and K), bypass LoRAs beside the attention output (O)
@@ -211,9 +216,10 @@ def queue(docs: list[tuple[int, int]], batch_docs: int, order: str = "length") -
     return indexed
 
 
-def boundaries(n_docs: int, prefix_docs: int, phases: int) -> list[int]:
-    """Cumulative document counts after which each global phase runs."""
-    prefix = max(0, min(n_docs, prefix_docs))
+def boundaries(n_docs: int, prefix_docs: int, phases: int, clamp: bool = True) -> list[int]:
+    """Cumulative document counts after which each global phase runs (`clamp`: the record's
+    min(n_docs, prefix_docs), which reads the number of documents up front)."""
+    prefix = max(0, min(n_docs, prefix_docs) if clamp else prefix_docs)
     return [prefix * (i + 1) // max(1, phases) for i in range(max(1, phases))] if prefix else []
 
 
@@ -314,7 +320,8 @@ def phased_ttt(
     tokens = torch.as_tensor(val_tokens).to(torch.int64).cpu()
     docs = documents(tokens, cfg.model.bos_id)
     q = queue(docs, t.phased_batch_docs, t.phased_order)
-    bounds = boundaries(len(docs), t.phased_prefix_docs, t.phased_phases)
+    causal = t.phased_order == "stream"
+    bounds = boundaries(len(docs), t.phased_prefix_docs, t.phased_phases, clamp=not causal)
     di = pdist.info()
     tab = tables.to(device)
     acc = torch.zeros(3, dtype=torch.float64, device=device)
@@ -332,7 +339,10 @@ def phased_ttt(
     for qi, (bidx, batch) in pdist.progress(enumerate(q), len(q), "ttt phased batches"):
         version = qi * 10**6
         if qi % di.world_size == di.rank:
-            if len(batch) == ad.rows:
+            rows = batch
+            if causal and len(batch) < ad.rows:  # empty rows: no draw depends on the count
+                rows = batch + [(0, 0)] * (ad.rows - len(batch))
+            if len(rows) == ad.rows:
                 ad.reset(t.phased_warm_a)
                 cur, fresh = ad, False
             else:
@@ -341,7 +351,7 @@ def phased_ttt(
             _run_batch(
                 model,
                 cur,
-                batch,
+                rows,
                 tokens,
                 t,
                 L,
@@ -402,7 +412,7 @@ def _run_batch(
     model, ad, batch, tokens, t, L, tab, device, amp, acc, ledger, version, token_nll, tilt
 ):
     """Score-then-step every chunk of one batch of documents with adapters `ad`."""
-    chunk = t.phased_chunk
+    chunk, nominal = t.phased_chunk, t.phased_order == "stream"
     s_doc = np.array([s for s, _ in batch])
     pred = np.array([e - s for s, e in batch])
     n_ch = -(-pred // chunk)
@@ -413,7 +423,11 @@ def _run_batch(
             live = ci < n_ch
             last = ci == n_ch - 1
             c_end = np.where(last, pred, (ci + 1) * chunk)
-            w_start = np.maximum(0, c_end - L)
+            # the record's window ends at the chunk's end (the document's end for its last
+            # chunk, which reads the document's length); 'stream' ends it at the nominal one
+            w_start = np.maximum(
+                0, (np.full_like(c_end, (ci + 1) * chunk) if nominal else c_end) - L
+            )
             c_off = np.where(live, ci * chunk - w_start, 0)
             c_len = np.where(live, c_end - ci * chunk, 0)
             w_len = np.where(live, c_end - w_start, 0)
