@@ -267,21 +267,23 @@ def global_sgd(model: nn.Module, stream: Tensor, t, seq_len: int, device, amp) -
             lo = n_seq * di.rank // di.world_size
             hi = n_seq * (di.rank + 1) // di.world_size
             model.train()
+            bsz = t.global_batch_seqs
+            share = -(-n_seq // di.world_size)  # the largest rank share of sequences
+            n_steps = -(-share // bsz)
             for _ in range(t.global_epochs):
-                for bs in range(lo, hi, t.global_batch_seqs):
-                    be = min(bs + t.global_batch_seqs, hi)
-                    a, b = cs + bs * seq_len, cs + be * seq_len + 1
-                    if b > stream.numel():
-                        continue
-                    local = stream[a:b].to(device)
-                    x, y = local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
+                for k in range(n_steps):  # every rank takes every step (collectives match)
+                    bs, be = min(lo + k * bsz, hi), min(lo + (k + 1) * bsz, hi)
                     opt.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, amp, enabled=amp is not None):
-                        logits = model(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                    loss.backward()
-                    for p in params:
-                        if p.grad is not None:
+                    if be > bs:
+                        local = stream[cs + bs * seq_len : cs + be * seq_len + 1].to(device)
+                        x, y = local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
+                        with torch.autocast(device.type, amp, enabled=amp is not None):
+                            logits = model(x)
+                        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+                    if di.world_size > 1:  # a rank with no sequence still joins the mean
+                        for p in params:
+                            if p.grad is None:
+                                p.grad = torch.zeros_like(p)
                             pdist.all_reduce_(p.grad, "avg")
                     if t.global_grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(params, t.global_grad_clip)
