@@ -283,3 +283,14 @@ def test_two_gloo_ranks_run_phases_and_pass_the_ledger(tmp_path) -> None:
     for rank in range(2):
         n, nb, bad = torch.load(tmp_path / f"rank{rank}.pt")
         assert (n, nb, bad) == (single.tokens, single.bytes, [])
+
+
+def test_stream_order_first_document_ignores_the_batch_size() -> None:
+    """Per-row generators: the first document (row 0, before any phase) scores the same with 1
+    or 3 documents per batch (the auditor's round-trip decoder runs one per batch)."""
+    toks = stream(301, docs=7)
+    s, e = documents(toks, 1)[0]
+    out = [run(pcfg(phased_order="stream", phased_batch_docs=b), toks)[2][s:e] for b in (1, 3)]
+    assert torch.allclose(out[0], out[1], atol=1e-6)
+    rec = [run(pcfg(phased_order="length", phased_batch_docs=b), toks)[2] for b in (1, 3)]
+    assert not torch.allclose(rec[0], rec[1], atol=1e-6)

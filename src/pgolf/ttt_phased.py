@@ -11,13 +11,13 @@ their scores: the auditor's prefix-invariance test (C1, T1.1) fails on it; so do
 window of a document's last chunk (it ends at the document's end, i.e. reads where the next BOS is)
 and its phase boundaries (min(documents, prefix), the document count). `phased_order= 'stream'` is
 pgolf's causal variant: consecutive documents in stream order, windows ending at the nominal chunk
-end, a short last batch padded with empty rows (the adapters' draws do not depend on it), boundaries
-from `phased_prefix_docs` alone; every score is then a function of its prefix (the auditor's
-T1.1/T2.3 pass). One document per batch row; each is cut into chunks of `phased_chunk` targets;
-chunk k of every row is scored in one forward whose window starts at the document start or
-`phased_seq_len` targets before the chunk end, so no row sees another document. The chunk's NLL
-enters the totals (detached) BEFORE the optimizer step that uses it; a document's last chunk is
-never trained on.
+end, a short last batch padded with empty rows, A drawn per row from its own generator (no draw
+depends on the batch size), boundaries from `phased_prefix_docs` alone; every score is then a
+function of its prefix (the auditor's T1.1/T2.3 pass). One document per batch row; each is cut into
+chunks of `phased_chunk` targets; chunk k of every row is scored in one forward whose window starts
+at the document start or `phased_seq_len` targets before the chunk end, so no row sees another
+document. The chunk's NLL enters the totals (detached) BEFORE the optimizer step that uses it; a
+document's last chunk is never trained on.
 
 Adapters (per batch row, per virtual-layer slot): rank-`phased_rank` LoRAs, output scaled by
 `phased_alpha / phased_rank`, on Q and V (and K), bypass LoRAs beside the attention output (O)
@@ -68,23 +68,31 @@ from pgolf.ttt_lora import documents
 # Adapters
 
 
+def _uniform(shape: tuple[int, ...], bound: float, gen) -> Tensor:
+    """U(-bound, bound) of `shape` [rows, ...]: one draw from `gen`, or (a list of generators)
+    row r from gen[r], so a row's values do not depend on how many rows there are."""
+    if isinstance(gen, list):
+        return torch.stack(
+            [torch.empty(shape[1:]).uniform_(-bound, bound, generator=g) for g in gen[: shape[0]]]
+        )
+    return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+
+
 class SlotLoRA(nn.Module):
     """Batched LoRA: row b maps x [B,T,in] to (x A_b^T) B_b^T * alpha / rank."""
 
     def __init__(
-        self, rows: int, fin: int, fout: int, rank: int, alpha: float, gen: torch.Generator, device
+        self, rows: int, fin: int, fout: int, rank: int, alpha: float, gen, device
     ) -> None:
         super().__init__()
         self.bound, self.scale, self.gen = 1.0 / math.sqrt(fin), alpha / rank, gen
-        a = torch.empty(rows, rank, fin).uniform_(-self.bound, self.bound, generator=gen)
-        self.A = nn.Parameter(a.to(device))
+        self.A = nn.Parameter(_uniform((rows, rank, fin), self.bound, gen).to(device))
         self.B = nn.Parameter(torch.zeros(rows, fout, rank, device=device))
 
     def reset(self, warm_a: bool) -> None:
         with torch.no_grad():
             if not warm_a:
-                a = torch.empty(self.A.shape).uniform_(-self.bound, self.bound, generator=self.gen)
-                self.A.copy_(a)
+                self.A.copy_(_uniform(tuple(self.A.shape), self.bound, self.gen))
             self.B.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -330,7 +338,12 @@ def phased_ttt(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(t.phased_seed)
+    gen: torch.Generator | list[torch.Generator] = torch.Generator().manual_seed(t.phased_seed)
+    if causal:  # one stream per row: a row's draws do not depend on the batch size
+        gen = [
+            torch.Generator().manual_seed(t.phased_seed * 1_000_003 + r)
+            for r in range(t.phased_batch_docs)
+        ]
     ad = Adapters(model, t.phased_batch_docs, t, gen)
     phase, done, scored, t0, sgd_s = 0, 0, [], time.perf_counter(), 0.0
     pdist.log0(
