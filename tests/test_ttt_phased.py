@@ -294,3 +294,21 @@ def test_stream_order_first_document_ignores_the_batch_size() -> None:
     assert torch.allclose(out[0], out[1], atol=1e-6)
     rec = [run(pcfg(phased_order="length", phased_batch_docs=b), toks)[2] for b in (1, 3)]
     assert not torch.allclose(rec[0], rec[1], atol=1e-6)
+
+
+def test_eval_stage_times_every_pass_and_logs_the_mode() -> None:
+    from pgolf import dist as pdist
+
+    c = replace(pcfg(), eval=replace(pcfg().eval, ngram_tilt=True, ngram_order=3))
+    logs: list[str] = []
+    old = pdist.log0
+    pdist.log0 = lambda msg, console=True: logs.append(msg)  # type: ignore[assignment]
+    try:
+        clock = ttt.EvalClock()
+        out = ttt.eval_stage(c, model(), stream(301, docs=7), tables(), CPU, clock)
+    finally:
+        pdist.log0 = old  # type: ignore[assignment]
+    assert {"ngram_tilt", "ttt_phased"} <= set(out["eval_stage_seconds"])
+    assert out["ttt_mode"] == "phased" and out["ttt_condition3_violations"] == []
+    assert any("mode:phased ngram_tilt:1" in x for x in logs)
+    assert any(x.startswith("ttt_ledger ") and "condition3:True" in x for x in logs)
