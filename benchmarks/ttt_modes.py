@@ -1,10 +1,12 @@
 """Every test-time-training mode on the same trained weights, side by side in one run.
 
     python benchmarks/ttt_modes.py RUN_DIR [--epochs 1,2,4,6] [--max-val-tokens N] [--json F]
+        [--modes none,score_first,lora,phased,tilt,phased_tilt] [--set KEY=VALUE ...]
 
 RUN_DIR is a finished `pgolf train`/`pgolf run` folder (config.json + final_model.safetensors).
 The weights are quantized once (the run's quant config) and scored with the sliding window (no
-TTT), score-first TTT (PR #1493) and per-document LoRA TTT; then PR #1550's pre-quant AdamW TTT
+TTT), score-first TTT (PR #1493), per-document LoRA TTT, PR #1855's phased LoRA TTT and the
+n-gram tilt (PR #2135), each on its own copy of the weights; then PR #1550's pre-quant AdamW TTT
 runs on the unquantized weights, and after each listed epoch the adapted weights are quantized and
 scored with the same sliding window. Pre-quant rows are NON-RECORD (Condition 3: they train on
 validation tokens before scoring them). Every row gives val_bpb, its difference to the no-TTT row,
@@ -14,12 +16,13 @@ the eval (or TTT + quantize + eval) seconds, and the ledger's Condition 3 / 4 ve
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from pgolf import bpb, quant
+from pgolf import bpb, ngram_tilt, quant
 from pgolf import config as C
 from pgolf import modes as M
 from pgolf import pipeline as P
@@ -35,7 +38,7 @@ def _quantized(cfg, model, data_dir):
     state = quant.dequantize_state(tensors)
     from pgolf.model import graph_state
 
-    return P._model_from_state(
+    return P.model_from_state(
         cfg, state, next(model.parameters()).device, graph_state(model), "benchmark"
     )
 
@@ -46,9 +49,16 @@ def main() -> None:
     ap.add_argument("--epochs", default="1,2,4,6")
     ap.add_argument("--max-val-tokens", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--modes",
+        default="none,score_first,lora,phased,tilt,phased_tilt",
+        help="comma list of none, score_first, lora, phased, tilt, phased_tilt",
+    )
+    ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     a = ap.parse_args()
     run = Path(a.run_dir)
     cfg = C.from_dict(json.loads((run / "config.json").read_text()))
+    cfg = C.apply_overrides(cfg, a.set)
     if a.max_val_tokens is not None:
         cfg = replace(cfg, data=replace(cfg.data, max_val_tokens=a.max_val_tokens))
     di = init("auto")
@@ -61,11 +71,15 @@ def main() -> None:
     n = val.numel() - 1
     rows = []
 
-    def score(label, mode, model, extra_s=0.0, before=None):
-        """Score with `mode`; `before` = the pre-quant ledger whose updates preceded it."""
+    def score(label, mode, model, extra_s=0.0, before=None, tilt=False):
+        """Score with `mode` on a copy of `model` (TTT adapts the weights it is given);
+        `before` = the pre-quant ledger whose updates preceded it; `tilt`: eval.ngram_tilt."""
         c = replace(cfg, ttt=replace(cfg.ttt, mode=mode))
+        c = replace(c, eval=replace(c.eval, ngram_tilt=tilt))
+        model = copy.deepcopy(model)
         t0 = time.perf_counter()
-        s = S.score(model, val, mode, c, tables, di.device)
+        hints = ngram_tilt.build(c, val)  # inside the timed span, as in eval_stage
+        s = S.score(model, val, mode, c, tables, di.device, tilt=hints)
         r, ledger = s.result, s.ledger
         secs = time.perf_counter() - t0 + extra_s
         if before is not None:  # the scoring used the weights the last update produced
@@ -91,9 +105,19 @@ def main() -> None:
         )
 
     q = _quantized(cfg, base, data_dir)
-    score("none (sliding)", M.NONE, q)
-    score("score_first", M.SCORE_FIRST, q)
-    score("lora", M.LORA, q)
+    modes = a.modes.split(",")
+    if "none" in modes:
+        score("none (sliding)", M.NONE, q)
+    if "score_first" in modes:
+        score("score_first", M.SCORE_FIRST, q)
+    if "lora" in modes:
+        score("lora", M.LORA, q)
+    if "phased" in modes:
+        score("phased", M.PHASED, q)
+    if "tilt" in modes:
+        score("none + ngram tilt", M.NONE, q, tilt=True)
+    if "phased_tilt" in modes:
+        score("phased + ngram tilt", M.PHASED, q, tilt=True)
 
     epochs = sorted({int(x) for x in a.epochs.split(",") if x})
     if epochs:

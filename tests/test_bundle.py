@@ -243,9 +243,12 @@ def test_bundle_runs_the_configured_ttt_mode_and_labels_prequant_non_record(corp
 
 def test_bundle_leaves_out_unused_modules_and_refuses_a_config_that_needs_one(corpus, tmp_path):
     cfg = C.load("cpu-tiny", TINY)  # codec brotli, no TTT, calibration on training data
-    assert set(bundle.omitted(cfg)) == {"rans", "crans", "ttt_lora"}
+    optional = {"rans", "crans", "ttt_lora", "ttt_phased", "ngram_tilt"}
+    assert set(bundle.omitted(cfg)) == optional
     full = C.load("cpu-tiny", [*TINY, "codec=crans", "ttt.mode=lora"])
-    assert bundle.omitted(full) == ()
+    assert set(bundle.omitted(full)) == {"ttt_phased", "ngram_tilt"}
+    phased = C.load("cpu-tiny", [*TINY, "ttt.mode=phased", "eval.ngram_tilt=true"])
+    assert set(bundle.omitted(phased)) == {"rans", "crans"}  # phased reads ttt_lora.documents
     assert len(bundle.build(full)[0]) - len(bundle.build(cfg)[0]) > 4000  # code bytes saved
 
     # A left-out module is a stub that names itself and the fix; hasattr() on it stays quiet.

@@ -348,9 +348,9 @@ def test_the_other_record_converters():
     assert cfg.train.run_dir == "/a" and cfg.eval.val_batch_seqs == 32
     assert cfg.quant.calib_seqs == 2 * 48  # 786,432 tokens / (8 GPUs x 2,048) per batch
     assert not cfg.optim.muon_row_norm and cfg.model.parallel_final == "mlp"
-    lines = E.report({"ROPE_YARN": "1", "ROPE_TRAIN_SEQ_LEN": "1024", "TTT_BETA1": "0"})
+    lines = E.report({"ROPE_YARN": "1", "ROPE_TRAIN_SEQ_LEN": "1024", "TTT_EVAL_BATCHES": "0"})
     assert not any("supported: ROPE_TRAIN_SEQ_LEN" in x for x in lines)  # ROPE_YARN reads it
-    assert any(x.startswith("env:not supported: TTT_BETA1=0") for x in lines)
+    assert any(x.startswith("env:not supported: TTT_EVAL_BATCHES=0") for x in lines)
     assert (
         C.load(
             "pr1550", environ={"ROPE_YARN": "1", "ROPE_TRAIN_SEQ_LEN": "1024"}

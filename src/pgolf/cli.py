@@ -345,6 +345,7 @@ def cmd_eval(
     sliding: bool = True,
     ttt: str | None = None,
     allow_over_budget: bool = False,
+    ngram_tilt: bool = False,
 ) -> dict:
     """Score an artifact (or with --weights / a .safetensors, unquantized weights). Only the
     first evaluation of a run's new artifact on its own validation data is the run's (log.txt,
@@ -366,7 +367,9 @@ def cmd_eval(
     try:
         with _eval_log(run, record, what):
             log0(what)
-            res = pipeline.eval_artifact(path, data=data, stride=stride, sliding=sliding, ttt=ttt)
+            res = pipeline.eval_artifact(
+                path, data=data, stride=stride, sliding=sliding, ttt=ttt, ngram_tilt=ngram_tilt
+            )
         if record:  # the run's evaluation of its own artifact, on its own validation data
             run.record_scores(pipeline.artifact_scores(res))
     finally:

@@ -298,6 +298,11 @@ def build_parser(commands: Mapping[str, Callable] | None = None) -> argparse.Arg
         choices=M.EVAL_TTT_MODES,
         help="test-time training mode (default: the run's)",
     )
+    p.add_argument(
+        "--ngram-tilt",
+        action="store_true",
+        help="score with the causal token n-gram tilt (eval.ngram_tilt, PR #2135)",
+    )
     _budget_flag(p)
 
     p = _sub(

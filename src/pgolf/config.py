@@ -132,6 +132,10 @@ class EvalConfig:
     eval_stride: int = 64
     val_batch_seqs: int = 32
     sliding: bool = True
+    ngram_tilt: bool = False  # #2135's causal token n-gram tilt on the scored distribution
+    ngram_order: int = 16  # tokens of the n-gram (context = order - 1 previous tokens)
+    ngram_threshold: float = 0.8  # tilt only where the n-gram's top-token share is at least this
+    ngram_boost: float = 2.625  # log-boost of the hinted token before renormalization
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -188,6 +192,35 @@ class TTTConfig:
     prequant_seq_len: int = 2048
     prequant_batch_seqs: int = 32  # global sequences per step (TTT_BATCH_SEQS)
     eval_budget_seconds: float = 600.0
+    # mode 'phased': PR #1855's phased score-first LoRA TTT (pgolf.ttt_phased); record env names
+    phased_rank: int = 80  # TTT_LORA_RANK
+    phased_alpha: float = 144.0  # TTT_LORA_ALPHA: LoRA output scale alpha / rank
+    phased_lr: float = 1e-4  # TTT_LORA_LR (constant)
+    phased_warm_a: bool = True  # TTT_WARM_START_A: A kept across documents, only B reset
+    phased_chunk: int = 48  # TTT_CHUNK_SIZE: targets scored, then trained on, per step
+    phased_seq_len: int = 0  # TTT_EVAL_SEQ_LEN: context window (0 = eval.eval_seq_len)
+    phased_batch_docs: int = 64  # TTT_BATCH_SIZE: documents per batch (one per row)
+    phased_grad_steps: int = 1  # TTT_GRAD_STEPS per chunk
+    phased_wd: float = 0.5  # TTT_WEIGHT_DECAY (AdamW, decoupled)
+    phased_beta1: float = 0.0  # TTT_BETA1
+    phased_beta2: float = 0.99  # TTT_BETA2
+    phased_optimizer: str = "adam"  # TTT_OPTIMIZER: 'adam' (AdamW) or 'sgd' (momentum beta1)
+    phased_k: bool = True  # TTT_K_LORA: LoRA on K too (Q and V always)
+    phased_mlp: bool = True  # TTT_MLP_LORA: bypass LoRA beside the MLP, fed its normed input
+    phased_o: bool = True  # TTT_O_LORA: bypass LoRA beside attention, fed its normed input
+    phased_prefix_docs: int = 2500  # PHASED_TTT_PREFIX_DOCS: documents the global phases see
+    phased_phases: int = 3  # PHASED_TTT_NUM_PHASES: cumulative global-SGD phases
+    phased_seed: int = 0  # generator of the LoRA A initialisation
+    phased_order: str = "length"  # 'length' (the record: longest batch first) or 'stream' (C1)
+    global_lr: float = 0.001  # GLOBAL_TTT_LR: SGD on already-scored documents, cosine
+    global_momentum: float = 0.9  # GLOBAL_TTT_MOMENTUM
+    global_epochs: int = 1  # GLOBAL_TTT_EPOCHS
+    global_chunk_tokens: int = 32768  # GLOBAL_TTT_CHUNK_TOKENS: LR steps over chunks of this
+    global_batch_seqs: int = 32  # GLOBAL_TTT_BATCH_SEQS: sequences per SGD step
+    global_warmup_start_lr: float = 0.0  # GLOBAL_TTT_WARMUP_START_LR
+    global_warmup_chunks: int = 0  # GLOBAL_TTT_WARMUP_CHUNKS
+    global_grad_clip: float = 1.0  # GLOBAL_TTT_GRAD_CLIP (0 = off)
+    global_respect_docs: bool = True  # GLOBAL_TTT_RESPECT_DOC_BOUNDARIES: mask attention at BOS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -260,7 +293,7 @@ def pr1855() -> RunConfig:
     on rows with momentum 0.97, LR floor max(warm-down, 0.1), GPTQ int6 (clip 11.5 mlp / 13
     attn) with int7 embeddings (clip 14), int8 gates, asymmetric rank-4 low-rank terms on the 3
     largest errors, CaseOps data. Not reproduced: its lrzip per-group compressor (brotli here),
-    its fused Triton kernels (same arithmetic), the details of its phased TTT (pgolf.ttt_lora)."""
+    its fused Triton kernels (same arithmetic). Its phased LoRA TTT: ttt.mode=phased."""
     base = pr1493()
     return replace(
         base,
@@ -303,16 +336,7 @@ def pr1855() -> RunConfig:
         ),
         ttt=replace(
             base.ttt,
-            mode=M.LORA,
-            lora_rank=80,
-            lora_lr=1e-4,
-            lora_chunk=48,
-            lora_targets="q,k,v,o,fc,mlp_proj",
-            lora_init="warm",
-            phased_docs=2500,
-            lr=0.001,
-            momentum=0.9,
-            epochs=1,
+            mode=M.PHASED,  # pgolf.ttt_phased; the TTTConfig defaults are #1855's values
         ),
     )
 
@@ -564,15 +588,17 @@ def grad_accum_steps(t: TrainConfig, world_size: int) -> int:
     return 8 // world_size
 
 
-OPTIONAL_MODULES = ("rans", "crans", "ttt_lora")
+OPTIONAL_MODULES = ("rans", "crans", "ttt_lora", "ttt_phased", "ngram_tilt")
 """Core modules only some configs run; a bundle ships the ones `modules_needed` names."""
 
 
 def modules_needed(cfg: RunConfig) -> set[str]:
     """The OPTIONAL_MODULES that a run with `cfg` uses: an entropy codec; those its TTT mode needs
-    (`pgolf.modes.Mode.needs`: LoRA TTT's module, whose SGD step score-first TTT shares)."""
+    (`pgolf.modes.Mode.needs`: LoRA TTT's module, whose SGD step score-first TTT shares; phased
+    TTT's); the n-gram tilt."""
     codec = cfg.quant.codec
     need = {"rans", "crans"} if codec == "crans" else {"rans"} if codec == "rans" else set()
+    need |= {"ngram_tilt"} if cfg.eval.ngram_tilt else set()
     return need | set(M.MODES[cfg.ttt.mode].needs)
 
 
@@ -657,6 +683,8 @@ CHOICES: dict[str, tuple[str, ...]] = {  # every choice field, checked by `valid
     "quant.calib": ("train", "selfgen"),
     "quant.codec": ("brotli", "lzma", "zstd", "rans", "crans"),
     "ttt.mode": M.TTT_MODES,
+    "ttt.phased_optimizer": ("adam", "sgd"),
+    "ttt.phased_order": ("length", "stream"),
     "ttt.lora_init": ("reset", "warm"),
 }
 

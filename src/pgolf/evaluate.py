@@ -118,16 +118,23 @@ def score_batch(
     tab: ByteTables,
     autocast_dtype: torch.dtype | None = None,
     at: torch.Tensor | None = None,
+    tilt=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The scoring primitive: inputs x / targets y [B,T] (on the model's device), row b scores
     offsets [lo[b], hi[b]). Returns (nll [B,T] fp32 with autograd when grad is enabled, mask
     [B,T] bool, bytes [B,T]). Every evaluator and every TTT mode scores through this. `at`
-    [B,T]: the targets' positions in the validation stream (read by a byte sidecar)."""
+    [B,T]: the targets' positions in the validation stream (read by a byte sidecar). `tilt`
+    (a `pgolf.ngram_tilt.Tilt`, needs `at`): the n-gram tilt's detached term is added, so the
+    value is the tilted NLL and the gradient the model's own."""
     with _autocast(x.device, autocast_dtype):
         logits = model(x)
     nll = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
     ).view(y.shape)
+    if tilt is not None:
+        if at is None:
+            raise ValueError("evaluate: the n-gram tilt needs the targets' stream positions")
+        nll = nll + tilt.delta(logits, y, at)
     pos = torch.arange(x.size(1), device=x.device)
     mask = (pos >= lo.to(x.device)[:, None]) & (pos < hi.to(x.device)[:, None])
     return nll, mask, target_bytes(x, y, tab, at)
@@ -148,13 +155,14 @@ def score_windows(
     shard: bool = True,
     reduce: bool = True,
     bar: str | None = "eval",
+    tilt=None,
 ) -> EvalResult:
     """Score the windows `plan` = (starts, lo, hi) of the stream without grad, in eval mode.
 
     Target `start + o` is scored for o in [lo, hi). `shard`: split the windows contiguously
     across ranks; `reduce`: all-reduce the sums (and check their count). With shard and reduce
     off (a rank scoring its own windows) the result holds this rank's sums only. `bar`: the
-    progress bar's label (`pgolf.dist.progress`; None: no bar)."""
+    progress bar's label (`pgolf.dist.progress`; None: no bar); `tilt`: see `score_batch`."""
     starts, lo, hi = plan
     (r,) = score_spans(
         model,
@@ -171,6 +179,7 @@ def score_windows(
         shard=shard,
         reduce=reduce,
         bar=bar,
+        tilt=tilt,
     )
     return r
 
@@ -191,6 +200,7 @@ def score_spans(
     shard: bool = True,
     reduce: bool = True,
     bar: str | None = "eval",
+    tilt=None,
 ) -> list[EvalResult]:
     """One forward pass over the windows at `starts`, scored several ways: for each (lo, hi) of
     `spans` (one value per window), target `start + o` counts for o in [lo, hi) -> one result per
@@ -242,7 +252,7 @@ def score_spans(
                     if nll is None:  # the forward pass, once per batch
                         x, y = chunk[:, :-1], chunk[:, 1:]
                         nll, mask, nbytes = score_batch(
-                            model, x, y, lo_b, hi_b, tab, autocast_dtype, idx[:, 1:]
+                            model, x, y, lo_b, hi_b, tab, autocast_dtype, idx[:, 1:], tilt=tilt
                         )
                     else:
                         mask = (pos >= lo_b.to(device)[:, None]) & (pos < hi_b.to(device)[:, None])
@@ -325,11 +335,12 @@ def eval_sliding(
     *,
     token_nll: torch.Tensor | None = None,
     pad_batches: bool = True,
+    tilt=None,
 ) -> EvalResult:
     """Sliding-window eval (see `sliding_windows`); each of the len - 1 targets scored once.
 
     `result.tokens == len(val_tokens) - 1` always (checked; a mismatch raises RuntimeError).
-    `token_nll` as in `eval_plain`.
+    `token_nll` as in `eval_plain`; `tilt`: the n-gram tilt (see `score_batch`).
     """
     n_targets = torch.as_tensor(val_tokens).numel() - 1
     plan = sliding_windows(n_targets, seq_len, stride)
@@ -345,6 +356,7 @@ def eval_sliding(
         token_nll,
         pad_batches,
         bar="eval sliding",
+        tilt=tilt,
     )
     pdist.log0(
         f"eval_sliding windows:{plan[0].numel()} seq_len:{seq_len} stride:{stride} "

@@ -20,6 +20,7 @@ NONE = "none"
 SCORE_FIRST = "score_first"
 LORA = "lora"
 PREQUANT = "prequant"
+PHASED = "phased"
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,21 @@ class Mode:
     """Trains on validation tokens before scoring them (issue #1017 Condition 3)."""
     needs: frozenset[str] = frozenset()
     """Optional core modules (`pgolf.config.OPTIONAL_MODULES`) it runs."""
+    document_order: bool = False
+    """Scores each document left to right, documents in a queue order (the auditor's T4.2 is
+    checked per document)."""
+    tilt: bool = False
+    """Takes the n-gram tilt (`eval.ngram_tilt`, `pgolf.ngram_tilt`) on its scores."""
 
 
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
         Mode(PLAIN, "run_plain", "consecutive non-overlapping windows (the round trip)"),
-        Mode(SLIDING, "run_sliding", "sliding windows, each target scored once"),
-        Mode(NONE, "run_sliding", "no test-time training: the sliding windows", ttt=True),
+        Mode(SLIDING, "run_sliding", "sliding windows, each target scored once", tilt=True),
+        Mode(
+            NONE, "run_sliding", "no test-time training: the sliding windows", ttt=True, tilt=True
+        ),
         Mode(
             SCORE_FIRST,
             "run_score_first",
@@ -57,6 +65,7 @@ MODES: dict[str, Mode] = {
             ttt=True,
             adapts=True,
             needs=frozenset({"ttt_lora"}),  # its SGD step, `sgd_on_ranges`, lives there
+            tilt=True,
         ),
         Mode(
             LORA,
@@ -66,6 +75,17 @@ MODES: dict[str, Mode] = {
             adapts=True,
             per_document=True,
             needs=frozenset({"ttt_lora"}),
+            document_order=True,
+        ),
+        Mode(
+            PHASED,
+            "run_phased",
+            "PR #1855's phased score-first LoRA TTT (warm A, global SGD on scored documents)",
+            ttt=True,
+            adapts=True,
+            needs=frozenset({"ttt_phased", "ttt_lora"}),  # ttt_lora: its documents()
+            document_order=True,
+            tilt=True,
         ),
         Mode(
             PREQUANT,

@@ -252,8 +252,10 @@ def eval_artifact(
     sliding: bool = True,
     max_val_tokens: int | None = None,
     ttt: str | None = None,
+    ngram_tilt: bool = False,
 ) -> dict[str, Any]:
-    """Load an artifact in this (fresh) process and score it (timed; `ttt` overrides ttt.mode)."""
+    """Load an artifact in this (fresh) process and score it (timed; `ttt` overrides ttt.mode,
+    `ngram_tilt` turns eval.ngram_tilt on)."""
     from pgolf import bpb
     from pgolf.data import find_tokenizer, load_val_tokens
 
@@ -264,6 +266,7 @@ def eval_artifact(
         cfg, model, meta = load_artifact_model(path, di.device)
         prequant = M.MODES[cfg.ttt.mode].non_record  # the weights were trained on val
         cfg = cfg if ttt is None else replace(cfg, ttt=replace(cfg.ttt, mode=ttt))
+        cfg = replace(cfg, eval=replace(cfg.eval, ngram_tilt=True)) if ngram_tilt else cfg
         data_dir = Path(data) if data else Path(cfg.data.data_path)
         tok = Path(cfg.data.tokenizer_path) if not data else find_tokenizer(data_dir)
         bpb.check_tokenizer(data_dir, tok)  # present, and the one the folder's manifest lists

@@ -1,11 +1,12 @@
 """Scoring has one owner: `score(model, tokens, mode, cfg, tables, device)` runs any mode of the
-table `pgolf.modes.MODES` (plain, sliding, none, score_first, lora, prequant) through the runner
-the table names, and the stages the commands log are built on it here.
+table `pgolf.modes.MODES` (plain, sliding, none, score_first, lora, phased, prequant) through the
+runner the table names, and the stages the commands log are built on it here.
 
 * `score` -> `Scored` (reported totals, the ledger of score/update events, the model that scored).
   Options: the caller's `ledger` (the auditor's stamped one), `token_nll` (float64 [N]: the NLL
   of every target as it entered the totals), `hook` (a forward hook on the model while it scores:
-  the auditor's probe of the scoring distribution; pre-quant TTT's adapted copy included).
+  the auditor's probe of the scoring distribution; pre-quant TTT's adapted copy included),
+  `tilt` (the causal n-gram tilt, `pgolf.ngram_tilt`, for the modes that take it).
 * `evaluate_model` - the round trip and the sliding window of a model with their challenge lines
   (`pgolf run`, `pgolf eval` on an artifact or on weights). When `eval_seq_len` is a multiple of
   `eval_stride` one forward pass gives both exact scores (`pgolf.evaluate.eval_plain_sliding`).
@@ -28,8 +29,8 @@ from torch import nn
 from pgolf import artifact_check as AC
 from pgolf import evaluate as E
 from pgolf import modes as M
+from pgolf import ngram_tilt, ttt_lora, ttt_phased
 from pgolf import ttt as TT
-from pgolf import ttt_lora
 from pgolf.bpb import ByteTables
 from pgolf.config import RunConfig
 from pgolf.dist import log0
@@ -60,6 +61,7 @@ class Job:
     token_nll: torch.Tensor | None
     hook: Hook | None
     adapt: TT.Adapt | None = None
+    tilt: ngram_tilt.Tilt | None = None
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -96,6 +98,7 @@ def score(
     token_nll: torch.Tensor | None = None,
     hook: Hook | None = None,
     adapt: TT.Adapt | None = None,
+    tilt: ngram_tilt.Tilt | None = None,
 ) -> Scored:
     """Score the stream `tokens` with `mode` (a key of `pgolf.modes.MODES`) on `model`, with the
     geometry of `cfg.eval` and the TTT settings of `cfg.ttt` (its mode set to `mode` when that is
@@ -109,7 +112,10 @@ def score(
     ledger = TT.Ledger() if ledger is None else ledger
     if adapt is not None and mode != M.SCORE_FIRST:
         raise ValueError(f"scoring mode {mode!r} takes no `adapt` (score_first does)")
-    job = Job(cfg, tokens, tables, torch.device(device), ledger, token_nll, hook, adapt)
+    if tilt is not None and not spec.tilt:
+        takes = ", ".join(k for k, m in M.MODES.items() if m.tilt)
+        raise ValueError(f"eval.ngram_tilt applies to the scoring modes {takes}, not {mode!r}")
+    job = Job(cfg, tokens, tables, torch.device(device), ledger, token_nll, hook, adapt, tilt)
     return RUNNERS[spec.runner](job, model)
 
 
@@ -153,6 +159,7 @@ def run_sliding(job: Job, model: nn.Module, version: int = 0) -> Scored:
             job.device,
             job.amp,
             token_nll=job.token_nll,
+            tilt=job.tilt,
         )
     plan = E.sliding_windows(job.n_targets, e.eval_seq_len, e.eval_stride)
     ledger_from_plan(job.ledger, plan, version)
@@ -169,6 +176,7 @@ def run_score_first(job: Job, model: nn.Module) -> Scored:
             job.device,
             job.ledger,
             job.token_nll,
+            job.tilt,
             adapt=job.adapt,
         )
     return Scored(r, job.ledger, model)
@@ -182,6 +190,14 @@ def run_lora(job: Job, model: nn.Module) -> Scored:
     return Scored(r, job.ledger.gather(), model)  # each rank scored its own documents
 
 
+def run_phased(job: Job, model: nn.Module) -> Scored:
+    with job.tapped(model):
+        r = ttt_phased.phased_ttt(
+            job.cfg, model, job.tokens, job.tables, job.device, job.ledger, job.token_nll, job.tilt
+        )
+    return Scored(r, job.ledger.gather(), model)  # each rank scored its own documents
+
+
 def run_prequant(job: Job, model: nn.Module) -> Scored:
     """NON-RECORD: pre-quant TTT on the stream itself, then its sliding windows on the result."""
     net = TT.prequant_ttt(job.cfg, model, job.tokens, job.device, ledger=job.ledger)
@@ -190,7 +206,8 @@ def run_prequant(job: Job, model: nn.Module) -> Scored:
 
 
 RUNNERS: dict[str, Callable[[Job, nn.Module], Scored]] = {
-    f.__name__: f for f in (run_plain, run_sliding, run_score_first, run_lora, run_prequant)
+    f.__name__: f
+    for f in (run_plain, run_sliding, run_score_first, run_lora, run_phased, run_prequant)
 }
 """The runners by name, as `pgolf.modes.Mode.runner` names them."""
 
@@ -240,15 +257,27 @@ def evaluate_model(
 def adapt_and_score(
     cfg: RunConfig, model, val, tables, device, label: str, clock: TT.EvalClock | None = None
 ) -> tuple[E.EvalResult, list[str], list[str]] | None:
-    """The eval-time TTT of `cfg.ttt.mode` on `model` (None when the mode adapts nothing), timed
-    as the clock's `ttt_<mode>` stage when a clock is given; its lines under `label` and its
-    ledger's Conditions 3 and 4 logged -> (totals, violations of Condition 3, of Condition 4)."""
-    mode = cfg.ttt.mode
-    if not M.MODES[mode].adapts:
+    """The eval-time TTT of `cfg.ttt.mode` on `model` (None when the mode adapts nothing and no
+    n-gram tilt is asked for), timed as the clock's `ttt_<mode>` stage when a clock is given (the
+    tilt's pass over the stream as `ngram_tilt`); its lines under `label` and its ledger's
+    Conditions 3 and 4 logged -> (totals, violations of Condition 3, of Condition 4)."""
+    mode, spec = cfg.ttt.mode, M.MODES[cfg.ttt.mode]
+    tilted = cfg.eval.ngram_tilt and spec.tilt
+    if not (spec.adapts or tilted):
         return None
+    tilt = None
+    if tilted:
+        with clock.stage("ngram_tilt") if clock is not None else nullcontext():
+            tilt = ngram_tilt.build(cfg, val)
+        g, e = tilt.stats(), cfg.eval
+        log0(
+            f"ngram_tilt order:{e.ngram_order} threshold:{e.ngram_threshold} "
+            f"boost:{e.ngram_boost} gated:{g['ngram_tilt_gated']}/{g['ngram_tilt_positions']}"
+        )
     with clock.stage(f"ttt_{mode}") if clock is not None else nullcontext():
-        s = score(model, val, mode, cfg, tables, device)
-    for line in E.format_eval_line(label, s.result, extra=f"mode:{mode}"):
+        s = score(model, val, mode, cfg, tables, device, tilt=tilt)
+    extra = f"mode:{mode}" + (" ngram_tilt:1" if tilt is not None else "")
+    for line in E.format_eval_line(label, s.result, extra=extra):
         log0(line)
     c3, c4 = TT.score_before_update(s.ledger), TT.single_pass(s.ledger, val.numel() - 1)
     log0(f"ttt_ledger events:{len(s.ledger.events)} condition3:{not c3} condition4:{not c4}")

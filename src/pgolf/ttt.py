@@ -10,6 +10,11 @@ Modes (`cfg.ttt.mode`, spec section 7 and the conditions of issue #1017):
   disjoint shares; gradients are summed so that 2 ranks equal 1.
 * `lora` (PRs #1530/#1610/#1626 family): see `pgolf.ttt_lora`; the phased global SGD on already
   scored documents is `sgd_on_ranges` below.
+* `phased` (PR #1855's form: rank-80 LoRAs per virtual layer on Q/K/V, O and MLP bypasses and
+  the head, three cumulative global-SGD phases): see `pgolf.ttt_phased`.
+
+`eval.ngram_tilt` (PR #2135's causal token n-gram tilt, `pgolf.ngram_tilt`) applies to the
+scores of the modes none, score_first and phased; its hints are built inside the eval clock.
 * `prequant` (PR #1550, recipe of #1485/#1423): AdamW on the validation stream for `prequant_epochs`
   before quantization. It trains on tokens before they are scored (Condition 3), so every result
   that used it is labelled `non_record` (NON_RECORD_REASON). It runs on a fresh model instance
@@ -216,13 +221,15 @@ def score_first(
     device: torch.device,
     ledger: Ledger,
     token_nll: torch.Tensor | None = None,
+    tilt=None,
     *,
     adapt: Adapt | None = None,
 ) -> EvalResult:
     """PR #1493's legal TTT (see the module docstring); returns the totals over every target.
-    `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it).
-    `adapt` (default: `ttt.epochs` SGD passes over the chunk) replaces the training done after
-    each chunk is scored (the study's control trains with pre-quant TTT's AdamW per chunk)."""
+    `token_nll` (float64 [N], optional) receives the per-target NLL (the auditor reads it);
+    `tilt`: the n-gram tilt on the scores (`pgolf.ngram_tilt.Tilt`). `adapt` (default:
+    `ttt.epochs` SGD passes over the chunk) replaces the training done after each chunk is scored
+    (the study's control trains with pre-quant TTT's AdamW per chunk)."""
     t, e = cfg.ttt, cfg.eval
     amp = torch.bfloat16 if device.type == "cuda" else None
     tokens = torch.as_tensor(val_tokens).to(torch.int64).cpu()
@@ -269,6 +276,7 @@ def score_first(
             amp,
             token_nll,
             bar=None,
+            tilt=tilt,
         )
         acc += (r.nll_sum, r.tokens, r.bytes)
         a, b = int((plan[0] + plan[1]).min()), int((plan[0] + plan[2]).max())

@@ -1,16 +1,18 @@
 """The auditor's empirical tests: run an evaluation mode on a model and a token stream, perturb
 the stream, and check the four conditions of issue #1017 (spec rules-and-compliance.md part (d)).
 
-An `Evaluator` is a mode of `pgolf.modes.MODES` (plain, sliding, none, score_first, lora,
+An `Evaluator` is a mode of `pgolf.modes.MODES` (plain, sliding, none, score_first, lora, phased,
 prequant) run by the core's one scoring entry point, `pgolf.score.score`, given the auditor's
-ledger, its per-target NLL (`token_nll`) and its probe (`hook`) - never a copy of it. A run
-returns the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported totals, the
-ledger of score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full
-log-distribution that scored them: a forward hook (`Tap`) on the scoring model records the
-log-softmax of every eval-mode window that contains a probed position, keyed by window start.
-Every run of a stateful mode (or of a subclass) works on a deep copy of the model, so TTT never
-leaks from one run into the next; the evaluator-only modes (plain, sliding) change nothing and
-skip the copy.
+ledger, its per-target NLL (`token_nll`) and its probe (`hook`) - never a copy of it. A run returns
+the per-target NLL (float64 [N], target j = tokens[j + 1]), the reported totals, the ledger of
+score/update events (`pgolf.ttt.Ledger`) and, at requested positions, the full log-distribution that
+scored them: a forward hook (`Tap`) on the scoring model records the log-softmax of every eval-mode
+window that contains a probed position, keyed by window start (windows shorter than eval_seq_len, as
+phased TTT's, are located by their first token and matched up to the probe). With `eval.ngram_tilt`
+the scores and the recorded distributions are the tilted ones (`pgolf.ngram_tilt`: hints built once
+per run from the run's own stream, as the core does). Every run of a stateful mode (or of a
+subclass) works on a deep copy of the model, so TTT never leaks from one run into the next; the
+evaluator-only modes (plain, sliding) change nothing and skip the copy.
 
 Tests (rows: condition, test, verdict pass / fail / n.a., evidence), C1 here:
 T1.1 future-perturbation prefix invariance at cut points (inside a chunk, at a window/chunk
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from pgolf import modes as M
+from pgolf import ngram_tilt
 from pgolf import score as S
 from pgolf import ttt as TT
 from pgolf.bpb import ByteTables
@@ -128,26 +131,54 @@ class StampLedger(TT.Ledger):
 class Tap:
     """Forward hook: log-softmax rows at probed targets of eval-mode windows of the stream."""
 
-    def __init__(self, tokens: torch.Tensor, probes: list[int], seq_len: int) -> None:
+    def __init__(self, tokens: torch.Tensor, probes: list[int], seq_len: int, tilt=None) -> None:
         self.index: dict[bytes, list[int]] = {}
-        self.seq_len, self.probes = seq_len, sorted(set(probes))
+        self.seq_len, self.probes, self.tilt = seq_len, sorted(set(probes)), tilt
         self.probs: dict[int, list[tuple[int, torch.Tensor]]] = {}
         ar, n = torch.arange(seq_len), tokens.numel()
+        self.tokens = tokens
         for s in sorted({s for t in self.probes for s in range(max(0, t - seq_len + 1), t + 1)}):
             key = tokens[(s + ar).clamp(max=n - 1)].numpy().tobytes()
             self.index.setdefault(key, []).append(s)
+        self.heads: dict[int, list[int]] = {}  # first token -> starts (short windows)
+        for s, x in enumerate(tokens.tolist()):
+            self.heads.setdefault(x, []).append(s)
+
+    def _record(self, t: int, s: int, logits: torch.Tensor) -> None:
+        row = torch.log_softmax(logits.detach().double().cpu(), -1)
+        if self.tilt is not None:
+            row = self.tilt.logprobs(row, t + 1)
+        self.probs.setdefault(t, []).append((s, row))
+
+    short = False  # set for modes whose windows are shorter than eval_seq_len (phased TTT)
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         x = args[0]
-        if module.training or x.ndim != 2 or x.size(1) != self.seq_len or not self.index:
+        if module.training or x.ndim != 2 or not self.index:
             return
         xc = x.detach().cpu().to(torch.int64)
+        if self.short:
+            self._short_windows(xc, out)
+            return
+        if x.size(1) != self.seq_len:
+            return
         for b in range(xc.size(0)):
             for s in self.index.get(xc[b].numpy().tobytes(), ()):
                 for t in self.probes:
                     if 0 <= t - s < self.seq_len:
-                        row = torch.log_softmax(out[b, t - s].detach().double().cpu(), -1)
-                        self.probs.setdefault(t, []).append((s, row))
+                        self._record(t, s, out[b, t - s])
+
+    def _short_windows(self, xc: torch.Tensor, out: torch.Tensor) -> None:
+        """Windows located by their first tokens; a probe t is taken where the window's tokens
+        up to t equal the stream's (causal: the rest cannot change its distribution)."""
+        T, n = xc.size(1), self.tokens.numel()
+        for b in range(xc.size(0)):
+            cands = self.heads.get(int(xc[b, 0]), ())
+            for s in cands:
+                for t in self.probes:
+                    o = t - s
+                    if 0 <= o < T and t < n and torch.equal(xc[b, : o + 1], self.tokens[s : t + 1]):
+                        self._record(t, s, out[b, o])
 
 
 @dataclass
@@ -163,15 +194,24 @@ class Evaluator:
 
     @property
     def per_document(self) -> bool:
-        """Claims per-document scoring: LoRA TTT always, any mode on a doc-masked model."""
-        return M.MODES[self.mode].per_document or self.cfg.model.doc_mask
+        """Claims per-document scoring: LoRA TTT always, any mode on a doc-masked model (phased
+        TTT does not: warm A and the global phases carry state from document to document)."""
+        spec = M.MODES[self.mode]
+        return spec.per_document or (self.cfg.model.doc_mask and self.mode != M.PHASED)
+
+    @property
+    def document_order(self) -> bool:
+        """Scores each document left to right, documents in a queue order (T4.2 per document)."""
+        return M.MODES[self.mode].document_order
 
     def with_batch(self, n: int) -> Evaluator:
         c = self.cfg
         return replace(
             self,
             cfg=replace(
-                c, eval=replace(c.eval, val_batch_seqs=n), ttt=replace(c.ttt, lora_batch_docs=n)
+                c,
+                eval=replace(c.eval, val_batch_seqs=n),
+                ttt=replace(c.ttt, lora_batch_docs=n, phased_batch_docs=n),
             ),
         )
 
@@ -179,6 +219,11 @@ class Evaluator:
         self, model: nn.Module, tokens: torch.Tensor, nll: torch.Tensor, ledger: TT.Ledger, tap: Tap
     ) -> tuple[EvalResult, nn.Module]:
         """Run the mode; fills `nll` and `ledger`; returns (reported totals, scoring model)."""
+        tilt = ngram_tilt.build(self.cfg, tokens)
+        if tilt is not None and not M.MODES[self.mode].tilt:
+            modes = ", ".join(k for k, m in M.MODES.items() if m.tilt)
+            raise ValueError(f"audit: eval.ngram_tilt applies to {modes}, not {self.mode}")
+        tap.tilt, tap.short = tilt, self.mode == M.PHASED
         s = S.score(
             model,
             tokens,
@@ -189,6 +234,7 @@ class Evaluator:
             ledger=ledger,
             token_nll=nll,
             hook=tap,
+            tilt=tilt,
         )
         return s.result, s.model
 
@@ -215,8 +261,9 @@ class Evaluator:
 
 
 def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
-    """TTT geometry scaled to a short audit stream (several chunks, >= 1 pre-quant batch);
-    at most 4 windows per batch (short streams need no more, and padding costs time)."""
+    """TTT geometry scaled to a short audit stream (several chunks, >= 1 pre-quant batch, phased
+    TTT's global phases within the first 8 documents, its SGD over chunks of n/8 tokens); at most
+    4 windows per batch (short streams need no more, and padding costs time)."""
     L, t = cfg.eval.eval_seq_len, cfg.ttt
     chunk = max(cfg.eval.eval_stride, min(t.chunk_tokens, n_targets // 4))
     ttt = replace(
@@ -228,6 +275,11 @@ def audit_scale(cfg: RunConfig, n_targets: int) -> RunConfig:
         prequant_batch_seqs=max(
             1, min(t.prequant_batch_seqs, n_targets // (2 * min(t.prequant_seq_len, L)))
         ),
+        phased_chunk=min(t.phased_chunk, max(1, L // 2)),
+        phased_batch_docs=min(t.phased_batch_docs, 4),
+        phased_prefix_docs=min(t.phased_prefix_docs, 8),
+        global_chunk_tokens=max(L + 1, min(t.global_chunk_tokens, n_targets // 8)),
+        global_batch_seqs=min(t.global_batch_seqs, 4),
     )
     ev = replace(cfg.eval, val_batch_seqs=min(cfg.eval.val_batch_seqs, 4))
     return replace(cfg, eval=ev, ttt=ttt)

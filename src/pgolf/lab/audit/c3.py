@@ -106,7 +106,7 @@ def order(ev: Evaluator, base: EvalOut, tokens: torch.Tensor) -> Row:
     events = base.ledger.events
     if not base.steps and not any(e["kind"] == "update" for e in events):
         return Row("C4", test, "n.a.", "no state update: the order of commits cannot matter")
-    per_doc = M.MODES[ev.mode].per_document
+    per_doc = M.MODES[ev.mode].document_order
     starts = [a for a, _ in documents(tokens, ev.cfg.model.bos_id)] if per_doc else [0]
     last: dict[int, int] = {}
     n_scores = 0

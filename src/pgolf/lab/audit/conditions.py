@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pgolf import modes as M
+from pgolf import ngram_tilt
 from pgolf.lab.audit import c2, c3
 from pgolf.lab.audit.base import (
     Evaluator,
@@ -32,7 +33,11 @@ def cut_points(ev: Evaluator, tokens: torch.Tensor, bos: int) -> dict[str, int]:
     """Token cut points c (tokens[c:] perturbed): inside a chunk, at a boundary, at a BOS."""
     n = tokens.numel() - 1
     L = ev.cfg.eval.eval_seq_len
-    unit = {M.SCORE_FIRST: ev.cfg.ttt.chunk_tokens, M.LORA: ev.cfg.ttt.lora_chunk}.get(ev.mode, L)
+    unit = {
+        M.SCORE_FIRST: ev.cfg.ttt.chunk_tokens,
+        M.LORA: ev.cfg.ttt.lora_chunk,
+        M.PHASED: ev.cfg.ttt.phased_chunk,
+    }.get(ev.mode, L)
     cuts = {"inside_chunk": min(n - 1, unit // 2 + 3), "chunk_boundary": min(n - 1, unit + 1)}
     bos_at = [int(i) for i in torch.nonzero(tokens[: n - 1] == bos).flatten() if 4 < i < n - 1]
     if bos_at:
@@ -55,7 +60,12 @@ def audit(
     g = torch.Generator().manual_seed(seed)
     flips = sorted(int(x) for x in torch.randperm(n - 2, generator=g)[: 2 if quick else 4] + 1)
     sample = torch.randperm(n, generator=g)[: 4 if quick else 16]
-    probes = sorted({*flips, *(int(x) for x in sample)})
+    tilt = ngram_tilt.build(ev.cfg, tokens)  # the hints a tilted run will use: probe them too
+    gated = [] if tilt is None else [int(p) - 1 for p in torch.nonzero(tilt.gate).flatten()]
+    gated = [t for t in gated if 1 <= t < n - 1]
+    pick = gated[:: max(1, len(gated) // 4)][:4]
+    flips = sorted({*flips, *pick})
+    probes = sorted({*flips, *(int(x) for x in sample), *gated[1 :: max(1, len(gated) // 8)][:8]})
     base, opened = traced(ev.run, model, tokens, probes)
     again = ev.run(model, tokens, probes)
     floor, _ = maxdiff(base.nll, again.nll)
@@ -135,6 +145,15 @@ def audit(
 
     # C2, C3, C4 -----------------------------------------------------------------------------
     rows.append(c2.normalization(base, tokens, probes))
+    if tilt is not None:
+        k_g = len(set(gated) & set(probes))
+        add(
+            "C2",
+            "T2.1 n-gram tilt active at probed positions",
+            k_g > 0 if gated else None,
+            f"{len(gated)} of {n} targets tilted (order {ev.cfg.eval.ngram_order}); "
+            f"{k_g} probed, {len(set(gated) & set(flips))} target-flipped",
+        )
     k = coder_tokens if coder_tokens is not None else (24 if quick else 64)
     if k > 0:
         rows.append(c2.round_trip(ev, model, tokens, k, tol))

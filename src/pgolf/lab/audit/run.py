@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from pgolf import config as C
 from pgolf import modes as M
 from pgolf.lab.audit.base import MODES, Evaluator, Row, audit_scale, traced
 from pgolf.lab.audit.conditions import audit, format_rows
@@ -196,8 +197,10 @@ def audit_artifact(
     data: str | None = None,
     quick: bool = False,
     n_tokens: int | None = None,
+    overrides: list[str] = (),
 ) -> tuple[list[Row], dict]:
-    """(rows, info) for the artifact at `path` with evaluation `mode` (default: its own)."""
+    """(rows, info) for the artifact at `path` with evaluation `mode` (default: its own);
+    `overrides` (`--set`) change the artifact's config for the audit (e.g. eval.ngram_tilt)."""
     from pgolf import bpb
     from pgolf.data import find_tokenizer
     from pgolf.pipeline import load_artifact_model
@@ -207,6 +210,9 @@ def audit_artifact(
     path = Path(path)
     with one_thread():  # the model's construction too (init, the meta-device shape check)
         cfg, model, meta = load_artifact_model(path, torch.device("cpu"))
+    if overrides:
+        cfg = C.apply_overrides(cfg, overrides)
+        C.validate(cfg)
     mode = mode or M.eval_mode(cfg.ttt.mode)
     if mode not in MODES:
         raise ValueError(f"--ttt {mode!r}: use one of {', '.join(MODES)}")
@@ -299,7 +305,7 @@ def _main(
         return text, 0
     if not artifact:
         raise ValueError("pgolf audit: give an ARTIFACT (or --static SCRIPT)")
-    rows, info = audit_artifact(artifact, ttt, data, quick)
+    rows, info = audit_artifact(artifact, ttt, data, quick, overrides=list(overrides))
     if as_json:
         return json.dumps({**info, "rows": [asdict(r) for r in rows]}, indent=1), int(
             bool(info["failures"])
