@@ -57,6 +57,7 @@ def test_options_reach_the_function_as_keywords(monkeypatch):
         "sliding": False,
         "ttt": None,
         "allow_over_budget": False,
+        "ngram_tilt": False,
     }
     got.clear()
     cli.main(["eval", "RUN"])

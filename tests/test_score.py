@@ -24,14 +24,27 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pgolf"
 
 
 def test_every_mode_has_a_runner_and_the_choices_come_from_the_table() -> None:
-    assert set(M.MODES) == {"plain", "sliding", "none", "score_first", "lora", "prequant"}
+    assert set(M.MODES) == {
+        "plain",
+        "sliding",
+        "none",
+        "score_first",
+        "lora",
+        "phased",
+        "prequant",
+    }
     for name, mode in M.MODES.items():
         assert mode.name == name and mode.runner in S.RUNNERS
         assert mode.needs <= set(C.OPTIONAL_MODULES)
-    assert C.CHOICES["ttt.mode"] == M.TTT_MODES == ("none", "score_first", "lora", "prequant")
-    assert M.EVAL_TTT_MODES == ("none", "score_first", "lora")
+    assert (
+        C.CHOICES["ttt.mode"]
+        == M.TTT_MODES
+        == ("none", "score_first", "lora", "phased", "prequant")
+    )
+    assert M.EVAL_TTT_MODES == ("none", "score_first", "lora", "phased")
     assert AU.MODES == tuple(M.MODES)
-    assert [M.eval_mode(m) for m in M.TTT_MODES] == ["sliding", "score_first", "lora", "sliding"]
+    evals = [M.eval_mode(m) for m in M.TTT_MODES]
+    assert evals == ["sliding", "score_first", "lora", "phased", "sliding"]
     for mode in M.TTT_MODES:  # the bundle ships exactly the modules the table names
         c = replace(C.load("cpu-tiny", environ={}), ttt=replace(C.TTTConfig(), mode=mode))
         assert C.modules_needed(c) == set(M.MODES[mode].needs)
@@ -71,7 +84,15 @@ def test_every_mode_scores_every_target_once(mode: str) -> None:
     toks, tab = stream(301), tables()
     c = cfg(chunk_tokens=64, lr=0.01, epochs=1, lora_chunk=8, lora_batch_docs=2)
     c = replace(
-        c, ttt=replace(c.ttt, prequant_epochs=1, prequant_seq_len=16, prequant_batch_seqs=4)
+        c,
+        ttt=replace(
+            c.ttt,
+            prequant_epochs=1,
+            prequant_seq_len=16,
+            prequant_batch_seqs=4,
+            phased_chunk=8,
+            phased_batch_docs=2,
+        ),
     )
     nll = torch.zeros(300, dtype=torch.float64)
     seen: list[int] = []

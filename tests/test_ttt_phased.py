@@ -309,13 +309,17 @@ def test_eval_stage_times_every_pass_and_logs_the_mode() -> None:
 
     c = replace(pcfg(), eval=replace(pcfg().eval, ngram_tilt=True, ngram_order=3))
     logs: list[str] = []
-    old = pdist.log0
-    pdist.log0 = lambda msg, console=True: logs.append(msg)  # type: ignore[assignment]
+    old, old_s = pdist.log0, score.log0
+
+    def grab(msg, console=True):
+        logs.append(msg)
+
+    pdist.log0 = score.log0 = grab  # type: ignore[assignment]
     try:
         clock = ttt.EvalClock()
         out = score.eval_stage(c, model(), stream(301, docs=7), tables(), CPU, clock)
     finally:
-        pdist.log0 = old  # type: ignore[assignment]
+        pdist.log0, score.log0 = old, old_s  # type: ignore[assignment]
     assert {"ngram_tilt", "ttt_phased"} <= set(out["eval_stage_seconds"])
     assert out["ttt_mode"] == "phased" and out["ttt_condition3_violations"] == []
     assert any("mode:phased ngram_tilt:1" in x for x in logs)
