@@ -336,3 +336,27 @@ def test_terse_env_tables_report_every_variable_in_the_same_shape():
     assert m.CONVERTERS["NUM_LOOPS"][1](cfg, "2", {}) == config_env.CONVERTERS["NUM_LOOPS"][1](
         cfg, "2", {}
     )
+
+
+def test_runners_narrowed_to_the_frozen_mode_and_any_other_mode_refused():
+    """score.RUNNERS keeps the evaluators' runners and the frozen TTT mode's; the predicate it
+    returns makes `refuse_folded` stop any other TTT mode by name before anything runs."""
+    from pgolf import score
+    from pgolf.lab.bundle import narrow
+
+    with open(score.__file__) as f:
+        src = f.read()
+    cfg = C.load("pr1550", [])
+    out, check = narrow.runners(src, cfg)
+    tree = ast.parse(out)
+    (comp,) = [s.value for s in tree.body if getattr(s, "target", None) and s.target.id == "RUNNERS"]
+    kept = {e.id for e in comp.generators[0].iter.elts}
+    assert kept == {"run_plain", "run_sliding", "run_prequant"}
+    assert check == ("ttt.mode", "in", ("none", "prequant"), True)
+    C.refuse_folded(cfg, (check,), "train_gpt.py", {})  # its own mode passes
+    C.refuse_folded(replace(cfg, ttt=replace(cfg.ttt, mode="none")), (check,), "t.py", {})
+    other = replace(cfg, ttt=replace(cfg.ttt, mode="score_first"))
+    with pytest.raises(SystemExit, match="ttt.mode='score_first'"):
+        C.refuse_folded(other, (check,), "train_gpt.py", {"TTT_ENABLED": "1"})
+    tiny, _ = narrow.runners(src, CFG)  # ttt.mode none: no TTT runner but the sliding one
+    assert "run_score_first" not in tiny.split("RUNNERS", 1)[1].split("\n", 1)[0]
