@@ -349,7 +349,9 @@ def test_runners_narrowed_to_the_frozen_mode_and_any_other_mode_refused():
     cfg = C.load("pr1550", [])
     out, check = narrow.runners(src, cfg)
     tree = ast.parse(out)
-    (comp,) = [s.value for s in tree.body if getattr(s, "target", None) and s.target.id == "RUNNERS"]
+    (comp,) = [
+        s.value for s in tree.body if getattr(s, "target", None) and s.target.id == "RUNNERS"
+    ]
     kept = {e.id for e in comp.generators[0].iter.elts}
     assert kept == {"run_plain", "run_sliding", "run_prequant"}
     assert check == ("ttt.mode", "in", ("none", "prequant"), True)
@@ -360,3 +362,58 @@ def test_runners_narrowed_to_the_frozen_mode_and_any_other_mode_refused():
         C.refuse_folded(other, (check,), "train_gpt.py", {"TTT_ENABLED": "1"})
     tiny, _ = narrow.runners(src, CFG)  # ttt.mode none: no TTT runner but the sliding one
     assert "run_score_first" not in tiny.split("RUNNERS", 1)[1].split("\n", 1)[0]
+
+
+METHOD_CORE = {
+    "lib": """
+from __future__ import annotations
+
+def load(path):
+    return "loaded " + path
+
+class Job:
+    def __init__(self, n):
+        self.n = n
+
+    def go(self, resume=None):
+        if resume:
+            return load(resume)
+        return "fresh"
+
+def stage(n, **options):
+    return Job(n).go(**options)
+""",
+    "main": """
+from __future__ import annotations
+stage = _M["lib"].stage
+
+def entry(cfg):
+    refuse_folded(cfg)
+    return stage(1)
+
+def refuse_folded(cfg):
+    return None
+""",
+}
+
+
+def test_a_method_every_caller_calls_with_one_constant_is_folded_and_its_dead_code_dropped():
+    """`Job(...).go(**options)` where no caller fills `options`: resume is None at every call,
+    so the resume branch and what only it calls go."""
+    r = specialize(dict(METHOD_CORE), CFG, entry=("main", "entry"))
+    assert "load" not in r.sources["lib"] and "load" in r.dropped["lib"]
+    assert _run(r.sources)["main"].entry(CFG) == "fresh"
+    # a caller that passes a path keeps the branch
+    other = dict(METHOD_CORE)
+    other["main"] = other["main"].replace("stage(1)", "stage(1), stage(2, resume='ck')")
+    r = specialize(other, CFG, entry=("main", "entry"))
+    assert "def load" in r.sources["lib"]
+    assert _run(r.sources)["main"].entry(CFG) == ("fresh", "loaded ck")
+    # so does an unbound call, or a bound method that escapes
+    for call in (
+        "_M['lib'].Job.go(_M['lib'].Job(1), 'ck')",
+        "[_M['lib'].Job(1).go][0]('ck')",
+    ):
+        src = dict(METHOD_CORE)
+        src["main"] = src["main"].replace("stage(1)", f"stage(1), {call}")
+        assert "def load" in specialize(src, CFG, entry=("main", "entry")).sources["lib"], call
