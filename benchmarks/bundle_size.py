@@ -21,10 +21,11 @@ from pgolf.lab.bundle import pack
 
 def _payload(loader_and_mods: str, **options) -> bytes:
     loader, *mods = loader_and_mods.split("\0")
+    keep = pack.spelled([loader, *(m.split("\1", 1)[1] for m in mods)])
     out = [loader]
     for m in mods:
         name, src = m.split("\1", 1)
-        out.append(f"{name}\1{pack.minify(src, **options)}")
+        out.append(f"{name}\1{pack.minify(src, keep, **options)}")
     return "\0".join(out).encode()
 
 
@@ -50,6 +51,7 @@ def main() -> None:
         "hoist_literals=True": {"hoist_literals": True},
         "remove_asserts=False": {"remove_asserts": False},
         "rename_locals=False": {"rename_locals": False},
+        "rename_globals=False": {"rename_globals": False},
         "constant_folding=False": {"constant_folding": False},
         "remove_literal_statements=False": {"remove_literal_statements": False},
     }

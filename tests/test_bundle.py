@@ -45,19 +45,30 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """A tiny synthetic corpus → SentencePiece tokenizer → shards in the challenge format."""
+def _corpus(root: Path, caseops: bool = False) -> Path:
     from pgolf.lab.data.datasets import build_corpus
 
-    root = tmp_path_factory.mktemp("bundle")
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6))) for _ in range(60)]
+    if caseops:  # some capitals for the case operators
+        words = [w.capitalize() if i % 3 == 0 else w for i, w in enumerate(words)]
     text = root / "docs.txt"
     docs = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) for _ in range(200)]
     text.write_text("\n".join(json.dumps({"text": d}) for d in docs))
     jl = text.rename(root / "docs.jsonl")
-    return build_corpus([jl], root / "data", vocab_size=320, val_permille=200)
+    return build_corpus([jl], root / "data", vocab_size=320, val_permille=200, caseops=caseops)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A tiny synthetic corpus → SentencePiece tokenizer → shards in the challenge format."""
+    return _corpus(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def caseops_corpus(tmp_path_factory) -> Path:
+    """The same kind of corpus CaseOps-encoded, with its validation byte sidecar."""
+    return _corpus(tmp_path_factory.mktemp("bundle_caseops"), caseops=True)
 
 
 def _env(**kw: str) -> dict[str, str]:
@@ -328,10 +339,11 @@ SHRINK = dict(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", list(C.PRESETS))
-def test_every_presets_bundle_runs_its_first_steps(corpus, tmp_path, preset):
+def test_every_presets_bundle_runs_its_first_steps(request, tmp_path, preset):
     folder = tmp_path / "record"
     folder.mkdir()
     cfg = C.load(preset, [], environ={})
+    corpus = request.getfixturevalue("caseops_corpus" if cfg.data.caseops else "corpus")
     rep = bundle.write_bundle(cfg, folder / "train_gpt.py")
     assert rep["form"] == "packed"
     env = _env(DATA_PATH=str(corpus), RUN_DIR=str(folder / "run"), **SHRINK)

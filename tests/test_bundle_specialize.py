@@ -255,3 +255,165 @@ def test_the_wrapper_runs_its_payload_and_beats_base85():
     assert ns["X"] == 42 and ns["P"].startswith("X = 41")
     assert len(body) < len(pack.wrap(payload, "brotli", "base85"))
     assert ast.parse(body.decode("latin-1"))
+
+
+def test_renamed_globals_keep_the_spellings_other_code_looks_up():
+    """Module-level names are renamed, except those another module reads as an attribute, a
+    table names in a string (the runners by `__name__`), or `getattr` finds by spelling."""
+    lib = """
+def run_plain():
+    return "plain"
+
+def _private_helper_with_a_long_name():
+    return 40
+
+def shared_by_attribute():
+    return _private_helper_with_a_long_name() + 2
+
+RUNNERS = {f.__name__: f for f in (run_plain,)}
+
+def by_spelling(name):
+    import sys
+    return getattr(sys.modules[__name__], name)()
+"""
+    user = """
+lib = _M["lib"]
+
+def answer():
+    return lib.shared_by_attribute(), lib.RUNNERS["run_plain"](), lib.by_spelling("run_plain")
+"""
+    loader = "_M['user'].answer()"  # the bundle's loader calls its entry point by attribute
+    keep = pack.spelled([loader, lib, user])
+    small = {n: pack.minify(s, keep) for n, s in {"lib": lib, "user": user}.items()}
+    assert "_private_helper_with_a_long_name" not in small["lib"]  # renamed: it is private
+    for name in ("run_plain", "shared_by_attribute", "RUNNERS", "by_spelling"):
+        assert f"def {name}" in small["lib"] or f"{name}=" in small["lib"], name
+    import sys
+    import types
+
+    table: dict = {}
+    for name, src in small.items():
+        m = types.ModuleType(f"h22b_{name}")
+        m._M, table[name] = table, m
+        sys.modules[m.__name__] = m
+        exec(compile(src, name, "exec"), m.__dict__)
+    try:
+        assert table["user"].answer() == (42, "plain", "plain")
+    finally:
+        for name in small:
+            sys.modules.pop(f"h22b_{name}", None)
+    bare = pack.minify(lib)  # without the table the name the runners table needs is renamed
+    assert "def run_plain" not in bare
+
+
+def test_terse_env_tables_report_every_variable_in_the_same_shape():
+    """The bundle's config_env keeps every row (no variable silent, every converter runs) and
+    every `env:` line's shape; only the sentence becomes a pointer to `pgolf config show`."""
+    import types
+
+    from pgolf import config_env, modes
+    from pgolf.lab.bundle import rewrite_imports, terse
+
+    with open(config_env.__file__) as f:
+        src = rewrite_imports(f.read(), "config_env")
+    table: dict = {"modes": modes}
+    m = types.ModuleType("terse_config_env")
+    m._M = table
+    exec(compile(terse.terse(src), "config_env", "exec"), m.__dict__)
+    assert m.UNSUPPORTED.keys() == config_env.UNSUPPORTED.keys()
+    assert m.CONVERTERS.keys() == config_env.CONVERTERS.keys()
+    assert m.ENV_VARS == config_env.ENV_VARS
+    assert [f for _, f in m.CONVERTERS.values()] != []
+    env = {v: "1" for v in [*config_env.UNSUPPORTED, *config_env.CONVERTERS, "SEED"]}
+    full, short = config_env.report(env), m.report(env)
+    assert len(full) == len(short) == len(env) - 1 - len(config_env.USED_WITH)
+    for a, b in zip(full, short, strict=True):
+        if a.startswith("env:not supported: "):
+            assert b == a[: a.index(" (")] + f" ({terse.REASON})"
+        else:
+            assert b == a[: a.index(" -> ")] + f" -> {terse.CONVERTED}"
+    cfg = C.load("pr1550", [])  # a converter still converts
+    assert m.CONVERTERS["NUM_LOOPS"][1](cfg, "2", {}) == config_env.CONVERTERS["NUM_LOOPS"][1](
+        cfg, "2", {}
+    )
+
+
+def test_runners_narrowed_to_the_frozen_mode_and_any_other_mode_refused():
+    """score.RUNNERS keeps the evaluators' runners and the frozen TTT mode's; the predicate it
+    returns makes `refuse_folded` stop any other TTT mode by name before anything runs."""
+    from pgolf import score
+    from pgolf.lab.bundle import narrow
+
+    with open(score.__file__) as f:
+        src = f.read()
+    cfg = C.load("pr1550", [])
+    out, check = narrow.runners(src, cfg)
+    tree = ast.parse(out)
+    (comp,) = [
+        s.value for s in tree.body if getattr(s, "target", None) and s.target.id == "RUNNERS"
+    ]
+    kept = {e.id for e in comp.generators[0].iter.elts}
+    assert kept == {"run_plain", "run_sliding", "run_prequant"}
+    assert check == ("ttt.mode", "in", ("none", "prequant"), True)
+    C.refuse_folded(cfg, (check,), "train_gpt.py", {})  # its own mode passes
+    C.refuse_folded(replace(cfg, ttt=replace(cfg.ttt, mode="none")), (check,), "t.py", {})
+    other = replace(cfg, ttt=replace(cfg.ttt, mode="score_first"))
+    with pytest.raises(SystemExit, match="ttt.mode='score_first'"):
+        C.refuse_folded(other, (check,), "train_gpt.py", {"TTT_ENABLED": "1"})
+    tiny, _ = narrow.runners(src, CFG)  # ttt.mode none: no TTT runner but the sliding one
+    assert "run_score_first" not in tiny.split("RUNNERS", 1)[1].split("\n", 1)[0]
+
+
+METHOD_CORE = {
+    "lib": """
+from __future__ import annotations
+
+def load(path):
+    return "loaded " + path
+
+class Job:
+    def __init__(self, n):
+        self.n = n
+
+    def go(self, resume=None):
+        if resume:
+            return load(resume)
+        return "fresh"
+
+def stage(n, **options):
+    return Job(n).go(**options)
+""",
+    "main": """
+from __future__ import annotations
+stage = _M["lib"].stage
+
+def entry(cfg):
+    refuse_folded(cfg)
+    return stage(1)
+
+def refuse_folded(cfg):
+    return None
+""",
+}
+
+
+def test_a_method_every_caller_calls_with_one_constant_is_folded_and_its_dead_code_dropped():
+    """`Job(...).go(**options)` where no caller fills `options`: resume is None at every call,
+    so the resume branch and what only it calls go."""
+    r = specialize(dict(METHOD_CORE), CFG, entry=("main", "entry"))
+    assert "load" not in r.sources["lib"] and "load" in r.dropped["lib"]
+    assert _run(r.sources)["main"].entry(CFG) == "fresh"
+    # a caller that passes a path keeps the branch
+    other = dict(METHOD_CORE)
+    other["main"] = other["main"].replace("stage(1)", "stage(1), stage(2, resume='ck')")
+    r = specialize(other, CFG, entry=("main", "entry"))
+    assert "def load" in r.sources["lib"]
+    assert _run(r.sources)["main"].entry(CFG) == ("fresh", "loaded ck")
+    # so does an unbound call, or a bound method that escapes
+    for call in (
+        "_M['lib'].Job.go(_M['lib'].Job(1), 'ck')",
+        "[_M['lib'].Job(1).go][0]('ck')",
+    ):
+        src = dict(METHOD_CORE)
+        src["main"] = src["main"].replace("stage(1)", f"stage(1), {call}")
+        assert "def load" in specialize(src, CFG, entry=("main", "entry")).sources["lib"], call

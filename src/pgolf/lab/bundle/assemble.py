@@ -16,7 +16,9 @@ habit since PR #1493's 16,594-byte lzma/base85 script): raw source; docstrings a
 stripped (`ast.unparse`); stripped + lzma + base85; stripped + brotli + base85; and `packed`
 (issue 22): the core specialized for the frozen config (`specialize`: switches folded, dead
 branches and unreachable definitions and modules dropped, the folds checked at run time by
-`config.refuse_folded`), each module minified, one Brotli payload in a latin-1 literal (`pack`).
+`config.refuse_folded`), the scoring runners narrowed to the frozen TTT mode (`narrow`), the
+environment variables' explanations shortened (`terse`), each
+module minified, one Brotli payload in a latin-1 literal (`pack`).
 `special` is the specialized bundle unpacked (readable; for inspection and tests). The first line
 of every form names the generator, its version, the git commit and a hash of the core sources.
 """
@@ -39,8 +41,9 @@ import brotli
 import pgolf
 from pgolf import config as C
 from pgolf.data import atomic_write
-from pgolf.lab.bundle import pack
+from pgolf.lab.bundle import narrow, pack
 from pgolf.lab.bundle.specialize import specialize
+from pgolf.lab.bundle.terse import terse
 
 SRC = Path(pgolf.__file__).resolve().parent
 FORMS = ("raw", "stripped", "lzma", "brotli", "special", "packed")
@@ -236,10 +239,12 @@ def specialized(cfg: C.RunConfig) -> tuple[str, str, dict[str, Any]]:
     a loader, then NUL, then each kept module as `name \\1 source` joined by NUL; `packed`'s
     modules are minified."""
     sources = {name: rewrite_imports(src, name) for name, src in core_sources()}
+    sources["config_env"] = terse(sources["config_env"])
+    sources["score"], mode_check = narrow.runners(sources["score"], cfg)
     spec = specialize(sources, cfg, never=set(PER_RUN))
     gone = tuple(m for m in sources if m in omitted(cfg) or m not in spec.sources)
     stubs = tuple(m for m in gone if m in _referenced(spec.sources))  # the rest: nothing asks
-    folded = tuple(spec.folded)
+    folded = (*spec.folded, mode_check)
     loader = (
         "import sys as _s,types as _t\n_M={}\n"
         "def _mod(n,src):\n"
@@ -251,13 +256,10 @@ def specialized(cfg: C.RunConfig) -> tuple[str, str, dict[str, Any]]:
         "if __name__=='__main__':_M['pipeline'].bundle_main"
         f"(CONFIG,__file__,{gone!r},{folded!r},{code_desc('packed')!r})\n"
     )
-    plain, small = [], []
-    for name, src in spec.sources.items():
-        if name in gone:
-            continue
-        src = strip_source(src)
-        plain.append(f"{name}\1{src}")
-        small.append(f"{name}\1{pack.minify(src)}")
+    kept = {n: strip_source(s) for n, s in spec.sources.items() if n not in gone}
+    keep = pack.spelled([loader, *kept.values()])
+    plain = [f"{name}\1{src}" for name, src in kept.items()]
+    small = [f"{name}\1{pack.minify(src, keep)}" for name, src in kept.items()]
     report = {"folded": folded, "dropped": spec.dropped, "left_out": gone}
     return "\0".join([loader, *plain]), "\0".join([loader, *small]), report
 

@@ -2,10 +2,12 @@
 payload in the densest literal the interpreter reads (issue 22; figures in docs/benchmarks.md).
 
 - Minification: python-minifier (a lab dependency; the bundle never imports it) with the options
-  `MINIFY`, chosen by measurement: locals renamed, module globals kept (other modules look them
-  up by name), literals not hoisted (hoisting costs Brotli more than it saves), asserts removed
-  (as `python -O` would: the core's asserts restate `config.validate`'s checks, which the bundle
-  runs, or internal invariants).
+  `MINIFY`, chosen by measurement: locals renamed, module globals renamed too except the names
+  that must keep their spelling (`spelled`: every attribute name and identifier-like string of the
+  bundle, so other modules' `_M["x"].name` lookups, the modes table's runner names, `getattr` on
+  a module, config fields and log keys all still find them), literals not hoisted (hoisting
+  costs Brotli more than it saves), asserts removed (as `python -O` would: the core's asserts
+  restate `config.validate`'s checks, which the bundle runs, or internal invariants).
 - Payload: the loader, then each module as `name \\1 source`, joined by NUL: plain text, no
   `repr` escapes to compress (measured 0.5 KB smaller than one `_mod(name, 'source')` per module).
 - Codec: Brotli quality 11 (smaller than lzma/xz and zlib on this text; `CODECS` keeps the rest
@@ -17,8 +19,10 @@ payload in the densest literal the interpreter reads (issue 22; figures in docs/
 
 from __future__ import annotations
 
+import ast
 import base64
 import lzma
+import re
 import zlib
 from collections.abc import Callable
 
@@ -27,18 +31,40 @@ import brotli
 MINIFY = dict(
     remove_literal_statements=True,
     rename_locals=True,
-    rename_globals=False,
+    rename_globals=True,
     hoist_literals=False,
     remove_asserts=True,
     remove_annotations=True,
 )
 
 
-def minify(src: str, **options) -> str:
-    """`src` through python-minifier with MINIFY (updated by `options`)."""
+def spelled(sources: list[str]) -> set[str]:
+    """The module-level names no bundle may rename: every attribute name (`_M["x"].name`, `C.f`,
+    `self.f`), keyword argument name and identifier-like string constant (a name looked up by
+    its spelling: the modes table's runners, `getattr`, config fields) of `sources`, and dunders."""
+    out: set[str] = set()
+    for src in sources:
+        for n in ast.walk(ast.parse(src)):
+            if isinstance(n, ast.Attribute):
+                out.add(n.attr)
+            elif isinstance(n, ast.keyword) and n.arg:
+                out.add(n.arg)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                out |= set(re.findall(r"[A-Za-z_]\w*", n.value))
+            elif isinstance(n, ast.Name) and n.id.startswith("__"):
+                out.add(n.id)
+    return out
+
+
+def minify(src: str, preserve: set[str] | frozenset = frozenset(), **options) -> str:
+    """`src` through python-minifier with MINIFY (updated by `options`); with `rename_globals`,
+    the module-level names in `preserve` keep their spelling (`spelled`)."""
     import python_minifier  # a lab dependency, imported only when a bundle is packed
 
-    return python_minifier.minify(src, **{**MINIFY, **options})
+    opts = {**MINIFY, **options}
+    if opts.get("rename_globals"):
+        opts["preserve_globals"] = sorted(preserve)
+    return python_minifier.minify(src, **opts)
 
 
 CODECS: dict[str, tuple[Callable[[bytes], bytes], str]] = {

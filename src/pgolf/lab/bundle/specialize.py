@@ -15,6 +15,11 @@ is a lookup in the bundle's module table `_M`), from the AST, on whatever the co
    counts, ...) are never folded; neither are the per-run fields (`assemble.PER_RUN`), fields a
    reachable `replace(...)` sets at run time, nor anything in the functions that run before the
    check (the entry's statements up to `refuse_folded`, and what they call).
+   A parameter every kept call passes the same way (one config value, or one constant; a
+   default counts) is typed or folded like one (no run-time check needed for a constant): calls
+   of a module-level function by name, and `x.name(...)` of a method `name` that one kept class
+   alone defines, no string spells, and nothing uses other than by calling it on an instance; a
+   `**kw` no caller fills is known empty, so calls that pass it on are still seen.
 2. Simplify: an `if`/ternary/`while` on a constant keeps its live branch, `and`/`or`/`not` of
    constants reduce, `assert True` goes, statements after `return`/`raise`/`continue`/`break` go.
 3. Prune: from the entry point, module-level functions, classes, assignments and imports that no
@@ -292,6 +297,8 @@ class Folder(ast.NodeTransformer):
         self.local: dict[str, str] = {}  # function-local module aliases (`q = _M["quant"]`)
         self.calls: list[tuple[ast.stmt, tuple[str, str], list, dict]] = []  # call sites
         self.uses: list[tuple[ast.stmt, tuple[str, str]]] = []  # other references to a def
+        self.method_calls: list[tuple[ast.stmt, str, list, dict]] = []  # `x.name(...)` sites
+        self.method_uses: list[tuple[ast.stmt, str]] = []  # any other `x.name`
 
     # -- scopes --------------------------------------------------------------------------------
 
@@ -346,13 +353,34 @@ class Folder(ast.NodeTransformer):
         callee = self._callee(node.func)
         if callee is not None and self.top is not None:
             if any(isinstance(a, ast.Starred) for a in node.args) or any(
-                k.arg is None for k in node.keywords
-            ):
+                k.arg is None and self._tag(k.value) != ("const", {}) for k in node.keywords
+            ):  # `**kw` is known only when every caller leaves it empty (`_seeds`)
                 self.uses.append((self.top, callee))
             else:
                 args = [self._tag(a) for a in node.args]
-                kws = {k.arg: self._tag(k.value) for k in node.keywords}
+                kws = {k.arg: self._tag(k.value) for k in node.keywords if k.arg is not None}
                 self.calls.append((self.top, callee, args, kws))
+            for field_name in ("args", "keywords"):
+                setattr(node, field_name, [self.visit(x) for x in getattr(node, field_name)])
+            return node
+        if isinstance(node.func, ast.Attribute) and self.top is not None:  # `x.method(...)`
+            name, base = node.func.attr, node.func.value
+            unbound = (  # `Cls.method(obj, ...)`: the first argument would be `self`
+                isinstance(base, ast.Name)
+                and self.module is not None
+                and (base.id in self.module.defs or base.id in self.module.aliases)
+            ) or (isinstance(base, ast.Attribute) and _module_ref(base.value) is not None)
+            if (
+                unbound
+                or any(isinstance(a, ast.Starred) for a in node.args)
+                or any(k.arg is None and self._tag(k.value) != ("const", {}) for k in node.keywords)
+            ):
+                self.method_uses.append((self.top, name))
+            else:
+                args = [self._tag(a) for a in node.args]
+                kws = {k.arg: self._tag(k.value) for k in node.keywords if k.arg is not None}
+                self.method_calls.append((self.top, name, args, kws))
+            node.func.value = self.visit(node.func.value)
             for field_name in ("args", "keywords"):
                 setattr(node, field_name, [self.visit(x) for x in getattr(node, field_name)])
             return node
@@ -367,6 +395,8 @@ class Folder(ast.NodeTransformer):
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
+        if self.top is not None:  # not a call's callee (visit_Call): a bound method may escape
+            self.method_uses.append((self.top, node.attr))
         if isinstance(node.ctx, ast.Load) and self.top is not None:
             base = node.value
             if (isinstance(base, ast.Name) and base.id not in self.types.env) or _module_ref(base):
@@ -394,6 +424,14 @@ class Folder(ast.NodeTransformer):
         }
         if self.module is not None and self.top is node:  # a module-level function
             for k, v in self.seeds.get((self.module.name, node.name), {}).items():
+                params[k] = params.get(k) or v
+        elif (
+            self.module is not None
+            and isinstance(self.top, ast.ClassDef)
+            and any(s is node for s in self.top.body)
+        ):  # a method: seeded when every `x.name(...)` of the core agrees (`_seeds`)
+            key = (self.module.name, f"{self.top.name}.{node.name}")
+            for k, v in self.seeds.get(key, {}).items():
                 params[k] = params.get(k) or v
         first = (a.posonlyargs + a.args)[:1]
         me = first[0].arg if first and self.types.attrs and first[0].arg == "self" else None
@@ -1035,6 +1073,8 @@ def _seeds(
     frozen value counts as it). A function used other than by a plain call gets none."""
     calls: dict[tuple[str, str], list] = {}
     blocked: set[tuple[str, str]] = set()
+    method_calls: dict[str, list] = {}
+    method_blocked: set[str] = set()
     for m, mod in mods.items():
         if m not in kept:
             continue
@@ -1047,6 +1087,10 @@ def _seeds(
             if id(top) in tops:
                 calls.setdefault(callee, []).append((args, kws))
         blocked |= {c for top, c in rec.uses if id(top) in tops}
+        for top, name, args, kws in rec.method_calls:
+            if id(top) in tops:
+                method_calls.setdefault(name, []).append((args, kws))
+        method_blocked |= {name for top, name in rec.method_uses if id(top) in tops}
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for (m, name), sites in calls.items():
         if (m, name) in blocked or m not in mods or name not in mods[m].defs:
@@ -1055,28 +1099,66 @@ def _seeds(
         fn = mods[m].tree.body[where[0]]
         if len(where) != 1 or not isinstance(fn, ast.FunctionDef):
             continue
-        a = fn.args
-        pos = [p.arg for p in [*a.posonlyargs, *a.args]]
-        defaults = dict(zip(pos[len(pos) - len(a.defaults) :], a.defaults, strict=True))
-        defaults |= {p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d}
-        tags: dict[str, Any] = {}
-        for p in [*pos, *(k.arg for k in a.kwonlyargs)]:
-            seen = []
-            for args, kws in sites:
-                i = pos.index(p) if p in pos else -1
-                if 0 <= i < len(args):
-                    seen.append(args[i])
-                elif p in kws:
-                    seen.append(kws[p])
-                elif p in defaults and (c := _const(defaults[p])) is not _NO:
-                    seen.append(("const", c))
-                else:
-                    seen.append(None)
-            if (tag := _one_tag(seen, shape)) is not None:
-                tags[p] = tag
-        if tags:
+        if tags := _param_tags(fn, sites, shape):
             out[(m, name)] = tags
+    # methods: `x.name(...)` matched by name, for a name one kept class alone defines among the
+    # prunable methods (no dunder, decorator or framework hook: `Module.methods`) that no string
+    # spells (getattr) and that is never used other than called (a bound method may escape)
+    defs: dict[str, list[tuple[str, ast.ClassDef, ast.FunctionDef]]] = {}
+    for m, mod in mods.items():
+        for i, methods in mod.methods.items():
+            if m in kept and i in kept[m]:
+                cls = mod.tree.body[i]
+                for j, name in methods.items():
+                    defs.setdefault(name, []).append((m, cls, cls.body[j]))
+    strings = {
+        n.value
+        for mod in mods.values()
+        for n in ast.walk(mod.tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    for name, where in defs.items():
+        if len(where) != 1 or name in strings or name in method_blocked:
+            continue
+        m, cls, fn = where[0]
+        if not isinstance(fn, ast.FunctionDef) or not (fn.args.posonlyargs + fn.args.args):
+            continue
+        sites = method_calls.get(name)
+        if sites and (tags := _param_tags(fn, sites, shape, bound=True)):
+            out[(m, f"{cls.name}.{fn.name}")] = tags
     return out
+
+
+def _param_tags(fn: ast.FunctionDef, sites: list, shape: Shape, bound: bool = False) -> dict:
+    """{parameter: the tag every call site in `sites` ((args, kwargs) tags) agrees on};
+    `bound`: a method called on an instance (its first parameter is not passed). A `**kw`
+    parameter is ("const", {}) when no caller passes a keyword outside the named parameters."""
+    a = fn.args
+    pos = [p.arg for p in [*a.posonlyargs, *a.args]]
+    defaults = dict(zip(pos[len(pos) - len(a.defaults) :], a.defaults, strict=True))
+    defaults |= {p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d}
+    passed = pos[1:] if bound else pos
+    tags: dict[str, Any] = {}
+    for p in [*passed, *(k.arg for k in a.kwonlyargs)]:
+        seen = []
+        for args, kws in sites:
+            i = passed.index(p) if p in passed else -1
+            if 0 <= i < len(args):
+                seen.append(args[i])
+            elif p in kws:
+                seen.append(kws[p])
+            elif p in defaults and (c := _const(defaults[p])) is not _NO:
+                seen.append(("const", c))
+            else:
+                seen.append(None)
+        if (tag := _one_tag(seen, shape)) is not None:
+            tags[p] = tag
+    named = {*passed, *(k.arg for k in a.kwonlyargs)}
+    if a.kwarg is not None and all(
+        len(args) <= len(passed) and set(kws) <= named for args, kws in sites
+    ):
+        tags[a.kwarg.arg] = ("const", {})
+    return tags
 
 
 def _one_tag(tags: list[Any], shape: Shape) -> Any:
@@ -1142,7 +1224,7 @@ def specialize(
             break
         skip_names = {s.split(".", 1)[1] for s in skip}
         new = _seeds(mods, kept, shape, skip_names, seeds, stores)
-        new = {k: v for k, v in new.items() if f"{k[0]}.{k[1]}" not in skip}
+        new = {k: v for k, v in new.items() if f"{k[0]}.{k[1].split('.')[0]}" not in skip}
         if new == seeds:
             break
         seeds = new
