@@ -417,3 +417,48 @@ def test_a_method_every_caller_calls_with_one_constant_is_folded_and_its_dead_co
         src = dict(METHOD_CORE)
         src["main"] = src["main"].replace("stage(1)", f"stage(1), {call}")
         assert "def load" in specialize(src, CFG, entry=("main", "entry")).sources["lib"], call
+
+
+HOLDER = {
+    "holder": """
+from __future__ import annotations
+
+class Net:
+    def __init__(self, cfg: C.ModelConfig):
+        self.cfg = cfg
+
+    def forward(self):
+        if self.cfg.smear_gate:
+            return "smear"
+        return "plain"
+""",
+    "toggler": """
+from __future__ import annotations
+
+def toggle(net, cfg):
+    net.cfg = cfg  # a store from outside the class: self.cfg is no longer one typed value
+""",
+    "main": """
+from __future__ import annotations
+
+def run(cfg: C.RunConfig):
+    refuse_folded(cfg)
+    return _M["holder"].Net(cfg.model).forward()
+
+def refuse_folded(cfg):
+    return None
+""",
+}
+
+
+def test_an_attribute_store_in_a_left_out_module_does_not_block_folding():
+    """A store into `x.cfg` untypes `self.cfg` only where that code can run: a module the bundle
+    leaves out (a stub raising on first use, e.g. phased TTT's `model.cfg = ...`) does not."""
+    src = {k: v.replace("C.ModelConfig", "ModelConfig") for k, v in HOLDER.items()}
+    src = {k: "from pgolf.config import ModelConfig, RunConfig\n" + v for k, v in src.items()}
+    src = {k: v.replace("C.RunConfig", "RunConfig") for k, v in src.items()}
+    kept = specialize(src, CFG, entry=("main", "run"))
+    assert ("model.smear_gate", "truth", None, True) not in kept.folded  # toggler may run
+    left_out = specialize(src, CFG, entry=("main", "run"), absent={"toggler"})
+    assert ("model.smear_gate", "truth", None, True) in left_out.folded
+    assert "plain" not in left_out.sources["holder"]

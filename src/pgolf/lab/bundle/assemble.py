@@ -241,7 +241,7 @@ def specialized(cfg: C.RunConfig) -> tuple[str, str, dict[str, Any]]:
     sources = {name: rewrite_imports(src, name) for name, src in core_sources()}
     sources["config_env"] = terse(sources["config_env"])
     sources["score"], mode_check = narrow.runners(sources["score"], cfg)
-    spec = specialize(sources, cfg, never=set(PER_RUN))
+    spec = specialize(sources, cfg, never=set(PER_RUN), absent=set(omitted(cfg)))
     gone = tuple(m for m in sources if m in omitted(cfg) or m not in spec.sources)
     stubs = tuple(m for m in gone if m in _referenced(spec.sources))  # the rest: nothing asks
     folded = (*spec.folded, mode_check)

@@ -1189,14 +1189,18 @@ def specialize(
     check: str = "refuse_folded",
     fold: bool = True,
     prune: bool = True,
+    absent: set[str] | frozenset = frozenset(),
 ) -> Result:
     """Fold `cfg`'s switches in `sources` (module -> import-rewritten source, bundle order) and
-    prune what `entry` does not reach. `never`: (section, field) never folded."""
+    prune what `entry` does not reach. `never`: (section, field) never folded. `absent`: modules
+    the bundle leaves out (stubs that raise on first use): their attribute stores never run, so
+    they do not untype an attribute (phased TTT's `model.cfg = ...` on a config without it)."""
     never = set(never)
     seeds: dict[tuple[str, str], dict[str, Any]] = {}
     base = {m: ast.parse(s) for m, s in sources.items()}
     skip: set[str] = _pre_check({m: Module(m, t) for m, t in base.items()}, entry, check)
-    stores = _attr_stores(base)  # of the whole core: folding only removes stores
+    # of the whole core that can run: folding only removes stores
+    stores = _attr_stores({m: t for m, t in base.items() if m not in absent})
     for _ in range(8):  # folds prune calls, which seed more folds; a replace may unfold a field
         trees = {m: ast.parse(s) for m, s in sources.items()}
         shape = Shape.of(cfg, never)
