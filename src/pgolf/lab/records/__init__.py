@@ -11,7 +11,7 @@ package import their siblings, never this file.
 
 from __future__ import annotations
 
-import importlib
+from pgolf.lab import lazy_face
 
 # public name -> the member module that defines it (imported on first use, so `pgolf verify`
 # or the static screen do not pay for torch when they import a sibling of a heavy module)
@@ -24,8 +24,4 @@ _FACE = {
 }
 __all__ = sorted(_FACE)
 
-
-def __getattr__(name: str):
-    if name not in _FACE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
+__getattr__ = lazy_face(__name__, _FACE)
