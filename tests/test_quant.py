@@ -358,6 +358,8 @@ def test_hessians_sum_over_recurrent_visits_and_embed_from_final_norm():
         assert len(xs) == visits[name] * len(batches)
         ref = sum(x.T @ x for x in xs) / n_tok
         torch.testing.assert_close(hess[name + ".weight"].double(), ref, rtol=1e-5, atol=1e-6)
+        rms = torch.cat(xs).pow(2).mean(dim=0).sqrt()  # over every visit's rows (#1908)
+        torch.testing.assert_close(hess.act_rms[name + ".weight"].double(), rms, rtol=1e-5, atol=0)
         one_visit = sum(x.T @ x for x in xs[:: visits[name]]) / n_tok
         if visits[name] == 2:  # the second visit really contributes
             assert not torch.allclose(hess[name + ".weight"].double(), one_visit, rtol=1e-2)
