@@ -15,9 +15,16 @@
   stage (plan, GPTQ/RTN, pruning, low-rank terms) is `pgolf.pipeline.quantize_weights`.
 * ±1 pruning (`prune`, PR #1550's selective pruning): after GPTQ/RTN, a fraction of a group's ±1
   codes is zeroed, lowest row scale² first (the same rule as `pgolf budget --prune-to`).
+* AWQ-lite (`quant.awq`; idea and selection rule: PR #1908): each GPTQ tensor's columns in groups
+  of `awq_group`; a group's saliency is the sum over its columns of the input's RMS times the
+  column's mean |w|; the `awq_top_k` most salient groups over all tensors together are quantized
+  on `awq_bits` with their own SDClip row scales inside the tensor's GPTQ solve (`awq_plan`,
+  `gptq_promoted`) and stored as their own tensors "<name>.awq.<start>" (`promoted_tensors`;
+  checked on load by `artifact_check.check_promoted`, folded back by `dequantize_state`).
 * Hessians are collected on the model as it really runs (depth recurrence, lanes), hooks keyed by
   parameter name so a weight used at several depths sums every visit; the tied embedding's comes
-  from `model.final_norm`'s output (#1493). #1550 instead used a non-recurrent surrogate graph.
+  from `model.final_norm`'s output (#1493). #1550 instead used a non-recurrent surrogate graph. The
+  same pass gives each input channel's RMS (`Calibration.act_rms`, from the Hessian sums' diagonal).
 
 Shapes: R rows (output features), C columns (input features), N calibration tokens,
 B batch, T time, V vocab.
