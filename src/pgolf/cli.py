@@ -570,16 +570,16 @@ def cmd_stats(
     metric: str = "loss",
     as_json: bool = False,
 ) -> dict:
-    from pgolf.lab.records import results as R
+    from pgolf.lab.records import seeds as Z
     from pgolf.lab.records import stats as S
 
-    seeds = R.load_results(paths)
+    seeds = Z.load_results(paths)
     summ = S.summarize(seeds)
     cmp = None
     if against or against_bpb is not None or against_loss is not None:
         if against_loss is None and against_bpb is not None and not against:
             metric = "bpb"  # only a bpb baseline: test bpb (one-sample)
-        base = R.load_results([against]) if against else None
+        base = Z.load_results([against]) if against else None
         cmp = S.compare(seeds, base, against_loss, against_bpb, metric=metric)
     out = {**summ, "comparison": cmp}
     print(json.dumps(out, indent=1, default=str) if as_json else S.format_text(summ, cmp))
