@@ -2,7 +2,8 @@
 
 * a pgolf run folder (`result.json` + `log.txt` + `config.json`, see `pgolf.runlog`);
 * a log of a records folder of the challenge (which logs a folder holds, and which one a seed's
-  claim names, is `seeds`, on top of `folderscan`); the logs are parsed in the shapes the challenge's scripts print them
+  claim names, is `seeds`, on top of `folderscan`); the logs are parsed in the shapes the
+  challenge's scripts print them
   (`final_int6_sliding_window_exact val_loss:... val_bpb:...`, `step:N/M ... train_time:Xms`,
   `stopping_early: wallclock_cap train_time:Xms step:N/M`, `Total submission size ...: N bytes`,
   `Code size: N bytes`). The headline of a log is its last labelled evaluation line that is not
