@@ -3,7 +3,7 @@
     pgolf run [--preset cpu-tiny] [--data DIR] [--set key=value ...]      the main job
     pgolf train --preset NAME [--data DIR] [--set key=value ...] [--resume CKPT]
     pgolf params --preset NAME                                           parameter count (meta)
-    pgolf data default|corpus|fineweb|inspect ...                        datasets
+    pgolf data default|corpus|fineweb|inspect ...                        datasets, fineweb
     pgolf quantize RUN_DIR [--set quant.key=value ...]                   → artifact
     pgolf eval ARTIFACT|RUN_DIR [--stride 64] [--data DIR]               round trip + sliding
     pgolf eval RUN_DIR --weights final|checkpoint                        the unquantized weights
@@ -234,18 +234,18 @@ def cmd_data_fineweb(
 ) -> Path:
     """The published exports (`--variant`), or with `--caseops` a CaseOps build from the document
     list with a CaseOps tokenizer (`--tokenizer`, e.g. the record's)."""
-    from pgolf.lab.data import datasets
+    from pgolf.lab.data import fineweb
 
     if caseops:
         if not tokenizer:
             raise ValueError("data fineweb --caseops needs --tokenizer: a CaseOps .model")
-        path = datasets.build_fineweb_caseops(
+        path = fineweb.build_fineweb_caseops(
             Path(out), Path(tokenizer), Path(docs) if docs else None, val_docs, max_train_docs
         )
     elif variant is None:
         raise ValueError("data fineweb: pass --variant (sp1024, sp4096, sp8192) or --caseops")
     else:
-        path = datasets.download_fineweb(variant, train_shards, Path(out))
+        path = fineweb.download_fineweb(variant, train_shards, Path(out))
     print(path)
     return path
 
