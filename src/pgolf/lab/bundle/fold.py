@@ -1,0 +1,323 @@
+"""Fold the frozen config's switches in one module (step 1 of `specialize`)."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from pgolf import config as C
+from pgolf.lab.bundle.reach import Module, _from_import, _module_ref
+from pgolf.lab.bundle.scope import _NO, Shape, Types, _const, _scope_env
+
+_CMP = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Folding
+
+
+class Folder(ast.NodeTransformer):
+    """Fold the config switches of one module (see the module docstring)."""
+
+    def __init__(
+        self,
+        shape: Shape,
+        class_attrs: dict[str, dict[str, Any]],
+        skip: set[str],
+        module: Module | None = None,
+        seeds: dict[tuple[str, str], dict[str, Any]] | None = None,
+        record_only: bool = False,
+    ):
+        self.shape, self.class_attrs, self.skip = shape, class_attrs, skip
+        self.module, self.seeds, self.record_only = module, seeds or {}, record_only
+        self.types = Types(shape, {}, {}, None)
+        self.folded: list[tuple[str, str, Any, bool]] = []
+        self.active = not record_only
+        self.top: ast.stmt | None = None  # the module-level statement being visited
+        self.local: dict[str, str] = {}  # function-local module aliases (`q = _M["quant"]`)
+        self.calls: list[tuple[ast.stmt, tuple[str, str], list, dict]] = []  # call sites
+        self.uses: list[tuple[ast.stmt, tuple[str, str]]] = []  # other references to a def
+        self.method_calls: list[tuple[ast.stmt, str, list, dict]] = []  # `x.name(...)` sites
+        self.method_uses: list[tuple[ast.stmt, str]] = []  # any other `x.name`
+
+    # -- scopes --------------------------------------------------------------------------------
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        for i, stmt in enumerate(node.body):
+            self.top = stmt
+            if _from_import(stmt):
+                continue  # `f = _M["x"].f`: a binding, not a use
+            self.local = {}
+            for n in ast.walk(stmt):
+                if isinstance(n, ast.Assign) and (ref := _from_import(n)):
+                    self.local |= {t.id: ref for t in n.targets if isinstance(t, ast.Name)}
+            skip = isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and (
+                stmt.name in self.skip
+            )
+            self.active = not (skip or self.record_only)
+            node.body[i] = self.visit(stmt)
+        return node
+
+    # -- call sites (for the parameters every caller passes the same way) ---------------------
+
+    def _callee(self, node: ast.expr) -> tuple[str, str] | None:
+        mod = self.module
+        if mod is None:
+            return None
+        if isinstance(node, ast.Name):
+            if node.id in self.types.env:
+                return None
+            if isinstance(ref := self.local.get(node.id), tuple):
+                return ref  # a function-local `from pgolf.x import f`
+            if node.id in mod.defs:
+                stmt = mod.tree.body[mod.defs[node.id][0]]
+                if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Attribute):
+                    if (m := _module_ref(stmt.value.value)) is not None:
+                        return (m, stmt.value.attr)  # `f = _M["x"].f` (a from-import)
+                return (mod.name, node.id)
+            return None
+        if isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Name):
+                m = self.local.get(node.value.id) or mod.aliases.get(node.value.id)
+                return (m, node.attr) if isinstance(m, str) else None
+            if (m := _module_ref(node.value)) is not None:
+                return (m, node.attr)
+        return None
+
+    def _tag(self, node: ast.expr) -> Any:
+        if (c := _const(node)) is not _NO:
+            return ("const", c)
+        return self.types.of(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.expr:
+        callee = self._callee(node.func)
+        if callee is not None and self.top is not None:
+            if any(isinstance(a, ast.Starred) for a in node.args) or any(
+                k.arg is None and self._tag(k.value) != ("const", {}) for k in node.keywords
+            ):  # `**kw` is known only when every caller leaves it empty (`_seeds`)
+                self.uses.append((self.top, callee))
+            else:
+                args = [self._tag(a) for a in node.args]
+                kws = {k.arg: self._tag(k.value) for k in node.keywords if k.arg is not None}
+                self.calls.append((self.top, callee, args, kws))
+            for field_name in ("args", "keywords"):
+                setattr(node, field_name, [self.visit(x) for x in getattr(node, field_name)])
+            return node
+        if isinstance(node.func, ast.Attribute) and self.top is not None:  # `x.method(...)`
+            name, base = node.func.attr, node.func.value
+            unbound = (  # `Cls.method(obj, ...)`: the first argument would be `self`
+                isinstance(base, ast.Name)
+                and self.module is not None
+                and (base.id in self.module.defs or base.id in self.module.aliases)
+            ) or (isinstance(base, ast.Attribute) and _module_ref(base.value) is not None)
+            if (
+                unbound
+                or any(isinstance(a, ast.Starred) for a in node.args)
+                or any(k.arg is None and self._tag(k.value) != ("const", {}) for k in node.keywords)
+            ):
+                self.method_uses.append((self.top, name))
+            else:
+                args = [self._tag(a) for a in node.args]
+                kws = {k.arg: self._tag(k.value) for k in node.keywords if k.arg is not None}
+                self.method_calls.append((self.top, name, args, kws))
+            node.func.value = self.visit(node.func.value)
+            for field_name in ("args", "keywords"):
+                setattr(node, field_name, [self.visit(x) for x in getattr(node, field_name)])
+            return node
+        return self.generic_visit(node)
+
+    def visit_Assign(self, node: ast.Assign) -> ast.stmt:
+        return node if _from_import(node) else self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if isinstance(node.ctx, ast.Load) and (c := self._callee(node)) and self.top is not None:
+            self.uses.append((self.top, c))
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
+        if self.top is not None:  # not a call's callee (visit_Call): a bound method may escape
+            self.method_uses.append((self.top, node.attr))
+        if isinstance(node.ctx, ast.Load) and self.top is not None:
+            base = node.value
+            if (isinstance(base, ast.Name) and base.id not in self.types.env) or _module_ref(base):
+                if c := self._callee(node):
+                    self.uses.append((self.top, c))
+        return self.generic_visit(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.ClassDef:
+        saved = self.types
+        self.types = Types(self.shape, saved.env, self.class_attrs.get(node.name, {}), None)
+        try:
+            for i, stmt in enumerate(node.body):
+                node.body[i] = self.visit(stmt)
+            node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        finally:
+            self.types = saved
+        return node
+
+    def visit_FunctionDef(self, node):
+        a = node.args
+        params = {
+            p.arg: self.shape.annotation(p.annotation)
+            for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
+            if p is not None
+        }
+        if self.module is not None and self.top is node:  # a module-level function
+            for k, v in self.seeds.get((self.module.name, node.name), {}).items():
+                params[k] = params.get(k) or v
+        elif (
+            self.module is not None
+            and isinstance(self.top, ast.ClassDef)
+            and any(s is node for s in self.top.body)
+        ):  # a method: seeded when every `x.name(...)` of the core agrees (`_seeds`)
+            key = (self.module.name, f"{self.top.name}.{node.name}")
+            for k, v in self.seeds.get(key, {}).items():
+                params[k] = params.get(k) or v
+        first = (a.posonlyargs + a.args)[:1]
+        me = first[0].arg if first and self.types.attrs and first[0].arg == "self" else None
+        for d in node.decorator_list:
+            self.visit(d)
+        attrs = self.types.attrs if me else {}
+        saved = self.types
+        env = _scope_env(self.shape, saved.env, params, node.body, attrs, me)
+        self.types = Types(self.shape, env, attrs, me)
+        try:
+            node.body = [self.visit(s) for s in node.body]
+        finally:
+            self.types = saved
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.Lambda:
+        a = node.args
+        shadow = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p}
+        return self._shadowed(node, shadow)
+
+    def _comp(self, node):
+        shadow: set[str] = set()
+        for g in node.generators:
+            shadow |= {n.id for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        return self._shadowed(node, shadow)
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comp
+
+    def _shadowed(self, node, names: set[str]):
+        saved = self.types
+        env = {k: v for k, v in saved.env.items() if k not in names}
+        self.types = Types(self.shape, env, saved.attrs, None if saved.me in names else saved.me)
+        try:
+            self.generic_visit(node)
+        finally:
+            self.types = saved
+        return node
+
+    # -- folds ---------------------------------------------------------------------------------
+
+    def _field(self, node: ast.expr) -> Any:
+        """("fld", section, field) or ("const", value) when `node` is one, and folding is on."""
+        t = self.types.of(node)
+        ok = self.active and isinstance(t, tuple) and t[0] in ("fld", "const")
+        return t if ok else None
+
+    def _switch(self, key: Any, op: str) -> bool:
+        return key[0] == "const" or self.shape.switch(key[1], key[2], op)
+
+    def _fold(self, key: Any, op: str, arg: Any) -> ast.Constant:
+        if key[0] == "const":  # every caller passes this value: no run-time check needed
+            return ast.Constant(C.FOLD_OPS[op](key[1], arg))
+        value = C.FOLD_OPS[op](self.shape.value(key[1], key[2]), arg)
+        fact = (f"{key[1]}.{key[2]}", op, arg, value)
+        if fact not in self.folded:
+            self.folded.append(fact)
+        return ast.Constant(value)
+
+    def cond(self, node: ast.expr) -> ast.expr:
+        """Visit `node` where only its truth matters."""
+        if (key := self._field(node)) and self._switch(key, "truth"):
+            return self._fold(key, "truth", None)
+        if isinstance(node, ast.BoolOp):
+            node.values = [self.cond(v) for v in node.values]
+            return _bool_op(node, truth=True)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            node.operand = self.cond(node.operand)
+            return _not(node)
+        return self.visit(node)
+
+    def visit_Compare(self, node: ast.Compare) -> ast.expr:
+        self.generic_visit(node)
+        if len(node.ops) != 1 or type(node.ops[0]) not in _CMP:
+            return node
+        key, arg = self._field(node.left), _const(node.comparators[0])
+        op = _CMP.get(type(node.ops[0]))
+        if key is None or arg is _NO or not self._switch(key, op):
+            return node
+        return self._fold(key, op, arg)
+
+    def visit_If(self, node: ast.If):
+        node.test = self.cond(node.test)
+        node.body = [self.visit(s) for s in node.body]
+        node.orelse = [self.visit(s) for s in node.orelse]
+        return node
+
+    visit_While = visit_If
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.expr:
+        node.test = self.cond(node.test)
+        node.body, node.orelse = self.visit(node.body), self.visit(node.orelse)
+        return node
+
+    def visit_Assert(self, node: ast.Assert):
+        node.test = self.cond(node.test)
+        if node.msg is not None:
+            node.msg = self.visit(node.msg)
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
+        if isinstance(node.op, ast.Not):
+            node.operand = self.cond(node.operand)
+            return _not(node)
+        return self.generic_visit(node)
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
+        node.values = [self.visit(v) for v in node.values]
+        return _bool_op(node, truth=False)
+
+
+def _not(node: ast.UnaryOp) -> ast.expr:
+    if isinstance(node.operand, ast.Constant):
+        return ast.Constant(not node.operand.value)
+    return node
+
+
+def _bool_op(node: ast.BoolOp, truth: bool) -> ast.expr:
+    """`and`/`or` with constant operands reduced (`truth`: only the result's truth matters)."""
+    is_and = isinstance(node.op, ast.And)
+    out: list[ast.expr] = []
+    for i, v in enumerate(node.values):
+        last = i == len(node.values) - 1
+        if isinstance(v, ast.Constant):
+            if bool(v.value) == is_and:  # neutral: True in `and`, False in `or`
+                if not last or (truth and out):
+                    continue
+            else:  # absorbing: the result is decided here
+                out.append(v)
+                break
+        out.append(v)
+    if not out:
+        return ast.Constant(is_and)
+    if len(out) == 1:
+        return out[0]
+    node.values = out
+    return node

@@ -1,0 +1,230 @@
+"""The frozen config's shape and the config type of an expression in one scope (the specializer's
+typing; see `specialize`)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pgolf import config as C
+
+_RUN = "run"  # the type tag of a RunConfig value; a section is ("sec", name), a field ("fld", s, f)
+
+
+# ----------------------------------------------------------------------------------------------
+# The config's shape
+
+
+@dataclass
+class Shape:
+    """What the folder knows about the frozen config."""
+
+    cfg: C.RunConfig
+    sections: dict[str, set[str]]  # section -> field names
+    classes: dict[str, str | None]  # class name -> section (None: RunConfig)
+    never: set[tuple[str, str]]  # (section, field) never folded
+
+    @classmethod
+    def of(cls, cfg: C.RunConfig, never: set[tuple[str, str]]) -> Shape:
+        sections, classes = {}, {type(cfg).__name__: None}
+        for f in dataclasses.fields(cfg):
+            sub = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(sub):
+                sections[f.name] = {g.name for g in dataclasses.fields(sub)}
+                classes[type(sub).__name__] = f.name
+        return cls(cfg, sections, classes, set(never))
+
+    def value(self, section: str, name: str) -> Any:
+        return getattr(getattr(self.cfg, section), name)
+
+    def switch(self, section: str, name: str, op: str) -> bool:
+        """May a read of section.name be folded under `op` (FOLD_OPS, or an order: <, >, ...)?
+        bool and str fields always; an int or tuple field only while it is *off* (0, a negative
+        sentinel, empty), as a condition or against a constant, so the code it switches on goes
+        and an override between two "on" values (VE_DIM=64 for 44) still runs."""
+        if (section, name) in self.never:
+            return False
+        v = self.value(section, name)
+        if isinstance(v, bool | str):
+            return op in C.FOLD_OPS
+        if isinstance(v, int) and v <= 0:
+            return True
+        return isinstance(v, tuple) and not v and op == "truth"
+
+    def annotation(self, node: ast.expr | None) -> Any:
+        """The type tag of an annotation naming a config class (`C.RunConfig`, `ModelConfig`,
+        `RunConfig | None`, or the same as a string), else None."""
+        if node is None:
+            return None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:
+                node = ast.parse(node.value, mode="eval").body
+            except SyntaxError:
+                return None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            left, right = self.annotation(node.left), self.annotation(node.right)
+            none = lambda n: isinstance(n, ast.Constant) and n.value is None  # noqa: E731
+            return left if none(node.right) else right if none(node.left) else None
+        name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+        if name not in self.classes:
+            return None
+        section = self.classes[name]
+        return _RUN if section is None else ("sec", section)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scopes and the type of an expression
+
+
+def _scope_nodes(body: list[ast.stmt]):
+    """Every node of `body` in this scope (nested functions, classes, lambdas and comprehensions
+    are yielded but not entered)."""
+    stack = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(
+            node,
+            ast.FunctionDef
+            | ast.AsyncFunctionDef
+            | ast.ClassDef
+            | ast.Lambda
+            | ast.ListComp
+            | ast.SetComp
+            | ast.DictComp
+            | ast.GeneratorExp,
+        ):
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def _bindings(body: list[ast.stmt]) -> dict[str, list[ast.expr | None]]:
+    """name -> the values bound to it in this scope (None: a binding whose value is unknown)."""
+    out: dict[str, list[ast.expr | None]] = {}
+
+    def bind(target: ast.expr, value: ast.expr | None) -> None:
+        if isinstance(target, ast.Name):
+            out.setdefault(target.id, []).append(value)
+        elif isinstance(target, ast.Tuple | ast.List):
+            vals = value.elts if isinstance(value, ast.Tuple | ast.List) else None
+            if vals is not None and len(vals) != len(target.elts):
+                vals = None
+            for i, t in enumerate(target.elts):
+                bind(t, vals[i] if vals is not None else None)
+        elif isinstance(target, ast.Starred):
+            bind(target.value, None)
+
+    for node in _scope_nodes(body):
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                bind(t, node.value)
+        elif isinstance(node, ast.AnnAssign | ast.NamedExpr):
+            bind(node.target, node.value)
+        elif isinstance(node, ast.AugAssign | ast.For | ast.AsyncFor):
+            bind(node.target, None)
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            bind(node.optional_vars, None)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            out.setdefault(node.name, []).append(None)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for a in node.names:
+                out.setdefault((a.asname or a.name).split(".")[0], []).append(None)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            out.setdefault(node.name, []).append(None)
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            for n in node.names:
+                out.setdefault(n, []).append(None)
+        elif isinstance(node, ast.Delete):
+            for t in node.targets:
+                bind(t, None)
+        if isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            for n in ast.walk(node):  # `:=` in a comprehension binds in this scope
+                if isinstance(n, ast.NamedExpr):
+                    bind(n.target, None)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            for n in ast.walk(node):  # a nested `nonlocal x` may rebind this scope's x
+                if isinstance(n, ast.Nonlocal):
+                    for name in n.names:
+                        out.setdefault(name, []).append(None)
+    return out
+
+
+def _is_replace(call: ast.expr) -> bool:
+    f = call.func if isinstance(call, ast.Call) else None
+    return (isinstance(f, ast.Name) and f.id == "replace") or (
+        isinstance(f, ast.Attribute) and f.attr == "replace" and isinstance(f.value, ast.Name)
+    )
+
+
+class Types:
+    """Type tags of expressions in one scope: names (`env`) and `self.attr` (`attrs`)."""
+
+    def __init__(self, shape: Shape, env: dict[str, Any], attrs: dict[str, Any], me: str | None):
+        self.shape, self.env, self.attrs, self.me = shape, env, attrs, me
+
+    def of(self, node: ast.expr | None) -> Any:
+        if isinstance(node, ast.Name):
+            return self.env.get(node.id)
+        if isinstance(node, ast.Attribute):
+            if self.me and isinstance(node.value, ast.Name) and node.value.id == self.me:
+                if node.value.id not in self.env and node.attr in self.attrs:
+                    return self.attrs[node.attr]
+            base = self.of(node.value)
+            if base == _RUN and node.attr in self.shape.sections:
+                return ("sec", node.attr)
+            if isinstance(base, tuple) and base[0] == "sec":
+                if node.attr in self.shape.sections[base[1]]:
+                    return ("fld", base[1], node.attr)
+            return None
+        if isinstance(node, ast.Call) and _is_replace(node) and node.args:
+            t = self.of(node.args[0])
+            return t if t == _RUN or (isinstance(t, tuple) and t[0] == "sec") else None
+        return None
+
+
+def _scope_env(
+    shape: Shape, outer: dict[str, Any], params: dict[str, Any], body: list[ast.stmt], attrs, me
+) -> dict[str, Any]:
+    """The typed names of a scope: annotated parameters, and names every binding of which has one
+    type (a field alias only when bound once, not a parameter); free names keep the outer type."""
+    binds = _bindings(body)
+    env = {k: v for k, v in outer.items() if k not in binds and k not in params}
+    env.update({k: v for k, v in params.items() if v is not None})
+    for _ in range(3):  # a binding may use another (cfg = replace(cfg, ...)); reach a fixpoint
+        types = Types(shape, env, attrs, me)
+        new = {k: v for k, v in params.items() if v is not None}
+        new.update({k: v for k, v in outer.items() if k not in binds and k not in params})
+        for name, values in binds.items():
+            tags = {repr(types.of(v)) if v is not None else "None" for v in values}
+            if name in params:  # a parameter keeps its type only if every rebinding has it
+                own = params[name]
+                if own is not None and tags <= {repr(own)}:
+                    new[name] = own
+                else:
+                    new.pop(name, None)
+                continue
+            if len(tags) != 1 or None in values:
+                continue
+            t = types.of(values[0])
+            if t is None or (t[0] in ("fld", "const") and len(values) != 1):
+                continue
+            new[name] = t
+        if new == env:
+            break
+        env = new
+    return env
+
+
+_NO = object()
+
+
+def _const(node: ast.expr) -> Any:
+    """The value of a literal (constants and tuples/lists/sets of them), else _NO."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        vals = [_const(e) for e in node.elts]
+        return _NO if any(v is _NO for v in vals) else tuple(vals)
+    return _NO
