@@ -462,3 +462,59 @@ def test_an_attribute_store_in_a_left_out_module_does_not_block_folding():
     left_out = specialize(src, CFG, entry=("main", "run"), absent={"toggler"})
     assert ("model.smear_gate", "truth", None, True) in left_out.folded
     assert "plain" not in left_out.sources["holder"]
+
+
+TRUTH_CORE = {
+    "main": """
+from __future__ import annotations
+
+def entry(cfg: C.RunConfig, targets=None):
+    refuse_folded(cfg)
+    return loss(cfg, targets), guarded(cfg), count(cfg)
+
+def refuse_folded(cfg):
+    return None
+
+def loss(cfg: C.RunConfig, targets=None):
+    if targets is not None and cfg.model.fused_ce > 0:
+        return fused(targets)
+    return "plain"
+
+def fused(targets):
+    return "fused"
+
+def guarded(cfg: C.RunConfig):
+    window = cfg.model.smear_gate and cfg.model.fused_ce > 0 or False
+    if window and cfg.model.model_dim:
+        return windowed()
+    return "no window"
+
+def windowed():
+    return "window"
+
+CALLS = []
+
+def count(cfg: C.RunConfig):
+    if note() and cfg.model.fused_ce > 0:
+        return "never"
+    return len(CALLS)
+
+def note():
+    CALLS.append(1)
+    return True
+""",
+}
+
+
+def test_a_pure_operand_beside_a_folded_false_goes_with_it():
+    """`targets is not None and <folded False>` is falsy whatever `targets` is: the branch and
+    what only it calls go; a local bound once to such a value folds too; an operand with an
+    effect (a call) is kept and still runs."""
+    r = specialize(dict(TRUTH_CORE), CFG, entry=("main", "entry"))
+    main = r.sources["main"]
+    assert "fused" in r.dropped["main"] and "windowed" in r.dropped["main"]
+    assert "note()" in main and "never" in main  # its effect stays, so does its `if`
+    assert _run(r.sources)["main"].entry(CFG, targets=[1]) == ("plain", "no window", 1)
+    fused_on = replace(CFG, model=replace(CFG.model, fused_ce=64))
+    r_on = specialize(dict(TRUTH_CORE), fused_on, entry=("main", "entry"))
+    assert "def fused" in r_on.sources["main"] and "def windowed" in r_on.sources["main"]

@@ -295,29 +295,68 @@ class Folder(ast.NodeTransformer):
         return _bool_op(node, truth=False)
 
 
+def _pure(node: ast.expr) -> bool:
+    """Evaluating `node` has no effect but its value: constants, names, attribute reads (the
+    core's properties compute without side effects), `is`/`is not`, `not`, `and`/`or` of those."""
+    if isinstance(node, ast.Constant | ast.Name):
+        return True
+    if isinstance(node, ast.Attribute):
+        return _pure(node.value)
+    if isinstance(node, ast.Compare):
+        return all(isinstance(op, ast.Is | ast.IsNot) for op in node.ops) and all(
+            _pure(x) for x in (node.left, *node.comparators)
+        )
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return _pure(node.operand)
+    return isinstance(node, ast.BoolOp) and all(_pure(v) for v in node.values)
+
+
+def _known(node: ast.expr) -> bool | None:
+    """The truth of `node` when the folds decide it whatever the unknown operands are: `x and
+    False` is falsy, `x or True` truthy; None when it is not known."""
+    if isinstance(node, ast.Constant):
+        return bool(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        k = _known(node.operand)
+        return None if k is None else not k
+    if isinstance(node, ast.BoolOp):
+        ks = [_known(v) for v in node.values]
+        decisive = isinstance(node.op, ast.Or)  # the truth that decides: True in `or`
+        if decisive in ks:
+            return decisive
+        return (not decisive) if all(k is not None for k in ks) else None
+    return None
+
+
 def _not(node: ast.UnaryOp) -> ast.expr:
-    if isinstance(node.operand, ast.Constant):
-        return ast.Constant(not node.operand.value)
+    k = _known(node.operand)
+    if k is not None and _pure(node.operand):
+        return ast.Constant(not k)
     return node
 
 
 def _bool_op(node: ast.BoolOp, truth: bool) -> ast.expr:
-    """`and`/`or` with constant operands reduced (`truth`: only the result's truth matters)."""
+    """`and`/`or` with operands of known truth reduced (`truth`: only the result's truth
+    matters, so a pure operation of known truth becomes that constant)."""
     is_and = isinstance(node.op, ast.And)
     out: list[ast.expr] = []
     for i, v in enumerate(node.values):
         last = i == len(node.values) - 1
-        if isinstance(v, ast.Constant):
-            if bool(v.value) == is_and:  # neutral: True in `and`, False in `or`
-                if not last or (truth and out):
-                    continue
-            else:  # absorbing: the result is decided here
-                out.append(v)
-                break
+        k = _known(v)
+        if k is not None and k == is_and and _pure(v):  # neutral: truthy in `and`, falsy in `or`
+            if not last or (truth and out):
+                continue
+        elif k is not None and k != is_and:  # absorbing: the result is decided here
+            out.append(v)
+            break
         out.append(v)
     if not out:
         return ast.Constant(is_and)
     if len(out) == 1:
-        return out[0]
-    node.values = out
-    return node
+        result = out[0]
+    else:
+        node.values = out
+        result = node
+    if truth and (k := _known(result)) is not None and _pure(result):
+        return ast.Constant(k)
+    return result

@@ -188,7 +188,8 @@ def _scope_env(
     shape: Shape, outer: dict[str, Any], params: dict[str, Any], body: list[ast.stmt], attrs, me
 ) -> dict[str, Any]:
     """The typed names of a scope: annotated parameters, and names every binding of which has one
-    type (a field alias only when bound once, not a parameter); free names keep the outer type."""
+    type (a field alias, or a literal constant, only when bound once and not a parameter); free
+    names keep the outer type."""
     binds = _bindings(body)
     env = {k: v for k, v in outer.items() if k not in binds and k not in params}
     env.update({k: v for k, v in params.items() if v is not None})
@@ -208,6 +209,8 @@ def _scope_env(
             if len(tags) != 1 or None in values:
                 continue
             t = types.of(values[0])
+            if t is None and isinstance(values[0], ast.Constant) and len(values) == 1:
+                t = ("const", values[0].value)  # bound once to a literal: every read sees it
             if t is None or (t[0] in ("fld", "const") and len(values) != 1):
                 continue
             new[name] = t

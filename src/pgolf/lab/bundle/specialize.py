@@ -138,15 +138,18 @@ def specialize(
         shape = Shape.of(cfg, never)
         folded: list[tuple[str, str, Any, bool]] = []
         if fold:
-            mods = {m: Module(m, t) for m, t in trees.items()}
             for m, tree in trees.items():
-                attrs = _class_attrs(tree, shape, stores)
                 mine = {s.split(".", 1)[1] for s in skip if s.split(".", 1)[0] == m}
-                folder = Folder(shape, attrs, mine, mods[m], seeds)
-                folder.visit(tree)
-                Simplify().visit(tree)
-                ast.fix_missing_locations(tree)
-                folded += [f for f in folder.folded if f not in folded]
+                before = None
+                for _ in range(4):  # a folded branch may leave a constant that folds more
+                    attrs = _class_attrs(tree, shape, stores)
+                    folder = Folder(shape, attrs, mine, Module(m, tree), seeds)
+                    folder.visit(tree)
+                    Simplify().visit(tree)
+                    ast.fix_missing_locations(tree)
+                    folded += [f for f in folder.folded if f not in folded]
+                    if before == (before := ast.dump(tree)):
+                        break
         mods = {m: Module(m, t) for m, t in trees.items()}
         kept = (
             reach(mods, entry) if prune else {m: set(range(len(t.body))) for m, t in trees.items()}
