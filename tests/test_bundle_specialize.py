@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import random
+import sys
 from dataclasses import replace
 
 import pytest
@@ -23,9 +24,9 @@ def _run(sources: dict[str, str]) -> dict:
 
     table: dict = {}
     for name, src in sources.items():
-        m = types.ModuleType(name)
+        m = types.ModuleType(f"specialize_test.{name}")
         m._M = table
-        table[name] = m
+        table[name] = sys.modules[m.__name__] = m  # as the bundle does (dataclasses look it up)
         exec(compile(src, name, "exec"), m.__dict__)
     return table
 
@@ -518,3 +519,54 @@ def test_a_pure_operand_beside_a_folded_false_goes_with_it():
     fused_on = replace(CFG, model=replace(CFG.model, fused_ce=64))
     r_on = specialize(dict(TRUTH_CORE), fused_on, entry=("main", "entry"))
     assert "def fused" in r_on.sources["main"] and "def windowed" in r_on.sources["main"]
+
+
+def _modes_core(extra: str = "") -> dict[str, str]:
+    import pgolf.modes
+
+    return {
+        "modes": open(pgolf.modes.__file__).read(),
+        "main": """
+from __future__ import annotations
+M = _M["modes"]
+
+def entry(cfg: C.RunConfig):
+    refuse_folded(cfg)
+    return stage(cfg)
+
+def refuse_folded(cfg):
+    return None
+
+def stage(cfg: C.RunConfig):
+    spec = M.MODES[cfg.ttt.mode]
+    tilted = cfg.eval.ngram_tilt and spec.tilt
+    if not (spec.adapts or tilted):
+        return "scored"
+    return adapt(cfg)
+
+def adapt(cfg):
+    return "adapted"
+"""
+        + extra,
+    }
+
+
+def test_a_core_table_row_keyed_by_a_switch_folds_and_other_keys_are_refused():
+    """`M.MODES[cfg.ttt.mode].adapts` is decided by the frozen mode: it folds, the check allows
+    exactly the modes whose row answers the same, and a bool switch used as a value
+    (`tilted = cfg.eval.ngram_tilt and ...`) folds with it."""
+    from pgolf import modes as M
+
+    r = specialize(_modes_core(), CFG, entry=("main", "entry"))
+    assert "adapt" in r.dropped["main"]
+    assert _run(r.sources)["main"].entry(CFG) == "scored"
+    same = tuple(k for k, m in M.MODES.items() if not m.adapts)
+    assert ("ttt.mode", "in", same, True) in r.folded and CFG.ttt.mode in same
+    assert ("eval.ngram_tilt", "truth", None, False) in r.folded
+    lora = replace(CFG, ttt=replace(CFG.ttt, mode="lora"))
+    with pytest.raises(SystemExit, match="ttt.mode='lora'"):
+        C.refuse_folded(lora, r.folded, "train_gpt.py", {"TTT_MODE": "lora"})
+    assert "def adapt" in specialize(_modes_core(), lora, entry=("main", "entry")).sources["main"]
+    # a table some code stores into is read at run time, never folded
+    stored = _modes_core("\ndef patch():\n    M.MODES['none'] = M.MODES['lora']\n")
+    assert "def adapt" in specialize(stored, CFG, entry=("main", "entry")).sources["main"]

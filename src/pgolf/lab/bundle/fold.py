@@ -7,7 +7,7 @@ from typing import Any
 
 from pgolf import config as C
 from pgolf.lab.bundle.reach import Module, _from_import, _module_ref
-from pgolf.lab.bundle.scope import _NO, Shape, Types, _const, _scope_env
+from pgolf.lab.bundle.scope import _NO, _SCALAR, Shape, Types, _const, _scope_env
 
 _CMP = {
     ast.Lt: "<",
@@ -226,17 +226,32 @@ class Folder(ast.NodeTransformer):
     # -- folds ---------------------------------------------------------------------------------
 
     def _field(self, node: ast.expr) -> Any:
-        """("fld", section, field) or ("const", value) when `node` is one, and folding is on."""
+        """("fld", section, field), ("entry", ...) or ("const", value) when `node` is one, and
+        folding is on."""
         t = self.types.of(node)
-        ok = self.active and isinstance(t, tuple) and t[0] in ("fld", "const")
+        ok = self.active and isinstance(t, tuple) and t[0] in ("fld", "const", "entry")
         return t if ok else None
 
     def _switch(self, key: Any, op: str) -> bool:
+        if key[0] == "entry":  # a table row's attribute: the key field decides it
+            ok = isinstance(self.shape.entry(key), _SCALAR)
+            return ok and op in C.FOLD_OPS and self.shape.switch(key[1], key[2], "in")
         return key[0] == "const" or self.shape.switch(key[1], key[2], op)
 
     def _fold(self, key: Any, op: str, arg: Any) -> ast.Constant:
         if key[0] == "const":  # every caller passes this value: no run-time check needed
             return ast.Constant(C.FOLD_OPS[op](key[1], arg))
+        if key[0] == "entry":  # checked as: the key is one whose row gives the same answer
+            _, section, name, ref, attr = key
+            table, test = self.shape.table(ref), C.FOLD_OPS[op]
+            value = test(self.shape.entry(key), arg)
+            same = tuple(
+                k for k, row in table.items() if test(getattr(row, attr, None), arg) == value
+            )
+            fact = (f"{section}.{name}", "in", same, True)
+            if fact not in self.folded:
+                self.folded.append(fact)
+            return ast.Constant(value)
         value = C.FOLD_OPS[op](self.shape.value(key[1], key[2]), arg)
         fact = (f"{key[1]}.{key[2]}", op, arg, value)
         if fact not in self.folded:
@@ -291,8 +306,20 @@ class Folder(ast.NodeTransformer):
         return self.generic_visit(node)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
-        node.values = [self.visit(v) for v in node.values]
+        node.values = [self._operand(v) for v in node.values]
         return _bool_op(node, truth=False)
+
+    def _operand(self, node: ast.expr) -> ast.expr:
+        """An operand of `and`/`or` whose value is used: a bool switch is its own truth, so it
+        folds as one (`tilted = cfg.eval.ngram_tilt and ...`); a known constant is itself."""
+        key = self._field(node)
+        if key and key[0] == "const" and isinstance(key[1], _SCALAR):
+            return ast.Constant(key[1])
+        if key and key[0] != "const" and self._switch(key, "truth"):
+            v = self.shape.entry(key) if key[0] == "entry" else self.shape.value(key[1], key[2])
+            if isinstance(v, bool):
+                return self._fold(key, "truth", None)
+        return self.visit(node)
 
 
 def _pure(node: ast.expr) -> bool:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from pgolf import config as C
+from pgolf.lab.bundle.reach import _module_ref
 
 _RUN = "run"  # the type tag of a RunConfig value; a section is ("sec", name), a field ("fld", s, f)
+# a row of a core table keyed by a str field is ("row", s, f, (module, table)), an attribute of
+# that row ("entry", s, f, (module, table), attr); a literal every read sees is ("const", value)
+_SCALAR = bool | int | float | str | type(None)
+_MUTATORS = {"update", "pop", "popitem", "setdefault", "clear", "__setitem__", "__delitem__"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -25,6 +31,8 @@ class Shape:
     sections: dict[str, set[str]]  # section -> field names
     classes: dict[str, str | None]  # class name -> section (None: RunConfig)
     never: set[tuple[str, str]]  # (section, field) never folded
+    mutable: set[str] = field(default_factory=set)  # table names some core code stores into
+    aliases: dict[str, str] = field(default_factory=dict)  # this module's `X = _M["x"]`
 
     @classmethod
     def of(cls, cfg: C.RunConfig, never: set[tuple[str, str]]) -> Shape:
@@ -38,6 +46,41 @@ class Shape:
 
     def value(self, section: str, name: str) -> Any:
         return getattr(getattr(self.cfg, section), name)
+
+    def table_ref(self, node: ast.expr) -> tuple[str, str] | None:
+        """(module, name) when `node` is a dict table of a core module (`M.MODES` with `M =
+        _M["modes"]`, or `_M["modes"].MODES`) that no core code stores into; the table's
+        value is read from the installed core (`pgolf.<module>`, the source being bundled)."""
+        if not isinstance(node, ast.Attribute) or node.attr in self.mutable:
+            return None
+        base = node.value
+        m = self.aliases.get(base.id) if isinstance(base, ast.Name) else _module_ref(base)
+        return (m, node.attr) if m and isinstance(self.table((m, node.attr)), dict) else None
+
+    @staticmethod
+    def table(ref: tuple[str, str]) -> Any:
+        try:
+            return getattr(importlib.import_module(f"pgolf.{ref[0]}"), ref[1], None)
+        except ImportError:
+            return None
+
+    def entry(self, key: tuple) -> Any:
+        """The frozen value of an ("entry", ...) tag: the attribute of the frozen key's row."""
+        _, section, name, ref, attr = key
+        return getattr(self.table(ref)[self.value(section, name)], attr, None)
+
+    @staticmethod
+    def mutated(trees: list[ast.Module]) -> set[str]:
+        """Names of tables some code stores into (`T[k] = v`, `X.T[k] = v`, `T.update(...)`)."""
+        out: set[str] = set()
+        name = lambda n: n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", None)  # noqa: E731
+        for tree in trees:
+            for n in ast.walk(tree):
+                if isinstance(n, ast.Subscript) and not isinstance(n.ctx, ast.Load):
+                    out.add(name(n.value))
+                elif isinstance(n, ast.Attribute) and n.attr in _MUTATORS:
+                    out.add(name(n.value))
+        return out - {None}
 
     def switch(self, section: str, name: str, op: str) -> bool:
         """May a read of section.name be folded under `op` (FOLD_OPS, or an order: <, >, ...)?
@@ -167,11 +210,19 @@ class Types:
     def of(self, node: ast.expr | None) -> Any:
         if isinstance(node, ast.Name):
             return self.env.get(node.id)
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            key, ref = self.of(node.slice), self.shape.table_ref(node.value)
+            if ref and isinstance(key, tuple) and key[0] == "fld":
+                if self.shape.value(key[1], key[2]) in self.shape.table(ref):
+                    return ("row", key[1], key[2], ref)
+            return None
         if isinstance(node, ast.Attribute):
             if self.me and isinstance(node.value, ast.Name) and node.value.id == self.me:
                 if node.value.id not in self.env and node.attr in self.attrs:
                     return self.attrs[node.attr]
             base = self.of(node.value)
+            if isinstance(base, tuple) and base[0] == "row":
+                return ("entry", *base[1:], node.attr)
             if base == _RUN and node.attr in self.shape.sections:
                 return ("sec", node.attr)
             if isinstance(base, tuple) and base[0] == "sec":

@@ -40,6 +40,7 @@ stores tell); this module runs them to a fixpoint.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,17 +134,21 @@ def specialize(
     skip: set[str] = _pre_check({m: Module(m, t) for m, t in base.items()}, entry, check)
     # of the whole core that can run: folding only removes stores
     stores = _attr_stores({m: t for m, t in base.items() if m not in absent})
+    mutable = Shape.mutated(list(base.values()))
     for _ in range(8):  # folds prune calls, which seed more folds; a replace may unfold a field
         trees = {m: ast.parse(s) for m, s in sources.items()}
         shape = Shape.of(cfg, never)
+        shape.mutable = mutable
         folded: list[tuple[str, str, Any, bool]] = []
         if fold:
             for m, tree in trees.items():
                 mine = {s.split(".", 1)[1] for s in skip if s.split(".", 1)[0] == m}
                 before = None
                 for _ in range(4):  # a folded branch may leave a constant that folds more
-                    attrs = _class_attrs(tree, shape, stores)
-                    folder = Folder(shape, attrs, mine, Module(m, tree), seeds)
+                    mod = Module(m, tree)
+                    mshape = dataclasses.replace(shape, aliases=mod.aliases)
+                    attrs = _class_attrs(tree, mshape, stores)
+                    folder = Folder(mshape, attrs, mine, mod, seeds)
                     folder.visit(tree)
                     Simplify().visit(tree)
                     ast.fix_missing_locations(tree)
