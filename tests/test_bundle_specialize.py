@@ -227,6 +227,56 @@ def entry(cfg):
     assert "def forward" in out and "def extra_repr" in out and "def called" in out
 
 
+def test_classmethods_and_properties_nothing_names_go_but_a_setter_keeps_its_property():
+    src = {
+        "main": """
+from __future__ import annotations
+from contextlib import contextmanager
+
+class Run:
+    def __init__(self, n):
+        self._n = n
+
+    @classmethod
+    def open(cls, n):
+        return cls(n)
+
+    @classmethod
+    def find(cls, path):
+        return None
+
+    @property
+    def size(self):
+        return self._n
+
+    @property
+    def unused_size(self):
+        return 0
+
+    @property
+    def value(self):
+        return self._n
+
+    @value.setter
+    def value(self, v):
+        self._n = v
+
+    @contextmanager
+    def never_entered(self):
+        yield
+
+def entry(cfg):
+    return Run.open(3).size
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"))
+    out = r.sources["main"]
+    assert {"Run.find", "Run.unused_size", "Run.never_entered"} <= set(r.dropped["main"])
+    assert "def open" in out and "def size" in out
+    assert out.count("def value") == 2  # the setter names its property: both stay
+    assert _run(r.sources)["main"].entry(CFG) == 3
+
+
 def test_refuse_folded_names_the_field_and_the_environment_variable():
     cfg = C.load("pr1550", [], environ={})
     folded = (("model.tie_embeddings", "truth", None, True), ("quant.calib", "==", "selfgen", True))

@@ -54,6 +54,16 @@ def _defined(stmt: ast.stmt) -> list[str] | None:
     return [t.id for t in targets]
 
 
+PLAIN_DECORATORS = {"classmethod", "staticmethod", "property", "cached_property", "contextmanager"}
+"""Method decorators that register nothing: the method is still reached only through its name
+(`x.name`, `Cls.name`), so it may go when no kept code spells that name."""
+
+
+def _plain(d: ast.expr) -> bool:
+    name = d.attr if isinstance(d, ast.Attribute) else getattr(d, "id", None)
+    return name in PLAIN_DECORATORS
+
+
 class Module:
     """One core module's definitions and what each references."""
 
@@ -93,13 +103,21 @@ class Module:
             if isinstance(stmt, ast.ClassDef):
                 inherited = self._inherited(stmt)
                 if inherited is not None:
+                    named = {  # names a decorator spells (`@value.setter` needs `value`)
+                        n.id
+                        for f in stmt.body
+                        for d in getattr(f, "decorator_list", [])
+                        for n in ast.walk(d)
+                        if isinstance(n, ast.Name) and not _plain(d)
+                    }
                     self.methods[i] = {
                         j: f.name
                         for j, f in enumerate(stmt.body)
                         if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
                         and not (f.name.startswith("__") and f.name.endswith("__"))
                         and f.name not in inherited
-                        and not f.decorator_list
+                        and f.name not in named
+                        and all(_plain(d) for d in f.decorator_list)
                     }
 
     def _inherited(self, cls: ast.ClassDef) -> set[str] | None:
