@@ -620,3 +620,38 @@ def test_a_core_table_row_keyed_by_a_switch_folds_and_other_keys_are_refused():
     # a table some code stores into is read at run time, never folded
     stored = _modes_core("\ndef patch():\n    M.MODES['none'] = M.MODES['lora']\n")
     assert "def adapt" in specialize(stored, CFG, entry=("main", "entry")).sources["main"]
+
+
+def test_a_local_that_shadows_a_function_does_not_hide_its_callers():
+    """`run = new_run(...)` inside `def run(...)`, passed on as a value, is the local, not a use
+    of the function `run`: every call of `run` still passes quantize=True, so it folds."""
+    src = {
+        "main": """
+from __future__ import annotations
+
+def entry(cfg):
+    refuse_folded(cfg)
+    return run(cfg)
+
+def refuse_folded(cfg):
+    return None
+
+def run(cfg, quantize=True):
+    run = folder(cfg)
+    return stage(run, quantize)
+
+def folder(cfg):
+    return "folder"
+
+def stage(where, quantize):
+    if quantize:
+        return "quantized in " + where
+    return other()
+
+def other():
+    return "other"
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"))
+    assert "other" in r.dropped["main"]
+    assert _run(r.sources)["main"].entry(CFG) == "quantized in folder"

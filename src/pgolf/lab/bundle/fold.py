@@ -7,7 +7,7 @@ from typing import Any
 
 from pgolf import config as C
 from pgolf.lab.bundle.reach import Module, _from_import, _module_ref
-from pgolf.lab.bundle.scope import _NO, _SCALAR, Shape, Types, _const, _scope_env
+from pgolf.lab.bundle.scope import _NO, _SCALAR, Shape, Types, _bindings, _const, _scope_env
 
 _CMP = {
     ast.Lt: "<",
@@ -46,6 +46,7 @@ class Folder(ast.NodeTransformer):
         self.active = not record_only
         self.top: ast.stmt | None = None  # the module-level statement being visited
         self.local: dict[str, str] = {}  # function-local module aliases (`q = _M["quant"]`)
+        self.bound: frozenset[str] = frozenset()  # names the enclosing functions bind
         self.calls: list[tuple[ast.stmt, tuple[str, str], list, dict]] = []  # call sites
         self.uses: list[tuple[ast.stmt, tuple[str, str]]] = []  # other references to a def
         self.method_calls: list[tuple[ast.stmt, str, list, dict]] = []  # `x.name(...)` sites
@@ -80,6 +81,8 @@ class Folder(ast.NodeTransformer):
                 return None
             if isinstance(ref := self.local.get(node.id), tuple):
                 return ref  # a function-local `from pgolf.x import f`
+            if node.id in self.bound:
+                return None  # a local (`run = new_run(...)`) shadows the module's `run`
             if node.id in mod.defs:
                 stmt = mod.tree.body[mod.defs[node.id][0]]
                 if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Attribute):
@@ -191,11 +194,13 @@ class Folder(ast.NodeTransformer):
         attrs = self.types.attrs if me else {}
         saved = self.types
         env = _scope_env(self.shape, saved.env, params, node.body, attrs, me)
-        self.types = Types(self.shape, env, attrs, me)
+        self.types, bound = Types(self.shape, env, attrs, me), self.bound
+        local = {k for k in _bindings(node.body) if not isinstance(self.local.get(k), tuple)}
+        self.bound = bound | set(params) | local
         try:
             node.body = [self.visit(s) for s in node.body]
         finally:
-            self.types = saved
+            self.types, self.bound = saved, bound
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -214,13 +219,14 @@ class Folder(ast.NodeTransformer):
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comp
 
     def _shadowed(self, node, names: set[str]):
-        saved = self.types
+        saved, bound = self.types, self.bound
         env = {k: v for k, v in saved.env.items() if k not in names}
         self.types = Types(self.shape, env, saved.attrs, None if saved.me in names else saved.me)
+        self.bound = bound | names
         try:
             self.generic_visit(node)
         finally:
-            self.types = saved
+            self.types, self.bound = saved, bound
         return node
 
     # -- folds ---------------------------------------------------------------------------------
