@@ -227,15 +227,22 @@ def entry(cfg):
     assert "def forward" in out and "def extra_repr" in out and "def called" in out
 
 
-def test_classmethods_and_properties_nothing_names_go_but_a_setter_keeps_its_property():
+def test_classmethods_properties_and_methods_only_another_package_names_go():
     src = {
         "main": """
 from __future__ import annotations
+import os
 from contextlib import contextmanager
 
 class Run:
     def __init__(self, n):
         self._n = n
+
+    def join(self, other):
+        return self._n + other._n
+
+    def split(self):
+        return [self._n]
 
     @classmethod
     def open(cls, n):
@@ -266,15 +273,18 @@ class Run:
         yield
 
 def entry(cfg):
-    return Run.open(3).size
+    path = os.path.join("a", "b")  # another package's `join`: not Run.join
+    run = Run.open(3)
+    return run.size, run.split(), path
 """
     }
     r = specialize(src, CFG, entry=("main", "entry"))
     out = r.sources["main"]
-    assert {"Run.find", "Run.unused_size", "Run.never_entered"} <= set(r.dropped["main"])
+    dropped = {"Run.find", "Run.unused_size", "Run.never_entered", "Run.join"}
+    assert dropped <= set(r.dropped["main"]) and "def split" in out
     assert "def open" in out and "def size" in out
     assert out.count("def value") == 2  # the setter names its property: both stay
-    assert _run(r.sources)["main"].entry(CFG) == 3
+    assert _run(r.sources)["main"].entry(CFG) == (3, [3], os.path.join("a", "b"))
 
 
 def test_refuse_folded_names_the_field_and_the_environment_variable():

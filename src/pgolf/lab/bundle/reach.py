@@ -79,6 +79,13 @@ class Module:
         self.roots: list[int] = []  # statements always kept
         self.aliases: dict[str, str] = {}  # module-level name -> core module (`X = _M["x"]`)
         self.imports: set[str] = set()  # core modules its module-level statements import
+        self.external: set[str] = {  # names of other packages' modules and objects (`os`, `F`)
+            (a.asname or a.name).split(".")[0]
+            for s in tree.body
+            if isinstance(s, ast.Import | ast.ImportFrom)
+            and getattr(s, "module", 0) != "__future__"
+            for a in s.names
+        }
         for i, stmt in enumerate(tree.body):
             names = _defined(stmt)
             if names is None:
@@ -203,6 +210,10 @@ class Module:
             if isinstance(t, ast.Name)
         }
         aliases = {**self.aliases, **local}
+        rebound = {
+            n.id for n, _ in pairs if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        }
+        rebound |= {n.arg for n, _ in pairs if isinstance(n, ast.arg)}
         out: set[tuple[str, str | None]] = set()
         for n, p in pairs:
             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store):
@@ -213,7 +224,7 @@ class Module:
                         out.add((aliases[n.id], None))
                 if n.id in self.defs:
                     out.add((self.name, n.id))
-            elif isinstance(n, ast.Attribute):
+            elif isinstance(n, ast.Attribute) and not self._foreign(n, rebound):
                 out.add(("@", n.attr))
             elif isinstance(n, ast.Constant) and isinstance(n.value, str) and len(n.value) < 64:
                 out.add(("@", n.value))
@@ -225,6 +236,14 @@ class Module:
                 else:
                     out.add((m, "__module__"))
         return out
+
+    def _foreign(self, node: ast.Attribute, rebound: set[str]) -> bool:
+        """`os.open`, `torch.cuda.synchronize`: an attribute looked up on another package's
+        module or object (imported by name, not rebound here), never a method of the core."""
+        root = node.value
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        return isinstance(root, ast.Name) and root.id in self.external and root.id not in rebound
 
 
 _ANNOTATIONS = {"annotation", "returns"}
