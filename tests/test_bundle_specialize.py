@@ -665,3 +665,62 @@ def other():
     r = specialize(src, CFG, entry=("main", "entry"))
     assert "other" in r.dropped["main"]
     assert _run(r.sources)["main"].entry(CFG) == "quantized in folder"
+
+
+KW_CORE = {
+    "artifact_check": """
+from __future__ import annotations
+ENTROPY_CODECS = ("rans", "crans")
+""",
+    "main": """
+from __future__ import annotations
+ENTROPY_CODECS = _M["artifact_check"].ENTROPY_CODECS
+
+def entry(cfg: C.RunConfig):
+    refuse_folded(cfg)
+    return save("x", codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits)
+
+def refuse_folded(cfg):
+    return None
+
+def save(path, **kw):
+    return path + ":" + encode(**kw)
+
+def encode(codec="brotli", pack_bits=False):
+    body = payload(pack_bits)
+    if codec in ENTROPY_CODECS:
+        return entropy(body)
+    return codec + ":" + body
+
+def payload(packed):
+    return pack_bits() if packed else "raw"
+
+def pack_bits():
+    return "packed"
+
+def entropy(body):
+    return "entropy:" + body
+""",
+}
+
+
+def test_keywords_passed_on_through_kw_fold_and_a_parameter_does_not_keep_a_namesake():
+    """`save(codec=..., pack_bits=...)` passes its `**kw` on to `encode`: every caller agrees, so
+    `encode` sees the frozen codec and pack_bits; `codec in ENTROPY_CODECS` (another core
+    module's constant) folds; the parameter `pack_bits` is not a use of the function
+    `pack_bits`, which goes with the branch that called it."""
+    r = specialize(dict(KW_CORE), CFG, entry=("main", "entry"))
+    assert {"pack_bits", "entropy"} <= set(r.dropped["main"])
+    assert ("quant.pack_bits", "truth", None, False) in r.folded
+    assert ("quant.codec", "in", ("rans", "crans"), False) in r.folded
+    assert _run(r.sources)["main"].entry(CFG) == "x:brotli:raw"
+    crans = replace(CFG, quant=replace(CFG.quant, codec="crans", pack_bits=True))
+    r = specialize(dict(KW_CORE), crans, entry=("main", "entry"))
+    assert "def entropy" in r.sources["main"] and "def pack_bits" in r.sources["main"]
+    # a second caller passing other keywords: `**kw` is unknown, nothing folds through it
+    other = dict(KW_CORE)
+    other["main"] = other["main"].replace(
+        "return save(", "save('y', codec='lzma')\n    return save("
+    )
+    r = specialize(other, CFG, entry=("main", "entry"))
+    assert "def pack_bits" in r.sources["main"] and "def entropy" in r.sources["main"]

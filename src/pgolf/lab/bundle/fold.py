@@ -6,8 +6,9 @@ import ast
 from typing import Any
 
 from pgolf import config as C
+from pgolf.lab.bundle.names import _bindings
 from pgolf.lab.bundle.reach import Module, _from_import, _module_ref
-from pgolf.lab.bundle.scope import _NO, _SCALAR, Shape, Types, _bindings, _const, _scope_env
+from pgolf.lab.bundle.scope import _NO, _SCALAR, Shape, Types, _const, _scope_env
 
 _CMP = {
     ast.Lt: "<",
@@ -103,17 +104,30 @@ class Folder(ast.NodeTransformer):
             return ("const", c)
         return self.types.of(node)
 
+    def _site(self, node: ast.Call) -> tuple[list, dict] | None:
+        """(tags of the positional arguments, {keyword: tag}) of a call, or None when they are
+        not all known: `*args`, or a `**kw` that is not known empty or known keywords
+        (`seeds._param_tags`)."""
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            return None
+        kws: dict[str, Any] = {}
+        for k in node.keywords:
+            t = self._tag(k.value)
+            if k.arg is not None:
+                kws[k.arg] = t
+            elif isinstance(t, tuple) and t[0] == "kwargs":
+                kws.update(dict(t[1]))
+            elif t != ("const", {}):
+                return None
+        return [self._tag(a) for a in node.args], kws
+
     def visit_Call(self, node: ast.Call) -> ast.expr:
         callee = self._callee(node.func)
         if callee is not None and self.top is not None:
-            if any(isinstance(a, ast.Starred) for a in node.args) or any(
-                k.arg is None and self._tag(k.value) != ("const", {}) for k in node.keywords
-            ):  # `**kw` is known only when every caller leaves it empty (`_seeds`)
+            if (site := self._site(node)) is None:
                 self.uses.append((self.top, callee))
             else:
-                args = [self._tag(a) for a in node.args]
-                kws = {k.arg: self._tag(k.value) for k in node.keywords if k.arg is not None}
-                self.calls.append((self.top, callee, args, kws))
+                self.calls.append((self.top, callee, *site))
             for field_name in ("args", "keywords"):
                 setattr(node, field_name, [self.visit(x) for x in getattr(node, field_name)])
             return node
@@ -124,16 +138,10 @@ class Folder(ast.NodeTransformer):
                 and self.module is not None
                 and (base.id in self.module.defs or base.id in self.module.aliases)
             ) or (isinstance(base, ast.Attribute) and _module_ref(base.value) is not None)
-            if (
-                unbound
-                or any(isinstance(a, ast.Starred) for a in node.args)
-                or any(k.arg is None and self._tag(k.value) != ("const", {}) for k in node.keywords)
-            ):
+            if unbound or (site := self._site(node)) is None:
                 self.method_uses.append((self.top, name))
             else:
-                args = [self._tag(a) for a in node.args]
-                kws = {k.arg: self._tag(k.value) for k in node.keywords if k.arg is not None}
-                self.method_calls.append((self.top, name, args, kws))
+                self.method_calls.append((self.top, name, *site))
             node.func.value = self.visit(node.func.value)
             for field_name in ("args", "keywords"):
                 setattr(node, field_name, [self.visit(x) for x in getattr(node, field_name)])
@@ -264,6 +272,37 @@ class Folder(ast.NodeTransformer):
             self.folded.append(fact)
         return ast.Constant(value)
 
+    def _constant(self, node: ast.expr) -> Any:
+        """A literal, or a core module's constant (an upper-case name bound once at module level,
+        `ENTROPY_CODECS = _M["artifact_check"].ENTROPY_CODECS` or `M.NAME`) holding scalars or a
+        tuple, set or dict of them (as a tuple: what `in` tests), that no code stores into;
+        else _NO. Its value is read from the installed core, like `Shape.table`."""
+        if (c := _const(node)) is not _NO or self.module is None:
+            return c
+        ref = None
+        if (
+            isinstance(node, ast.Name)
+            and node.id not in self.bound
+            and node.id not in self.types.env
+        ):
+            where = self.module.defs.get(node.id, [])
+            stmt = self.module.tree.body[where[0]] if len(where) == 1 else None
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+                if (imp := _from_import(stmt)) and isinstance(imp, tuple):
+                    ref = imp
+                elif (c := _const(stmt.value)) is not _NO:
+                    ref = (self.module.name, node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if (m := self.module.aliases.get(node.value.id)) and node.value.id not in self.bound:
+                ref = (m, node.attr)
+        if ref is None or not ref[1].isupper() or ref[1] in self.shape.mutable:
+            return _NO
+        v = self.shape.table(ref)
+        if isinstance(v, dict | set | frozenset | tuple):
+            v = tuple(sorted(v, key=repr)) if isinstance(v, set | frozenset) else tuple(v)
+            return v if all(isinstance(x, _SCALAR) for x in v) else _NO
+        return v if isinstance(v, _SCALAR) and v is not None else _NO
+
     def cond(self, node: ast.expr) -> ast.expr:
         """Visit `node` where only its truth matters."""
         if (key := self._field(node)) and self._switch(key, "truth"):
@@ -280,7 +319,7 @@ class Folder(ast.NodeTransformer):
         self.generic_visit(node)
         if len(node.ops) != 1 or type(node.ops[0]) not in _CMP:
             return node
-        key, arg = self._field(node.left), _const(node.comparators[0])
+        key, arg = self._field(node.left), self._constant(node.comparators[0])
         op = _CMP.get(type(node.ops[0]))
         if key is None or arg is _NO or not self._switch(key, op):
             return node

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from pgolf.lab.bundle.names import local_loads
+
 # ----------------------------------------------------------------------------------------------
 # Reachability
 
@@ -214,6 +216,7 @@ class Module:
             n.id for n, _ in pairs if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
         }
         rebound |= {n.arg for n, _ in pairs if isinstance(n, ast.arg)}
+        locals_ = local_loads(stmt)
         out: set[tuple[str, str | None]] = set()
         for n, p in pairs:
             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store):
@@ -222,7 +225,7 @@ class Module:
                         out.add((aliases[n.id], p.attr))
                     else:
                         out.add((aliases[n.id], None))
-                if n.id in self.defs:
+                if n.id in self.defs and id(n) not in locals_:  # not a function's own local
                     out.add((self.name, n.id))
             elif isinstance(n, ast.Attribute) and not self._foreign(n, rebound):
                 out.add(("@", n.attr))

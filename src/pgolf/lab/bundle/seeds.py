@@ -7,8 +7,9 @@ import ast
 from typing import Any
 
 from pgolf.lab.bundle.fold import Folder
+from pgolf.lab.bundle.names import _scope_nodes
 from pgolf.lab.bundle.reach import Module
-from pgolf.lab.bundle.scope import _NO, Shape, Types, _const, _scope_env, _scope_nodes
+from pgolf.lab.bundle.scope import _NO, Shape, Types, _const, _scope_env
 
 # ----------------------------------------------------------------------------------------------
 # The whole pass
@@ -159,7 +160,8 @@ def _seeds(
 def _param_tags(fn: ast.FunctionDef, sites: list, shape: Shape, bound: bool = False) -> dict:
     """{parameter: the tag every call site in `sites` ((args, kwargs) tags) agrees on};
     `bound`: a method called on an instance (its first parameter is not passed). A `**kw`
-    parameter is ("const", {}) when no caller passes a keyword outside the named parameters."""
+    parameter is ("const", {}) when no caller passes a keyword outside the named parameters, and
+    ("kwargs", ((name, tag), ...)) when every caller passes the same ones, agreeing on each."""
     a = fn.args
     pos = [p.arg for p in [*a.posonlyargs, *a.args]]
     defaults = dict(zip(pos[len(pos) - len(a.defaults) :], a.defaults, strict=True))
@@ -181,10 +183,14 @@ def _param_tags(fn: ast.FunctionDef, sites: list, shape: Shape, bound: bool = Fa
         if (tag := _one_tag(seen, shape)) is not None:
             tags[p] = tag
     named = {*passed, *(k.arg for k in a.kwonlyargs)}
-    if a.kwarg is not None and all(
-        len(args) <= len(passed) and set(kws) <= named for args, kws in sites
-    ):
-        tags[a.kwarg.arg] = ("const", {})
+    if a.kwarg is not None and all(len(args) <= len(passed) for args, _ in sites):
+        extra = [{k: t for k, t in kws.items() if k not in named} for _, kws in sites]
+        if not any(extra):
+            tags[a.kwarg.arg] = ("const", {})
+        elif all(e.keys() == extra[0].keys() for e in extra):  # the same keywords everywhere
+            items = tuple((k, _one_tag([e[k] for e in extra], shape)) for k in sorted(extra[0]))
+            if all(t is not None for _, t in items):
+                tags[a.kwarg.arg] = ("kwargs", items)
     return tags
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from pgolf.lab.bundle.scope import _scope_nodes
+from pgolf.lab.bundle.names import _scope_nodes
 
 # ----------------------------------------------------------------------------------------------
 # Dead branches
