@@ -724,3 +724,35 @@ def test_keywords_passed_on_through_kw_fold_and_a_parameter_does_not_keep_a_name
     )
     r = specialize(other, CFG, entry=("main", "entry"))
     assert "def pack_bits" in r.sources["main"] and "def entropy" in r.sources["main"]
+
+
+def test_imports_and_local_stores_nothing_reads_go_and_effects_stay():
+    src = {
+        "main": """
+from __future__ import annotations
+import os
+from json import dumps, loads
+from torch import Tensor, nn
+
+LOG = []
+
+def entry(cfg):
+    helper = _M["main"].noted
+    flag = False
+    mode, spec = (cfg.ttt.mode, os.sep)
+    kept = noted(1)
+    width = 3
+    return dumps([width, nn.Module.__name__, len(LOG)])
+
+def noted(x):
+    LOG.append(x)
+    return x
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"), fold=False)
+    out = r.sources["main"]
+    assert "loads" not in out and "Tensor" not in out and "import os" not in out
+    assert "from torch import nn" in out and "dumps" in out
+    assert "helper" not in out and "flag" not in out and "spec" not in out
+    assert "kept = noted(1)" in out  # a call may do something: it stays
+    assert _run(r.sources)["main"].entry(CFG) == '[3, "Module", 1]'

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +50,7 @@ from pgolf.lab.bundle.reach import Module, _defined, _from_import, reach
 from pgolf.lab.bundle.scope import Shape, _is_replace
 from pgolf.lab.bundle.seeds import _attr_stores, _class_attrs, _seeds
 from pgolf.lab.bundle.simplify import Simplify
+from pgolf.lab.bundle.tidy import tidy
 
 
 @dataclass
@@ -189,29 +189,6 @@ def specialize(
                 cls.body = [s for j, s in enumerate(cls.body) if j not in methods or (i, j) in keep]
                 cls.body = cls.body or [ast.Pass()]
         tree.body = [s for i, s in enumerate(tree.body) if i in keep] or [ast.Pass()]
-        tree.body = _drop_unused_stdlib(tree.body)
+        tree.body = tidy(tree.body)
         out[m] = ast.unparse(tree) + "\n"
     return Result(out, folded, dropped, [m for m in sources if m not in kept], seeds)
-
-
-def _drop_unused_stdlib(body: list[ast.stmt]) -> list[ast.stmt]:
-    """Module-level `import`/`from ... import` of the standard library whose names nothing uses."""
-    used = {
-        n.id
-        for s in body
-        for n in ast.walk(s)
-        if isinstance(n, ast.Name) and not isinstance(s, ast.Import | ast.ImportFrom)
-    }
-    out = []
-    for s in body:
-        if isinstance(s, ast.Import | ast.ImportFrom) and not (
-            isinstance(s, ast.ImportFrom) and s.module == "__future__"
-        ):
-            root = (s.module if isinstance(s, ast.ImportFrom) else s.names[0].name) or ""
-            if root.split(".")[0] in sys.stdlib_module_names:
-                names = [a for a in s.names if (a.asname or a.name).split(".")[0] in used]
-                if not names:
-                    continue
-                s.names = names
-        out.append(s)
-    return out
