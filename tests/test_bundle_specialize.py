@@ -717,6 +717,13 @@ def test_keywords_passed_on_through_kw_fold_and_a_parameter_does_not_keep_a_name
     crans = replace(CFG, quant=replace(CFG.quant, codec="crans", pack_bits=True))
     r = specialize(dict(KW_CORE), crans, entry=("main", "entry"))
     assert "def entropy" in r.sources["main"] and "def pack_bits" in r.sources["main"]
+    # a `**kw` changed before it is passed on holds more than the callers passed
+    changed = dict(KW_CORE)
+    changed["main"] = changed["main"].replace(
+        "    return path + ", '    kw["pack_bits"] = True\n    return path + '
+    )
+    r = specialize(changed, CFG, entry=("main", "entry"))
+    assert _run(r.sources)["main"].entry(CFG) == "x:brotli:packed"
     # a second caller passing other keywords: `**kw` is unknown, nothing folds through it
     other = dict(KW_CORE)
     other["main"] = other["main"].replace(

@@ -297,6 +297,11 @@ class Folder(ast.NodeTransformer):
                 ref = (m, node.attr)
         if ref is None or not ref[1].isupper() or ref[1] in self.shape.mutable:
             return _NO
+        if any(  # a function of this module may rebind it (`global NAME`)
+            isinstance(n, ast.Global) and isinstance(node, ast.Name) and node.id in n.names
+            for n in ast.walk(self.module.tree)
+        ):
+            return _NO
         v = self.shape.table(ref)
         if isinstance(v, dict | set | frozenset | tuple):
             v = tuple(sorted(v, key=repr)) if isinstance(v, set | frozenset) else tuple(v)

@@ -183,7 +183,11 @@ def _param_tags(fn: ast.FunctionDef, sites: list, shape: Shape, bound: bool = Fa
         if (tag := _one_tag(seen, shape)) is not None:
             tags[p] = tag
     named = {*passed, *(k.arg for k in a.kwonlyargs)}
-    if a.kwarg is not None and all(len(args) <= len(passed) for args, _ in sites):
+    if (
+        a.kwarg is not None
+        and _only_passed_on(fn, a.kwarg.arg)
+        and all(len(args) <= len(passed) for args, _ in sites)
+    ):
         extra = [{k: t for k, t in kws.items() if k not in named} for _, kws in sites]
         if not any(extra):
             tags[a.kwarg.arg] = ("const", {})
@@ -192,6 +196,17 @@ def _param_tags(fn: ast.FunctionDef, sites: list, shape: Shape, bound: bool = Fa
             if all(t is not None for _, t in items):
                 tags[a.kwarg.arg] = ("kwargs", items)
     return tags
+
+
+def _only_passed_on(fn: ast.FunctionDef, name: str) -> bool:
+    """`name` (a `**kw` parameter) is only ever read as `f(**name)`: never changed in place
+    (`kw.pop(...)`, `kw[k] = v`), rebound or looked into, so it holds what the callers passed."""
+    spread = {id(k.value) for k in ast.walk(fn) if isinstance(k, ast.keyword) and k.arg is None}
+    return all(
+        id(n) in spread and isinstance(n.ctx, ast.Load)
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Name) and n.id == name
+    )
 
 
 def _one_tag(tags: list[Any], shape: Shape) -> Any:
