@@ -19,6 +19,7 @@ from pgolf import config as C
 from pgolf import data as D
 from pgolf.lab.data import caseops as K
 from pgolf.lab.data import datasets as datasets
+from pgolf.lab.data import fineweb as fineweb
 
 T, A, N, E = K.TITLE, K.ALLCAPS, K.CAPNEXT, K.ESC
 
@@ -339,7 +340,7 @@ def test_fineweb_path_keeps_the_first_documents_for_validation(built, tmp_path):
         asked.append((repo_id, filename, repo_type))
         return str(docs)
 
-    out = datasets.build_fineweb_caseops(
+    out = fineweb.build_fineweb_caseops(
         tmp_path / "data", tok, val_docs=7, shard_tokens=300, fetch=fetch, repo_id="r/x"
     )
     assert asked == [("r/x", "datasets/docs_selected.jsonl", "dataset")]
@@ -354,7 +355,7 @@ def test_fineweb_path_keeps_the_first_documents_for_validation(built, tmp_path):
     per_doc = [int(s.sum()) for s in np.split(side, np.flatnonzero(val == 1)[1:])]
     assert per_doc == [len(t.encode("utf-8")) for t in texts[:7]]
     with pytest.raises(ValueError, match="only 40 documents"):
-        datasets.build_fineweb_caseops(tmp_path / "d2", tok, docs=docs, val_docs=41)
+        fineweb.build_fineweb_caseops(tmp_path / "d2", tok, docs=docs, val_docs=41)
 
 
 def test_cli_builds_caseops_corpora_and_refuses_a_fineweb_build_without_tokenizer(tmp_path, capsys):

@@ -20,6 +20,7 @@ import torch
 
 from pgolf import data as D
 from pgolf.lab.data import datasets as S
+from pgolf.lab.data import fineweb as W
 
 # ../shared beside the checkout (as in CI), or PGOLF_BENCH_DIR
 BENCH = Path(
@@ -253,7 +254,7 @@ def test_download_fineweb_layout_and_resume(hub, tmp_path, monkeypatch):
     monkeypatch.delenv("MATCHED_FINEWEB_REPO_ID", raising=False)
     monkeypatch.delenv("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", raising=False)
     out = tmp_path / "data"
-    folder = S.download_fineweb("sp300", 2, out, fetch=hub["fetch"])
+    folder = W.download_fineweb("sp300", 2, out, fetch=hub["fetch"])
     assert folder == out / "datasets" / "fineweb10B_sp300"
     assert [f.name for f in D.find_shards(folder, "train")] == [
         "fineweb_train_000000.bin",
@@ -268,20 +269,20 @@ def test_download_fineweb_layout_and_resume(hub, tmp_path, monkeypatch):
         == D.read_shard(folder / "fineweb_val_000000.bin").size
     )
     hub["calls"].clear()
-    S.download_fineweb("sp300", 2, out, fetch=hub["fetch"])
+    W.download_fineweb("sp300", 2, out, fetch=hub["fetch"])
     assert hub["calls"] == ["datasets/manifest.json"]  # everything else verified and kept
     bad = folder / "fineweb_train_000001.bin"
     blob = bad.read_bytes()
     bad.unlink()  # (in place would also truncate the hub cache: the files are hard links)
     bad.write_bytes(blob[:-4])
     hub["calls"].clear()
-    S.download_fineweb("sp300", 3, out, fetch=hub["fetch"])
+    W.download_fineweb("sp300", 3, out, fetch=hub["fetch"])
     assert hub["calls"][1:] == [
         "datasets/datasets/fineweb10B_sp300/fineweb_train_000001.bin",
         "datasets/datasets/fineweb10B_sp300/fineweb_train_000002.bin",
     ]
     hub["offline"] = True  # manifest unreachable: the local copy is used
-    assert S.download_fineweb("sp300", 3, out, fetch=hub["fetch"]) == folder
+    assert W.download_fineweb("sp300", 3, out, fetch=hub["fetch"]) == folder
 
 
 def test_download_fineweb_env_errors_and_sha(hub, tmp_path, monkeypatch):
@@ -291,19 +292,19 @@ def test_download_fineweb_env_errors_and_sha(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "other")
     hub["repo"] = "kevclark/parameter-golf"
     out = tmp_path / "d2"
-    S.download_fineweb("sp300", 1, out, fetch=hub["fetch"])
+    W.download_fineweb("sp300", 1, out, fetch=hub["fetch"])
     assert all(c.startswith("other/") for c in hub["calls"])
     with pytest.raises(ValueError, match="has 3 train shards"):
-        S.download_fineweb("sp300", 4, out, fetch=hub["fetch"])
+        W.download_fineweb("sp300", 4, out, fetch=hub["fetch"])
     with pytest.raises(ValueError, match="fineweb10B_sp8192 is not in.*kevclark"):
-        S.download_fineweb("sp8192", 1, out, fetch=hub["fetch"])
+        W.download_fineweb("sp8192", 1, out, fetch=hub["fetch"])
     with pytest.raises(ValueError, match="variant"):
-        S.download_fineweb("gpt2", 1, out, fetch=hub["fetch"])
+        W.download_fineweb("gpt2", 1, out, fetch=hub["fetch"])
     m = hub["manifest"]
     m["datasets"][0]["sha256"] = {"fineweb_val_000000.bin": "0" * 64}
     (new_root / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(D.ShardError, match="sha256"):
-        S.download_fineweb("sp300", 1, tmp_path / "d3", fetch=hub["fetch"])
+        W.download_fineweb("sp300", 1, tmp_path / "d3", fetch=hub["fetch"])
     assert not (
         tmp_path / "d3" / "datasets" / "fineweb10B_sp300" / "fineweb_val_000000.bin"
     ).exists()

@@ -317,17 +317,43 @@ def test_stats_cli_reads_runs_and_records(record, built, capsys):
     assert out["comparison"]["test"] == "welch" and out["comparison"]["readme_rule"]["met"]
 
 
+def test_stats_reads_a_records_folder_as_verify_does(record, tmp_path):
+    """Logs under other names than train*.log (log_seed42.txt, logs/s2.out, ...) are found by
+    content, and stats picks the same per-seed results verify does: one reader for both."""
+    from pgolf.cli import cmd_stats
+    from pgolf.lab.records import seeds as Z
+
+    logs = sorted(record.glob("train*.log"))
+    assert len(logs) == 3
+    (record / "logs").mkdir()
+    for i, p in enumerate(logs):
+        dest = record / ("logs" if i else ".") / p.name.replace("train_seed", "log_s")
+        p.rename(dest.with_suffix(".txt"))
+    assert not list(record.glob("train*.log"))
+    got = {(r.seed, r.val_bpb) for r in Z.load_results([record])}
+    assert got == {(r.seed, r.val_bpb) for r in V.read(record).seeds}
+    assert {s for s, _ in got} == {1, 2, 3}
+    out = cmd_stats([str(record)], against_bpb=4.05 / 1.7, against_loss=4.05, as_json=True)
+    assert out["comparison"]["test"] == "one-sample"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="any file name"):
+        Z.load_results([empty])
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        Z.load_results([tmp_path / "missing"])
+
+
 @pytest.mark.slow
 def test_real_cpu_tiny_runs_export_and_verify(tmp_path):
     """Three real `cpu-tiny` runs (minutes each) → export → verify clean; train_gpt.py runs."""
-    from pgolf import pipeline
-    from pgolf.lab.bundle import code_size
+    from pgolf.cli import cmd_run
     from pgolf.lab.records import export
 
     runs = []
-    for seed in (1, 2, 3):
-        cfg = C.load("cpu-tiny", [f"train.seed={seed}"])
-        pipeline.run(cfg, str(tmp_path / f"s{seed}"), code_size=code_size)
+    for seed in (1, 2, 3):  # the main job's own path: the embedded default corpus, built once
+        cmd_run(
+            preset="cpu-tiny", overrides=[f"train.seed={seed}"], run_dir=str(tmp_path / f"s{seed}")
+        )
         runs.append(tmp_path / f"s{seed}")
     out = tmp_path / "rec"
     export(runs, out)

