@@ -19,22 +19,33 @@ is a lookup in the bundle's module table `_M`), from the AST, on whatever the co
    default counts) is typed or folded like one (no run-time check needed for a constant): calls
    of a module-level function by name, and `x.name(...)` of a method `name` that one kept class
    alone defines, no string spells, and nothing uses other than by calling it on an instance; a
-   `**kw` no caller fills is known empty, so calls that pass it on are still seen.
+   `**kw` that is only passed on is known: empty when no caller fills it, its keywords when every
+   caller passes the same ones alike. A local bound once to a literal folds as that constant. An
+   attribute of a core table's row keyed by a str switch (`M.MODES[cfg.ttt.mode].adapts`, a dict
+   no code stores into, read from the installed core) folds, checked as `field in (the keys whose
+   row gives the same answer)`; an upper-case core constant (`ENTROPY_CODECS`) is a constant of
+   a comparison; a bool switch used as an `and`/`or` operand folds to its value. Folding repeats
+   on its own output until nothing changes.
 2. Simplify: an `if`/ternary/`while` on a constant keeps its live branch, `and`/`or`/`not` of
-   constants reduce, `assert True` goes, statements after `return`/`raise`/`continue`/`break` go.
+   operands of known truth reduce (`x is not None and False` is False when `x` only reads),
+   `assert True` goes, statements after `return`/`raise`/`continue`/`break` go.
 3. Prune: from the entry point, module-level functions, classes, assignments and imports that no
    kept code reaches are dropped (a module imported at module level by a kept module keeps its
-   module-level statements, as Python would run them); a module nothing reaches is left out.
+   module-level statements, as Python would run them); a module nothing reaches is left out. A
+   function's own local or parameter is no use of a module name it shadows; an attribute of
+   another package's module (`os.open`) keeps no core method. Then `tidy`: unused import names
+   and function-local stores nothing reads go.
 
 Never folded or dropped: methods some kept code may name (`reach.Module.methods`: dunders,
-decorated methods, framework hooks, a name any kept code spells), module-level statements that are
+methods with a registering decorator, framework hooks, a name any kept code spells; behind
+`classmethod`/`property`/... a method goes like any other), module-level statements that are
 not plain definitions, assignments whose value calls something (side effects), and definitions a
 module-level decorator of the same module may register. `specialize` returns the sources, the
 folds and what was pruned; `tests/test_bundle.py` checks a specialized bundle against `pgolf run`.
 
 The steps live in their own modules: `scope` (the config's shape, the type of an expression),
-`fold` (step 1), `simplify` (step 2), `reach` (step 3), `seeds` (what call sites and attribute
-stores tell); this module runs them to a fixpoint.
+`fold` (step 1), `simplify` (step 2), `reach` (step 3), `tidy`, `seeds` (what call sites and
+attribute stores tell), `names` (what a scope binds); this module runs them to a fixpoint.
 """
 
 from __future__ import annotations
