@@ -27,18 +27,21 @@ import fetch  # noqa: E402  (the corpus helper next to this script)
 from pgolf.lab.records import verify as V  # noqa: E402
 
 
-def run_one(folder: Path) -> tuple[int, list[str], str]:
+def run_one(folder: Path) -> tuple[int, list[str], str, str]:
+    """(exit code, failing checks, their evidence, the data_overlap check's status: evidence
+    where the folder ships its data preparation, else "")."""
     try:
         checks = V.verify(folder)
     except V.FolderError as e:
-        return V.EXIT_FORM, ["refused"], str(e)
+        return V.EXIT_FORM, ["refused"], str(e), ""
     except Exception as e:  # a traceback is a defect of verify: counted, shown
-        return 99, ["traceback"], f"{type(e).__name__}: {e}"
+        return 99, ["traceback"], f"{type(e).__name__}: {e}", ""
     failing = [c.name for c in checks if c.status in (V.FAIL, V.FORM)]
     if not any(c.status == V.FAIL for c in checks) and failing:
         failing = [f"{n}(form)" for n in failing]
     ev = "; ".join(f"{c.name}: {c.evidence[:220]}" for c in checks if c.name in failing)
-    return V.exit_code(checks), failing, ev
+    prep = "".join(f"{c.status}: {c.evidence}" for c in checks if c.name == "data_overlap")
+    return V.exit_code(checks), failing, ev, prep
 
 
 def verdict(code: int) -> str:
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if not d.is_dir():
             print(f"missing {d}: run benchmarks/corpus/fetch.py", file=sys.stderr)
             return 2
-        code, failing, ev = run_one(d)
+        code, failing, ev, prep = run_one(d)
         rows.append(
             {
                 "id": e["id"],
@@ -66,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                 "code": code,
                 "failing": failing,
                 "evidence": ev,
+                "data_prep": prep,
             }
         )
     tdir = fetch.OUT.parent / "tampered"
     labels = tdir / "labels.json"
     if labels.is_file():
         for t in json.loads(labels.read_text()):
-            code, failing, ev = run_one(tdir / t["id"])
+            code, failing, ev, _ = run_one(tdir / t["id"])
             rows.append(
                 {
                     "id": t["id"],
@@ -149,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         base = [f.split("(")[0] for f in r["failing"]]
         if c and r not in misses and r["expected"]["verdict"] != "accept" and c not in base:
             print(f"- {r['id'][:70]} labelled {c}: flagged {r['failing']} {r['evidence'][:300]}")
+    prep = [r for r in rows if r.get("data_prep")]
+    print(f"\nfolders that ship their data preparation ({len(prep)}; data_overlap without shards):")
+    for r in prep:
+        print(f"- {r['id'][:60]} ({r['expected']['verdict']}): {r['data_prep'][:260]}")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -358,6 +358,8 @@ def test_hessians_sum_over_recurrent_visits_and_embed_from_final_norm():
         assert len(xs) == visits[name] * len(batches)
         ref = sum(x.T @ x for x in xs) / n_tok
         torch.testing.assert_close(hess[name + ".weight"].double(), ref, rtol=1e-5, atol=1e-6)
+        rms = torch.cat(xs).pow(2).mean(dim=0).sqrt()  # over every visit's rows (#1908)
+        torch.testing.assert_close(hess.act_rms[name + ".weight"].double(), rms, rtol=1e-5, atol=0)
         one_visit = sum(x.T @ x for x in xs[:: visits[name]]) / n_tok
         if visits[name] == 2:  # the second visit really contributes
             assert not torch.allclose(hess[name + ".weight"].double(), one_visit, rtol=1e-2)
@@ -381,9 +383,10 @@ def test_hessians_reduce_sums_and_counts(monkeypatch):
 
     monkeypatch.setattr(quant, "all_reduce_", fake_all_reduce)
     two = quant.collect_hessians(model, batches, names)
-    assert calls == ["sum"] * 3
+    assert calls == ["sum"] * 5  # tokens, then per name its sum and its rows
     for n in names:
         torch.testing.assert_close(two[n], one[n])
+        torch.testing.assert_close(two.act_rms[n], one.act_rms[n])
 
 
 def test_untied_head_hessian():
@@ -499,10 +502,11 @@ def _hessian_worker(rank: int, world: int, init_file: str, ref_file: str) -> Non
     try:
         model, batches = _hessian_setup()
         mine = quant.collect_hessians(model, batches[rank::world])  # this rank's share
-        ref = torch.load(ref_file)
-        assert sorted(mine) == sorted(ref)
+        ref, rms = torch.load(ref_file)
+        assert sorted(mine) == sorted(ref) == sorted(mine.act_rms)
         for name in ref:
             torch.testing.assert_close(mine[name], ref[name], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(mine.act_rms[name], rms[name], rtol=1e-5, atol=1e-6)
     finally:
         tdist.destroy_process_group()
 
@@ -538,7 +542,7 @@ def test_hessians_shared_over_two_ranks_equal_one_process(tmp_path):
 
     model, batches = _hessian_setup()
     ref = quant.collect_hessians(model, batches)  # one process, all the data
-    torch.save(ref, tmp_path / "ref.pt")
+    torch.save((dict(ref), ref.act_rms), tmp_path / "ref.pt")
     args = (2, os.fspath(tmp_path / "pg"), os.fspath(tmp_path / "ref.pt"))
     mp.spawn(_hessian_worker, args=args, nprocs=2, join=True)
 

@@ -344,6 +344,7 @@ def test_stats_reads_a_records_folder_as_verify_does(record, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # three whole cpu-tiny runs: 7 min on a quiet 2-core machine
 def test_real_cpu_tiny_runs_export_and_verify(tmp_path):
     """Three real `cpu-tiny` runs (minutes each) → export → verify clean; train_gpt.py runs."""
     from pgolf.cli import cmd_run

@@ -67,6 +67,7 @@ from pgolf.artifact_check import (
     byte_shuffle,
     byte_unshuffle,  # noqa: F401  (re-exported: part of the container API)
     check_lowrank,
+    check_promoted,
     compress,
     decompress,  # noqa: F401
     inflate,
@@ -309,7 +310,8 @@ def _read_str(tab: memoryview, pos: int) -> tuple[str, int]:
 def parse_payload(payload: bytes, source: str = "<bytes>") -> tuple[list[QTensor], dict]:
     """Payload -> (tensors, meta). Counts are bounded by the bytes that hold them before anything
     is allocated; names must be unique, sections contiguous and in table order, every tensor must
-    pass the writer's own check (`_check`), every low-rank term `check_lowrank`."""
+    pass the writer's own check (`_check`), every low-rank term `check_lowrank`, every promoted
+    column group `check_promoted`."""
     fail = lambda msg: ArtifactError(f"{source}: {msg}")  # noqa: E731
     view = memoryview(payload)
     if len(view) < 56 + 32 or view[:8] != PAYLOAD_MAGIC:
@@ -354,6 +356,7 @@ def parse_payload(payload: bytes, source: str = "<bytes>") -> tuple[list[QTensor
     if not isinstance(meta, dict):
         raise fail("meta is not a JSON object")
     check_lowrank(out, source)
+    check_promoted(out, source)
     return out, meta
 
 

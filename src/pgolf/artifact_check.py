@@ -43,6 +43,11 @@ CODECS = tuple(CODEC_IDS)
 LOWRANK_SUFFIXES = (".lqer.a", ".lqer.b")
 """A low-rank term of tensor "<name>" [R, C] (R = shape[0], 1 for a vector; C = the rest) is the
 pair "<name>.lqer.a" A [R, r] and "<name>.lqer.b" B [r, C], added back as W + A @ B (lqer.py)."""
+PROMOTED_TAG = ".awq."
+"""A promoted column group (AWQ-lite, PR #1908) of int tensor "<name>" [R, C] is the int tensor
+"<name>.awq.<start>" [R, g]: columns start..start+g of <name> on their own grid and row scales
+(start a multiple of g, in decimal without leading zeros), those columns of <name> stored as 0."""
+_PROMOTED = re.compile(r"(.+)\.awq\.(0|[1-9][0-9]{0,9})")
 
 
 class ArtifactError(ValueError):
@@ -237,6 +242,14 @@ def check_shapes(cfg: C.RunConfig, tensors: Iterable[Any], source: str) -> None:
                 f"{source}: low-rank term {k!r} {shape} does not fit "
                 f"{k[:-7]!r} {w}; re-quantize the run"
             )
+    for k in [k for k in got if promoted_of(k)]:  # promoted column groups (AWQ-lite)
+        shape, w = got.pop(k), want.get(promoted_of(k)[0])
+        try:
+            if w is None:
+                raise ValueError(f"promoted columns {k[:80]!r} belong to no model tensor")
+            promoted_cols(k, shape, w)
+        except ValueError as e:
+            raise ArtifactError(f"{source}: {e}; re-quantize the run") from None
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if diff:
         k = diff[0]
@@ -282,7 +295,13 @@ def check_lowrank(tensors: Iterable[Any], source: str) -> None:
         base = name[: -len(sfx)]
         a, b, w = by_name.get(base + a_sfx), by_name.get(base + b_sfx), by_name.get(base)
         try:
-            if a is None or b is None or w is None or base.endswith(LOWRANK_SUFFIXES):
+            if (
+                a is None
+                or b is None
+                or w is None
+                or base.endswith(LOWRANK_SUFFIXES)
+                or promoted_of(base)
+            ):
                 raise ValueError(
                     f"low-rank factor {name[:80]!r} has no partner factor or no tensor "
                     f"{base[:80]!r} of its own"
@@ -291,6 +310,71 @@ def check_lowrank(tensors: Iterable[Any], source: str) -> None:
             vals = [getattr(t, f) for f in ("scales", "data")]
             if not all(bool(torch.isfinite(v.float()).all()) for v in vals if v is not None):
                 raise ValueError(f"low-rank factor {name[:80]!r} has values that are not finite")
+        except ValueError as e:
+            raise ArtifactError(f"{source}: {e}; re-quantize the run") from None
+
+
+def promoted_of(name: str) -> tuple[str, int] | None:
+    """(tensor name, first column) of a promoted column group's name, None for any other name."""
+    m = _PROMOTED.fullmatch(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def promoted_cols(name: str, shape: Any, base_shape: Any) -> tuple[int, int]:
+    """(start, width) of the promoted group `name` shaped `shape` in a tensor shaped
+    `base_shape`; ValueError unless it is [R, g] with the tensor's R rows, 1 <= g, start a
+    multiple of g and start + g <= C. The one rule for every reader (the artifact loader,
+    `check_shapes`, `quant.dequantize_state`)."""
+    got = promoted_of(name)
+    a, w = tuple(int(d) for d in shape), tuple(int(d) for d in base_shape)
+    rows = w[0] if len(w) > 1 else 1
+    cols = math.prod(w) // rows if rows else 0
+    if got is None or len(a) != 2 or a[0] != rows or a[1] < 1:
+        raise ValueError(f"promoted columns {name[:80]!r} {a} must be [{rows}, g] of {w}")
+    start, width = got[1], a[1]
+    if start % width or start + width > cols:
+        raise ValueError(
+            f"promoted columns {name[:80]!r}: group {start}..{start + width} is not a whole "
+            f"group of {width} columns within the tensor's {cols}"
+        )
+    return start, width
+
+
+def check_promoted(tensors: Iterable[Any], source: str) -> None:
+    """Every promoted column group among an artifact's tensors: an int tensor whose tensor is
+    stored, is an int tensor on fewer bits and is neither a low-rank factor nor promoted itself;
+    shape by `promoted_cols`; one group width per tensor; the tensor's own codes 0 in those
+    columns. ArtifactError naming `source` and the fix otherwise. Cost: the groups' columns."""
+    by_name = {t.name: t for t in tensors}
+    width: dict[str, int] = {}
+    for name, t in by_name.items():
+        if (got := promoted_of(name)) is None:
+            continue
+        base = by_name.get(got[0])
+        try:
+            if (
+                base is None
+                or base.kind != "int"
+                or t.kind != "int"
+                or promoted_of(base.name)
+                or base.name.endswith(LOWRANK_SUFFIXES)
+            ):
+                raise ValueError(
+                    f"promoted columns {name[:80]!r} have no int tensor {got[0][:80]!r} "
+                    "of their own"
+                )
+            if t.bits <= base.bits:
+                raise ValueError(
+                    f"promoted columns {name[:80]!r} on {t.bits} bits, not more than the "
+                    f"tensor's {base.bits}"
+                )
+            start, g = promoted_cols(name, t.shape, base.shape)
+            if width.setdefault(base.name, g) != g:
+                raise ValueError(f"promoted groups of {base.name[:80]!r} differ in width")
+            if bool(base.codes.reshape(t.shape[0], -1)[:, start : start + g].any()):
+                raise ValueError(
+                    f"{base.name[:80]!r} stores codes in its promoted columns {start}..{start + g}"
+                )
         except ValueError as e:
             raise ArtifactError(f"{source}: {e}; re-quantize the run") from None
 

@@ -610,6 +610,7 @@ def cmd_verify(
     data: str | None = None,
     against: str | None = None,
     strict_time: bool = False,
+    val_data: str | None = None,
     as_json: bool = False,
 ) -> list:
     """Exit 1 when a rules check fails, 2 for a form failure (a missing or unparsable piece, or
@@ -617,7 +618,7 @@ def cmd_verify(
     from pgolf.lab.records import verify as V
 
     try:
-        checks = V.verify(folder, artifact, data, against, strict_time)
+        checks = V.verify(folder, artifact, data, against, strict_time, val_data)
     except V.FolderError as e:
         if as_json:
             print(json.dumps({"error": str(e), "file": e.path, "exit": V.EXIT_FORM}))

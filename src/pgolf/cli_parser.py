@@ -472,7 +472,19 @@ def _records(sub, _sub: _Subcommands) -> None:
     p = _sub(sub, "verify", "check a records folder (exit 1 on any failure)")
     p.add_argument("folder", metavar="RECORD_DIR", help="a records folder (ours or not)")
     p.add_argument("--artifact", default=None, help="artifact to re-score in a fresh process")
-    p.add_argument("--data", default=None, help="validation shards for the re-score")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="prepared shards: the re-score's validation, and, where the folder ships its data "
+        "preparation, the train/val overlap check's (data_overlap)",
+    )
+    p.add_argument(
+        "--val-data",
+        default=None,
+        metavar="DIR",
+        help="data_overlap: validation shards from elsewhere (e.g. the challenge's 50,000 "
+        "documents under the record's tokenizer) against --data's training shards",
+    )
     p.add_argument(
         "--against",
         default=None,

@@ -165,6 +165,10 @@ class QuantConfig:
     lqer_b_bits: int = 4  # asym: B bits, one scale per lqer_group entries
     lqer_group: int = 64
     lqer_sym_bits: int = 4  # sym form (or B not divisible by lqer_group): bits of both factors
+    awq: bool = False  # #1908 AWQ-lite: the most salient column groups kept at awq_bits in GPTQ
+    awq_bits: int = 8  # bits of the promoted column groups (AWQ_LITE_BITS)
+    awq_top_k: int = 1  # column groups promoted, over all GPTQ matrices together (#1908)
+    awq_group: int = 64  # columns per group (AWQ_LITE_GROUP_SIZE)
     byte_budget: int = 16_000_000
 
 
@@ -743,6 +747,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(
             "quant.lqer_top >= 0, lqer_top_rank >= 1, lqer_group >= 0 (0: the sym form)"
         )
+    if not 2 <= q.awq_bits <= 8 or q.awq_top_k < 0 or not 1 <= q.awq_group <= 1 << 16:
+        problems.append("quant.awq_bits within 2..8, awq_top_k >= 0, awq_group within 1..65536")
     uses_window = (m.smear_gate and m.smear_form == "window") or m.attn_gate in ("sparse", "out")
     if uses_window and not 1 <= m.gate_window <= m.model_dim:
         problems.append(f"gate_window {m.gate_window} must be in 1..model_dim {m.model_dim}")

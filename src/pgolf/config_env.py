@@ -102,6 +102,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "LQER_RANK": ("quant", "lqer_top_rank"),
     "LQER_FACTOR_BITS": ("quant", "lqer_sym_bits"),
     "LQER_ASYM_GROUP": ("quant", "lqer_group"),
+    "AWQ_LITE_ENABLED": ("quant", "awq"),  # PR #1908's AWQ-lite (pgolf.quant.awq_plan)
+    "AWQ_LITE_BITS": ("quant", "awq_bits"),
+    "AWQ_LITE_GROUP_TOP_K": ("quant", "awq_top_k"),
+    "AWQ_LITE_GROUP_SIZE": ("quant", "awq_group"),
     "TTT_LORA_RANK": ("ttt", "phased_rank"),  # PR #1855's phased TTT (ttt.mode=phased)
     "TTT_LORA_ALPHA": ("ttt", "phased_alpha"),
     "TTT_LORA_LR": ("ttt", "phased_lr"),

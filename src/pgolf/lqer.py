@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from pgolf.artifact_check import LOWRANK_SUFFIXES, lowrank_rank
-from pgolf.quant import dequantize, output_error, rtn_quantize
+from pgolf.quant import dequantize, dequantize_state, output_error, rtn_quantize
 
 SUFFIX_A, SUFFIX_B = LOWRANK_SUFFIXES
 
@@ -61,13 +61,14 @@ def lqer_tensors(
     Hessian. A pair is kept only if it lowers the H-weighted error after its own quantization."""
     from pgolf.artifact import QTensor
 
-    out = []
+    out, qtensors = [], list(qtensors)
+    hat = realized(qtensors)
     for qt in qtensors:
         rank = ranks.get(qt.group, 0)
         if qt.kind != "int" or rank <= 0 or qt.name not in hessians:
             continue
         W = state[qt.name].detach().float().cpu().reshape(qt.rows, -1)
-        W_hat = dequantize(qt.codes.reshape(qt.rows, -1), qt.scales)
+        W_hat = hat[qt.name].reshape(qt.rows, -1)
         H = hessians[qt.name].detach().cpu()
         (ca, sa), (cb, sb) = quantized_factors(W - W_hat, H, rank, damp)
         fixed = W_hat + dequantize(ca, sa) @ dequantize(cb, sb)
@@ -77,6 +78,12 @@ def lqer_tensors(
         out.append(QTensor(qt.name + SUFFIX_A, (qt.rows, r), "int", 8, ca, sa, group="lqer"))
         out.append(QTensor(qt.name + SUFFIX_B, (r, W.shape[1]), "int", 8, cb, sb, group="lqer"))
     return out
+
+
+def realized(qtensors: list[Any]) -> dict[str, Tensor]:
+    """{name: Ŵ} of the int tensors as loading rebuilds them (promoted column groups folded in,
+    `quant.dequantize_state`), low-rank factors aside: the base the terms correct."""
+    return dequantize_state([t for t in qtensors if t.kind == "int" and t.group != "lqer"])
 
 
 def add_back(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -127,12 +134,13 @@ def top_lowrank_tensors(state: Mapping[str, Tensor], qtensors: Iterable[Any], q:
     form 'sym', or a B not divisible into groups: both on `lqer_sym_bits` with per-row scales."""
     from pgolf.artifact import QTensor
 
-    errors = []
+    errors, qtensors = [], list(qtensors)
+    hat = realized(qtensors)
     for qt in qtensors:
-        if qt.kind != "int" or qt.group == "lqer" or qt.name.endswith(GATE_SUFFIXES):
+        if qt.kind != "int" or qt.group in ("lqer", "awq") or qt.name.endswith(GATE_SUFFIXES):
             continue
         W = state[qt.name].detach().float().cpu().reshape(qt.rows, -1)
-        E = W - dequantize(qt.codes.reshape(qt.rows, -1), qt.scales)
+        E = W - hat[qt.name].reshape(qt.rows, -1)
         errors.append((float(E.norm()), qt.name, E))
     errors.sort(key=lambda t: -t[0])  # stable: equal norms keep state order, as #1855
     out = []

@@ -155,15 +155,25 @@ def quantize_weights(
     cfg: C.RunConfig, state, hessians, plan=None, *, groups=None, log: bool = True
 ) -> list:
     """THE quantize stage: weights {name: tensor} + plan (a `QuantPlan`; default: the one cfg
-    carries) + Hessians -> list[QTensor] in artifact order: plan resolution, GPTQ (RTN where a
-    tensor has no Hessian), ±1 pruning, then the low-rank terms of each tensor after all the
-    others. `groups`: only those groups' tensors (the planner's what-ifs, one group at a time)."""
+    carries) + Hessians (`quant.Calibration`: with the activation RMS that `quant.awq` needs) ->
+    list[QTensor] in artifact order: plan resolution (AWQ-lite's promoted column groups among it),
+    GPTQ (RTN where a tensor has no Hessian), ±1 pruning, then the low-rank terms of each tensor
+    after all the others (on the weights as loaded, promoted groups included). `groups`: only
+    those groups' tensors (the planner's what-ifs, one group at a time)."""
     from pgolf import quant
     from pgolf.quantplan import QuantPlan
 
     plan = QuantPlan.of(cfg.quant) if plan is None else plan
     q = cfg.quant
     entries = quant.make_plan(state, q, cfg.model, plan)
+    if q.awq:  # #1908's AWQ-lite: chosen over all tensors, before any `groups` filter
+        act_rms = getattr(hessians, "act_rms", None)
+        if act_rms is None:
+            raise ValueError(
+                "quant.awq needs the activation RMS of the calibration pass "
+                "(`quant.collect_hessians` returns it with the Hessians): recalibrate"
+            )
+        entries = quant.awq_plan(entries, state, act_rms, q.awq_bits, q.awq_top_k, q.awq_group)
     if groups is not None:
         entries = [e for e in entries if e.group in groups]
     tensors = quant.quantize_state(

@@ -15,9 +15,16 @@
   stage (plan, GPTQ/RTN, pruning, low-rank terms) is `pgolf.pipeline.quantize_weights`.
 * ±1 pruning (`prune`, PR #1550's selective pruning): after GPTQ/RTN, a fraction of a group's ±1
   codes is zeroed, lowest row scale² first (the same rule as `pgolf budget --prune-to`).
+* AWQ-lite (`quant.awq`; idea and selection rule: PR #1908): each GPTQ tensor's columns in groups
+  of `awq_group`; a group's saliency is the sum over its columns of the input's RMS times the
+  column's mean |w|; the `awq_top_k` most salient groups over all tensors together are quantized
+  on `awq_bits` with their own SDClip row scales inside the tensor's GPTQ solve (`awq_plan`,
+  `gptq_promoted`) and stored as their own tensors "<name>.awq.<start>" (`promoted_tensors`;
+  checked on load by `artifact_check.check_promoted`, folded back by `dequantize_state`).
 * Hessians are collected on the model as it really runs (depth recurrence, lanes), hooks keyed by
   parameter name so a weight used at several depths sums every visit; the tied embedding's comes
-  from `model.final_norm`'s output (#1493). #1550 instead used a non-recurrent surrogate graph.
+  from `model.final_norm`'s output (#1493). #1550 instead used a non-recurrent surrogate graph. The
+  same pass gives each input channel's RMS (`Calibration.act_rms`, from the Hessian sums' diagonal).
 
 Shapes: R rows (output features), C columns (input features), N calibration tokens,
 B batch, T time, V vocab.
@@ -33,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pgolf.artifact_check import PROMOTED_TAG, promoted_cols, promoted_of
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.dist import all_reduce_, log0, progress
 from pgolf.model import param_role
@@ -103,13 +111,40 @@ def gptq_quantize(
 
     W [R, C], H [C, C] (≈ XᵀX of the layer inputs). Works in fp32, or fp64 when W is fp64.
     """
+    codes, scales, _ = gptq_promoted(W, H, bits, k, block_size, damp, act_order)
+    return codes, scales
+
+
+def gptq_promoted(
+    W: Tensor,
+    H: Tensor,
+    bits: int,
+    k: float,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = True,
+    promote: tuple[int, ...] = (),
+    promote_bits: int = 8,
+    promote_size: int = 64,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`gptq_quantize`, the columns [p, p + promote_size) of each start p in `promote` on
+    `promote_bits` with their own SDClip row scales (AWQ-lite, PR #1908), inside the same solve
+    -> (codes [R, C], scales [R], promoted-column scales [R] or None when nothing is promoted).
+    The codes of a promoted column lie in ±qmax(promote_bits), the others in ±qmax(bits)."""
     R, C = W.shape
     if H.shape != (C, C):
         raise ValueError(f"gptq: Hessian shape {tuple(H.shape)} does not match {C} weight columns")
-    Q = qmax(bits)
+    Q, Qh = qmax(bits), qmax(promote_bits)
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     scales = sdclip_scales(W, bits, k)  # from the original weight, before dead-column zeroing
+    hi_scales = sdclip_scales(W, promote_bits, k) if promote else None
     s = scales.to(dtype)
+    sh = s if hi_scales is None else hi_scales.to(dtype)
+    hi = torch.zeros(C, dtype=torch.bool)
+    for p in promote:
+        if not 0 <= p < p + promote_size <= C:
+            raise ValueError(f"gptq: promoted columns {p}..{p + promote_size} outside 0..{C}")
+        hi[p : p + promote_size] = True
     W = W.to(dtype).clone()
     H = H.to(device=W.device, dtype=dtype).clone()
     dead = H.diagonal() == 0
@@ -118,7 +153,8 @@ def gptq_quantize(
     H.diagonal().add_(damp * H.diagonal().mean())
     perm = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else None
     if perm is not None:
-        W, H = W[:, perm], H[perm][:, perm]
+        W, H, hi = W[:, perm], H[perm][:, perm], hi[perm.cpu()]
+    col_hi = hi.tolist()
     U = _upper_chol_of_inverse(H)  # [C, C]
     codes = torch.empty(R, C, dtype=dtype, device=W.device)
     for b0 in range(0, C, block_size):
@@ -128,16 +164,17 @@ def gptq_quantize(
         Ub = U[b0:b1, b0:b1]
         for j in range(b1 - b0):
             w = Wb[:, j]
-            q = torch.round(w / s).clamp_(-Q, Q)
+            sj, Qj = (sh, Qh) if col_hi[b0 + j] else (s, Q)
+            q = torch.round(w / sj).clamp_(-Qj, Qj)
             codes[:, b0 + j] = q
-            err = (w - q * s) / Ub[j, j]  # [R]
+            err = (w - q * sj) / Ub[j, j]  # [R]
             Wb[:, j + 1 :] -= err[:, None] * Ub[j, j + 1 :][None, :]
             Eb[:, j] = err
         if b1 < C:
             W[:, b1:] -= Eb @ U[b0:b1, b1:]  # lazy batch update of all later columns
     if perm is not None:
         codes[:, perm] = codes.clone()
-    return codes.to(torch.int8), scales
+    return codes.to(torch.int8), scales, hi_scales
 
 
 def output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
@@ -158,6 +195,9 @@ class PlanEntry:
     clip_k: float
     group: str  # one of pgolf.quantplan.GROUPS
     prune: float = 0.0  # fraction of the group's ±1 codes zeroed after quantization
+    promote: tuple[int, ...] = ()  # AWQ-lite: first columns of the groups kept at promote_bits
+    promote_bits: int = 8
+    promote_size: int = 64  # columns per promoted group
 
 
 def make_plan(
@@ -214,6 +254,45 @@ def gate_int8_plan(plan: list[PlanEntry], state_dict: Mapping[str, Tensor]) -> l
     ]
 
 
+def awq_scores(W: Tensor, act_rms: Tensor, size: int) -> list[float]:
+    """AWQ-lite saliency (PR #1908) of each whole group of `size` columns of W [R, C]: the sum over
+    the group of act_rms[c] · mean_r |W[r, c]| (fp32; a last partial group is never a candidate)."""
+    n = W.shape[1] // size
+    sal = act_rms.float().cpu() * W.detach().float().cpu().abs().mean(dim=0)
+    return [float(sal[i * size : (i + 1) * size].sum()) for i in range(n)]
+
+
+def awq_plan(
+    plan: list[PlanEntry],
+    state: Mapping[str, Tensor],
+    act_rms: Mapping[str, Tensor],
+    bits: int,
+    top_k: int,
+    size: int,
+) -> list[PlanEntry]:
+    """`quant.awq` (PR #1908's AWQ-lite): the `top_k` column groups of `size` with the highest
+    `awq_scores` over all GPTQ tensors together (those on fewer than `bits` bits with an
+    activation RMS), each then quantized on `bits` inside its tensor's GPTQ solve. Ties keep plan
+    order, then column order (a stable sort, as #1908)."""
+    cands = []
+    for e in plan:
+        if e.method == "gptq" and e.bits < bits and e.name in act_rms:
+            W = state[e.name].reshape(state[e.name].shape[0], -1)
+            cands += [
+                (sc, e.name, i * size) for i, sc in enumerate(awq_scores(W, act_rms[e.name], size))
+            ]
+    cands.sort(key=lambda c: -c[0])
+    chosen: dict[str, list[int]] = {}
+    for _, name, start in cands[:top_k]:
+        chosen.setdefault(name, []).append(start)
+    return [
+        replace(e, promote=tuple(chosen[e.name]), promote_bits=bits, promote_size=size)
+        if e.name in chosen
+        else e
+        for e in plan
+    ]
+
+
 # ----------------------------------------------------------------------------------------------
 # Hessians and calibration data
 
@@ -235,11 +314,22 @@ def _hessian_targets(model: nn.Module, names: Iterable[str] | None) -> dict[str,
     return targets
 
 
+class Calibration(dict):
+    """Hessians {name: H [C, C]} (a plain dict to every reader) with `act_rms` {name: [C]}: the
+    root mean square of each input channel over every visit and token (PR #1908's activation
+    statistics), from the same calibration pass."""
+
+    def __init__(self, hessians: Mapping[str, Tensor], act_rms: Mapping[str, Tensor]):
+        super().__init__(hessians)
+        self.act_rms = dict(act_rms)
+
+
 @torch.no_grad()
 def collect_hessians(
     model: nn.Module, batches: Iterable[Tensor], names: Iterable[str] | None = None
-) -> dict[str, Tensor]:
-    """H[name] [C, C] fp32 = Σ over visits and tokens of x xᵀ / N, N = tokens fed (all ranks).
+) -> Calibration:
+    """H[name] [C, C] fp32 = Σ over visits and tokens of x xᵀ / N, N = tokens fed (all ranks);
+    `.act_rms[name]` [C] = sqrt(diag Σ x xᵀ / rows seen), rows = tokens x visits.
 
     `batches`: token tensors [B, T] (or (x, y) pairs). The model runs as configured (recurrence,
     lanes), so a weight visited v times gets the sum of its v per-visit Hessians.
@@ -247,6 +337,7 @@ def collect_hessians(
     targets = _hessian_targets(model, names)
     device = next(model.parameters()).device
     sums: dict[str, Tensor] = {}
+    rows: dict[str, Tensor] = {}
 
     def make_hook(pname: str, use_output: bool):
         def hook(mod: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -254,7 +345,9 @@ def collect_hessians(
             x = x.detach().reshape(-1, x.shape[-1]).float()  # [B*T, C]
             if pname not in sums:
                 sums[pname] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+                rows[pname] = torch.zeros((), dtype=torch.float64, device=x.device)
             sums[pname].addmm_(x.T, x)
+            rows[pname] += x.shape[0]
 
         return hook
 
@@ -276,8 +369,13 @@ def collect_hessians(
         model.train(was_training)
     if all_reduce_(n_tokens, "sum").item() == 0:
         raise ValueError("collect_hessians: no calibration tokens (empty `batches`)")
-    # sorted: the same all-reduce order on every rank
-    return {p: all_reduce_(sums[p], "sum").div_(n_tokens.float()) for p in sorted(sums)}
+    rms = {}
+    for p in sorted(sums):  # sorted: the same all-reduce order on every rank
+        all_reduce_(sums[p], "sum")
+        n = all_reduce_(rows[p], "sum").clamp_min(1).float()
+        rms[p] = (sums[p].diagonal() / n).sqrt()
+        sums[p].div_(n_tokens.float())
+    return Calibration({p: sums[p] for p in sorted(sums)}, rms)
 
 
 @torch.no_grad()
@@ -336,13 +434,22 @@ def quantize_state(
             if log:
                 log0(f"quant:no Hessian for {e.name}, using RTN")
             method = "rtn"
+        hi = None
         if method == "gptq":
             H = hessians[e.name]
-            codes, scales = gptq_quantize(W, H, e.bits, e.clip_k, block_size, damp, act_order)
+            args = (block_size, damp, act_order, e.promote, e.promote_bits, e.promote_size)
+            codes, scales, hi = gptq_promoted(W, H, e.bits, e.clip_k, *args)
         else:
             codes, scales = rtn_quantize(W, e.bits, e.clip_k)
-        codes, scales = codes.reshape(shape).cpu(), scales.cpu()
-        out.append(QTensor(e.name, shape, "int", e.bits, codes, scales, None, e.group))
+        codes, scales = codes.cpu(), scales.cpu()
+        blocks = promoted_tensors(e, codes, hi.cpu()) if hi is not None else []
+        out.append(
+            QTensor(e.name, shape, "int", e.bits, codes.reshape(shape), scales, None, e.group)
+        )
+        out += blocks
+        if blocks and log:
+            cols = " ".join(f"{p}:{p + e.promote_size}" for p in e.promote)
+            log0(f"quant:awq {e.name} int{e.promote_bits} columns {cols}")
         n, numel = stats.get((e.group, method, e.bits), (0, 0))
         stats[(e.group, method, e.bits)] = (n + 1, numel + t.numel())
     for g, f in sorted({e.group: e.prune for e in plan if e.prune > 0}.items()):
@@ -354,6 +461,23 @@ def quantize_state(
         for (group, method, bits), (n, numel) in sorted(stats.items()):
             log0(f"quant:{group} {method} int{bits} tensors:{n} params:{numel}")
         log0(f"quant:done tensors:{len(out)} time:{time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def promoted_tensors(e: PlanEntry, codes: Tensor, hi_scales: Tensor) -> list[Any]:
+    """The promoted column groups of `codes` [R, C] as their own int QTensors
+    "<name>.awq.<start>" [R, promote_size] with `hi_scales` (group "awq"); those columns of
+    `codes` are set to 0 (the tensor's own grid stores nothing there)."""
+    from pgolf.artifact import QTensor
+
+    out = []
+    for p in sorted(e.promote):
+        block = codes[:, p : p + e.promote_size].clone()
+        codes[:, p : p + e.promote_size] = 0
+        name = f"{e.name}{PROMOTED_TAG}{p}"
+        out.append(
+            QTensor(name, tuple(block.shape), "int", e.promote_bits, block, hi_scales, None, "awq")
+        )
     return out
 
 
@@ -381,7 +505,8 @@ def zero_codes(tensors: list[Any], idx: Tensor, flat: Tensor, count: int) -> lis
 
 
 def dequantize_state(tensors: Iterable[Any]) -> dict[str, Tensor]:
-    """list[QTensor] -> {name: fp32 tensor of the stored shape}."""
+    """list[QTensor] -> {name: fp32 tensor of the stored shape}; promoted column groups
+    ("<name>.awq.<start>", `promoted_tensors`) written into their tensor's columns and dropped."""
     state = {}
     for qt in tensors:
         shape = tuple(qt.shape)
@@ -393,4 +518,11 @@ def dequantize_state(tensors: Iterable[Any]) -> dict[str, Tensor]:
             state[qt.name] = W.reshape(shape)
         else:
             raise ValueError(f"dequantize_state: {qt.name} has unknown kind {qt.kind!r}")
+    for name in [k for k in state if promoted_of(k)]:
+        base, block = promoted_of(name)[0], state.pop(name)
+        if base not in state:
+            raise ValueError(f"promoted columns {name!r} have no tensor {base!r}")
+        W = state[base]
+        start, width = promoted_cols(name, block.shape, W.shape)
+        W.reshape(W.shape[0] if W.dim() > 1 else 1, -1)[:, start : start + width] = block
     return state

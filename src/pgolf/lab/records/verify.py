@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.lab.records import accounting as A
+from pgolf.lab.records import dataprep as DP
 from pgolf.lab.records import folderscan as F
 from pgolf.lab.records import results as R
 from pgolf.lab.records import rules as U
@@ -782,15 +783,49 @@ def _rescore(rec: Rec, artifact: str, data: str | None) -> Check:
     )
 
 
+def _data_overlap(rec: Rec, data: str | None, val_data: str | None) -> Check | None:
+    """Where the folder ships its data preparation (`dataprep`): the train/validation overlap of
+    the prepared shards `data` (validation: `val_data`, else `data`'s own), pass or fail with the
+    counts; without shards, not checkable, naming the command that checks them. A statically
+    recognized #2127 split is reported either way (a warning without shards: the record may have
+    run it with other options)."""
+    from pgolf import data as D
+    from pgolf.lab.data import overlap as O
+
+    scripts = DP.prep_scripts(rec.fo.files)
+    if not scripts:
+        return None
+    leaks = []
+    for p in scripts:
+        if p.suffix == ".py":
+            text = F.read_bytes(p, DP.MAX_SCRIPT_BYTES).decode("utf-8", errors="replace")
+            leaks += [x.text(rec.fo.rel(p)) for x in DP.static_leaks(text)]
+    names = ", ".join(rec.fo.rel(p) for p in scripts)
+    static = "; static: " + "; ".join(leaks) if leaks else ""
+    if data is None:
+        cmd = f"pgolf verify {rec.path} --data PREPARED_SHARDS [--val-data CHALLENGE_VAL_SHARDS]"
+        ev = f"ships data preparation ({names}){static}; check its output: `{cmd}`"
+        return Check("data_overlap", WARN if leaks else NA, ev)
+    val = val_data or data
+    try:
+        clean, ev = O.verify_evidence(data, val)
+    except (ValueError, OSError, D.ShardError) as e:
+        return Check("data_overlap", FORM, f"--data {data} / val {val}: {e}")
+    ev = f"{names} -> train {data}, val {val}: {ev}{static}"
+    return Check("data_overlap", PASS if clean else FAIL, ev)
+
+
 def verify(
     folder: str | Path,
     artifact: str | None = None,
     data: str | None = None,
     against: str | None = None,
     strict_time: bool = False,
+    val_data: str | None = None,
 ) -> list[Check]:
     """All checks of a records folder, in order. Raises `FolderError` (naming the file) on a
-    folder it refuses to read."""
+    folder it refuses to read. `data`: prepared shards (the re-score's validation; the data
+    overlap's training side, and its validation side unless `val_data` names another folder)."""
     rec = read(folder)
     checks = _files(rec)
     checks += [_seed_claims(rec), _aggregate_claims(rec)]
@@ -798,6 +833,8 @@ def verify(
     checks += _times(rec, strict_time)
     checks += _byte_accounting(rec)
     checks.append(_val_training(rec))
+    if (overlap := _data_overlap(rec, data, val_data)) is not None:
+        checks.append(overlap)
     checks += [_readme(rec), _stats(rec, against)]
     checks.append(_compliance(rec, checks))
     if artifact:
