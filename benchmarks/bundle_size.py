@@ -8,11 +8,19 @@ payload literals, as markdown tables for docs/benchmarks.md.
 2. On the last preset's specialized modules: the python-minifier option sets (each row changes
    one option of `pack.MINIFY`), measured as the packed file.
 3. The same payload under each codec and literal of `pack` (the smallest is what ships).
+4. With `--where N`: where the last preset's compressed payload is. Each module, and the N
+   largest top-level statements (classes also per method), cost what removing it alone from the
+   minified payload saves under Brotli-11; then two upper bounds: every string literal of 13+
+   characters emptied, every `raise` statement's message dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import re
+
+import brotli
 
 from pgolf import config as C
 from pgolf.lab import bundle
@@ -32,6 +40,7 @@ def _payload(loader_and_mods: str, **options) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="cpu-tiny,pr1493,pr1550")
+    ap.add_argument("--where", type=int, default=0, help="top N statements of the last preset")
     args = ap.parse_args()
     presets = args.presets.split(",")
     print("| preset | raw | stripped | brotli+base85 (before) | special | packed (after) |")
@@ -67,6 +76,53 @@ def main() -> None:
     for codec in pack.CODECS:
         cells = [f"{head + len(pack.wrap(payload, codec, lit)):,}" for lit in pack.LITERALS]
         print(f"| {codec} | " + " | ".join(cells) + " |")
+    if args.where:
+        where(payload.decode(), args.where)
+
+
+def _br(text: str) -> int:
+    return len(brotli.compress(text.encode(), quality=11))
+
+
+def where(payload: str, top: int) -> None:
+    """Section 4 of the module docstring, on the packed payload (loader NUL modules)."""
+    parts = payload.split("\0")
+    total = _br(payload)
+    print(f"\npayload: {len(payload):,} characters, {total:,} B Brotli-11")
+    print("\n| module | chars | B saved without it |\n| --- | ---: | ---: |")
+    rows, stmts = [], []
+    for i, part in enumerate(parts):
+        name = part.split("\1", 1)[0] if i else "(loader)"
+        rows.append((total - _br("\0".join(parts[:i] + parts[i + 1 :])), len(part), name))
+        if not i:
+            continue
+        src = part.split("\1", 1)[1]
+        lines = src.split("\n")
+
+        def cut(a: int, b: int, i=i, name=name, lines=lines) -> int:
+            ps = list(parts)
+            ps[i] = name + "\1" + "\n".join(lines[: a - 1] + lines[b:])
+            return total - _br("\0".join(ps))
+
+        for s in ast.parse(src).body:
+            label = getattr(s, "name", None) or ast.unparse(s)[:30]
+            saved = cut(s.lineno, s.end_lineno)
+            stmts.append((saved, f"{name}.{label}"))
+            if isinstance(s, ast.ClassDef) and saved > 300:
+                for f in s.body:
+                    if isinstance(f, ast.FunctionDef) and f.lineno > s.lineno:
+                        stmts.append((cut(f.lineno, f.end_lineno), f"{name}.{s.name}.{f.name}"))
+    for saved, n, name in sorted(rows, reverse=True):
+        print(f"| {name} | {n:,} | {saved:,} |")
+    print("\n| statement (minified names) | B saved without it |\n| --- | ---: |")
+    for saved, name in sorted(stmts, reverse=True)[:top]:
+        print(f"| {name} | {saved:,} |")
+    strings = re.sub(r"f?(['\"])(?:(?!\1)[^\\\n]|\\.){12,}\1", "''", payload)
+    raises = re.sub(r"raise \w+\(f?(['\"])(?:(?!\1)[^\\\n]|\\.)*\1[^\n;]*", "raise F", payload)
+    print(
+        f"\nupper bounds: strings of 13+ characters emptied saves {total - _br(strings):,} B; "
+        f"every raise's message dropped saves {total - _br(raises):,} B"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import random
+import sys
 from dataclasses import replace
 
 import pytest
@@ -23,9 +24,9 @@ def _run(sources: dict[str, str]) -> dict:
 
     table: dict = {}
     for name, src in sources.items():
-        m = types.ModuleType(name)
+        m = types.ModuleType(f"specialize_test.{name}")
         m._M = table
-        table[name] = m
+        table[name] = sys.modules[m.__name__] = m  # as the bundle does (dataclasses look it up)
         exec(compile(src, name, "exec"), m.__dict__)
     return table
 
@@ -224,6 +225,66 @@ def entry(cfg):
     out = r.sources["main"]
     assert "never_called" not in out and "Net.never_called" in r.dropped["main"]
     assert "def forward" in out and "def extra_repr" in out and "def called" in out
+
+
+def test_classmethods_properties_and_methods_only_another_package_names_go():
+    src = {
+        "main": """
+from __future__ import annotations
+import os
+from contextlib import contextmanager
+
+class Run:
+    def __init__(self, n):
+        self._n = n
+
+    def join(self, other):
+        return self._n + other._n
+
+    def split(self):
+        return [self._n]
+
+    @classmethod
+    def open(cls, n):
+        return cls(n)
+
+    @classmethod
+    def find(cls, path):
+        return None
+
+    @property
+    def size(self):
+        return self._n
+
+    @property
+    def unused_size(self):
+        return 0
+
+    @property
+    def value(self):
+        return self._n
+
+    @value.setter
+    def value(self, v):
+        self._n = v
+
+    @contextmanager
+    def never_entered(self):
+        yield
+
+def entry(cfg):
+    path = os.path.join("a", "b")  # another package's `join`: not Run.join
+    run = Run.open(3)
+    return run.size, run.split(), path
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"))
+    out = r.sources["main"]
+    dropped = {"Run.find", "Run.unused_size", "Run.never_entered", "Run.join"}
+    assert dropped <= set(r.dropped["main"]) and "def split" in out
+    assert "def open" in out and "def size" in out
+    assert out.count("def value") == 2  # the setter names its property: both stay
+    assert _run(r.sources)["main"].entry(CFG) == (3, [3], os.path.join("a", "b"))
 
 
 def test_refuse_folded_names_the_field_and_the_environment_variable():
@@ -462,3 +523,243 @@ def test_an_attribute_store_in_a_left_out_module_does_not_block_folding():
     left_out = specialize(src, CFG, entry=("main", "run"), absent={"toggler"})
     assert ("model.smear_gate", "truth", None, True) in left_out.folded
     assert "plain" not in left_out.sources["holder"]
+
+
+TRUTH_CORE = {
+    "main": """
+from __future__ import annotations
+
+def entry(cfg: C.RunConfig, targets=None):
+    refuse_folded(cfg)
+    return loss(cfg, targets), guarded(cfg), count(cfg)
+
+def refuse_folded(cfg):
+    return None
+
+def loss(cfg: C.RunConfig, targets=None):
+    if targets is not None and cfg.model.fused_ce > 0:
+        return fused(targets)
+    return "plain"
+
+def fused(targets):
+    return "fused"
+
+def guarded(cfg: C.RunConfig):
+    window = cfg.model.smear_gate and cfg.model.fused_ce > 0 or False
+    if window and cfg.model.model_dim:
+        return windowed()
+    return "no window"
+
+def windowed():
+    return "window"
+
+CALLS = []
+
+def count(cfg: C.RunConfig):
+    if note() and cfg.model.fused_ce > 0:
+        return "never"
+    return len(CALLS)
+
+def note():
+    CALLS.append(1)
+    return True
+""",
+}
+
+
+def test_a_pure_operand_beside_a_folded_false_goes_with_it():
+    """`targets is not None and <folded False>` is falsy whatever `targets` is: the branch and
+    what only it calls go; a local bound once to such a value folds too; an operand with an
+    effect (a call) is kept and still runs."""
+    r = specialize(dict(TRUTH_CORE), CFG, entry=("main", "entry"))
+    main = r.sources["main"]
+    assert "fused" in r.dropped["main"] and "windowed" in r.dropped["main"]
+    assert "note()" in main and "never" in main  # its effect stays, so does its `if`
+    assert _run(r.sources)["main"].entry(CFG, targets=[1]) == ("plain", "no window", 1)
+    fused_on = replace(CFG, model=replace(CFG.model, fused_ce=64))
+    r_on = specialize(dict(TRUTH_CORE), fused_on, entry=("main", "entry"))
+    assert "def fused" in r_on.sources["main"] and "def windowed" in r_on.sources["main"]
+
+
+def _modes_core(extra: str = "") -> dict[str, str]:
+    import pgolf.modes
+
+    return {
+        "modes": open(pgolf.modes.__file__).read(),
+        "main": """
+from __future__ import annotations
+M = _M["modes"]
+
+def entry(cfg: C.RunConfig):
+    refuse_folded(cfg)
+    return stage(cfg)
+
+def refuse_folded(cfg):
+    return None
+
+def stage(cfg: C.RunConfig):
+    spec = M.MODES[cfg.ttt.mode]
+    tilted = cfg.eval.ngram_tilt and spec.tilt
+    if not (spec.adapts or tilted):
+        return "scored"
+    return adapt(cfg)
+
+def adapt(cfg):
+    return "adapted"
+"""
+        + extra,
+    }
+
+
+def test_a_core_table_row_keyed_by_a_switch_folds_and_other_keys_are_refused():
+    """`M.MODES[cfg.ttt.mode].adapts` is decided by the frozen mode: it folds, the check allows
+    exactly the modes whose row answers the same, and a bool switch used as a value
+    (`tilted = cfg.eval.ngram_tilt and ...`) folds with it."""
+    from pgolf import modes as M
+
+    r = specialize(_modes_core(), CFG, entry=("main", "entry"))
+    assert "adapt" in r.dropped["main"]
+    assert _run(r.sources)["main"].entry(CFG) == "scored"
+    same = tuple(k for k, m in M.MODES.items() if not m.adapts)
+    assert ("ttt.mode", "in", same, True) in r.folded and CFG.ttt.mode in same
+    assert ("eval.ngram_tilt", "truth", None, False) in r.folded
+    lora = replace(CFG, ttt=replace(CFG.ttt, mode="lora"))
+    with pytest.raises(SystemExit, match="ttt.mode='lora'"):
+        C.refuse_folded(lora, r.folded, "train_gpt.py", {"TTT_MODE": "lora"})
+    assert "def adapt" in specialize(_modes_core(), lora, entry=("main", "entry")).sources["main"]
+    # a table some code stores into is read at run time, never folded
+    stored = _modes_core("\ndef patch():\n    M.MODES['none'] = M.MODES['lora']\n")
+    assert "def adapt" in specialize(stored, CFG, entry=("main", "entry")).sources["main"]
+
+
+def test_a_local_that_shadows_a_function_does_not_hide_its_callers():
+    """`run = new_run(...)` inside `def run(...)`, passed on as a value, is the local, not a use
+    of the function `run`: every call of `run` still passes quantize=True, so it folds."""
+    src = {
+        "main": """
+from __future__ import annotations
+
+def entry(cfg):
+    refuse_folded(cfg)
+    return run(cfg)
+
+def refuse_folded(cfg):
+    return None
+
+def run(cfg, quantize=True):
+    run = folder(cfg)
+    return stage(run, quantize)
+
+def folder(cfg):
+    return "folder"
+
+def stage(where, quantize):
+    if quantize:
+        return "quantized in " + where
+    return other()
+
+def other():
+    return "other"
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"))
+    assert "other" in r.dropped["main"]
+    assert _run(r.sources)["main"].entry(CFG) == "quantized in folder"
+
+
+KW_CORE = {
+    "artifact_check": """
+from __future__ import annotations
+ENTROPY_CODECS = ("rans", "crans")
+""",
+    "main": """
+from __future__ import annotations
+ENTROPY_CODECS = _M["artifact_check"].ENTROPY_CODECS
+
+def entry(cfg: C.RunConfig):
+    refuse_folded(cfg)
+    return save("x", codec=cfg.quant.codec, pack_bits=cfg.quant.pack_bits)
+
+def refuse_folded(cfg):
+    return None
+
+def save(path, **kw):
+    return path + ":" + encode(**kw)
+
+def encode(codec="brotli", pack_bits=False):
+    body = payload(pack_bits)
+    if codec in ENTROPY_CODECS:
+        return entropy(body)
+    return codec + ":" + body
+
+def payload(packed):
+    return pack_bits() if packed else "raw"
+
+def pack_bits():
+    return "packed"
+
+def entropy(body):
+    return "entropy:" + body
+""",
+}
+
+
+def test_keywords_passed_on_through_kw_fold_and_a_parameter_does_not_keep_a_namesake():
+    """`save(codec=..., pack_bits=...)` passes its `**kw` on to `encode`: every caller agrees, so
+    `encode` sees the frozen codec and pack_bits; `codec in ENTROPY_CODECS` (another core
+    module's constant) folds; the parameter `pack_bits` is not a use of the function
+    `pack_bits`, which goes with the branch that called it."""
+    r = specialize(dict(KW_CORE), CFG, entry=("main", "entry"))
+    assert {"pack_bits", "entropy"} <= set(r.dropped["main"])
+    assert ("quant.pack_bits", "truth", None, False) in r.folded
+    assert ("quant.codec", "in", ("rans", "crans"), False) in r.folded
+    assert _run(r.sources)["main"].entry(CFG) == "x:brotli:raw"
+    crans = replace(CFG, quant=replace(CFG.quant, codec="crans", pack_bits=True))
+    r = specialize(dict(KW_CORE), crans, entry=("main", "entry"))
+    assert "def entropy" in r.sources["main"] and "def pack_bits" in r.sources["main"]
+    # a `**kw` changed before it is passed on holds more than the callers passed
+    changed = dict(KW_CORE)
+    changed["main"] = changed["main"].replace(
+        "    return path + ", '    kw["pack_bits"] = True\n    return path + '
+    )
+    r = specialize(changed, CFG, entry=("main", "entry"))
+    assert _run(r.sources)["main"].entry(CFG) == "x:brotli:packed"
+    # a second caller passing other keywords: `**kw` is unknown, nothing folds through it
+    other = dict(KW_CORE)
+    other["main"] = other["main"].replace(
+        "return save(", "save('y', codec='lzma')\n    return save("
+    )
+    r = specialize(other, CFG, entry=("main", "entry"))
+    assert "def pack_bits" in r.sources["main"] and "def entropy" in r.sources["main"]
+
+
+def test_imports_and_local_stores_nothing_reads_go_and_effects_stay():
+    src = {
+        "main": """
+from __future__ import annotations
+import os
+from json import dumps, loads
+from torch import Tensor, nn
+
+LOG = []
+
+def entry(cfg):
+    helper = _M["main"].noted
+    flag = False
+    mode, spec = (cfg.ttt.mode, os.sep)
+    kept = noted(1)
+    width = 3
+    return dumps([width, nn.Module.__name__, len(LOG)])
+
+def noted(x):
+    LOG.append(x)
+    return x
+"""
+    }
+    r = specialize(src, CFG, entry=("main", "entry"), fold=False)
+    out = r.sources["main"]
+    assert "loads" not in out and "Tensor" not in out and "import os" not in out
+    assert "from torch import nn" in out and "dumps" in out
+    assert "helper" not in out and "flag" not in out and "spec" not in out
+    assert "kept = noted(1)" in out  # a call may do something: it stays
+    assert _run(r.sources)["main"].entry(CFG) == '[3, "Module", 1]'
