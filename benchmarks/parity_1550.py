@@ -29,7 +29,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,6 +40,9 @@ from torch import Tensor
 from pgolf import config as C
 from pgolf.model import GPT
 from pgolf.optim import build_optimizers, clip_grad_norm_, muon_momentum_at
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import parity_common as X  # noqa: E402  (the sibling module: shared comparisons)
 
 DEFAULT_REF = Path(__file__).resolve().parents[1] / ".ref" / "train_gpt_1550.py"
 BANKS = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
@@ -192,15 +195,8 @@ def build_pair(ref: ModuleType, m: C.ModelConfig, seed: int = 0) -> tuple[torch.
     """The reference GPT (fp32, perturbed) and pgolf's GPT holding the same weights."""
     torch.manual_seed(seed)
     r = ref.GPT(**reference_kwargs(m)).float()
-    with torch.no_grad():
-        for p in r.parameters():
-            p.add_(torch.randn_like(p) * (0.02 if p.ndim >= 2 else 0.1))
     g = GPT(dc.replace(m, attn_backend="sdpa"))
-    mapped = ref_to_pgolf({k: v.detach() for k, v in r.state_dict().items()})
-    missing = set(dict(g.named_parameters())) ^ set(mapped)
-    if missing:
-        raise KeyError(f"parity_1550: names do not map one to one: {sorted(missing)}")
-    g.load_state_dict(mapped, strict=True)
+    X.load_perturbed(r, g, ref_to_pgolf, "parity_1550")
     return r, g
 
 
@@ -213,34 +209,7 @@ def compare_forward(r: Any, g: GPT, idx: Tensor, tgt: Tensor, recur: bool) -> di
         raise ValueError(f"virtual layers: {r._get_virtual_layers()} vs {g.virtual_layers()}")
     with torch.no_grad():
         dlogit = (r.forward_logits(idx) - g(idx)).abs().max().item()
-    r.zero_grad(set_to_none=True)
-    g.zero_grad(set_to_none=True)
-    lr, lg = r(idx, tgt), g(idx, tgt)
-    lr.backward()
-    lg.backward()
-    rg = ref_to_pgolf({k: p.grad for k, p in r.named_parameters()})
-    gmax = max(t.abs().max().item() for t in rg.values())
-    diffs = {k: (rg[k] - p.grad).abs().max().item() for k, p in g.named_parameters()}
-    own = {k: d / max(rg[k].abs().max().item(), 1e-30) for k, d in diffs.items()}
-    worst = max(own, key=lambda k: own[k])
-    return {
-        "dlogit": dlogit,
-        "dloss": abs(lr.item() - lg.item()),
-        "dgrad_rel": max(diffs.values()) / gmax,
-        "worst_param": worst,
-        "worst_param_rel": own[worst],
-    }
-
-
-@contextlib.contextmanager
-def bf16_as_fp32() -> Iterator[None]:
-    """Turn `Tensor.bfloat16()` into `.float()` while active (the reference's Muon casts)."""
-    orig = torch.Tensor.bfloat16
-    torch.Tensor.bfloat16 = lambda self, *a, **k: self.float()  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.Tensor.bfloat16 = orig  # type: ignore[method-assign]
+    return X.loss_and_grads(r, g, lambda: r(idx, tgt), lambda: g(idx, tgt), ref_to_pgolf, dlogit)
 
 
 def reference_optimizers(ref: ModuleType, r: Any) -> list[torch.optim.Optimizer]:
@@ -288,7 +257,7 @@ def compare_step(
     opts.set_muon_momentum(muon_momentum_at(0, ocfg))
     if opts.muon is not None:
         opts.muon.param_groups[0]["ns_dtype"] = "float32" if fp32 else "bfloat16"
-    ctx = bf16_as_fp32() if fp32 else contextlib.nullcontext()
+    ctx = X.bf16_as_fp32() if fp32 else contextlib.nullcontext()
     with ctx:
         for opt in reference_optimizers(ref, r):
             opt.step()

@@ -39,7 +39,7 @@ import json
 import os
 import sys
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -53,6 +53,9 @@ from pgolf import lqer, quant
 from pgolf.model import GPT
 from pgolf.optim import build_optimizers, clip_grad_norm_, muon_momentum_at
 from pgolf.quantplan import parse_groups
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import parity_common as X  # noqa: E402  (the sibling module: shared comparisons)
 
 DEFAULT_REF = Path(__file__).resolve().parents[1] / ".ref" / "train_gpt_1855.py"
 FETCH = (
@@ -305,15 +308,8 @@ def build_pair(ref: ModuleType, m: C.ModelConfig, seed: int = 0) -> tuple[Any, G
     r = ref.GPT(reference_hparams(ref, m)).float()
     for block in r.blocks:
         block.mlp.use_fused = False
-    with torch.no_grad():
-        for p in r.parameters():
-            p.add_(torch.randn_like(p) * (0.02 if p.ndim >= 2 else 0.1))
     g = GPT(m)
-    mapped = ref_to_pgolf({k: v.detach() for k, v in r.state_dict().items()})
-    missing = set(dict(g.named_parameters())) ^ set(mapped)
-    if missing:
-        raise KeyError(f"parity_1855: names do not map one to one: {sorted(missing)}")
-    g.load_state_dict(mapped, strict=True)
+    X.load_perturbed(r, g, ref_to_pgolf, "parity_1855")
     return r, g
 
 
@@ -332,34 +328,9 @@ def compare_forward(r: Any, g: GPT, idx: Tensor, tgt: Tensor, recur: bool) -> di
         kw = dict(cu_seqlens=cu, max_seqlen=mx)
     with torch.no_grad():
         dlogit = (r.forward_logits(idx, **kw) - g(idx)).abs().max().item()
-    r.zero_grad(set_to_none=True)
-    g.zero_grad(set_to_none=True)
-    lr, lg = r(idx, tgt, **kw), g(idx, tgt)
-    lr.backward()
-    lg.backward()
-    rg = ref_to_pgolf({k: p.grad for k, p in r.named_parameters()})
-    gmax = max(t.abs().max().item() for t in rg.values())
-    diffs = {k: (rg[k] - p.grad).abs().max().item() for k, p in g.named_parameters()}
-    own = {k: d / max(rg[k].abs().max().item(), 1e-30) for k, d in diffs.items()}
-    worst = max(own, key=lambda k: own[k])
-    return {
-        "dlogit": dlogit,
-        "dloss": abs(lr.item() - lg.item()),
-        "dgrad_rel": max(diffs.values()) / gmax,
-        "worst_param": worst,
-        "worst_param_rel": own[worst],
-    }
-
-
-@contextlib.contextmanager
-def bf16_as_fp32() -> Iterator[None]:
-    """Turn `Tensor.bfloat16()` into `.float()` while active (the reference's Muon casts)."""
-    orig = torch.Tensor.bfloat16
-    torch.Tensor.bfloat16 = lambda self, *a, **k: self.float()  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.Tensor.bfloat16 = orig  # type: ignore[method-assign]
+    return X.loss_and_grads(
+        r, g, lambda: r(idx, tgt, **kw), lambda: g(idx, tgt), ref_to_pgolf, dlogit
+    )
 
 
 def reference_optimizers(ref: ModuleType, r: Any, h: Any) -> list[torch.optim.Optimizer]:
@@ -407,7 +378,7 @@ def compare_step(ref: ModuleType, r: Any, g: GPT, ocfg: C.OptimConfig) -> dict[s
     opts.set_muon_momentum(muon_momentum_at(0, ocfg))
     if opts.muon is not None:
         opts.muon.param_groups[0]["ns_dtype"] = "float32"
-    with bf16_as_fp32():
+    with X.bf16_as_fp32():
         for opt in reference_optimizers(ref, r, h):
             opt.step()
     opts.step()
