@@ -53,3 +53,33 @@ def tiny_corpus(folder, vocab: int = 320, docs: int = 60, seed: int = 0):
         ids = [i for t in part for i in (1, *sp.encode(t))]
         write_shard(folder / f"tiny_{split}_000000.bin", ids)
     return folder, tok, sp
+
+
+# A tiny run through the CLI (4 steps, zstd codec for speed): `--set` overrides for `pgolf
+# run`/`train`, used where a test needs a finished run folder and its artifact.
+TINY_RUN = [
+    "vocab_size=512",
+    "num_layers=2",
+    "model_dim=64",
+    "num_heads=4",
+    "num_kv_heads=2",
+    "mlp_mult=2",
+    "xsa_layers=0,1",
+    "ve_dim=8",
+    "ve_layers=1",
+    "recur_layers=",
+    "train_seq_len=64",
+    "train_batch_tokens=512",
+    "eval_seq_len=64",
+    "eval_stride=32",
+    "max_val_tokens=2048",
+    "iterations=4",
+    "passthrough_numel=1024",
+    "calib_seqs=4",
+    "codec=zstd",
+]
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """`--set k=v` pairs for the CLI."""
+    return [a for kv in overrides for a in ("--set", kv)]

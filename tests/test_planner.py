@@ -8,6 +8,7 @@ import json
 import random
 
 import pytest
+from helpers import TINY_RUN, set_args
 
 from pgolf import cli
 from pgolf.lab.budget import planfile as P
@@ -181,29 +182,6 @@ def test_a_plan_files_set_moves_only_its_groups_and_must_agree_with_them(tmp_pat
             read_plan(path)
 
 
-TINY = [
-    "vocab_size=512",
-    "num_layers=2",
-    "model_dim=64",
-    "num_heads=4",
-    "num_kv_heads=2",
-    "mlp_mult=2",
-    "xsa_layers=0,1",
-    "ve_dim=8",
-    "ve_layers=1",
-    "recur_layers=",
-    "train_seq_len=64",
-    "train_batch_tokens=512",
-    "eval_seq_len=64",
-    "eval_stride=32",
-    "max_val_tokens=2048",
-    "iterations=4",
-    "passthrough_numel=1024",
-    "calib_seqs=4",
-    "codec=zstd",
-]
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A trained tiny run (4 steps, zstd codec for speed) and its own artifact."""
@@ -212,7 +190,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     data = build_default(root / "data")
     args = ["train", "--preset", "cpu-tiny", "--data", str(data), "--run-dir", str(root / "run")]
-    cli.main(args + [a for kv in TINY for a in ("--set", kv)])
+    cli.main(args + set_args(TINY_RUN))
     cli.main(["quantize", str(root / "run")])
     return root
 

@@ -12,32 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import TINY_RUN, set_args
 
 from pgolf import cli
 from pgolf.lab.records import ExportError, export
 from pgolf.runlog import RunDir
-
-TINY = [
-    "vocab_size=512",
-    "num_layers=2",
-    "model_dim=64",
-    "num_heads=4",
-    "num_kv_heads=2",
-    "mlp_mult=2",
-    "xsa_layers=0,1",
-    "ve_dim=8",
-    "ve_layers=1",
-    "recur_layers=",
-    "train_seq_len=64",
-    "train_batch_tokens=512",
-    "eval_seq_len=64",
-    "eval_stride=32",
-    "max_val_tokens=2048",
-    "iterations=4",
-    "passthrough_numel=1024",
-    "calib_seqs=4",
-    "codec=zstd",
-]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +25,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("record")
     cli.main(["data", "default", "--out", str(root / "data")])
     args = ["run", "--data", str(root / "data" / "sp512"), "--run-dir", str(root / "run")]
-    cli.main(args + [a for kv in TINY for a in ("--set", kv)])
+    cli.main(args + set_args(TINY_RUN))
     return root / "run"
 
 
