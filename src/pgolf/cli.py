@@ -733,7 +733,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         if dist := sys.modules.get("pgolf.dist"):  # never loaded: nothing to clean up
-            dist.cleanup(ok)
+            dist.leave(ok)  # under torchrun a finished rank exits here, its output flushed
 
 
 if __name__ == "__main__":

@@ -459,19 +459,20 @@ def bundle_main(
     any specialized code runs; `desc`: how the bundler counted the code bytes (the lab's words)."""
     import os
 
-    from pgolf.dist import cleanup
+    from pgolf.dist import cleanup, leave
 
     cfg = C.apply_env(C.from_dict(config), os.environ)
     C.refuse_absent(cfg, absent, Path(script).name)
     C.refuse_folded(cfg, folded, Path(script).name, os.environ)
     C.validate(cfg)
     code, desc = len(Path(script).read_bytes()), desc or f"{CODE_DESC}: {Path(script).name}"
-    ok = False
     try:
         res = run(cfg, os.environ.get("RUN_DIR") or None, code_size=lambda _cfg: (code, desc))
-        ok = True
-    finally:
-        cleanup(ok)  # end the process group (torchrun), the barrier only on success
+    except BaseException:
+        cleanup(False)  # no barrier: the other ranks may be blocked in a collective
+        raise
     if res.get("budget_margin", 0) < 0:  # fail closed: the artifact is written, the exit is not 0
+        cleanup(True)
         raise SystemExit(f"over budget by {-res['budget_margin']} bytes ({res['run_dir']})")
+    leave(True)  # under torchrun the rank exits here, its output flushed
     return res
