@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY_RUN
 
 from pgolf import cli
 
@@ -68,28 +69,16 @@ def test_eval_refuses_a_pickle_that_would_run_code(tmp_path):
     assert not marker.exists()
 
 
+# helpers.TINY_RUN with what these tests exercise on top: recurrence and parallel lanes, a
+# wall-clock cap, the train log, the default codec (brotli).
+_DIFFERS = ("recur_layers=", "iterations=", "codec=")
 TINY = [
-    "vocab_size=512",
-    "num_layers=2",
-    "model_dim=64",
-    "num_heads=4",
-    "num_kv_heads=2",
-    "mlp_mult=2",
-    "xsa_layers=0,1",
-    "ve_dim=8",
-    "ve_layers=1",
+    *(kv for kv in TINY_RUN if not kv.startswith(_DIFFERS)),
     "parallel_start=1",
     "recur_layers=0,1,1",
-    "train_seq_len=64",
-    "train_batch_tokens=512",
-    "eval_seq_len=64",
-    "eval_stride=32",
-    "max_val_tokens=2048",
     "iterations=6",
     "max_wallclock_seconds=20",
     "train_log_every=5",
-    "passthrough_numel=1024",
-    "calib_seqs=4",
 ]
 
 
