@@ -61,3 +61,21 @@ def test_final_live_validation_is_off_in_every_preset_and_reachable_by_env_and_s
     assert not any(C.preset(name).train.final_val for name in C.PRESETS)
     assert C.load("cpu-tiny", environ={"FINAL_VAL": "1"}).train.final_val
     assert C.load("pr1550", ["train.final_val=true"], environ={}).train.final_val
+
+
+def test_the_environment_sets_known_fields_without_resolving_a_key_and_a_bundle_drops_resolution():
+    """`apply_env` sets the fields its table names (`set_value`); resolving a user's key (and
+    the difflib suggestions) is `--set`'s, so a bundle, which takes no `--set`, leaves it out."""
+    from dataclasses import fields
+
+    from pgolf import config_env as E
+    from pgolf.lab import bundle
+
+    for var, (section, name) in E.ENV_VARS.items():
+        assert name in {f.name for f in fields(C.SECTION_CLASSES[section])}, var
+    assert C.apply_env(C.load("cpu-tiny", []), {"MATRIX_LR": "0.5"}).optim.matrix_lr == 0.5
+    with pytest.raises(ValueError, match="did you mean matrix_lr"):
+        C.set_field(C.load("cpu-tiny", []), "matrix_lrr", "0.5")
+    special, _, _ = bundle.specialized(C.load("cpu-tiny", []))
+    config_src = next(m for m in special.split("\0") if m.startswith("config\1"))
+    assert "difflib" not in config_src and "def set_value" in config_src

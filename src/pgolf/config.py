@@ -492,6 +492,12 @@ def parse_value(type_str: Any, raw: str) -> Any:
 
 def set_field(cfg: RunConfig, key: str, raw: str) -> RunConfig:
     """Return cfg with `key` (`section.field` or a field name unique across sections) set."""
+    return set_value(cfg, *resolve_key(key), raw)
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """A user's key (`--set`, a plan's override) -> (section, field); ValueError naming the
+    closest keys for a misspelt one."""
     classes = SECTION_CLASSES
     if "." in key:
         section, name = key.split(".", 1)
@@ -504,11 +510,17 @@ def set_field(cfg: RunConfig, key: str, raw: str) -> RunConfig:
         if len(owners) > 1:
             raise ValueError(f"ambiguous key {key!r}: use one of {[o + '.' + key for o in owners]}")
         section, name = owners[0], key
-    cls = classes[section]
-    if not name_in(cls, name):
+    if not name_in(classes[section], name):
         raise ValueError(f"unknown config key {key!r}{_nearest(key)}")
+    return section, name
+
+
+def set_value(cfg: RunConfig, section: str, name: str, raw: str) -> RunConfig:
+    """Return cfg with the known field `section.name` parsed from `raw` (the environment's
+    table names only known fields, so `apply_env` comes here without resolving a key)."""
+    ftype = next(f.type for f in fields(SECTION_CLASSES[section]) if f.name == name)
     try:
-        value = parse_value(ftype := next(f.type for f in fields(cls) if f.name == name), raw)
+        value = parse_value(ftype, raw)
     except (ValueError, OverflowError) as e:
         raise ValueError(f"{section}.{name}={raw!r} is not a valid {ftype} ({e})") from None
     sub = replace(getattr(cfg, section), **{name: value})
@@ -540,7 +552,7 @@ def apply_env(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> RunCo
     for var, (section, name) in E.ENV_VARS.items():
         if environ.get(var, "") != "":
             try:
-                cfg = set_field(cfg, f"{section}.{name}", environ[var])
+                cfg = set_value(cfg, section, name, environ[var])
             except ValueError as e:
                 raise ValueError(f"environment variable {var}: {e}; fix or unset {var}") from None
     for var, (_, convert) in E.CONVERTERS.items():
