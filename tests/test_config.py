@@ -63,19 +63,16 @@ def test_final_live_validation_is_off_in_every_preset_and_reachable_by_env_and_s
     assert C.load("pr1550", ["train.final_val=true"], environ={}).train.final_val
 
 
-def test_the_environment_sets_known_fields_without_resolving_a_key_and_a_bundle_drops_resolution():
+def test_the_environment_sets_known_fields_without_resolving_a_key():
     """`apply_env` sets the fields its table names (`set_value`); resolving a user's key (and
-    the difflib suggestions) is `--set`'s, so a bundle, which takes no `--set`, leaves it out."""
+    the difflib suggestions) is `--set`'s, so a bundle, which takes no `--set`, leaves it out
+    (`test_bundle_forms_compile_and_name_their_generator` checks the bundle)."""
     from dataclasses import fields
 
     from pgolf import config_env as E
-    from pgolf.lab import bundle
 
     for var, (section, name) in E.ENV_VARS.items():
         assert name in {f.name for f in fields(C.SECTION_CLASSES[section])}, var
     assert C.apply_env(C.load("cpu-tiny", []), {"MATRIX_LR": "0.5"}).optim.matrix_lr == 0.5
     with pytest.raises(ValueError, match="did you mean matrix_lr"):
         C.set_field(C.load("cpu-tiny", []), "matrix_lrr", "0.5")
-    special, _, _ = bundle.specialized(C.load("cpu-tiny", []))
-    config_src = next(m for m in special.split("\0") if m.startswith("config\1"))
-    assert "difflib" not in config_src and "def set_value" in config_src
