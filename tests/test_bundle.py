@@ -307,6 +307,17 @@ def test_the_bundle_reads_its_own_artifact_without_the_hostile_input_bounds(tiny
     )
 
 
+def test_the_config_plans_low_rank_stage_folds_with_quant_lqer(tiny_report):
+    """Without quant.lqer the config's own plan has no low-rank ranks: `quantize_weights` tests
+    the field first, so the bundle folds it and leaves the low-rank fit out (only `add_back` of
+    the reading side stays); setting quant.lqer for such a bundle is refused by name."""
+    assert ("quant.lqer", "truth", None, False) in tiny_report["folded"]
+    assert {"lqer_tensors", "fit_lowrank", "realized"} <= set(tiny_report["dropped"]["lqer"])
+    cfg = C.load("cpu-tiny", [*TINY, "quant.lqer=mlp:2"])
+    with pytest.raises(SystemExit, match=r"quant.lqer='mlp:2' .*pgolf bundle --set quant.lqer="):
+        C.refuse_folded(cfg, tiny_report["folded"], "train_gpt.py", {})
+
+
 def test_a_specialized_bundle_refuses_an_override_of_a_folded_switch(tmp_path, tiny_report):
     """The packed bundle folded model.tie_embeddings (True); TIE_EMBEDDINGS=0 needs the untied
     head it left out: refused before any work, naming the field, the variable and the fix."""

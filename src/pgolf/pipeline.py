@@ -163,9 +163,9 @@ def quantize_weights(
     from pgolf import quant
     from pgolf.quantplan import QuantPlan
 
-    plan = QuantPlan.of(cfg.quant) if plan is None else plan
     q = cfg.quant
-    entries = quant.make_plan(state, q, cfg.model, plan)
+    qplan = QuantPlan.of(q) if plan is None else plan
+    entries = quant.make_plan(state, q, cfg.model, qplan)
     if q.awq:  # #1908's AWQ-lite: chosen over all tensors, before any `groups` filter
         act_rms = getattr(hessians, "act_rms", None)
         if act_rms is None:
@@ -179,7 +179,9 @@ def quantize_weights(
     tensors = quant.quantize_state(
         state, hessians, entries, log, block_size=q.block_size, damp=q.damp, act_order=q.act_order
     )
-    if ranks := plan.ranks():  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
+    # low-rank terms on the GPTQ error (pgolf.lqer), added back on load; the config's own plan has
+    # none without quant.lqer (tested first, so a bundle folds it)
+    if (plan is not None or q.lqer) and (ranks := qplan.ranks()):
         tensors += lqer.lqer_tensors(state, tensors, hessians, ranks, q.damp)
     if q.lqer_top > 0:  # #1855's form: plain SVD on the largest errors, asymmetric grids
         terms = lqer.top_lowrank_tensors(state, tensors, q)
