@@ -218,3 +218,35 @@ def test_real_processes_exit_2_without_traceback(tmp_path):
     for p, needle in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 2 and "Traceback" not in err and needle in err, err
+
+
+def test_eval_refuses_artifacts_only_the_checked_read_catches(tmp_path, capsys):
+    """`pgolf eval` reads any artifact with the hostile-input bounds (the run's own read back,
+    `load_artifact(..., checked=False)`, skips them): files with valid checksums whose only fault
+    is one of those bounds' are refused, naming the file and the fault."""
+    import hashlib
+
+    from pgolf import config as C
+    from pgolf.artifact import build_payload, wrap
+
+    g = torch.Generator().manual_seed(0)
+    codes, scales = rtn_quantize(torch.randn(8, 8, generator=g), 6, 12.85)
+    ts = [QTensor(n, (8, 8), "int", 6, codes, scales, None, "mlp") for n in ("wa", "wb")]
+    payload = bytearray(build_payload(ts, {}))  # the writer refuses duplicate names itself
+    at = payload.index(b"\x02\x00wb")
+    payload[at + 3] = ord("a")
+    payload[-32:] = hashlib.sha256(bytes(payload[:-32])).digest()
+    dup = tmp_path / "dup.pgolf"
+    dup.write_bytes(wrap(bytes(payload)))
+    cfg = C.to_dict(C.load("cpu-tiny", []))
+    typed = tmp_path / "typed.pgolf"
+    save_artifact(typed, ts, {"config": {**cfg, "model": {**cfg["model"], "num_layers": "2"}}})
+    shapes = tmp_path / "shapes.pgolf"
+    save_artifact(shapes, ts, {"config": cfg})
+    for path, fault in (
+        (dup, "duplicate tensor name 'wa'"),
+        (typed, "model.num_layers = 2 is not a valid int"),
+        (shapes, "config and weights disagree"),
+    ):
+        err = run_main(["eval", str(path)], capsys)
+        assert str(path) in err and fault in err, err

@@ -291,11 +291,40 @@ def test_bundle_leaves_out_unused_modules_and_refuses_a_config_that_needs_one(co
     assert "rebuild it with `pgolf bundle`" in r.stderr and not (folder / "run").exists()
 
 
-def test_a_specialized_bundle_refuses_an_override_of_a_folded_switch(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_report() -> dict:
+    """`bundle.specialized`'s report for cpu-tiny with the tiny shapes."""
+    return bundle.specialized(C.load("cpu-tiny", TINY))[2]
+
+
+def test_the_bundle_reads_its_own_artifact_without_the_hostile_input_bounds(tiny_report):
+    """`run` reads back the artifact it wrote with `checked=False`: the bounds `pgolf eval` keeps
+    for artifacts from anywhere (file checks, config typing, shapes on the meta device, low-rank
+    and promoted-group checks, table bounds) are not in the bundle."""
+    gone = set(tiny_report["dropped"]["artifact_check"])
+    assert {"read_regular", "config_from_meta", "check_shapes", "check_lowrank"} <= gone
+    assert {"check_promoted", "max_stream_bytes", "MAX_TENSORS", "MAX_LAYERS"} <= gone
+    assert {"read_regular", "check_lowrank", "_MIN_RECORD"} <= set(
+        tiny_report["dropped"]["artifact"]
+    )
+
+
+def test_the_config_plans_low_rank_stage_folds_with_quant_lqer(tiny_report):
+    """Without quant.lqer the config's own plan has no low-rank ranks: `quantize_weights` tests
+    the field first, so the bundle folds it and leaves the low-rank fit out (only `add_back` of
+    the reading side stays); setting quant.lqer for such a bundle is refused by name."""
+    assert ("quant.lqer", "truth", None, False) in tiny_report["folded"]
+    assert {"lqer_tensors", "fit_lowrank", "realized"} <= set(tiny_report["dropped"]["lqer"])
+    cfg = C.load("cpu-tiny", [*TINY, "quant.lqer=mlp:2"])
+    with pytest.raises(SystemExit, match=r"quant.lqer='mlp:2' .*pgolf bundle --set quant.lqer="):
+        C.refuse_folded(cfg, tiny_report["folded"], "train_gpt.py", {})
+
+
+def test_a_specialized_bundle_refuses_an_override_of_a_folded_switch(tmp_path, tiny_report):
     """The packed bundle folded model.tie_embeddings (True); TIE_EMBEDDINGS=0 needs the untied
     head it left out: refused before any work, naming the field, the variable and the fix."""
     cfg = C.load("cpu-tiny", TINY)
-    _, _, rep = bundle.specialized(cfg)
+    rep = tiny_report
     assert ("model.tie_embeddings", "truth", None, True) in rep["folded"]
     assert "ShuffledLoader" in rep["dropped"]["data"]  # cpu-tiny streams
     folder = tmp_path / "record"

@@ -763,3 +763,31 @@ def noted(x):
     assert "helper" not in out and "flag" not in out and "spec" not in out
     assert "kept = noted(1)" in out  # a call may do something: it stays
     assert _run(r.sources)["main"].entry(CFG) == '[3, "Module", 1]'
+
+
+def test_a_replace_in_a_pruned_method_does_not_unfold_its_field():
+    """A kept class's method that nothing calls is pruned and never runs: the `replace(...)` in
+    it sets no field at run time, so the field still folds (`QuantPlan.into` replaces
+    quant.lqer; pr1550's bundle keeps QuantPlan but not `into`). Called, it unfolds it."""
+    src = dict(CORE)
+    src["lib"] = (
+        CORE["lib"]
+        + """
+class Plan:
+    def kept(self):
+        return 1
+
+    def into(self, m):
+        return replace(m, smear_gate=False)
+"""
+    )
+    src["main"] = CORE["main"].replace(
+        "return pick(", "Plan = _M['lib'].Plan\n    Plan().kept()\n    return pick("
+    )
+    r = _spec(src)
+    assert "Plan.into" in r.dropped["lib"] and "class Plain" not in r.sources["lib"]
+    assert ("model.smear_gate", "truth", None, True) in r.folded
+    called = dict(src, main=src["main"].replace("Plan().kept()", "Plan().into(cfg.model)"))
+    r = _spec(called)
+    assert "class Plain" in r.sources["lib"] and "class Smear" in r.sources["lib"]
+    assert not any(f[0] == "model.smear_gate" for f in r.folded)

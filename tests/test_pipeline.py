@@ -61,6 +61,27 @@ def test_artifact_and_weights_keep_the_recurrence_state(tmp_path, recurrence):
         torch.testing.assert_close(again(x), model(x))
 
 
+def test_the_runs_own_read_back_equals_the_checked_read(tmp_path):
+    """`run` reads its own artifact back with `checked=False` (no hostile-input bounds, the
+    config from the meta as written): the same config (the run's own), meta and weights, bit
+    for bit, as the checked read `pgolf eval` does."""
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    tensors = quant.quantize_state(state, {}, quant.make_plan(state, cfg.quant, cfg.model))
+    art = tmp_path / "a.pgolf"
+    P.write_artifact(cfg, tensors, art, graph_state(model), code_size=lambda c: (123, "test"))
+    cpu = torch.device("cpu")
+    c1, m1, meta1 = P.load_artifact_model(art, cpu)
+    c2, m2, meta2 = P.load_artifact_model(art, cpu, checked=False)
+    assert c1 == c2 == cfg and meta1 == meta2
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert s1[k].dtype == s2[k].dtype and torch.equal(s1[k], s2[k]), k
+
+
 def test_a_file_without_its_graph_state_is_refused_not_guessed(tmp_path):
     cfg = tiny_cfg()
     model = GPT(cfg.model)

@@ -588,6 +588,11 @@ def test_quantize_weights_is_one_stage_and_its_groups_partition_it():
     assert [(t.name, t.bits) for t in via_plan] == [(t.name, t.bits) for t in via_cfg]
     assert all(torch.equal(a.codes, b.codes) for a, b in zip(via_plan, via_cfg) if a.kind == "int")
     assert not any(t.name.startswith("blocks.0.mlp") and t.group == "lqer" for t in via_plan)
+    # without quant.lqer the config's plan has no low-rank terms; a given plan's ranks still count
+    silent = replace(cfg, quant=replace(q, lqer=""))
+    assert not any(t.group == "lqer" for t in quantize_weights(silent, state, hess, log=False))
+    given = quantize_weights(silent, state, hess, QuantPlan.parse("", "attn:2"), log=False)
+    assert any(t.group == "lqer" for t in given)
 
 
 def test_a_configs_plan_is_parsed_once_and_into_records_what_it_wrote(monkeypatch):

@@ -221,7 +221,9 @@ def wrap(payload: bytes, codec: str = "brotli", shuffle: int = DEFAULT_SHUFFLE) 
         raise ValueError(f"shuffle stride must be within 1..8, got {shuffle}")
     if codec in ENTROPY_CODECS:  # int8 codes section by (c)rANS, the rest brotli
         lens, packed = struct.unpack_from("<5Q", payload, 16), payload[10] & 1
-        ints = [t for t in parse_payload(payload)[0] if t.kind == "int" and not packed]
+        ints = [
+            t for t in parse_payload(payload, checked=False)[0] if t.kind == "int" and not packed
+        ]
         rows = [t.shape[0] if t.shape else 1 for t in ints]
         shapes = [(r, t.numel // r if r else math.prod(t.shape[1:])) for r, t in zip(rows, ints)]
         coder = (lambda c: crans.encode(c, shapes)) if codec == "crans" else None
@@ -254,17 +256,22 @@ def encode_artifact(
     return wrap(build_payload(tensors, meta, pack_bits), codec, shuffle)
 
 
-def _header(head: bytes, size: int, source: str, max_raw: int) -> tuple[str, int, int, int]:
-    """Check the 32-byte wrapper header against the file size -> (codec, stride, P, L)."""
+def _header(
+    head: bytes, size: int, source: str, max_raw: int, checked: bool = True
+) -> tuple[str, int, int, int]:
+    """Check the 32-byte wrapper header against the file size -> (codec, stride, P, L).
+    `checked=False` (the run's own artifact, see `load_artifact`): the fields as written."""
     fail = lambda msg: ArtifactError(f"{source}: {msg}")  # noqa: E731
-    if not head or head[:8] != WRAP_MAGIC[: len(head[:8])]:
+    if checked and (not head or head[:8] != WRAP_MAGIC[: len(head[:8])]):
         raise fail("not a pgolf artifact (maybe a torch.save/pickle file?): bad magic")
-    if len(head) < 32:
+    if checked and len(head) < 32:
         raise fail(f"truncated: {len(head)} bytes, the header alone needs 32")
     _, ver, codec_id, stride, res, plen, slen = _WRAP.unpack_from(head)
+    codec = {v: k for k, v in CODEC_IDS.items()}.get(codec_id)
+    if not checked:
+        return codec, stride, plen, slen
     if ver != WRAP_VERSION:
         raise fail(f"unknown artifact version {ver} (this pgolf reads {WRAP_VERSION})")
-    codec = {v: k for k, v in CODEC_IDS.items()}.get(codec_id)
     if codec is None or not 1 <= stride <= 8 or res:
         raise fail(f"corrupt header: codec id {codec_id}, shuffle stride {stride}, reserved {res}")
     expect = -(-plen // stride) * stride
@@ -282,9 +289,12 @@ def _header(head: bytes, size: int, source: str, max_raw: int) -> tuple[str, int
     return codec, stride, plen, slen
 
 
-def unwrap(blob: bytes, source: str = "<bytes>", max_raw: int = MAX_RAW_BYTES) -> bytes:
-    """Check the wrapper, decompress (bounded) and unshuffle -> payload bytes."""
-    codec, stride, plen, _ = _header(blob[:32], len(blob), source, max_raw)
+def unwrap(
+    blob: bytes, source: str = "<bytes>", max_raw: int = MAX_RAW_BYTES, checked: bool = True
+) -> bytes:
+    """Check the wrapper, decompress (bounded) and unshuffle -> payload bytes (`checked=False`:
+    the header as written, see `load_artifact`; the CRC-32 is checked either way)."""
+    codec, stride, plen, _ = _header(blob[:32], len(blob), source, max_raw, checked)
     (crc,) = struct.unpack_from("<I", blob, 28)
     view = memoryview(blob)
     if zlib.crc32(view[32:], zlib.crc32(view[:28])) != crc:
@@ -307,78 +317,92 @@ def _read_str(tab: memoryview, pos: int) -> tuple[str, int]:
     return bytes(tab[pos + 2 : pos + 2 + ln]).decode(), pos + 2 + ln
 
 
-def parse_payload(payload: bytes, source: str = "<bytes>") -> tuple[list[QTensor], dict]:
+def parse_payload(
+    payload: bytes, source: str = "<bytes>", checked: bool = True
+) -> tuple[list[QTensor], dict]:
     """Payload -> (tensors, meta). Counts are bounded by the bytes that hold them before anything
     is allocated; names must be unique, sections contiguous and in table order, every tensor must
     pass the writer's own check (`_check`), every low-rank term `check_lowrank`, every promoted
-    column group `check_promoted`."""
+    column group `check_promoted`. `checked=False` (bytes this process wrote: `load_artifact`,
+    `wrap`): none of those bounds, only the SHA-256."""
     fail = lambda msg: ArtifactError(f"{source}: {msg}")  # noqa: E731
     view = memoryview(payload)
-    if len(view) < 56 + 32 or view[:8] != PAYLOAD_MAGIC:
+    if checked and (len(view) < 56 + 32 or view[:8] != PAYLOAD_MAGIC):
         raise fail("payload is not a pgolf tensor table (bad inner magic or too short)")
     if hashlib.sha256(view[:-32]).digest() != view[-32:]:
         raise fail("bad checksum (SHA-256 of the payload)")
     _, ver, flags, n = struct.unpack_from("<8sHHI", view)
-    if ver != FORMAT_VERSION or flags & ~1:
-        raise fail(f"unknown payload format version {ver} / flags {flags}")
     lens = struct.unpack_from("<5Q", view, 16)
-    if 56 + sum(lens) + 32 != len(view):
-        raise fail("section lengths do not add up to the payload length")
-    if n > MAX_TENSORS or n * _MIN_RECORD > lens[0] or lens[4] > MAX_META_BYTES:
-        raise fail(f"{n} tensors in a {lens[0]}-byte table or {lens[4]} bytes of meta: too many")
+    if checked:
+        if ver != FORMAT_VERSION or flags & ~1:
+            raise fail(f"unknown payload format version {ver} / flags {flags}")
+        if 56 + sum(lens) + 32 != len(view):
+            raise fail("section lengths do not add up to the payload length")
+        if n > MAX_TENSORS or n * _MIN_RECORD > lens[0] or lens[4] > MAX_META_BYTES:
+            raise fail(
+                f"{n} tensors in a {lens[0]}-byte table or {lens[4]} bytes of meta: too many"
+            )
     starts = np.cumsum((56,) + lens[:-1]).tolist()
     sec = {k: view[a : a + ln] for k, a, ln in zip(("table", *_PARTS, "meta"), starts, lens)}
     tab, pos, out, names, offs, total = sec["table"], 0, [], set(), [0, 0, 0], 0
     try:
         for _ in range(n):
             name, pos = _read_str(tab, pos)
-            if name in names:
-                raise ValueError(f"duplicate tensor name {name[:60]!r}")
-            names.add(name)
+            if checked:
+                if name in names:
+                    raise ValueError(f"duplicate tensor name {name[:60]!r}")
+                names.add(name)
             group, pos = _read_str(tab, pos)
             kind_id, bits, ndim = struct.unpack_from("<BBB", tab, pos)
             shape = struct.unpack_from(f"<{ndim}I", tab, pos + 3)
             ol = struct.unpack_from("<6Q", tab, pos + 3 + 4 * ndim)
             pos += 51 + 4 * ndim
-            total += math.prod(shape)
-            if total > MAX_ELEMENTS:
-                raise ValueError(f"more than {MAX_ELEMENTS} elements in all")
-            for i in range(3):
-                if ol[2 * i] != offs[i]:
-                    raise ValueError(f"{name}: {_PARTS[i]} offset {ol[2 * i]}, expected {offs[i]}")
-                offs[i] += ol[2 * i + 1]
-            out.append(_tensor((name, group, kind_id, bits, shape, ol), sec, bool(flags & 1)))
-        if pos != len(tab) or tuple(offs) != lens[1:4]:
+            if checked:
+                total += math.prod(shape)
+                if total > MAX_ELEMENTS:
+                    raise ValueError(f"more than {MAX_ELEMENTS} elements in all")
+                for i in range(3):
+                    if ol[2 * i] != offs[i]:
+                        raise ValueError(
+                            f"{name}: {_PARTS[i]} offset {ol[2 * i]}, expected {offs[i]}"
+                        )
+                    offs[i] += ol[2 * i + 1]
+            rec = (name, group, kind_id, bits, shape, ol)
+            out.append(_tensor(rec, sec, bool(flags & 1), checked))
+        if checked and (pos != len(tab) or tuple(offs) != lens[1:4]):
             raise ValueError("unread bytes in the tensor table or its sections")
         meta = json.loads(bytes(sec["meta"]).decode())
     except (struct.error, ValueError, RecursionError) as e:
         raise fail(f"corrupt tensor table or meta: {e}") from None
-    if not isinstance(meta, dict):
-        raise fail("meta is not a JSON object")
-    check_lowrank(out, source)
-    check_promoted(out, source)
+    if checked:
+        if not isinstance(meta, dict):
+            raise fail("meta is not a JSON object")
+        check_lowrank(out, source)
+        check_promoted(out, source)
     return out, meta
 
 
-def _tensor(rec: tuple, sec: dict[str, memoryview], packed: bool) -> QTensor:
+def _tensor(rec: tuple, sec: dict[str, memoryview], packed: bool, checked: bool) -> QTensor:
     name, group, kind_id, bits, shape, ol = rec
     t = QTensor(name, tuple(shape), {1: "int", 2: "fp16"}.get(kind_id, "?"), bits, group=group)
     n, is_int = t.numel, t.kind == "int"
-    if t.kind == "?" or (is_int and not 2 <= bits <= 8):
-        raise ValueError(f"{name}: unknown kind id {kind_id} or bits {bits}")
-    ncodes = ((n * bits + 7) // 8 if packed else n) if is_int else 0
-    want = (ncodes, 2 * t.rows, 0) if is_int else (0, 0, 2 * n)
-    if tuple(ol[1::2]) != want:
-        raise ValueError(f"{name}: part lengths {ol[1::2]} do not fit shape {shape} ({want})")
+    if checked:
+        if t.kind == "?" or (is_int and not 2 <= bits <= 8):
+            raise ValueError(f"{name}: unknown kind id {kind_id} or bits {bits}")
+        ncodes = ((n * bits + 7) // 8 if packed else n) if is_int else 0
+        want = (ncodes, 2 * t.rows, 0) if is_int else (0, 0, 2 * n)
+        if tuple(ol[1::2]) != want:
+            raise ValueError(f"{name}: part lengths {ol[1::2]} do not fit shape {shape} ({want})")
     p = [sec[k][ol[2 * i] : ol[2 * i] + ol[2 * i + 1]] for i, k in enumerate(_PARTS)]
-    if tuple(len(x) for x in p) != want:
+    if checked and tuple(len(x) for x in p) != want:
         raise ValueError(f"{name}: parts run past the end of their sections")
     if is_int:
         c = unpack_bits(p[0], bits, n) if packed else np.frombuffer(p[0], dtype=np.int8).copy()
         t.codes, t.scales = torch.from_numpy(c).reshape(shape), _f16(p[1])
     else:
         t.data = _f16(p[2]).reshape(shape)
-    _check(t)
+    if checked:
+        _check(t)
     return t
 
 
@@ -386,9 +410,12 @@ def _f16(b: bytes | memoryview) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(b, dtype=np.float16).copy())
 
 
-def decode_artifact(blob: bytes, source: str = "<bytes>") -> tuple[list[QTensor], dict]:
-    """Artifact bytes -> (tensors, meta); ArtifactError for anything not a valid artifact."""
-    return parse_payload(unwrap(blob, source), source)
+def decode_artifact(
+    blob: bytes, source: str = "<bytes>", checked: bool = True
+) -> tuple[list[QTensor], dict]:
+    """Artifact bytes -> (tensors, meta); ArtifactError for anything not a valid artifact
+    (`checked=False`: see `load_artifact`)."""
+    return parse_payload(unwrap(blob, source, checked=checked), source, checked)
 
 
 def save_artifact(
@@ -409,11 +436,19 @@ def save_artifact(
     return len(blob)
 
 
-def load_artifact(path: str | os.PathLike) -> tuple[list[QTensor], dict]:
+def load_artifact(path: str | os.PathLike, checked: bool = True) -> tuple[list[QTensor], dict]:
     """Read and decode an artifact file; ArtifactError (naming the file) for anything else: a
     directory, FIFO or device is refused before it is opened, the rest is read only once the
-    header's declared size matches the file's."""
+    header's declared size matches the file's.
+
+    `checked=False` is for the run's own artifact only (`pipeline.run` reading back the file it
+    wrote a moment ago): the file is read plainly and none of the hostile-input bounds run
+    (header limits, table counts and offsets, per-tensor, low-rank and promoted-group checks);
+    the CRC-32 and SHA-256 still catch a file changed on disk. Same tensors and meta as the
+    checked read of the same file. Anything read from elsewhere keeps the default."""
     src = str(path)
+    if not checked:
+        return decode_artifact(Path(path).read_bytes(), src, checked)
     total = lambda head, size: 32 + _header(head, size, src, MAX_RAW_BYTES)[3]  # noqa: E731
     blob = read_regular(path, 32, total, 32 + max_stream_bytes(MAX_RAW_BYTES))
     return decode_artifact(blob, source=src)

@@ -163,9 +163,9 @@ def quantize_weights(
     from pgolf import quant
     from pgolf.quantplan import QuantPlan
 
-    plan = QuantPlan.of(cfg.quant) if plan is None else plan
     q = cfg.quant
-    entries = quant.make_plan(state, q, cfg.model, plan)
+    qplan = QuantPlan.of(q) if plan is None else plan
+    entries = quant.make_plan(state, q, cfg.model, qplan)
     if q.awq:  # #1908's AWQ-lite: chosen over all tensors, before any `groups` filter
         act_rms = getattr(hessians, "act_rms", None)
         if act_rms is None:
@@ -179,7 +179,9 @@ def quantize_weights(
     tensors = quant.quantize_state(
         state, hessians, entries, log, block_size=q.block_size, damp=q.damp, act_order=q.act_order
     )
-    if ranks := plan.ranks():  # low-rank terms on the GPTQ error (pgolf.lqer), added back on load
+    # low-rank terms on the GPTQ error (pgolf.lqer), added back on load; the config's own plan has
+    # none without quant.lqer (tested first, so a bundle folds it)
+    if (plan is not None or q.lqer) and (ranks := qplan.ranks()):
         tensors += lqer.lqer_tensors(state, tensors, hessians, ranks, q.damp)
     if q.lqer_top > 0:  # #1855's form: plain SVD on the largest errors, asymmetric grids
         terms = lqer.top_lowrank_tensors(state, tensors, q)
@@ -244,13 +246,19 @@ def _sha256(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-def load_artifact_model(path: Path, device: torch.device):
-    """(config, model with the dequantized weights, artifact metadata); nothing unpickled."""
+def load_artifact_model(path: Path, device: torch.device, checked: bool = True):
+    """(config, model with the dequantized weights, artifact metadata); nothing unpickled.
+    `checked=False` only for the run's own artifact (`run`, a moment after writing it): no
+    hostile-input bounds (`artifact.load_artifact`), the config is the meta's as written (the
+    run's own, `C.to_dict` of it), not type-checked nor matched against the tensors' shapes."""
     from pgolf import artifact, artifact_check, quant
 
-    tensors, meta = artifact.load_artifact(path)
-    cfg = artifact_check.config_from_meta(meta, str(path))
-    artifact_check.check_shapes(cfg, tensors, str(path))
+    tensors, meta = artifact.load_artifact(path, checked=checked)
+    if checked:
+        cfg = artifact_check.config_from_meta(meta, str(path))
+        artifact_check.check_shapes(cfg, tensors, str(path))
+    else:
+        cfg = C.from_dict(meta["config"])
     state = lqer.add_back(quant.dequantize_state(tensors))
     return cfg, model_from_state(cfg, state, device, meta, str(path)), meta
 
@@ -388,7 +396,7 @@ def _run(cfg: C.RunConfig, run, data_dir: Path, quantize: bool, code_size, extra
         art = run.artifact_path
         out.update(write_artifact(cfg, tensors, art, graph_state(model), code_size))
         with (clock := TT.EvalClock()).stage("load"):
-            _, qmodel, _ = load_artifact_model(art, device)
+            _, qmodel, _ = load_artifact_model(art, device, checked=False)  # its own file
         label = f"final_int{cfg.quant.matrix_bits}"
         with clock.stage("sliding"):
             post = S.evaluate_model(cfg, qmodel, val, tables, label, cfg.eval.sliding, device)

@@ -79,13 +79,21 @@ class Result:
 # Run-time changes to the config, and the functions that run before the check
 
 
-def _replaced_fields(trees: dict[str, ast.Module], kept, shape: Shape) -> set[tuple[str, str]]:
-    """(section, field) a kept `replace(...)` or config-class call sets by keyword."""
+def _replaced_fields(mods: dict[str, Module], kept, shape: Shape) -> set[tuple[str, str]]:
+    """(section, field) a kept `replace(...)` or config-class call sets by keyword (in a kept
+    class, only its kept methods count: a pruned method never runs)."""
     out: set[tuple[str, str]] = set()
-    for m, tree in trees.items():
+    for m, mod in mods.items():
+        body = mod.tree.body
         for i in kept.get(m, ()):
-            node = tree.body[i[0]].body[i[1]] if isinstance(i, tuple) else tree.body[i]
-            for n in ast.walk(node):
+            if isinstance(i, tuple):
+                nodes = [body[i[0]].body[i[1]]]
+            elif i in mod.methods:  # the class less its prunable methods (kept ones are (i, j))
+                nodes = [st for j, st in enumerate(body[i].body) if j not in mod.methods[i]]
+                nodes += [*body[i].decorator_list, *body[i].bases, *body[i].keywords]
+            else:
+                nodes = [body[i]]
+            for n in (x for node in nodes for x in ast.walk(node)):
                 if not isinstance(n, ast.Call):
                     continue
                 f = n.func
@@ -170,7 +178,7 @@ def specialize(
         kept = (
             reach(mods, entry) if prune else {m: set(range(len(t.body))) for m, t in trees.items()}
         )
-        late = _replaced_fields(trees, kept, shape) & {tuple(f[0].split(".")) for f in folded}
+        late = _replaced_fields(mods, kept, shape) & {tuple(f[0].split(".")) for f in folded}
         if late:
             never |= late
             seeds = {}  # derived from calls that were kept with the field folded
