@@ -386,6 +386,7 @@ def _tensor(rec: tuple, sec: dict[str, memoryview], packed: bool, checked: bool)
     name, group, kind_id, bits, shape, ol = rec
     t = QTensor(name, tuple(shape), {1: "int", 2: "fp16"}.get(kind_id, "?"), bits, group=group)
     n, is_int = t.numel, t.kind == "int"
+    p = [sec[k][ol[2 * i] : ol[2 * i] + ol[2 * i + 1]] for i, k in enumerate(_PARTS)]  # views
     if checked:
         if t.kind == "?" or (is_int and not 2 <= bits <= 8):
             raise ValueError(f"{name}: unknown kind id {kind_id} or bits {bits}")
@@ -393,9 +394,8 @@ def _tensor(rec: tuple, sec: dict[str, memoryview], packed: bool, checked: bool)
         want = (ncodes, 2 * t.rows, 0) if is_int else (0, 0, 2 * n)
         if tuple(ol[1::2]) != want:
             raise ValueError(f"{name}: part lengths {ol[1::2]} do not fit shape {shape} ({want})")
-    p = [sec[k][ol[2 * i] : ol[2 * i] + ol[2 * i + 1]] for i, k in enumerate(_PARTS)]
-    if checked and tuple(len(x) for x in p) != want:
-        raise ValueError(f"{name}: parts run past the end of their sections")
+        if tuple(len(x) for x in p) != want:
+            raise ValueError(f"{name}: parts run past the end of their sections")
     if is_int:
         c = unpack_bits(p[0], bits, n) if packed else np.frombuffer(p[0], dtype=np.int8).copy()
         t.codes, t.scales = torch.from_numpy(c).reshape(shape), _f16(p[1])
